@@ -1,0 +1,100 @@
+"""VoxelHub: DICOM archives as de-identified, geometry-exact OME-Zarr volumes for notebooks.
+
+The public API::
+
+    report = voxelhub.ingest("dicom/", store="store/", project="demo")
+    cat = voxelhub.open_catalog("store/")
+    ct = cat.series(modality="CT")
+    volume = voxelhub.open_series(ct.iloc[0], catalog=cat)   # xarray.DataArray, lazy (dask)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import xarray as xr
+
+from voxelhub import config
+from voxelhub.catalog import Catalog
+from voxelhub.errors import (
+    AccessDenied,
+    CatalogError,
+    DeidentificationError,
+    DicomError,
+    GeometryError,
+    NotFound,
+    StoreError,
+    VoxelHubError,
+)
+from voxelhub.ingest import IngestReport, ingest
+from voxelhub.store.location import StoreLocation
+from voxelhub.store.volume import from_simpleitk, to_nifti, to_simpleitk
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AccessDenied",
+    "Catalog",
+    "CatalogError",
+    "DeidentificationError",
+    "DicomError",
+    "GeometryError",
+    "IngestReport",
+    "NotFound",
+    "StoreError",
+    "StoreLocation",
+    "VoxelHubError",
+    "__version__",
+    "from_simpleitk",
+    "ingest",
+    "open_catalog",
+    "open_series",
+    "to_nifti",
+    "to_simpleitk",
+]
+
+
+def open_catalog(
+    store: str | os.PathLike[str] | None = None,
+    *,
+    catalog_url: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> Catalog:
+    """Open the catalog of a store (default: ``$VOXELHUB_STORE``).
+
+    Parameters
+    ----------
+    store
+        Local path or fsspec URL of the store.
+    catalog_url
+        SQLAlchemy URL; default SQLite inside a local store, or ``$VOXELHUB_CATALOG_URL``.
+    storage_options
+        Passed to fsspec for remote stores (credentials, endpoint).
+    """
+    store = store or config.default_store()
+    if store is None:
+        raise CatalogError("no store given: pass open_catalog(STORE) or set $VOXELHUB_STORE")
+    location = StoreLocation(store, storage_options)
+    if location.is_local and catalog_url is None and not os.path.isdir(location.root):
+        raise CatalogError(f"no store at {location.root}: run `voxelhub ingest … --store` first")
+    return Catalog(location, catalog_url, create=location.is_local)
+
+
+def open_series(uid_or_row: Any, level: int = 0, *, catalog: Catalog | None = None) -> xr.DataArray:
+    """Open a volume lazily as an ``xarray.DataArray`` with dims ``z, y, x`` in millimetres.
+
+    Parameters
+    ----------
+    uid_or_row
+        A volume UID, an unsplit SeriesInstanceUID, or a row of ``Catalog.series()``.
+    level
+        Pyramid level (0 = full resolution).
+    catalog
+        The catalog to look in; default ``open_catalog()`` (``$VOXELHUB_STORE``).
+    """
+    cat = catalog or open_catalog()
+    row = uid_or_row
+    if hasattr(row, "to_dict"):
+        row = row.to_dict()
+    return cat.open_series(row, level=level)

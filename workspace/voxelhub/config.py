@@ -1,0 +1,32 @@
+"""Where things are: the store, the catalog and the project secrets, from the environment.
+
+Kernels on the hub get these variables from the spawner, so ``voxelhub.open_catalog()`` works
+with no arguments there; on a laptop the arguments are given explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+STORE_ENV = "VOXELHUB_STORE"
+CATALOG_ENV = "VOXELHUB_CATALOG_URL"
+SECRETS_ENV = "VOXELHUB_SECRETS_DIR"
+
+
+def default_store() -> str | None:
+    """The store URL from ``$VOXELHUB_STORE``, if set."""
+    return os.environ.get(STORE_ENV) or None
+
+
+def secrets_dir() -> Path:
+    """Folder of per-project de-identification secrets: kept apart from the store on purpose.
+
+    ``$VOXELHUB_SECRETS_DIR``, else ``$XDG_CONFIG_HOME/voxelhub/secrets``
+    (``~/.config/voxelhub/secrets``).
+    """
+    env = os.environ.get(SECRETS_ENV)
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "voxelhub" / "secrets"

@@ -1,0 +1,343 @@
+"""Header indexing: walk folders and zip files, read DICOM headers only, in parallel.
+
+The index never reads pixel data (``stop_before_pixels``); it turns every image frame into a
+small :class:`Frame` record that the grouping step sorts into volumes.  Files that are not DICOM
+are *skipped* (listed, not errors); DICOM files that cannot become image frames (corrupt,
+truncated, no pixel data, not an image) are *rejected* with the reason and the tag at fault.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import zipfile
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from typing import IO, Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from tqdm.auto import tqdm
+
+from voxelhub.dicom import multiframe
+
+log = logging.getLogger(__name__)
+
+ZIP_SEP = "!/"
+"""Separator between a zip archive's path and a member's name in a source string."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One 2-D image frame, with what grouping, geometry and decoding need.
+
+    A classic single-frame file gives one Frame (``frame_index`` is None); an Enhanced
+    multi-frame file gives one Frame per frame, with geometry and rescale read from its
+    functional groups.
+    """
+
+    source: str
+    frame_index: int | None
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    patient_id: str
+    study_instance_uid: str
+    series_instance_uid: str
+    series_number: int | None
+    modality: str
+    rows: int
+    columns: int
+    image_position: tuple[float, float, float] | None
+    image_orientation: tuple[float, float, float, float, float, float] | None
+    pixel_spacing: tuple[float, float] | None
+    rescale_slope: float
+    rescale_intercept: float
+    bits_allocated: int
+    bits_stored: int
+    pixel_representation: int
+    samples_per_pixel: int
+    image_type: tuple[str, ...] = ()
+    echo_number: int | None = None
+    echo_time: float | None = None
+    acquisition_number: int | None = None
+    temporal_position: int | None = None
+    dimension_index: tuple[int, ...] = ()
+    gantry_tilt: float | None = None
+    slice_spacing: float | None = None
+    is_mosaic: bool = False
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A DICOM file that could not be indexed, with the reason and the tag at fault."""
+
+    source: str
+    reason: str
+    tag: str | None = None
+
+
+@dataclass
+class IndexResult:
+    """What one indexing pass found: image frames, rejected files and non-DICOM files."""
+
+    frames: list[Frame] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def extend(self, other: IndexResult) -> None:
+        self.frames.extend(other.frames)
+        self.rejected.extend(other.rejected)
+        self.skipped.extend(other.skipped)
+
+
+def iter_sources(paths: Iterable[str | os.PathLike[str]]) -> Iterator[str]:
+    """Yield every file under ``paths`` (folders walked, zip archives opened), sorted per folder.
+
+    Zip members are yielded as ``"archive.zip!/member"``.  Nothing is read but names.
+    """
+    for p in paths:
+        path = os.fspath(p)
+        if os.path.isdir(path):
+            for root, dirs, files in os.walk(path):
+                dirs.sort()
+                for name in sorted(files):
+                    yield from _expand(os.path.join(root, name))
+        elif os.path.exists(path):
+            yield from _expand(path)
+        else:
+            raise FileNotFoundError(f"no such file or folder: {path}")
+
+
+def _expand(path: str) -> Iterator[str]:
+    if path.lower().endswith(".zip") and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            for info in sorted(zf.infolist(), key=lambda i: i.filename):
+                if not info.is_dir():
+                    yield f"{path}{ZIP_SEP}{info.filename}"
+    else:
+        yield path
+
+
+def open_source(source: str) -> IO[bytes]:
+    """Open a source string (a path, or ``archive.zip!/member``) for binary reading."""
+    if ZIP_SEP in source:
+        archive, member = source.split(ZIP_SEP, 1)
+        zf = zipfile.ZipFile(archive)
+        return zf.open(member)
+    return open(source, "rb")
+
+
+def source_size(source: str) -> int:
+    """Size in bytes of a source, without reading it."""
+    if ZIP_SEP in source:
+        archive, member = source.split(ZIP_SEP, 1)
+        with zipfile.ZipFile(archive) as zf:
+            return zf.getinfo(member).file_size
+    return os.path.getsize(source)
+
+
+def _num(ds: Dataset, keyword: str, default: Any = None) -> Any:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return default
+    return value
+
+
+def _first_float(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, list | tuple | pydicom.multival.MultiValue):
+        return float(value[0]) if len(value) else None
+    return float(value)
+
+
+def _int_or_none(value: Any) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, list | tuple | pydicom.multival.MultiValue):
+        value = value[0] if len(value) else None
+        if value is None:
+            return None
+    return int(value)
+
+
+_EXPECTED_VR_HEADER = {True: 12, False: 8}
+
+
+def _check_pixel_payload(ds: Dataset, remaining: int, source: str) -> Rejected | None:
+    """Reject files whose pixel data is missing or shorter than the header promises."""
+    if remaining <= 0:
+        return Rejected(source, "no pixel data: not an image, or the file ends before it", "(7FE0,0010)")
+    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if ts is not None and pydicom.uid.UID(ts).is_compressed:
+        return None
+    frames = int(_num(ds, "NumberOfFrames", 1) or 1)
+    expected = (
+        int(ds.Rows) * int(ds.Columns) * int(_num(ds, "SamplesPerPixel", 1))
+        * frames * int(ds.BitsAllocated) // 8
+    )
+    explicit = ts is None or pydicom.uid.UID(ts) != pydicom.uid.ImplicitVRLittleEndian
+    available = remaining - _EXPECTED_VR_HEADER[explicit]
+    if available < expected:
+        return Rejected(
+            source,
+            f"truncated: pixel data has {max(available, 0)} of {expected} bytes",
+            "(7FE0,0010)",
+        )
+    return None
+
+
+def read_frames(source: str) -> IndexResult:
+    """Read one file's header and return its frames, or why it was rejected or skipped."""
+    result = IndexResult()
+    try:
+        with open_source(source) as fp:
+            try:
+                ds = pydicom.dcmread(fp, stop_before_pixels=True)
+            except InvalidDicomError:
+                result.skipped.append(source)
+                return result
+            header_end = fp.tell()
+        size = source_size(source)
+    except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        result.rejected.append(Rejected(source, f"unreadable DICOM header: {exc}"))
+        return result
+    try:
+        sop_class = str(ds.get("SOPClassUID", ""))
+        if "Rows" not in ds or "Columns" not in ds:
+            name = pydicom.uid.UID(sop_class).name if sop_class else "no SOP class"
+            result.rejected.append(Rejected(source, f"not an image: {name}", "(0028,0010)"))
+            return result
+        problem = _check_pixel_payload(ds, size - header_end, source)
+        if problem is not None:
+            result.rejected.append(problem)
+            return result
+        if int(_num(ds, "SamplesPerPixel", 1)) != 1:
+            result.rejected.append(
+                Rejected(source, "colour images are not volumes VoxelHub converts", "(0028,0002)")
+            )
+            return result
+        if multiframe.is_enhanced(ds):
+            result.frames.extend(multiframe.frames_from_enhanced(ds, source, _common(ds, source)))
+        else:
+            result.frames.append(_classic_frame(ds, source))
+    except (KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
+        result.rejected.append(Rejected(source, f"invalid image header: {exc}"))
+    return result
+
+
+def _common(ds: Dataset, source: str) -> dict[str, Any]:
+    """Fields shared by all frames of one file."""
+    meta = getattr(ds, "file_meta", None)
+    ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    return dict(
+        source=source,
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        sop_class_uid=str(ds.get("SOPClassUID", "")),
+        transfer_syntax_uid=ts or str(pydicom.uid.ImplicitVRLittleEndian),
+        patient_id=str(ds.get("PatientID", "")),
+        study_instance_uid=str(ds.StudyInstanceUID),
+        series_instance_uid=str(ds.SeriesInstanceUID),
+        series_number=_int_or_none(ds.get("SeriesNumber")),
+        modality=str(ds.get("Modality", "OT")),
+        rows=int(ds.Rows),
+        columns=int(ds.Columns),
+        bits_allocated=int(ds.BitsAllocated),
+        bits_stored=int(_num(ds, "BitsStored", ds.BitsAllocated)),
+        pixel_representation=int(_num(ds, "PixelRepresentation", 0)),
+        samples_per_pixel=int(_num(ds, "SamplesPerPixel", 1)),
+        acquisition_number=_int_or_none(ds.get("AcquisitionNumber")),
+        gantry_tilt=_first_float(ds.get("GantryDetectorTilt")),
+        slice_spacing=_first_float(ds.get("SpacingBetweenSlices"))
+        or _first_float(ds.get("SliceThickness")),
+    )
+
+
+def _classic_frame(ds: Dataset, source: str) -> Frame:
+    ipp = ds.get("ImagePositionPatient")
+    iop = ds.get("ImageOrientationPatient")
+    ps = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
+    image_type = tuple(str(x) for x in (ds.get("ImageType") or ()))
+    return Frame(
+        frame_index=None,
+        image_position=tuple(float(x) for x in ipp) if ipp else None,  # type: ignore[arg-type]
+        image_orientation=tuple(float(x) for x in iop) if iop else None,  # type: ignore[arg-type]
+        pixel_spacing=(float(ps[0]), float(ps[1])) if ps else None,
+        rescale_slope=float(_num(ds, "RescaleSlope", 1.0)),
+        rescale_intercept=float(_num(ds, "RescaleIntercept", 0.0)),
+        image_type=image_type,
+        echo_number=_int_or_none(ds.get("EchoNumbers")),
+        echo_time=_first_float(ds.get("EchoTime")),
+        temporal_position=_int_or_none(ds.get("TemporalPositionIdentifier")),
+        is_mosaic="MOSAIC" in image_type,
+        **_common(ds, source),
+    )
+
+
+def _read_batch(sources: Sequence[str]) -> IndexResult:
+    result = IndexResult()
+    for source in sources:
+        result.extend(read_frames(source))
+    return result
+
+
+def index(
+    paths: Iterable[str | os.PathLike[str]],
+    *,
+    workers: int | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> IndexResult:
+    """Index every DICOM file under ``paths`` (headers only), in parallel processes.
+
+    Parameters
+    ----------
+    paths
+        Folders, files or zip archives.
+    workers
+        Worker processes; default one per CPU.  ``0`` or ``1`` reads in this process.
+    batch_size
+        Files per task; at most ``2 * workers`` batches are in flight, so memory stays bounded
+        however large the folder is.
+    progress
+        Show a progress bar (tqdm) counting files.
+    """
+    workers = os.cpu_count() or 1 if workers is None else workers
+    result = IndexResult()
+    bar = tqdm(desc="indexing", unit="file", disable=not progress)
+    sources = iter_sources(paths)
+    try:
+        if workers <= 1:
+            for source in sources:
+                result.extend(read_frames(source))
+                bar.update()
+            return result
+        with ProcessPoolExecutor(workers, mp_context=get_context("forkserver")) as pool:
+            pending: list[tuple[int, Future[IndexResult]]] = []
+            for batch in _batches(sources, batch_size):
+                pending.append((len(batch), pool.submit(_read_batch, batch)))
+                if len(pending) >= 2 * workers:
+                    n, fut = pending.pop(0)
+                    result.extend(fut.result())
+                    bar.update(n)
+            for n, fut in pending:
+                result.extend(fut.result())
+                bar.update(n)
+    finally:
+        bar.close()
+    return result
+
+
+def _batches(items: Iterator[str], size: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -1,0 +1,122 @@
+"""Pixel decoding and rescale: stored values → modality units (CT in HU), dtype chosen on purpose.
+
+Compressed transfer syntaxes (RLE, JPEG Lossless, JPEG-LS, JPEG 2000) decode through pydicom's
+pixel handlers with the pylibjpeg plugins, pixel-identically to the uncompressed files.  The
+rescale (per frame for Enhanced images) is applied exactly once, here.
+
+Output dtype rules (:func:`choose_dtype`):
+
+* integer slope 1 and integer intercepts → ``int16`` when the result fits, ``uint16`` for
+  unsigned 16-bit data without intercept, otherwise ``int32``.  CT stored as int16 with intercept
+  −1024 *could* overflow int16 in theory, so it is written as int16 with a per-slab range check
+  and rewritten as int32 only if a value really does not fit (:class:`DtypeOverflow`);
+* any other slope → ``float32`` (the stored integers are recoverable as ``round(v / slope)``;
+  never float64 by accident).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pydicom
+from pydicom.pixels import pixel_array as _pixel_array
+
+from voxelhub.dicom.index import Frame, open_source
+from voxelhub.errors import DicomError
+
+_NATIVE_LE = {
+    pydicom.uid.ExplicitVRLittleEndian,
+    pydicom.uid.ImplicitVRLittleEndian,
+}
+
+
+class DtypeOverflow(Exception):
+    """A slab's values do not fit the optimistic output dtype; the caller widens and retries."""
+
+
+@dataclass(frozen=True)
+class DtypeChoice:
+    """The output dtype and whether every slab must be range-checked against it."""
+
+    dtype: np.dtype
+    checked: bool
+    reason: str
+
+
+def _stored_range(frame: Frame) -> tuple[int, int]:
+    bits = frame.bits_stored
+    if frame.pixel_representation == 1:
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
+
+
+def choose_dtype(frames: Sequence[Frame], *, wider: bool = False) -> DtypeChoice:
+    """Pick the output dtype for a volume made of ``frames`` (see the module docstring)."""
+    slopes = {f.rescale_slope for f in frames}
+    intercepts = {f.rescale_intercept for f in frames}
+    if slopes != {1.0} or any(not float(i).is_integer() for i in intercepts):
+        return DtypeChoice(np.dtype("float32"), False, "non-integer rescale: float32")
+    lo = min(_stored_range(f)[0] for f in frames) + int(min(intercepts))
+    hi = max(_stored_range(f)[1] for f in frames) + int(max(intercepts))
+    i16 = np.iinfo(np.int16)
+    u16 = np.iinfo(np.uint16)
+    if i16.min <= lo and hi <= i16.max:
+        return DtypeChoice(np.dtype("int16"), False, "fits int16")
+    if 0 <= lo and hi <= u16.max:
+        return DtypeChoice(np.dtype("uint16"), False, "unsigned 16-bit, no intercept")
+    if wider or hi - lo > (1 << 17):
+        return DtypeChoice(np.dtype("int32"), False, "values exceed 16 bits")
+    return DtypeChoice(np.dtype("int16"), True, "int16, range-checked (rescaled data)")
+
+
+def decode_frame(frame: Frame) -> np.ndarray:
+    """Stored pixel values of one frame (2-D), decoded from any supported transfer syntax."""
+    try:
+        with open_source(frame.source) as fp:
+            if frame.frame_index is None and _fast_path(frame):
+                ds = pydicom.dcmread(fp)
+                raw = ds.PixelData
+                dtype = np.dtype(f"<{'i' if frame.pixel_representation else 'u'}{frame.bits_allocated // 8}")
+                arr = np.frombuffer(raw, dtype=dtype, count=frame.rows * frame.columns)
+                return arr.reshape(frame.rows, frame.columns)
+            arr = _pixel_array(fp, index=frame.frame_index)
+    except DicomError:
+        raise
+    except Exception as exc:  # pydicom/pylibjpeg raise many kinds; name the file and tag
+        raise DicomError(f"cannot decode pixel data: {exc}", path=frame.source, tag="(7FE0,0010)") from exc
+    if arr.shape != (frame.rows, frame.columns):
+        raise DicomError(
+            f"decoded frame has shape {arr.shape}, header says {(frame.rows, frame.columns)}",
+            path=frame.source,
+            tag="(0028,0010)",
+        )
+    return arr
+
+
+def _fast_path(frame: Frame) -> bool:
+    return (
+        frame.transfer_syntax_uid in _NATIVE_LE
+        and frame.bits_allocated in (8, 16, 32)
+        and frame.bits_stored == frame.bits_allocated
+        and frame.samples_per_pixel == 1
+    )
+
+
+def rescale_into(out: np.ndarray, stored: np.ndarray, frame: Frame, choice: DtypeChoice) -> None:
+    """Write ``stored * slope + intercept`` into ``out`` (one slice), checking the range if asked."""
+    if out.dtype.kind == "f":
+        np.multiply(stored, np.float32(frame.rescale_slope), out=out, casting="unsafe")
+        out += np.float32(frame.rescale_intercept)
+        return
+    intercept = int(frame.rescale_intercept)
+    if intercept == 0 and stored.dtype == out.dtype:
+        out[...] = stored
+        return
+    wide = stored.astype(np.int32) + intercept
+    if choice.checked:
+        info = np.iinfo(out.dtype)
+        if wide.min() < info.min or wide.max() > info.max:
+            raise DtypeOverflow(f"values {wide.min()}..{wide.max()} exceed {out.dtype}")
+    out[...] = wide

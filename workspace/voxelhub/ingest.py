@@ -1,0 +1,325 @@
+"""Ingest orchestration: DICOM files → de-identified, verified OME-Zarr volumes + catalog rows.
+
+index (headers, parallel) → plan (group, split, geometry) → for each volume: de-identify the
+header, convert the pixels slab by slab into a temporary OME-Zarr, verify, commit, then commit
+the catalog row.  A file or volume that fails is listed in the report with the reason and never
+stops the rest.  Ingesting the same files twice changes nothing: a volume whose content key is
+already in the catalog (and whose store is there) is left alone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from tqdm.auto import tqdm
+
+from voxelhub import config
+from voxelhub.catalog import Catalog, Project
+from voxelhub.dicom.index import index, open_source
+from voxelhub.dicom.series import VolumePlan, plan_volumes
+from voxelhub.dicom.slabs import volume_shape
+from voxelhub.errors import DicomError, GeometryError, StoreError, VoxelHubError
+from voxelhub.store.location import StoreLocation
+from voxelhub.store.writer import write_volume
+
+log = logging.getLogger(__name__)
+
+_PROJECT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Header elements too bulky or too frame-specific to copy into the volume's attributes.
+_DROP_FROM_METADATA = {"PerFrameFunctionalGroupsSequence", "PixelData", "ReferencedImageSequence"}
+_POOL_MIN_SLICES = 32
+
+
+@dataclass
+class IngestReport:
+    """What an ingest did: volumes written or unchanged, and every file or volume it refused."""
+
+    project: str
+    paths: list[str]
+    files_seen: int = 0
+    frames: int = 0
+    duplicates: int = 0
+    written: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)
+    rejected_files: list[dict[str, str]] = field(default_factory=list)
+    non_dicom: list[str] = field(default_factory=list)
+    report_id: int | None = None
+
+    def summary(self) -> str:
+        """One paragraph a person can read at the end of a long ingest."""
+        lines = [
+            f"project {self.project}: {len(self.written)} volume(s) written, "
+            f"{len(self.unchanged)} unchanged, {len(self.failed)} failed; "
+            f"{self.files_seen} file(s) seen, {self.frames} frame(s), "
+            f"{self.duplicates} duplicate instance(s) ingested once, "
+            f"{len(self.non_dicom)} non-DICOM file(s) skipped, "
+            f"{len(self.rejected_files)} DICOM file(s) rejected"
+        ]
+        for item in self.rejected_files:
+            tag = f" [{item['tag']}]" if item.get("tag") else ""
+            lines.append(f"  rejected {item['source']}: {item['reason']}{tag}")
+        for item in self.failed:
+            lines.append(f"  failed volume of series {item['series_uid']}: {item['reason']}")
+        return "\n".join(lines)
+
+
+def ingest(
+    paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str],
+    store: str | os.PathLike[str] | StoreLocation,
+    *,
+    project: str = "default",
+    deidentify: bool | None = None,
+    catalog_url: str | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> IngestReport:
+    """Ingest DICOM folders, files or zip archives into a store.
+
+    Parameters
+    ----------
+    paths
+        One or more folders, files or zip archives.
+    store
+        Store URL (local path, ``s3://…``) or a StoreLocation.
+    project
+        Project the data belongs to (created on first use).
+    deidentify
+        Apply the PS3.15 Basic Profile before anything is written.  ``None`` follows the
+        project's setting; a project never changes setting once it holds data.
+    catalog_url
+        SQLAlchemy URL of the catalog; default SQLite inside a local store.
+    workers
+        Processes for header reading and pixel decoding; default one per CPU.
+    progress
+        Show progress bars.
+    """
+    if isinstance(paths, str | os.PathLike):
+        paths = [paths]
+    path_list = [os.fspath(p) for p in paths]
+    if not _PROJECT_NAME.match(project):
+        raise VoxelHubError(
+            f"invalid project name {project!r}: use letters, digits, '.', '_' or '-' (max 64)"
+        )
+    location = store if isinstance(store, StoreLocation) else StoreLocation(store)
+    location.ensure_root()
+    catalog = Catalog(location, catalog_url)
+    try:
+        proj = catalog.ensure_project(project, deidentify=deidentify)
+        report = IngestReport(project=project, paths=path_list)
+        started = dt.datetime.now(dt.UTC)
+        deid = _deidentifier(proj) if proj.deidentify else None
+        workers = os.cpu_count() or 1 if workers is None else workers
+        found = index(path_list, workers=workers, progress=progress)
+        report.frames = len(found.frames)
+        report.non_dicom = found.skipped
+        report.rejected_files = [
+            {"source": r.source, "reason": r.reason, "tag": r.tag or "", "series_uid": ""}
+            for r in found.rejected
+        ]
+        report.files_seen = (
+            len({f.source for f in found.frames}) + len(found.rejected) + len(found.skipped)
+        )
+        plan = plan_volumes(found.frames)
+        report.duplicates = plan.duplicates
+        for rv in plan.rejected:
+            for source in rv.sources:
+                report.rejected_files.append(
+                    {"source": source, "reason": rv.reason, "tag": "",
+                     "series_uid": _out_uid(deid, rv.series_instance_uid)}
+                )
+        pool: Executor | None = None
+        if workers > 1 and any(len(v.frames) >= _POOL_MIN_SLICES for v in plan.volumes):
+            pool = ProcessPoolExecutor(workers, mp_context=get_context("forkserver"))
+        total = sum(volume_shape(v)[0] for v in plan.volumes)
+        bar = tqdm(total=total, desc="converting", unit="slice", disable=not progress)
+        try:
+            for volume in plan.volumes:
+                _ingest_volume(catalog, location, proj, volume, deid, report, pool, bar)
+        finally:
+            bar.close()
+            if pool is not None:
+                pool.shutdown()
+        report.report_id = catalog.record_report(
+            proj,
+            {
+                "started_at": started,
+                "paths": path_list,
+                "files_seen": report.files_seen,
+                "frames": report.frames,
+                "volumes_written": len(report.written),
+                "volumes_unchanged": len(report.unchanged),
+                "volumes_failed": len(report.failed),
+                "duplicates": report.duplicates,
+                "non_dicom": report.non_dicom,
+            },
+            report.rejected_files + [
+                {"source": f["sources"], "reason": f["reason"], "tag": f.get("tag", ""),
+                 "series_uid": f["series_uid"]}
+                for f in report.failed
+            ],
+        )
+        log.info("%s", report.summary())
+        return report
+    finally:
+        catalog.close()
+
+
+def _deidentifier(project: Project) -> Any:
+    from voxelhub.dicom.deid import Deidentifier, load_or_create_secret
+
+    secret = load_or_create_secret(config.secrets_dir() / f"{project.name}.key")
+    return Deidentifier(secret)
+
+
+def _out_uid(deid: Any, uid: str) -> str:
+    return deid.map_uid(uid) if deid is not None and uid else uid
+
+
+def _hash(*parts: str) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def _ingest_volume(
+    catalog: Catalog,
+    location: StoreLocation,
+    project: Project,
+    volume: VolumePlan,
+    deid: Any,
+    report: IngestReport,
+    pool: Executor | None,
+    bar: Any,
+) -> None:
+    series_uid = _out_uid(deid, volume.series_instance_uid)
+    volume_uid = _hash(project.name, series_uid, volume.split_label)[:32]
+    instance_uids = [_out_uid(deid, u) for u in volume.instance_uids]
+    content_key = _hash(*(f"{_out_uid(deid, f.sop_instance_uid)}#{f.frame_index}" for f in volume.frames))
+    rel_path = f"projects/{project.name}/{volume_uid}.ome.zarr"
+    n_slices = volume_shape(volume)[0]
+    existing = catalog.find_volume(volume_uid)
+    if existing is not None and existing.content_key == content_key and location.exists(rel_path):
+        report.unchanged.append(volume_uid)
+        bar.update(n_slices)
+        return
+    try:
+        header = _header(volume, deid)
+        metadata = _metadata(header)
+        attrs = {
+            "volume_uid": volume_uid,
+            "series_uid": series_uid,
+            "study_uid": str(header.get("StudyInstanceUID", "")),
+            "patient_id": str(header.get("PatientID", "")),
+            "modality": volume.modality,
+            "split": volume.split_label,
+            "series_description": str(header.get("SeriesDescription", "")),
+            "name": "",
+            "deidentified": deid is not None,
+            "dicom": metadata,
+            "source_instance_uids": instance_uids,
+            "rescale": sorted({(f.rescale_slope, f.rescale_intercept) for f in volume.frames}),
+        }
+        name = " ".join(
+            x for x in (str(header.get("SeriesDescription", "")), volume.split_label) if x
+        ) or volume_uid
+        attrs["name"] = name
+        written = write_volume(
+            location, rel_path, volume, name=name, attrs=attrs, pool=pool, on_slab=bar.update
+        )
+    except (DicomError, GeometryError, StoreError, OSError, ValueError) as exc:
+        log.warning("series %s (%s) failed: %s", series_uid, volume.split_label, exc)
+        report.failed.append(
+            {
+                "series_uid": series_uid,
+                "split": volume.split_label,
+                "reason": str(exc),
+                "tag": getattr(exc, "tag", None) or "",
+                "sources": getattr(exc, "path", None) or volume.frames[0].source,
+            }
+        )
+        return
+    geometry = volume.geometry
+    catalog.record_volume(
+        project,
+        patient={
+            "patient_key": str(header.get("PatientID", "")),
+            "patient_name": str(header.get("PatientName", "")),
+            "sex": str(header.get("PatientSex", "")),
+            "birth_date": str(header.get("PatientBirthDate", "")),
+        },
+        study={
+            "study_uid": str(header.get("StudyInstanceUID", "")),
+            "study_date": str(header.get("StudyDate", "")),
+            "description": str(header.get("StudyDescription", "")),
+            "accession_number": str(header.get("AccessionNumber", "")),
+        },
+        volume={
+            "volume_uid": volume_uid,
+            "series_uid": series_uid,
+            "series_number": volume.series_number,
+            "split": volume.split_label,
+            "modality": volume.modality,
+            "body_part": str(header.get("BodyPartExamined", "")),
+            "description": str(header.get("SeriesDescription", "")),
+            "manufacturer": str(header.get("Manufacturer", "")),
+            "slices": written.shape[0],
+            "rows": written.shape[1],
+            "columns": written.shape[2],
+            "spacing_z": geometry.spacing[0],
+            "spacing_y": geometry.spacing[1],
+            "spacing_x": geometry.spacing[2],
+            "dtype": written.dtype,
+            "flags": geometry.flag_codes(),
+            "reasons": "; ".join(f"[{f.code}] {f.reason}" for f in geometry.flags),
+            "store_path": rel_path,
+            "checksum": written.checksum,
+            "content_key": content_key,
+            "n_instances": len(instance_uids),
+        },
+    )
+    report.written.append(volume_uid)
+
+
+def _header(volume: VolumePlan, deid: Any) -> Dataset:
+    """The first instance's header (no pixels), de-identified when the project asks for it."""
+    source = volume.frames[0].source
+    try:
+        with open_source(source) as fp:
+            ds = pydicom.dcmread(fp, stop_before_pixels=True)
+    except Exception as exc:
+        raise DicomError(f"cannot re-read header: {exc}", path=source) from exc
+    if deid is not None:
+        deid.deidentify(ds)
+    return ds
+
+
+def _metadata(ds: Dataset) -> dict[str, Any]:
+    """DICOM JSON (PS3.18 F.2) of a header, without private tags, pixels or per-frame groups."""
+    copy = Dataset()
+    for elem in ds:
+        if elem.tag.is_private or elem.keyword in _DROP_FROM_METADATA:
+            continue
+        copy.add(elem)
+    out: dict[str, Any] = copy.to_json_dict(
+        bulk_data_threshold=4096, bulk_data_element_handler=lambda _el: ""
+    )
+    return out
+
+
+def rejected_sources(report: IngestReport) -> Sequence[str]:
+    """Every file named in the report as rejected, for quick checks in scripts and tests."""
+    return [r["source"] for r in report.rejected_files]

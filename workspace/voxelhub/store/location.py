@@ -1,0 +1,124 @@
+"""Where bytes live: the one module that knows a store URL is a folder, ``s3://…`` or ``https://…``.
+
+Everything else asks a :class:`StoreLocation` for a zarr store, and for the two operations that
+make writes atomic: a private temporary name to write under, and :meth:`StoreLocation.commit`
+to move a finished, verified volume into place.
+
+On a local file system ``commit`` is an ``os.rename`` (atomic).  On object storage there is no
+rename: the volume is copied under its final key and the catalog row — committed only after —
+is what makes it visible; readers find volumes through the catalog, never by listing.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import shutil
+import uuid
+from typing import Any
+from urllib.parse import urlparse
+
+import fsspec
+import zarr
+from zarr.abc.store import Store
+from zarr.storage import FsspecStore, LocalStore
+
+from voxelhub.errors import StoreError
+
+TMP_DIR = ".tmp"
+"""Folder (prefix) inside the store where volumes are written before they are committed."""
+
+
+class StoreLocation:
+    """A store root given by URL (a local path or anything fsspec opens)."""
+
+    def __init__(self, url: str | os.PathLike[str], storage_options: dict[str, Any] | None = None):
+        raw = os.fspath(url)
+        parsed = urlparse(raw)
+        self.storage_options = dict(storage_options or {})
+        self.is_local = parsed.scheme in ("", "file")
+        if self.is_local:
+            self.root = os.path.abspath(parsed.path if parsed.scheme == "file" else raw)
+            self.url = self.root
+            self.fs = fsspec.filesystem("file")
+        else:
+            self.url = raw.rstrip("/")
+            self.fs, self.root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+
+    def __repr__(self) -> str:
+        return f"StoreLocation({self.url!r})"
+
+    def full_path(self, rel: str) -> str:
+        """Path of ``rel`` inside the store, as the file system sees it."""
+        return os.path.join(self.root, rel) if self.is_local else posixpath.join(self.root, rel)
+
+    def url_of(self, rel: str) -> str:
+        """URL of ``rel`` inside the store, as a user or another process would open it."""
+        return self.full_path(rel) if self.is_local else posixpath.join(self.url, rel)
+
+    def ensure_root(self) -> None:
+        """Create the store's root (and temporary area) if missing."""
+        if self.is_local:
+            os.makedirs(os.path.join(self.root, TMP_DIR), exist_ok=True)
+
+    def zarr_store(self, rel: str, *, read_only: bool = False) -> Store:
+        """A zarr-python store for ``rel``."""
+        if self.is_local:
+            return LocalStore(self.full_path(rel), read_only=read_only)
+        return FsspecStore.from_url(
+            self.url_of(rel), storage_options=self.storage_options, read_only=read_only
+        )
+
+    def open_group(self, rel: str, mode: str = "r") -> zarr.Group:
+        """Open an existing zarr v3 group at ``rel``; a clear StoreError if it is not there."""
+        if not self.exists(rel):
+            raise StoreError(f"no volume at {self.url_of(rel)} (deleted, or never committed)")
+        return zarr.open_group(self.zarr_store(rel, read_only=mode == "r"), mode=mode, zarr_format=3)
+
+    def exists(self, rel: str) -> bool:
+        return bool(self.fs.exists(self.full_path(rel)))
+
+    def new_temporary(self, suffix: str = ".ome.zarr") -> str:
+        """A fresh relative name under the temporary area, never visible to readers."""
+        return posixpath.join(TMP_DIR, f"{uuid.uuid4().hex}{suffix}")
+
+    def remove(self, rel: str) -> None:
+        """Delete ``rel`` (a volume or temporary tree) if it exists."""
+        path = self.full_path(rel)
+        if self.is_local:
+            shutil.rmtree(path, ignore_errors=True)
+        elif self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+
+    def commit(self, tmp_rel: str, final_rel: str) -> None:
+        """Move a finished volume from its temporary name to ``final_rel``, replacing any old one.
+
+        Locally the new tree is renamed into place; an old tree at ``final_rel`` is first renamed
+        aside and deleted after, so readers see either the old or the new volume, never a mix.
+        """
+        src, dst = self.full_path(tmp_rel), self.full_path(final_rel)
+        if self.is_local:
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            old = None
+            if os.path.exists(dst):
+                old = self.full_path(self.new_temporary(".old"))
+                os.rename(dst, old)
+            os.rename(src, dst)
+            if old:
+                shutil.rmtree(old, ignore_errors=True)
+            return
+        if self.fs.exists(dst):
+            self.fs.rm(dst, recursive=True)
+        self.fs.copy(src, dst, recursive=True)
+        self.fs.rm(src, recursive=True)
+
+    def clean_temporary(self) -> list[str]:
+        """Remove what crashed writers left in the temporary area; return what was removed."""
+        tmp = self.full_path(TMP_DIR)
+        if not self.fs.exists(tmp):
+            return []
+        removed = []
+        for entry in self.fs.ls(tmp, detail=False):
+            self.fs.rm(entry, recursive=True)
+            removed.append(str(entry))
+        return removed

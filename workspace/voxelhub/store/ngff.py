@@ -1,0 +1,151 @@
+"""OME-Zarr (NGFF 0.5) layout: pyramid shape, chunking, codecs and the multiscales metadata.
+
+The multiscales JSON is written by ``ome-zarr-py``'s ``write_multiscales_metadata`` (a maintained
+NGFF library, so readers that follow the spec agree with us); pixels are written by zarr-python
+directly, because we stream slabs, shard, and choose codecs ourselves — ngff-zarr ≥ 0.44 writes
+only whole in-memory images to local folders and refuses object stores.
+
+NGFF 0.5 has no place for a full affine (that arrives with RFC-5 in 0.6), so the scale and
+translation here describe the volume in its own index frame (z along the slice normal, from the
+first slice) and the LPS affine / direction matrix live in the ``voxelhub`` attributes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zarr
+from ome_zarr.format import FormatV05
+from ome_zarr.writer import write_multiscales_metadata
+from zarr.codecs import BloscCodec, BloscShuffle
+
+AXES = [{"name": n, "type": "space", "unit": "millimeter"} for n in ("z", "y", "x")]
+DIMENSION_NAMES = ("z", "y", "x")
+THUMBNAIL_SIZE = 64
+"""The pyramid stops at the first level whose largest in-plane side is at most this."""
+SLAB_DEPTH = 64
+"""Slices converted at once: one level-0 shard deep.  Memory is a small multiple of one slab."""
+INNER_CHUNK = (16, 64, 64)
+"""Inner chunk of every shard: small enough for a slice viewer and for 3-D blocks."""
+MAX_LEVELS = 7
+
+
+def compressor() -> BloscCodec:
+    """Lossless codec: Blosc-LZ4 with byte shuffle (≈300 MB/s here, against ≈60 MB/s for zstd)."""
+    return BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.shuffle)
+
+
+@dataclass(frozen=True)
+class Level:
+    """One pyramid level: its array path, shape, and downsampling factor from level 0."""
+
+    path: str
+    shape: tuple[int, int, int]
+    factor: tuple[int, int, int]
+
+    def scale(self, spacing: tuple[float, float, float]) -> list[float]:
+        return [s * f for s, f in zip(spacing, self.factor, strict=True)]
+
+    def translation(self, spacing: tuple[float, float, float]) -> list[float]:
+        # block-mean downsampling: a level voxel's centre is the centre of the block it averages
+        return [(f - 1) * s / 2 for s, f in zip(spacing, self.factor, strict=True)]
+
+
+def pyramid(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> list[Level]:
+    """Levels from full resolution down to a thumbnail-sized one.
+
+    In-plane sides halve at each level; z halves too once the voxels are no longer much thicker
+    than they are wide, so that coarse levels stay roughly isotropic for 3-D views.
+    """
+    levels = [Level("0", shape, (1, 1, 1))]
+    fz, fy, fx = 1, 1, 1
+    while max(levels[-1].shape[1:]) > THUMBNAIL_SIZE and len(levels) < MAX_LEVELS:
+        nz, ny, nx = levels[-1].shape
+        fy, fx = fy * 2, fx * 2
+        in_plane = min(spacing[1] * fy, spacing[2] * fx)
+        if nz > 1 and spacing[0] * fz * 2 <= in_plane * 1.5 and fz * 2 <= SLAB_DEPTH:
+            fz *= 2
+        levels.append(
+            Level(
+                str(len(levels)),
+                (math.ceil(shape[0] / fz), math.ceil(shape[1] / fy), math.ceil(shape[2] / fx)),
+                (fz, fy, fx),
+            )
+        )
+    return levels
+
+
+def create_level_array(group: zarr.Group, level: Level, dtype: Any) -> zarr.Array:
+    """Create a level's sharded array: one shard per slab, inner chunks for viewers."""
+    shard_z = max(1, min(level.shape[0], SLAB_DEPTH // level.factor[0]))
+    chunk = (
+        min(INNER_CHUNK[0], shard_z),
+        min(INNER_CHUNK[1], level.shape[1]),
+        min(INNER_CHUNK[2], level.shape[2]),
+    )
+    shard_z = math.ceil(shard_z / chunk[0]) * chunk[0]
+    shard = (
+        shard_z,
+        math.ceil(level.shape[1] / chunk[1]) * chunk[1],
+        math.ceil(level.shape[2] / chunk[2]) * chunk[2],
+    )
+    return group.create_array(
+        level.path,
+        shape=level.shape,
+        dtype=dtype,
+        chunks=chunk,
+        shards=shard,
+        compressors=[compressor()],
+        fill_value=0,
+        dimension_names=DIMENSION_NAMES,
+    )
+
+
+def write_metadata(
+    group: zarr.Group, levels: list[Level], spacing: tuple[float, float, float], name: str
+) -> None:
+    """Write the NGFF 0.5 multiscales block for ``levels`` through ome-zarr-py."""
+    datasets = [
+        {
+            "path": lv.path,
+            "coordinateTransformations": [
+                {"type": "scale", "scale": lv.scale(spacing)},
+                {"type": "translation", "translation": lv.translation(spacing)},
+            ],
+        }
+        for lv in levels
+    ]
+    write_multiscales_metadata(group, datasets, fmt=FormatV05(), axes=AXES, name=name)
+
+
+def read_levels(group: zarr.Group) -> list[dict[str, Any]]:
+    """The multiscales datasets of an OME-Zarr group (path and transformations per level)."""
+    ome = group.attrs.get("ome") or {}
+    multiscales = ome.get("multiscales") or []
+    if not multiscales:
+        raise ValueError("not an OME-Zarr image: no ome.multiscales attribute")
+    datasets: list[dict[str, Any]] = multiscales[0]["datasets"]
+    return datasets
+
+
+def downsample(block: np.ndarray, factor: tuple[int, int, int]) -> np.ndarray:
+    """Block-mean downsampling by integer factors (edges padded by repetition), same dtype.
+
+    Means are computed in float32 and rounded for integer data, so a level is a faithful
+    preview of the volume, not a resampling users should measure on.
+    """
+    if factor == (1, 1, 1):
+        return block
+    pads = [(0, (-n) % f) for n, f in zip(block.shape, factor, strict=True)]
+    if any(p[1] for p in pads):
+        block = np.pad(block, pads, mode="edge")
+    nz, ny, nx = block.shape
+    fz, fy, fx = factor
+    view = block.reshape(nz // fz, fz, ny // fy, fy, nx // fx, fx)
+    mean = view.mean(axis=(1, 3, 5), dtype=np.float32)
+    if block.dtype.kind in "iu":
+        return np.rint(mean).astype(block.dtype)
+    return mean.astype(block.dtype)

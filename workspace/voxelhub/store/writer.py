@@ -1,0 +1,168 @@
+"""Atomic, chunk-bounded conversion of one planned volume into a multiscale OME-Zarr.
+
+The volume is streamed slab by slab (one level-0 shard deep): each slab is decoded, rescaled,
+written to level 0, downsampled into every pyramid level and hashed.  Memory is a small multiple
+of one slab whatever the volume size.  Everything is written under a temporary name, re-read and
+checked against the checksum computed while writing, and only then committed to its final name.
+A crash at any point leaves at most a temporary tree that readers never see and
+:meth:`~voxelhub.store.location.StoreLocation.clean_temporary` removes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zarr
+
+from voxelhub.dicom.pixels import DtypeChoice, DtypeOverflow, choose_dtype
+from voxelhub.dicom.series import VolumePlan
+from voxelhub.dicom.slabs import read_slab, volume_shape
+from voxelhub.errors import StoreError
+from voxelhub.store import ngff
+from voxelhub.store.location import StoreLocation
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+"""Version of the ``voxelhub`` attribute block; bumped when its meaning changes."""
+
+
+@dataclass(frozen=True)
+class WrittenVolume:
+    """What was committed: where, its shape, dtype, pyramid and content checksum."""
+
+    rel_path: str
+    shape: tuple[int, int, int]
+    dtype: str
+    checksum: str
+    levels: int
+    nbytes: int
+
+
+class _Hasher:
+    """sha256 over the level-0 voxels in C order, prefixed by dtype and shape."""
+
+    def __init__(self, shape: tuple[int, int, int], dtype: np.dtype) -> None:
+        self._h = hashlib.sha256(f"{np.dtype(dtype).str}{shape}".encode())
+
+    def update(self, slab: np.ndarray) -> None:
+        self._h.update(np.ascontiguousarray(slab).data)
+
+    def hexdigest(self) -> str:
+        return "sha256:" + self._h.hexdigest()
+
+
+def content_checksum(array: zarr.Array, slab_depth: int = ngff.SLAB_DEPTH) -> str:
+    """Checksum of a stored level-0 array, read slab by slab (same definition as when writing)."""
+    shape = tuple(int(s) for s in array.shape)
+    hasher = _Hasher(shape, np.dtype(array.dtype))  # type: ignore[arg-type]
+    for z in range(0, shape[0], slab_depth):
+        hasher.update(np.asarray(array[z : z + slab_depth]))
+    return hasher.hexdigest()
+
+
+def write_volume(
+    location: StoreLocation,
+    final_rel: str,
+    plan: VolumePlan,
+    *,
+    name: str,
+    attrs: dict[str, Any],
+    pool: Executor | None = None,
+    on_slab: Callable[[int], None] | None = None,
+) -> WrittenVolume:
+    """Convert ``plan`` into an OME-Zarr at ``final_rel``, atomically.
+
+    Parameters
+    ----------
+    location
+        The store.
+    final_rel
+        Relative path the committed volume gets (replaced atomically if present).
+    plan
+        The volume's frames and geometry.
+    name
+        Image name in the NGFF metadata.
+    attrs
+        Extra JSON attributes (de-identified DICOM metadata, source UIDs …) stored under
+        ``voxelhub``; geometry, dtype and checksum are added here.
+    pool
+        Executor used to decode the slices of each slab in parallel.
+    on_slab
+        Called with the number of slices done after each slab (progress bars).
+    """
+    choice = choose_dtype(plan.frames)
+    try:
+        return _write(location, final_rel, plan, choice, name, attrs, pool, on_slab)
+    except DtypeOverflow as exc:
+        log.info("%s: %s; rewriting as int32", plan.series_instance_uid, exc)
+        wider = choose_dtype(plan.frames, wider=True)
+        return _write(location, final_rel, plan, wider, name, attrs, pool, on_slab)
+
+
+def _write(
+    location: StoreLocation,
+    final_rel: str,
+    plan: VolumePlan,
+    choice: DtypeChoice,
+    name: str,
+    attrs: dict[str, Any],
+    pool: Executor | None,
+    on_slab: Callable[[int], None] | None,
+) -> WrittenVolume:
+    shape = volume_shape(plan)
+    spacing = plan.geometry.spacing
+    levels = ngff.pyramid(shape, spacing)
+    tmp = location.new_temporary()
+    try:
+        group = zarr.open_group(location.zarr_store(tmp), mode="w-", zarr_format=3)
+        arrays = [ngff.create_level_array(group, lv, choice.dtype) for lv in levels]
+        hasher = _Hasher(shape, choice.dtype)
+        for start in range(0, shape[0], ngff.SLAB_DEPTH):
+            stop = min(start + ngff.SLAB_DEPTH, shape[0])
+            slab = read_slab(plan, start, stop, choice, pool=pool)
+            hasher.update(slab)
+            arrays[0][start:stop] = slab
+            for lv, arr in zip(levels[1:], arrays[1:], strict=True):
+                small = ngff.downsample(slab, lv.factor)
+                z0 = start // lv.factor[0]
+                arr[z0 : z0 + small.shape[0]] = small
+            if on_slab is not None:
+                on_slab(stop - start)
+            del slab
+        checksum = hasher.hexdigest()
+        ngff.write_metadata(group, levels, spacing, name)
+        group.attrs["voxelhub"] = {
+            **attrs,
+            "format_version": FORMAT_VERSION,
+            "geometry": plan.geometry.to_attrs(),
+            "dtype": choice.dtype.str,
+            "dtype_reason": choice.reason,
+            "checksum": checksum,
+            "levels": [{"path": lv.path, "shape": lv.shape, "factor": lv.factor} for lv in levels],
+        }
+        _verify(location, tmp, checksum)
+        location.commit(tmp, final_rel)
+    except BaseException:
+        location.remove(tmp)
+        raise
+    nbytes = int(np.prod(shape)) * choice.dtype.itemsize
+    return WrittenVolume(final_rel, shape, choice.dtype.str, checksum, len(levels), nbytes)
+
+
+def _verify(location: StoreLocation, rel: str, expected: str) -> None:
+    """Re-read level 0 from the store and compare its checksum with the one computed on write."""
+    group = zarr.open_group(location.zarr_store(rel, read_only=True), mode="r", zarr_format=3)
+    level0 = group["0"]
+    assert isinstance(level0, zarr.Array)
+    found = content_checksum(level0)
+    if found != expected:
+        raise StoreError(
+            f"verification failed for {location.url_of(rel)}: wrote {expected}, read back {found}"
+        )
