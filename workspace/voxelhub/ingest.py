@@ -17,7 +17,6 @@ import re
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from typing import Any
 
 import pydicom
@@ -26,7 +25,7 @@ from tqdm.auto import tqdm
 
 from voxelhub import config
 from voxelhub.catalog import Catalog, Project
-from voxelhub.dicom.index import index, open_source
+from voxelhub.dicom.index import index, open_source, process_context
 from voxelhub.dicom.series import VolumePlan, plan_volumes
 from voxelhub.dicom.slabs import volume_shape
 from voxelhub.errors import DicomError, GeometryError, StoreError, VoxelHubError
@@ -141,7 +140,7 @@ def ingest(
                 )
         pool: Executor | None = None
         if workers > 1 and any(len(v.frames) >= _POOL_MIN_SLICES for v in plan.volumes):
-            pool = ProcessPoolExecutor(workers, mp_context=get_context("forkserver"))
+            pool = ProcessPoolExecutor(workers, mp_context=process_context())
         total = sum(volume_shape(v)[0] for v in plan.volumes)
         bar = tqdm(total=total, desc="converting", unit="slice", disable=not progress)
         try:

@@ -14,7 +14,8 @@ import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import get_context
+from multiprocessing import get_all_start_methods, get_context
+from multiprocessing.context import BaseContext
 from typing import IO, Any
 
 import pydicom
@@ -278,6 +279,17 @@ def _classic_frame(ds: Dataset, source: str) -> Frame:
     )
 
 
+def process_context() -> BaseContext:
+    """Start method for worker processes: ``fork`` where it exists.
+
+    ``forkserver``/``spawn`` re-import the caller's main module in every worker, which breaks
+    scripts without an ``if __name__ == "__main__"`` guard; the workers here only parse files
+    and never touch locks the parent's threads may hold.
+    """
+    methods = get_all_start_methods()
+    return get_context("fork" if "fork" in methods else "spawn")
+
+
 def _read_batch(sources: Sequence[str]) -> IndexResult:
     result = IndexResult()
     for source in sources:
@@ -316,7 +328,7 @@ def index(
                 result.extend(read_frames(source))
                 bar.update()
             return result
-        with ProcessPoolExecutor(workers, mp_context=get_context("forkserver")) as pool:
+        with ProcessPoolExecutor(workers, mp_context=process_context()) as pool:
             pending: list[tuple[int, Future[IndexResult]]] = []
             for batch in _batches(sources, batch_size):
                 pending.append((len(batch), pool.submit(_read_batch, batch)))

@@ -27,12 +27,15 @@ _ALWAYS_SPLIT: list[tuple[str, Callable[[Frame], Any]]] = [
     ("orientation", lambda f: _round(f.image_orientation, 4)),
     ("pixel_spacing", lambda f: _round(f.pixel_spacing, 4)),
     ("echo", lambda f: (f.echo_number, None if f.echo_time is None else round(f.echo_time, 3))),
-    ("image_type", lambda f: f.image_type),
     ("mosaic", lambda f: f.is_mosaic),
 ]
 
-# Fields that separate volumes only when positions repeat (else they are one stack).
+# Fields that separate volumes only when positions repeat (else they are one stack).  ImageType
+# is here, not above: magnitude/phase or original/derived frames share positions and split here,
+# while a head CT whose posterior-fossa slices carry an extra "ADD" value (real GE data in
+# shared/data) stays the one variable-spacing volume it is, as dcm2niix reads it.
 _SPLIT_IF_REPEATED: list[tuple[str, Callable[[Frame], Any]]] = [
+    ("image_type", lambda f: f.image_type),
     ("acquisition", lambda f: f.acquisition_number),
     ("temporal_position", lambda f: f.temporal_position),
     ("stack", lambda f: f.dimension_index[0] if f.dimension_index else None),

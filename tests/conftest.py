@@ -1,0 +1,42 @@
+"""Shared fixtures: the real data in ../shared, and small real DICOM series made with pydicom."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.dicom_factory import write_series
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("VOXELHUB_SHARED", REPO.parent / "shared"))
+DICOM = SHARED / "data" / "dicom"
+
+
+@pytest.fixture(scope="session")
+def shared_dicom() -> Path:
+    """The real DICOM series in ../shared/data/dicom (fails loudly if it is missing)."""
+    if not DICOM.is_dir():
+        pytest.fail(f"real test data missing: {DICOM} (clone the repo next to shared/)")
+    return DICOM
+
+
+@pytest.fixture(autouse=True)
+def _secrets_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Project secrets go to a throwaway folder, never to the user's ~/.config."""
+    monkeypatch.setenv("VOXELHUB_SECRETS_DIR", str(tmp_path_factory.mktemp("secrets")))
+
+
+@pytest.fixture(scope="session")
+def real_store(tmp_path_factory: pytest.TempPathFactory, shared_dicom: Path) -> Path:
+    """All of ../shared/data/dicom ingested once (identifiable project) for read-only tests."""
+    from voxelhub import ingest
+
+    store = tmp_path_factory.mktemp("real") / "store"
+    report = ingest(shared_dicom, store, project="real", progress=False)
+    assert not report.failed, report.summary()
+    return store
+
+
+__all__ = ["write_series"]
