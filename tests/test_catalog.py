@@ -1,0 +1,114 @@
+"""The catalog on SQLite (inside the store) and on a real PostgreSQL server (started by make)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+import voxelhub
+from tests.dicom_factory import write_series
+from voxelhub.catalog import Catalog
+from voxelhub.store.location import StoreLocation
+
+POSTGRES = os.environ.get("VOXELHUB_TEST_POSTGRES_URL")
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty database on the server `make test` starts; dropped afterwards."""
+    if not POSTGRES:
+        pytest.skip("VOXELHUB_TEST_POSTGRES_URL unset: run through `make test` to get a server")
+    name = f"vh_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield POSTGRES.rsplit("/", 1)[0] + f"/{name}"
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> str | None:
+    if request.param == "sqlite":
+        return None
+    return request.getfixturevalue("postgres_url")
+
+
+def _two_studies(root: Path) -> None:
+    write_series(root / "a", slices=6, patient_id="P1", seed=1)
+    write_series(root / "b", slices=5, patient_id="P2", modality="MR", seed=2)
+
+
+def test_ingest_and_query(tmp_path: Path, catalog_url: str | None) -> None:
+    _two_studies(tmp_path / "in")
+    store = tmp_path / "store"
+    report = voxelhub.ingest(tmp_path / "in", store, project="lab", catalog_url=catalog_url, progress=False)
+    assert len(report.written) == 2
+    cat = voxelhub.open_catalog(store, catalog_url=catalog_url)
+    assert list(cat.projects()["name"]) == ["lab"]
+    ct = cat.studies(modality="CT")
+    assert list(ct["patient_id"]) == ["P1"] and list(ct["volumes"]) == [1]
+    series = cat.series(modality="MR")
+    assert len(series) == 1 and series.iloc[0]["slices"] == 5
+    assert len(cat.series(study_uid=ct.iloc[0]["study_uid"])) == 1
+    assert len(cat.search("synthetic")) == 2
+    assert cat.search("no such words").empty
+    page = cat.series(limit=1, offset=1)
+    assert len(page) == 1
+    volume = voxelhub.open_series(series.iloc[0], catalog=cat)
+    assert volume.shape == (5, 32, 40)
+    cat.close()
+
+
+def test_sqlite_uses_wal_inside_the_store(tmp_path: Path) -> None:
+    cat = Catalog(StoreLocation(tmp_path / "store"))
+    with cat.engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+    assert (tmp_path / "store" / "catalog.sqlite").exists()
+    cat.close()
+
+
+def test_project_deidentification_never_flips(tmp_path: Path, catalog_url: str | None) -> None:
+    cat = Catalog(StoreLocation(tmp_path / "store"), catalog_url)
+    cat.ensure_project("open", deidentify=False)
+    with pytest.raises(voxelhub.CatalogError, match="identifiable"):
+        cat.ensure_project("open", deidentify=True)
+    cat.ensure_project("safe", deidentify=True)
+    with pytest.raises(voxelhub.CatalogError, match="de-identifies"):
+        cat.ensure_project("safe", deidentify=False)
+    cat.close()
+
+
+def test_failed_volume_leaves_no_row(tmp_path: Path, catalog_url: str | None) -> None:
+    """A record_volume that fails half-way (bad value) leaves no patient/study/volume row."""
+    cat = Catalog(StoreLocation(tmp_path / "store"), catalog_url)
+    project = cat.ensure_project("p", deidentify=False)
+    with pytest.raises(Exception):  # noqa: B017 - any database error
+        cat.record_volume(
+            project,
+            patient={"patient_key": "X"},
+            study={"study_uid": "1.2.3"},
+            volume={"volume_uid": "v", "slices": None},  # NOT NULL columns missing
+        )
+    assert cat.series().empty
+    with cat.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM patients")).scalar() == 0
+        assert conn.execute(text("SELECT count(*) FROM studies")).scalar() == 0
+    cat.close()
+
+
+def test_unknown_series_is_a_clear_error(tmp_path: Path) -> None:
+    write_series(tmp_path / "in", slices=3)
+    voxelhub.ingest(tmp_path / "in", tmp_path / "store", progress=False)
+    cat = voxelhub.open_catalog(tmp_path / "store")
+    with pytest.raises(voxelhub.NotFound, match="no volume or series"):
+        voxelhub.open_series("1.2.3.4", catalog=cat)
+    with pytest.raises(voxelhub.CatalogError, match="no store"):
+        voxelhub.open_catalog(tmp_path / "nowhere")
+    cat.close()
