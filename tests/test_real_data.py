@@ -194,3 +194,12 @@ def test_every_file_is_accounted_for(real_store, shared_dicom):
     report = cat.reports().iloc[0]
     assert report["volumes_failed"] == 0
     assert {Path(p).name for p in report["non_dicom"]} >= {"PROVENANCE.md", "LICENSE.txt"}
+
+
+def test_nine_transfer_syntaxes_store_identical_demosaicked_volumes(catalog, shared_dicom):
+    rows = _by_folder(catalog, shared_dicom, "mr_siemens_transfer_syntaxes")
+    assert len(rows) == 9  # one SeriesInstanceUID, split by SeriesNumber
+    assert set(rows["slices"]) == {35} and set(rows["rows"]) == {64}
+    assert rows["checksum"].nunique() == 1  # RLE, JPEG Lossless, JPEG-LS, J2K: pixel-identical
+    volume = voxelhub.open_series(rows.iloc[0], catalog=catalog)
+    assert volume.values.dtype == np.int16 and int(volume.max()) > 0
