@@ -8,12 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
-
 import voxelhub
-from tests.dicom_factory import write_series
+from sqlalchemy import create_engine, text
 from voxelhub.catalog import Catalog
 from voxelhub.store.location import StoreLocation
+
+from tests.dicom_factory import write_series
 
 POSTGRES = os.environ.get("VOXELHUB_TEST_POSTGRES_URL")
 
@@ -48,7 +48,9 @@ def _two_studies(root: Path) -> None:
 def test_ingest_and_query(tmp_path: Path, catalog_url: str | None) -> None:
     _two_studies(tmp_path / "in")
     store = tmp_path / "store"
-    report = voxelhub.ingest(tmp_path / "in", store, project="lab", catalog_url=catalog_url, progress=False)
+    report = voxelhub.ingest(
+        tmp_path / "in", store, project="lab", catalog_url=catalog_url, progress=False
+    )
     assert len(report.written) == 2
     cat = voxelhub.open_catalog(store, catalog_url=catalog_url)
     assert list(cat.projects()["name"]) == ["lab"]

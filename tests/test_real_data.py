@@ -18,10 +18,11 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-
 import voxelhub
 
-DCM2NIIX = shutil.which("dcm2niix", path=str(Path(sys.executable).parent)) or shutil.which("dcm2niix")
+DCM2NIIX = shutil.which("dcm2niix", path=str(Path(sys.executable).parent)) or shutil.which(
+    "dcm2niix"
+)
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +144,9 @@ def test_philips_tilt_affine_matches_real_positions(catalog, shared_dicom):
     affine = np.asarray(volume.attrs["affine_lps"])
     positions = []
     for p in (shared_dicom / "ct_philips_ingenuity_tilt").glob("I*"):
-        positions.append([float(v) for v in pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient])
+        positions.append(
+            [float(v) for v in pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient]
+        )
     positions = np.array(positions)
     # every slice position is origin + k * (third column) for k = 0..n-1, in some order
     predicted = affine[:3, 3] + np.outer(np.arange(len(positions)), affine[:3, 2])
@@ -161,7 +164,9 @@ def test_two_echoes_become_two_volumes(catalog, shared_dicom):
 def test_enhanced_philips_split_by_frame_type_with_per_frame_rescale(catalog, shared_dicom):
     path = shared_dicom / "mr_enhanced_multiframe" / "Philips" / "IM_0027_fMAP.dcm"
     rows = _by_folder(catalog, shared_dicom, "mr_enhanced_multiframe")
-    philips = rows[rows["series_uid"] == str(pydicom.dcmread(path, stop_before_pixels=True).SeriesInstanceUID)]
+    philips = rows[
+        rows["series_uid"] == str(pydicom.dcmread(path, stop_before_pixels=True).SeriesInstanceUID)
+    ]
     assert len(philips) == 2 and list(philips["slices"]) == [32, 32]
     ds = pydicom.dcmread(path)
     frames = ds.pixel_array

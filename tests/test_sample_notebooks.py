@@ -17,7 +17,9 @@ NOTEBOOKS = sorted((REPO / "sample_notebooks").glob("*.ipynb"))
 def test_notebook_runs(path: Path, real_store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VOXELHUB_STORE", str(real_store))
     nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
+    NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}
+    ).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     text = "".join(o.get("text", "") for o in outputs)

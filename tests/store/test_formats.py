@@ -14,18 +14,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import voxelhub
 import xarray as xr
 import zarr
 
-import voxelhub
 from tests.dicom_factory import random_orientation, write_series
 
 
 @pytest.fixture(scope="module")
 def stored(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("fmt")
-    series = write_series(root / "in", slices=70, rows=150, columns=130,
-                          rotation=random_orientation(np.random.default_rng(7)), seed=7)
+    series = write_series(
+        root / "in",
+        slices=70,
+        rows=150,
+        columns=130,
+        rotation=random_orientation(np.random.default_rng(7)),
+        seed=7,
+    )
     voxelhub.ingest(root / "in", root / "store", progress=False)
     cat = voxelhub.open_catalog(root / "store")
     row = cat.series().iloc[0]
@@ -39,8 +45,12 @@ def test_plain_zarr_and_xarray_open_it(stored) -> None:
     group = zarr.open_group(path, mode="r")
     assert group.attrs["ome"]["version"] == "0.5"
     np.testing.assert_array_equal(group["0"][:], series.volume.astype(np.int16))
-    ds = xr.open_zarr(path, zarr_format=3, consolidated=False,
-                      drop_variables=[k for k in group.array_keys() if k != "0"])
+    ds = xr.open_zarr(
+        path,
+        zarr_format=3,
+        consolidated=False,
+        drop_variables=[k for k in group.array_keys() if k != "0"],
+    )
     np.testing.assert_array_equal(ds["0"].values, series.volume.astype(np.int16))
 
 
@@ -94,7 +104,7 @@ def test_simpleitk_round_trip(stored, tmp_path: Path) -> None:
 
 
 def test_missing_store_folder_is_a_clear_error(stored, tmp_path: Path) -> None:
-    _, store, row, _ = stored
+    store = stored[1]
     loc = voxelhub.StoreLocation(store)
     with pytest.raises(voxelhub.StoreError, match="no volume at"):
         loc.open_group("projects/default/absent.ome.zarr")
@@ -112,7 +122,8 @@ def s3_endpoint():
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -139,8 +150,12 @@ def test_store_on_object_storage(tmp_path: Path, s3_endpoint: str, monkeypatch) 
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    options = {"key": "test", "secret": "test", "endpoint_url": s3_endpoint,
-               "skip_instance_cache": True}
+    options = {
+        "key": "test",
+        "secret": "test",
+        "endpoint_url": s3_endpoint,
+        "skip_instance_cache": True,
+    }
     bucket = f"vh-{uuid.uuid4().hex[:10]}"
     s3fs.S3FileSystem(**options).mkdir(bucket)
     series = write_series(tmp_path / "in", slices=9, seed=3)

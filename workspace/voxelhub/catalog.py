@@ -232,7 +232,11 @@ class Catalog:
             return s.scalar(select(Volume).where(Volume.volume_uid == volume_uid))
 
     def record_volume(
-        self, project: Project, patient: dict[str, str], study: dict[str, str], volume: dict[str, Any]
+        self,
+        project: Project,
+        patient: dict[str, str],
+        study: dict[str, str],
+        volume: dict[str, Any],
     ) -> None:
         """Insert or replace a volume row with its patient and study, in one transaction."""
         with self.session() as s:
@@ -258,7 +262,9 @@ class Catalog:
                 s.flush()
             s.add(Volume(study_id=st.id, **volume))
 
-    def record_report(self, project: Project, report: dict[str, Any], rejected: Sequence[dict[str, str]]) -> int:
+    def record_report(
+        self, project: Project, report: dict[str, Any], rejected: Sequence[dict[str, str]]
+    ) -> int:
         """Store an ingest report and its rejected files together; return the report id."""
         with self.session() as s:
             r = IngestReport(project_id=project.id, **report)
@@ -408,7 +414,7 @@ class Catalog:
                 f"series {uid!r} was split into {len(match)} volumes; open one by volume_uid: "
                 f"{splits}"
             )
-        row: dict[str, Any] = match.iloc[0].to_dict()
+        row: dict[str, Any] = {str(k): v for k, v in match.iloc[0].to_dict().items()}
         return row
 
     def open_series(self, uid_or_row: Any, level: int = 0) -> Any:

@@ -30,8 +30,17 @@ def _list(args: argparse.Namespace) -> int:
 
     cat = open_catalog(args.store, catalog_url=args.catalog_url)
     df = cat.series(modality=args.modality, text=args.text, project=args.project)
-    cols = ["volume_uid", "project", "modality", "description", "split", "slices", "rows",
-            "columns", "flags"]
+    cols = [
+        "volume_uid",
+        "project",
+        "modality",
+        "description",
+        "split",
+        "slices",
+        "rows",
+        "columns",
+        "flags",
+    ]
     print(df[cols].to_string(index=False) if not df.empty else "no volumes")
     return 0
 
@@ -55,8 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", help="folders, files or .zip archives")
     p.add_argument("--store", required=True, help="store path or URL")
     p.add_argument("--project", default="default", help="project name (default: default)")
-    p.add_argument("--deidentify", action="store_true",
-                   help="apply the DICOM PS3.15 Basic Profile (projects keep this setting)")
+    p.add_argument(
+        "--deidentify",
+        action="store_true",
+        help="apply the DICOM PS3.15 Basic Profile (projects keep this setting)",
+    )
     p.add_argument("--catalog-url", default=None, help="SQLAlchemy URL (default: SQLite in store)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -81,8 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     try:
         return int(args.func(args))
     except (VoxelHubError, FileNotFoundError) as exc:

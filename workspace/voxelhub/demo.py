@@ -41,8 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     token = secrets.token_urlsafe(24)
     print(f"\nJupyterLab: http://127.0.0.1:{args.port}/lab?token={token}\n(Ctrl-C to stop)")
     cmd = [
-        sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1",
-        f"--port={args.port}", f"--ServerApp.root_dir={notebooks}",
+        sys.executable,
+        "-m",
+        "jupyter",
+        "lab",
+        "--no-browser",
+        "--ip=127.0.0.1",
+        f"--port={args.port}",
+        f"--ServerApp.root_dir={notebooks}",
         f"--IdentityProvider.token={token}",
     ]
     if os.geteuid() == 0:

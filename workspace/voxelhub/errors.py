@@ -16,7 +16,9 @@ class DicomError(VoxelHubError):
     def __init__(self, message: str, *, path: str | None = None, tag: str | None = None) -> None:
         self.path = path
         self.tag = tag
-        where = ", ".join(x for x in (f"file {path}" if path else "", f"tag {tag}" if tag else "") if x)
+        where = ", ".join(
+            x for x in (f"file {path}" if path else "", f"tag {tag}" if tag else "") if x
+        )
         super().__init__(f"{message} ({where})" if where else message)
 
 

@@ -135,8 +135,12 @@ def ingest(
         for rv in plan.rejected:
             for source in rv.sources:
                 report.rejected_files.append(
-                    {"source": source, "reason": rv.reason, "tag": "",
-                     "series_uid": _out_uid(deid, rv.series_instance_uid)}
+                    {
+                        "source": source,
+                        "reason": rv.reason,
+                        "tag": "",
+                        "series_uid": _out_uid(deid, rv.series_instance_uid),
+                    }
                 )
         pool: Executor | None = None
         if workers > 1 and any(len(v.frames) >= _POOL_MIN_SLICES for v in plan.volumes):
@@ -163,9 +167,14 @@ def ingest(
                 "duplicates": report.duplicates,
                 "non_dicom": report.non_dicom,
             },
-            report.rejected_files + [
-                {"source": f["sources"], "reason": f["reason"], "tag": f.get("tag", ""),
-                 "series_uid": f["series_uid"]}
+            report.rejected_files
+            + [
+                {
+                    "source": f["sources"],
+                    "reason": f["reason"],
+                    "tag": f.get("tag", ""),
+                    "series_uid": f["series_uid"],
+                }
                 for f in report.failed
             ],
         )
@@ -207,7 +216,9 @@ def _ingest_volume(
     series_uid = _out_uid(deid, volume.series_instance_uid)
     volume_uid = _hash(project.name, series_uid, volume.split_label)[:32]
     instance_uids = [_out_uid(deid, u) for u in volume.instance_uids]
-    content_key = _hash(*(f"{_out_uid(deid, f.sop_instance_uid)}#{f.frame_index}" for f in volume.frames))
+    content_key = _hash(
+        *(f"{_out_uid(deid, f.sop_instance_uid)}#{f.frame_index}" for f in volume.frames)
+    )
     rel_path = f"projects/{project.name}/{volume_uid}.ome.zarr"
     n_slices = volume_shape(volume)[0]
     existing = catalog.find_volume(volume_uid)
@@ -232,9 +243,10 @@ def _ingest_volume(
             "source_instance_uids": instance_uids,
             "rescale": sorted({(f.rescale_slope, f.rescale_intercept) for f in volume.frames}),
         }
-        name = " ".join(
-            x for x in (str(header.get("SeriesDescription", "")), volume.split_label) if x
-        ) or volume_uid
+        name = (
+            " ".join(x for x in (str(header.get("SeriesDescription", "")), volume.split_label) if x)
+            or volume_uid
+        )
         attrs["name"] = name
         written = write_volume(
             location, rel_path, volume, name=name, attrs=attrs, pool=pool, on_slab=bar.update

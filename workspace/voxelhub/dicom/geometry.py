@@ -170,8 +170,9 @@ def compute_geometry(
     offsets = proj - proj[0]
     if n == 1:
         dz = float(fallback_slice_spacing or 1.0)
-        return Geometry(order, pos[0], np.column_stack([row, col, normal]), (dz, dy, dx),
-                        offsets, pos, flags)
+        return Geometry(
+            order, pos[0], np.column_stack([row, col, normal]), (dz, dy, dx), offsets, pos, flags
+        )
     steps = np.diff(proj)
     if np.any(steps < spacing_tolerance(0.0)):
         dup = int(np.sum(steps < spacing_tolerance(0.0)))

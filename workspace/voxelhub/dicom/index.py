@@ -172,14 +172,20 @@ _EXPECTED_VR_HEADER = {True: 12, False: 8}
 def _check_pixel_payload(ds: Dataset, remaining: int, source: str) -> Rejected | None:
     """Reject files whose pixel data is missing or shorter than the header promises."""
     if remaining <= 0:
-        return Rejected(source, "no pixel data: not an image, or the file ends before it", "(7FE0,0010)")
+        return Rejected(
+            source, "no pixel data: not an image, or the file ends before it", "(7FE0,0010)"
+        )
     ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     if ts is not None and pydicom.uid.UID(ts).is_compressed:
         return None
     frames = int(_num(ds, "NumberOfFrames", 1) or 1)
     expected = (
-        int(ds.Rows) * int(ds.Columns) * int(_num(ds, "SamplesPerPixel", 1))
-        * frames * int(ds.BitsAllocated) // 8
+        int(ds.Rows)
+        * int(ds.Columns)
+        * int(_num(ds, "SamplesPerPixel", 1))
+        * frames
+        * int(ds.BitsAllocated)
+        // 8
     )
     explicit = ts is None or pydicom.uid.UID(ts) != pydicom.uid.ImplicitVRLittleEndian
     available = remaining - _EXPECTED_VR_HEADER[explicit]

@@ -66,7 +66,9 @@ def frames_from_enhanced(ds: Dataset, source: str, common: dict[str, Any]) -> li
     frames: list[Frame] = []
     for i in range(n):
         per_frame = per_frame_seq[i] if i < len(per_frame_seq) else Dataset()
-        ipp = _value(_group_item(per_frame, shared, "PlanePositionSequence"), "ImagePositionPatient")
+        ipp = _value(
+            _group_item(per_frame, shared, "PlanePositionSequence"), "ImagePositionPatient"
+        )
         iop = _value(
             _group_item(per_frame, shared, "PlaneOrientationSequence"), "ImageOrientationPatient"
         )
@@ -97,7 +99,9 @@ def frames_from_enhanced(ds: Dataset, source: str, common: dict[str, Any]) -> li
                 image_position=tuple(float(x) for x in ipp) if ipp is not None else None,  # type: ignore[arg-type]
                 image_orientation=tuple(float(x) for x in iop) if iop is not None else None,  # type: ignore[arg-type]
                 pixel_spacing=(float(ps[0]), float(ps[1])) if ps is not None else None,
-                rescale_slope=float(slope) if slope is not None else float(ds.get("RescaleSlope", 1) or 1),
+                rescale_slope=float(slope)
+                if slope is not None
+                else float(ds.get("RescaleSlope", 1) or 1),
                 rescale_intercept=float(intercept)
                 if intercept is not None
                 else float(ds.get("RescaleIntercept", 0) or 0),

@@ -64,7 +64,7 @@ def choose_dtype(frames: Sequence[Frame], *, wider: bool = False) -> DtypeChoice
     u16 = np.iinfo(np.uint16)
     if i16.min <= lo and hi <= i16.max:
         return DtypeChoice(np.dtype("int16"), False, "fits int16")
-    if 0 <= lo and hi <= u16.max:
+    if lo >= 0 and hi <= u16.max:
         return DtypeChoice(np.dtype("uint16"), False, "unsigned 16-bit, no intercept")
     if wider or hi - lo > (1 << 17):
         return DtypeChoice(np.dtype("int32"), False, "values exceed 16 bits")
@@ -78,14 +78,18 @@ def decode_frame(frame: Frame) -> np.ndarray:
             if frame.frame_index is None and _fast_path(frame):
                 ds = pydicom.dcmread(fp)
                 raw = ds.PixelData
-                dtype = np.dtype(f"<{'i' if frame.pixel_representation else 'u'}{frame.bits_allocated // 8}")
+                dtype = np.dtype(
+                    f"<{'i' if frame.pixel_representation else 'u'}{frame.bits_allocated // 8}"
+                )
                 arr = np.frombuffer(raw, dtype=dtype, count=frame.rows * frame.columns)
                 return arr.reshape(frame.rows, frame.columns)
-            arr = _pixel_array(fp, index=frame.frame_index)
+            arr = _pixel_array(fp, index=frame.frame_index)  # type: ignore[arg-type]
     except DicomError:
         raise
     except Exception as exc:  # pydicom/pylibjpeg raise many kinds; name the file and tag
-        raise DicomError(f"cannot decode pixel data: {exc}", path=frame.source, tag="(7FE0,0010)") from exc
+        raise DicomError(
+            f"cannot decode pixel data: {exc}", path=frame.source, tag="(7FE0,0010)"
+        ) from exc
     if arr.shape != (frame.rows, frame.columns):
         raise DicomError(
             f"decoded frame has shape {arr.shape}, header says {(frame.rows, frame.columns)}",

@@ -118,13 +118,13 @@ def deduplicate(frames: Iterable[Frame]) -> tuple[list[Frame], int]:
     return kept, dropped
 
 
-def _split(frames: list[Frame], rules: list[tuple[str, Callable[[Frame], Any]]]) -> list[tuple[dict[str, Any], list[Frame]]]:
+def _split(
+    frames: list[Frame], rules: list[tuple[str, Callable[[Frame], Any]]]
+) -> list[tuple[dict[str, Any], list[Frame]]]:
     groups: dict[tuple[Any, ...], list[Frame]] = defaultdict(list)
     for f in frames:
         groups[tuple(fn(f) for _, fn in rules)].append(f)
-    varying = [
-        i for i, _ in enumerate(rules) if len({k[i] for k in groups}) > 1
-    ]
+    varying = [i for i, _ in enumerate(rules) if len({k[i] for k in groups}) > 1]
     out = []
     for key, members in groups.items():
         out.append(({rules[i][0]: key[i] for i in varying}, members))
@@ -166,7 +166,9 @@ def plan_volumes(frames: Iterable[Frame]) -> Plan:
                     new = _plan(study_uid, series_uid, part_split, part)
                 except GeometryError as exc:
                     rejected.append(
-                        RejectedVolume(series_uid, part_split, sorted({f.source for f in part}), str(exc))
+                        RejectedVolume(
+                            series_uid, part_split, sorted({f.source for f in part}), str(exc)
+                        )
                     )
                     continue
                 for plan in new:
@@ -198,13 +200,15 @@ def _plan(
         gantry_tilt=first.gantry_tilt,
     )
     ordered = [frames[i] for i in geometry.order]
-    return [VolumePlan(
-        study_instance_uid=study_uid,
-        series_instance_uid=series_uid,
-        patient_id=first.patient_id,
-        modality=first.modality,
-        series_number=first.series_number,
-        frames=ordered,
-        geometry=geometry,
-        split=split,
-    )]
+    return [
+        VolumePlan(
+            study_instance_uid=study_uid,
+            series_instance_uid=series_uid,
+            patient_id=first.patient_id,
+            modality=first.modality,
+            series_number=first.series_number,
+            frames=ordered,
+            geometry=geometry,
+            split=split,
+        )
+    ]

@@ -37,7 +37,7 @@ def read_slab(
     ``pool`` (threads or processes) decodes the slab's files in parallel; results are placed by
     slice index, so the order never depends on which file finished first.
     """
-    nz, ny, nx = volume_shape(plan)
+    _, ny, nx = volume_shape(plan)
     out = np.empty((stop - start, ny, nx), dtype=choice.dtype)
     if plan.mosaic is not None:
         frame = plan.frames[0]

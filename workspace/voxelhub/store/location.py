@@ -15,7 +15,7 @@ import os
 import posixpath
 import shutil
 import uuid
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 import fsspec
@@ -69,11 +69,13 @@ class StoreLocation:
             self.url_of(rel), storage_options=self.storage_options, read_only=read_only
         )
 
-    def open_group(self, rel: str, mode: str = "r") -> zarr.Group:
+    def open_group(self, rel: str, mode: Literal["r", "r+"] = "r") -> zarr.Group:
         """Open an existing zarr v3 group at ``rel``; a clear StoreError if it is not there."""
         if not self.exists(rel):
             raise StoreError(f"no volume at {self.url_of(rel)} (deleted, or never committed)")
-        return zarr.open_group(self.zarr_store(rel, read_only=mode == "r"), mode=mode, zarr_format=3)
+        return zarr.open_group(
+            self.zarr_store(rel, read_only=mode == "r"), mode=mode, zarr_format=3
+        )
 
     def exists(self, rel: str) -> bool:
         return bool(self.fs.exists(self.full_path(rel)))

@@ -63,7 +63,7 @@ def pyramid(shape: tuple[int, int, int], spacing: tuple[float, float, float]) ->
     levels = [Level("0", shape, (1, 1, 1))]
     fz, fy, fx = 1, 1, 1
     while max(levels[-1].shape[1:]) > THUMBNAIL_SIZE and len(levels) < MAX_LEVELS:
-        nz, ny, nx = levels[-1].shape
+        nz = levels[-1].shape[0]
         fy, fx = fy * 2, fx * 2
         in_plane = min(spacing[1] * fy, spacing[2] * fx)
         if nz > 1 and spacing[0] * fz * 2 <= in_plane * 1.5 and fz * 2 <= SLAB_DEPTH:
@@ -123,8 +123,8 @@ def write_metadata(
 
 def read_levels(group: zarr.Group) -> list[dict[str, Any]]:
     """The multiscales datasets of an OME-Zarr group (path and transformations per level)."""
-    ome = group.attrs.get("ome") or {}
-    multiscales = ome.get("multiscales") or []
+    ome: dict[str, Any] = dict(group.attrs.get("ome") or {})  # type: ignore[arg-type]
+    multiscales: list[dict[str, Any]] = list(ome.get("multiscales") or [])
     if not multiscales:
         raise ValueError("not an OME-Zarr image: no ome.multiscales attribute")
     datasets: list[dict[str, Any]] = multiscales[0]["datasets"]

@@ -46,7 +46,7 @@ def open_volume(location: StoreLocation, rel_path: str, *, level: int = 0) -> xr
         voxels are near-isotropic).
     """
     group = location.open_group(rel_path)
-    meta = group.attrs.get("voxelhub")
+    meta: dict[str, Any] = dict(group.attrs.get("voxelhub") or {})  # type: ignore[arg-type]
     if not meta:
         raise StoreError(f"{location.url_of(rel_path)} is not a VoxelHub volume (no attributes)")
     levels = ngff.read_levels(group)
