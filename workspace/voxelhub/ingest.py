@@ -143,7 +143,7 @@ def ingest(
                     }
                 )
         pool: Executor | None = None
-        if workers > 1 and any(len(v.frames) >= _POOL_MIN_SLICES for v in plan.volumes):
+        if workers > 1 and any(_decode_is_costly(v) for v in plan.volumes):
             pool = ProcessPoolExecutor(workers, mp_context=process_context())
         total = sum(volume_shape(v)[0] for v in plan.volumes)
         bar = tqdm(total=total, desc="converting", unit="slice", disable=not progress)
@@ -182,6 +182,15 @@ def ingest(
         return report
     finally:
         catalog.close()
+
+
+def _decode_is_costly(volume: VolumePlan) -> bool:
+    """Worth a process pool: many compressed frames.  Uncompressed frames decode faster
+    in-process than they can be pickled back from a worker (measured: 0.20 s vs 0.27 s for
+    140 × 512² slices)."""
+    return len(volume.frames) >= _POOL_MIN_SLICES and any(
+        pydicom.uid.UID(f.transfer_syntax_uid).is_compressed for f in volume.frames[:4]
+    )
 
 
 def _deidentifier(project: Project) -> Any:

@@ -18,8 +18,6 @@ from typing import Any
 
 import numpy as np
 import zarr
-from ome_zarr.format import FormatV05
-from ome_zarr.writer import write_multiscales_metadata
 from zarr.codecs import BloscCodec, BloscShuffle
 
 AXES = [{"name": n, "type": "space", "unit": "millimeter"} for n in ("z", "y", "x")]
@@ -108,6 +106,9 @@ def write_metadata(
     group: zarr.Group, levels: list[Level], spacing: tuple[float, float, float], name: str
 ) -> None:
     """Write the NGFF 0.5 multiscales block for ``levels`` through ome-zarr-py."""
+    from ome_zarr.format import FormatV05  # slow to import (0.7 s): only when writing
+    from ome_zarr.writer import write_multiscales_metadata
+
     datasets = [
         {
             "path": lv.path,
@@ -131,21 +132,36 @@ def read_levels(group: zarr.Group) -> list[dict[str, Any]]:
     return datasets
 
 
-def downsample(block: np.ndarray, factor: tuple[int, int, int]) -> np.ndarray:
-    """Block-mean downsampling by integer factors (edges padded by repetition), same dtype.
+def _halve(block: np.ndarray, axis: int) -> np.ndarray:
+    """Mean of neighbouring pairs along one axis (an odd last element is paired with itself)."""
+    n = block.shape[axis]
+    lead = (slice(None),) * axis
+    even = block[(*lead, slice(0, n, 2))]
+    odd = block[(*lead, slice(1, n, 2))]
+    if n % 2:
+        odd = np.concatenate([odd, block[(*lead, slice(n - 1, n))]], axis=axis)
+    out: np.ndarray = np.add(even, odd, dtype=np.float32)
+    out *= np.float32(0.5)
+    return out
 
-    Means are computed in float32 and rounded for integer data, so a level is a faithful
-    preview of the volume, not a resampling users should measure on.
+
+def downsample(block: np.ndarray, factor: tuple[int, int, int]) -> np.ndarray:
+    """Downsample by powers of two with repeated pairwise means (float32), same dtype out.
+
+    Each halving averages neighbouring pairs, so a factor of 2^k is a block mean whenever the
+    sides divide evenly (edges are padded by repetition).  Integer data is rounded.  Levels are
+    faithful previews for viewers, not a resampling to measure on.
     """
     if factor == (1, 1, 1):
         return block
-    pads = [(0, (-n) % f) for n, f in zip(block.shape, factor, strict=True)]
-    if any(p[1] for p in pads):
-        block = np.pad(block, pads, mode="edge")
-    nz, ny, nx = block.shape
-    fz, fy, fx = factor
-    view = block.reshape(nz // fz, fz, ny // fy, fy, nx // fx, fx)
-    mean = view.mean(axis=(1, 3, 5), dtype=np.float32)
+    out = block
+    for axis in (2, 1, 0):  # in-plane first: the data shrinks 4× before z is touched
+        f = factor[axis]
+        if f & (f - 1):
+            raise ValueError(f"downsampling factors must be powers of two, got {factor}")
+        while f > 1:
+            out = _halve(out, axis)
+            f //= 2
     if block.dtype.kind in "iu":
-        return np.rint(mean).astype(block.dtype)
-    return mean.astype(block.dtype)
+        return np.rint(out).astype(block.dtype)
+    return out.astype(block.dtype)

@@ -129,8 +129,11 @@ def _write(
             slab = read_slab(plan, start, stop, choice, pool=pool)
             hasher.update(slab)
             arrays[0][start:stop] = slab
+            small, previous = slab, levels[0].factor
             for lv, arr in zip(levels[1:], arrays[1:], strict=True):
-                small = ngff.downsample(slab, lv.factor)
+                # each level from the one above it: a 2× step, not a 2^k one from level 0
+                step = tuple(f // p for f, p in zip(lv.factor, previous, strict=True))
+                small, previous = ngff.downsample(small, step), lv.factor  # type: ignore[arg-type]
                 z0 = start // lv.factor[0]
                 arr[z0 : z0 + small.shape[0]] = small
             if on_slab is not None:
