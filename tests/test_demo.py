@@ -77,5 +77,5 @@ def test_demo_serves_jupyterlab_with_the_sample_notebook(
             proc.kill()
             proc.wait()
     assert children, "JupyterLab should have run as a child of the demo"
-    gone, alive = psutil.wait_procs(children, timeout=10)
+    _, alive = psutil.wait_procs(children, timeout=10)
     assert not alive, f"left running: {alive}"
