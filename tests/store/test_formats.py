@@ -68,6 +68,16 @@ def test_ome_zarr_reader_sees_the_pyramid(stored) -> None:
     assert scales[1][1] == pytest.approx(1.4)
 
 
+def test_metadata_validates_against_the_ngff_schema(stored) -> None:
+    from ome_zarr_models.v05.image import Image
+
+    _, store, row, _ = stored
+    image = Image.from_zarr(zarr.open_group(store / row["store_path"], mode="r"))
+    multiscale = image.ome_attributes.multiscales[0]
+    assert [a.name for a in multiscale.axes] == ["z", "y", "x"]
+    assert len(multiscale.datasets) >= 3
+
+
 def test_sharded_into_few_objects(stored) -> None:
     _, store, row, _ = stored
     files = [p for p in (store / row["store_path"]).rglob("*") if p.is_file()]

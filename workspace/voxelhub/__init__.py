@@ -11,9 +11,7 @@ The public API::
 from __future__ import annotations
 
 import os
-from typing import Any
-
-import xarray as xr
+from typing import TYPE_CHECKING, Any
 
 from voxelhub import config
 from voxelhub.catalog import Catalog
@@ -29,7 +27,9 @@ from voxelhub.errors import (
 )
 from voxelhub.ingest import IngestReport, ingest
 from voxelhub.store.location import StoreLocation
-from voxelhub.store.volume import from_simpleitk, to_nifti, to_simpleitk
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 __version__ = "0.1.0"
 
@@ -79,6 +79,27 @@ def open_catalog(
     if location.is_local and catalog_url is None and not os.path.isdir(location.root):
         raise CatalogError(f"no store at {location.root}: run `voxelhub ingest … --store` first")
     return Catalog(location, catalog_url, create=location.is_local)
+
+
+def to_simpleitk(volume: xr.DataArray) -> Any:
+    """A SimpleITK image with the volume's exact origin, spacing and direction."""
+    from voxelhub.store.volume import to_simpleitk as _to_simpleitk
+
+    return _to_simpleitk(volume)
+
+
+def from_simpleitk(image: Any, *, modality: str = "", name: str = "image") -> xr.DataArray:
+    """A DataArray (same conventions as :func:`open_series`) from a SimpleITK image."""
+    from voxelhub.store.volume import from_simpleitk as _from_simpleitk
+
+    return _from_simpleitk(image, modality=modality, name=name)
+
+
+def to_nifti(volume: xr.DataArray, path: str) -> str:
+    """Write a volume as NIfTI with its exact affine."""
+    from voxelhub.store.volume import to_nifti as _to_nifti
+
+    return _to_nifti(volume, path)
 
 
 def open_series(uid_or_row: Any, level: int = 0, *, catalog: Catalog | None = None) -> xr.DataArray:

@@ -12,9 +12,8 @@ import datetime as dt
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -36,6 +35,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 
 from voxelhub.errors import CatalogError, NotFound
 from voxelhub.store.location import StoreLocation
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 CATALOG_FILE = "catalog.sqlite"
 
@@ -276,6 +278,8 @@ class Catalog:
 
     # -- queries ----------------------------------------------------------------------------------
     def _frame(self, stmt: Any) -> pd.DataFrame:
+        import pandas as pd  # imported on first query: ingest alone never needs it
+
         with self.engine.connect() as conn:
             return pd.read_sql(stmt, conn)
 

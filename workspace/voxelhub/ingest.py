@@ -29,6 +29,7 @@ from voxelhub.dicom.index import index, open_source, process_context
 from voxelhub.dicom.series import VolumePlan, plan_volumes
 from voxelhub.dicom.slabs import volume_shape
 from voxelhub.errors import DicomError, GeometryError, StoreError, VoxelHubError
+from voxelhub.memory import release_free_memory
 from voxelhub.store.location import StoreLocation
 from voxelhub.store.writer import write_volume
 
@@ -150,6 +151,7 @@ def ingest(
         try:
             for volume in plan.volumes:
                 _ingest_volume(catalog, location, proj, volume, deid, report, pool, bar)
+                release_free_memory()
         finally:
             bar.close()
             if pool is not None:
