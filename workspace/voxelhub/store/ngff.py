@@ -109,7 +109,7 @@ def write_metadata(
     group: zarr.Group, levels: list[Level], spacing: tuple[float, float, float], name: str
 ) -> None:
     """Write the NGFF 0.5 ``ome`` attribute (multiscales) for ``levels``."""
-    datasets = [
+    datasets: list[dict[str, Any]] = [
         {
             "path": lv.path,
             "coordinateTransformations": [
@@ -119,10 +119,11 @@ def write_metadata(
         }
         for lv in levels
     ]
-    group.attrs["ome"] = {
+    ome: dict[str, Any] = {
         "version": NGFF_VERSION,
         "multiscales": [{"name": name, "axes": AXES, "datasets": datasets}],
     }
+    group.attrs["ome"] = ome
 
 
 def read_levels(group: zarr.Group) -> list[dict[str, Any]]:
