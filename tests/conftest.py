@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,10 +23,12 @@ def shared_dicom() -> Path:
     return DICOM
 
 
-@pytest.fixture(autouse=True)
-def _secrets_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Project secrets go to a throwaway folder, never to the user's ~/.config."""
-    monkeypatch.setenv("VOXELHUB_SECRETS_DIR", str(tmp_path_factory.mktemp("secrets")))
+@pytest.fixture(scope="session", autouse=True)
+def _secrets_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Project secrets go to one throwaway folder per run, never to the user's ~/.config."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VOXELHUB_SECRETS_DIR", str(tmp_path_factory.mktemp("secrets")))
+        yield
 
 
 @pytest.fixture(scope="session")
