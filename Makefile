@@ -30,8 +30,8 @@ $(VENV_STAMP): pyproject.toml requirements/lock.txt $(APT_STAMP)
 	@touch $@
 
 lint: install
-	$(BIN)/ruff check workspace tests benchmarks extensions hub_config
-	$(BIN)/ruff format --check workspace tests benchmarks extensions hub_config
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 typecheck: install
 	$(BIN)/mypy

@@ -114,6 +114,8 @@ def ingest(
         )
     location = store if isinstance(store, StoreLocation) else StoreLocation(store)
     location.ensure_root()
+    for leftover in location.clean_temporary():
+        log.info("removed %s, left by an interrupted conversion", leftover)
     catalog = Catalog(location, catalog_url)
     try:
         proj = catalog.ensure_project(project, deidentify=deidentify)

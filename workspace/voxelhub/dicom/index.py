@@ -171,13 +171,15 @@ _EXPECTED_VR_HEADER = {True: 12, False: 8}
 
 def _check_pixel_payload(ds: Dataset, remaining: int, source: str) -> Rejected | None:
     """Reject files whose pixel data is missing or shorter than the header promises."""
+    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if ts is not None and pydicom.uid.UID(ts).is_deflated:
+        return None  # the file position is in the compressed stream: the decoder checks it
     if remaining <= 0:
         return Rejected(
             source, "no pixel data: not an image, or the file ends before it", "(7FE0,0010)"
         )
-    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     if ts is not None and pydicom.uid.UID(ts).is_compressed:
-        return None
+        return None  # encapsulated: the decoder checks the payload
     frames = int(_num(ds, "NumberOfFrames", 1) or 1)
     expected = (
         int(ds.Rows)
@@ -226,6 +228,18 @@ def read_frames(source: str) -> IndexResult:
         if int(_num(ds, "SamplesPerPixel", 1)) != 1:
             result.rejected.append(
                 Rejected(source, "colour images are not volumes VoxelHub converts", "(0028,0002)")
+            )
+            return result
+        frames = int(_num(ds, "NumberOfFrames", 1) or 1)
+        if frames > 1 and not multiframe.is_enhanced(ds):
+            result.rejected.append(
+                Rejected(
+                    source,
+                    f"multi-frame image without functional groups ({frames} frames of "
+                    f"{pydicom.uid.UID(sop_class).name}): per-frame geometry is not defined "
+                    "for this kind yet",
+                    "(0028,0008)",
+                )
             )
             return result
         if multiframe.is_enhanced(ds):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import posixpath
 import shutil
+import time
 import uuid
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -114,13 +115,31 @@ class StoreLocation:
         self.fs.copy(src, dst, recursive=True)
         self.fs.rm(src, recursive=True)
 
-    def clean_temporary(self) -> list[str]:
-        """Remove what crashed writers left in the temporary area; return what was removed."""
+    def clean_temporary(self, min_age_seconds: float = 3600.0) -> list[str]:
+        """Remove what crashed writers left in the temporary area; return what was removed.
+
+        Only entries older than ``min_age_seconds`` go, so a conversion running in another
+        process right now keeps its temporary tree.
+        """
         tmp = self.full_path(TMP_DIR)
         if not self.fs.exists(tmp):
             return []
         removed = []
-        for entry in self.fs.ls(tmp, detail=False):
-            self.fs.rm(entry, recursive=True)
-            removed.append(str(entry))
+        now = time.time()
+        for entry in self.fs.ls(tmp, detail=True):
+            name = str(entry["name"])
+            if min_age_seconds > 0 and now - _mtime(entry) < min_age_seconds:
+                continue
+            self.fs.rm(name, recursive=True)
+            removed.append(name)
         return removed
+
+
+def _mtime(entry: dict[str, Any]) -> float:
+    """Modification time of an fsspec listing entry (local ``mtime`` or S3 ``LastModified``)."""
+    value = entry.get("mtime") or entry.get("LastModified") or entry.get("created")
+    if value is None:
+        return time.time()  # unknown age: treat as new, never delete what may be in use
+    if hasattr(value, "timestamp"):
+        return float(value.timestamp())
+    return float(value)
