@@ -406,8 +406,9 @@ def versions() -> dict[str, str]:
     import numpy
     import pydicom
     import SimpleITK as sitk
-    import voxelhub
     import zarr
+
+    import voxelhub
 
     out = subprocess.run(
         [str(VENV_BIN / "dcm2niix"), "-v"], capture_output=True, text=True, check=False

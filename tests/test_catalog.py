@@ -8,12 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import voxelhub
 from sqlalchemy import create_engine, text
+
+import voxelhub
+from tests.dicom_factory import write_series
 from voxelhub.catalog import Catalog
 from voxelhub.store.location import StoreLocation
-
-from tests.dicom_factory import write_series
 
 POSTGRES = os.environ.get("VOXELHUB_TEST_POSTGRES_URL")
 

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pydicom
 import pytest
-import voxelhub
 from pydicom.dataset import Dataset
 from sqlalchemy import inspect, text
+
+import voxelhub
 from voxelhub.dicom.deid import Deidentifier
 
 INPUT_PATH_COLUMNS = {"source", "paths", "non_dicom"}

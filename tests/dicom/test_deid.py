@@ -25,6 +25,7 @@ import pytest
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
+
 from voxelhub.dicom.deid import (
     PROFILE_NAME,
     Deidentifier,

@@ -18,6 +18,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+
 from voxelhub.dicom.index import Frame, read_frames
 from voxelhub.dicom.mosaic import MosaicLayout, demosaic, plan_mosaic, read_layout
 from voxelhub.dicom.pixels import decode_frame

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import voxelhub
 import xarray as xr
 import zarr
 
+import voxelhub
 from tests.dicom_factory import random_orientation, write_series
 
 
