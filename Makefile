@@ -12,7 +12,7 @@ VENV_STAMP  := $(VENV)/.installed
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBIAN_PKGS := postgresql
 
-.PHONY: install test lint typecheck pytest demo bench clean pg-start pg-stop
+.PHONY: install test lint typecheck pytest demo lab-demo bench clean
 
 install: $(VENV_STAMP)
 
@@ -26,7 +26,7 @@ $(APT_STAMP):
 $(VENV_STAMP): pyproject.toml requirements/lock.txt $(APT_STAMP)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=26"
-	$(BIN)/python -m pip install --quiet -c requirements/lock.txt -e ".[test,dev]"
+	$(BIN)/python -m pip install --quiet -c requirements/lock.txt -e ".[test,dev,hub]"
 	@touch $@
 
 lint: install
@@ -38,7 +38,7 @@ typecheck: install
 
 # PostgreSQL for the catalog tests: a throwaway cluster on loopback, owned by an unprivileged
 # user when run as root (postgres refuses to run as root), stopped after the tests.
-pytest: install
+pytest: install hub-deps
 	@set -e; PGBIN=$$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1); \
 	  PGPORT=$$($(BIN)/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'); \
 	  PGD=$$(mktemp -d /tmp/voxelhub-pg.XXXXXX); \
@@ -51,11 +51,17 @@ pytest: install
 
 test: lint typecheck pytest
 
-demo: install
+# The multi-user workspace: hub + proxy + Dask Gateway over HTTPS on 127.0.0.1 (hub_config/hub.mk).
+demo: hub-demo
+
+# Single-user shape: the sample data in a local store and JupyterLab on 127.0.0.1, no root needed.
+lab-demo: install
 	$(BIN)/python -m voxelhub.demo --shared "$(SHARED)" --state "$(DEMO_STATE)"
 
 bench: install
 	$(BIN)/python benchmarks/ingest.py
 
 clean:
-	rm -rf $(VENV) .pg .demo tests/artifacts
+	rm -rf $(VENV) .node .demo tests/artifacts
+
+include hub_config/hub.mk

@@ -10,7 +10,12 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 # conda-forge names that differ from PyPI's
-CONDA_NAMES = {"dask[distributed]": "dask", "psycopg[binary]": "psycopg", "moto[server]": "moto"}
+CONDA_NAMES = {
+    "dask[distributed]": "dask",
+    "psycopg[binary]": "psycopg",
+    "moto[server]": "moto",
+    "dask-gateway-server[local]": "dask-gateway-server",
+}
 
 
 def _split(req: str) -> tuple[str, str]:
@@ -21,7 +26,7 @@ def _split(req: str) -> tuple[str, str]:
 def test_environment_yml_mirrors_pyproject() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     wanted = dict(_split(r) for r in project["dependencies"])
-    for extra in ("test", "dev", "s3"):
+    for extra in ("test", "dev", "s3", "hub"):
         wanted.update(_split(r) for r in project["optional-dependencies"][extra])
     env = yaml.safe_load((REPO / "environment.yml").read_text())
     have: dict[str, str] = {}

@@ -32,6 +32,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+from sqlalchemy.pool import NullPool
 
 from voxelhub.errors import CatalogError, NotFound
 from voxelhub.store.location import StoreLocation
@@ -155,7 +156,12 @@ def default_catalog_url(location: StoreLocation) -> str:
             f"store {location.url} is remote: give catalog_url= (e.g. postgresql+psycopg://…) "
             "or set VOXELHUB_CATALOG_URL"
         )
-    return f"sqlite:///{os.path.join(location.root, CATALOG_FILE)}"
+    path = os.path.join(location.root, CATALOG_FILE)
+    if os.path.exists(path) and not (
+        os.access(path, os.W_OK) and os.access(location.root, os.W_OK)
+    ):
+        return readonly_sqlite_url(path)
+    return f"sqlite:///{path}"
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -166,12 +172,33 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cur.close()
 
 
+def _sqlite_reader_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cur = dbapi_connection.cursor()
+    cur.execute("PRAGMA query_only=ON")
+    cur.close()
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite gets WAL, foreign keys and a busy timeout."""
+    if "mode=ro" in url and url.startswith("sqlite"):
+        # a fresh connection per query, so a long-lived reader still sees new ingests
+        engine = create_engine(url, future=True, poolclass=NullPool)
+        event.listen(engine, "connect", _sqlite_reader_pragmas)
+        return engine
     engine = create_engine(url, future=True)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def readonly_sqlite_url(path: str) -> str:
+    """URL that opens a catalog the caller may not write (another user's store on the hub).
+
+    SQLite in WAL mode needs write access to the folder even to read; ``immutable=1`` reads
+    without it.  Readers then get no locking, so prefer PostgreSQL (or the data service) where
+    several users read while ingests run.
+    """
+    return f"sqlite:///file:{path}?mode=ro&immutable=1&uri=true"
 
 
 class Catalog:
@@ -191,7 +218,8 @@ class Catalog:
         self.location = location
         self.url = url or default_catalog_url(location)
         self.engine = make_engine(self.url)
-        if create:
+        self.read_only = "mode=ro" in self.url
+        if create and not self.read_only:
             if self.engine.dialect.name == "sqlite":
                 location.ensure_root()
             Base.metadata.create_all(self.engine)

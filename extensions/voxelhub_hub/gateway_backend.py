@@ -1,0 +1,133 @@
+"""A Dask Gateway local backend that is safe to run as root.
+
+dask-gateway-server 2026.3.0's ``LocalBackend.setup_working_directory`` calls
+``paths.extend(cert_path)`` where ``append`` was meant, so ``set_file_permissions`` receives every
+*character* of the certificate path and runs ``os.chown("/", user)`` as root before failing on
+``"t"``.  :class:`SafeLocalBackend` builds the list correctly and, as a second line of defence,
+refuses to chown anything that is not inside the cluster's own working directory (below
+``clusters_directory``), and never follows a symlink while doing so.
+
+It also adds a per-user limit on the number of active clusters, which dask-gateway-server no
+longer has (``c.UserLimits`` was removed upstream; per-cluster cores/memory/workers limits live in
+``c.ClusterConfig``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from dask_gateway_server.backends.base import PublicException
+from dask_gateway_server.backends.local import LocalBackend, UnsafeLocalBackend, getpwnam
+from traitlets import Integer
+from traitlets.config import Configurable
+
+
+class UnsafeChown(RuntimeError):
+    """A chown outside a cluster working directory was attempted (and refused)."""
+
+
+def _inside(path: str, root: str) -> bool:
+    """True if ``path`` is ``root`` or below it, comparing real paths (symlinks resolved)."""
+    real, base = os.path.realpath(path), os.path.realpath(root)
+    return real == base or real.startswith(base + os.sep)
+
+
+class ClusterCountLimitMixin(Configurable):
+    """Refuse a new cluster when the user already has ``max_clusters_per_user`` active ones."""
+
+    max_clusters_per_user = Integer(
+        2,
+        min=0,
+        config=True,
+        help="""
+        Most active (pending or running) clusters one user may have at a time; 0 = no limit.
+        A request over the limit is answered 422 with a message naming the limit.
+        """,
+    )
+
+    async def start_cluster(self, user: Any, cluster_options: Any) -> Any:
+        limit = self.max_clusters_per_user
+        if limit:
+            active = self.db.list_clusters(username=user.name)  # type: ignore[attr-defined]
+            if len(active) >= limit:
+                raise PublicException(
+                    f"user {user.name} already has {len(active)} active cluster(s); "
+                    f"the limit is {limit}: shut one down first"
+                )
+        return await super().start_cluster(user, cluster_options)  # type: ignore[misc]
+
+
+class SafeLocalBackend(ClusterCountLimitMixin, LocalBackend):
+    """``LocalBackend`` (schedulers and workers run as the requesting unix user), fixed.
+
+    Needs ``clusters_directory`` (an absolute folder the gateway owns, traversable by users); each
+    cluster gets ``<clusters_directory>/<cluster name>``, and only paths inside it are ever
+    chowned.
+    """
+
+    def _cluster_root(self) -> str:
+        root = self.clusters_directory
+        if not root or not os.path.isabs(root) or os.path.realpath(root) == "/":
+            raise UnsafeChown(
+                f"SafeLocalBackend needs an absolute clusters_directory other than '/', got {root!r}"
+            )
+        return root
+
+    def setup_working_directory(self, cluster: Any) -> str:
+        root = self._cluster_root()
+        workdir = os.path.join(root, cluster.name)
+        if os.path.dirname(os.path.normpath(workdir)) != os.path.normpath(root):
+            raise UnsafeChown(f"cluster name {cluster.name!r} escapes {root}")
+        certsdir = self.get_certs_directory(workdir)
+        logsdir = self.get_logs_directory(workdir)
+        paths = [workdir, certsdir, logsdir]
+        for path in paths:
+            os.makedirs(path, 0o700, exist_ok=True)
+        cert_path, key_path = self._get_tls_paths(workdir)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        for path, data in [(cert_path, cluster.tls_cert), (key_path, cluster.tls_key)]:
+            with os.fdopen(os.open(path, flags, 0o600), "wb") as fil:
+                fil.write(data)
+            paths.append(path)  # upstream: paths.extend(path) -> chown("/") as root
+        self.chown_inside(workdir, paths, cluster.username)
+        self.log.debug("Working directory %s for cluster %s created", workdir, cluster.name)
+        return workdir
+
+    def chown_inside(self, workdir: str, paths: list[str], username: str) -> None:
+        """Chown ``paths`` to ``username``; refuse (before touching any) if one is outside ``workdir``.
+
+        ``workdir`` itself must be a direct child of ``clusters_directory``.
+        """
+        root = self._cluster_root()
+        if os.path.dirname(os.path.realpath(workdir)) != os.path.realpath(root):
+            raise UnsafeChown(f"{workdir!r} is not a cluster directory directly below {root}")
+        bad = [p for p in paths if not isinstance(p, str) or not _inside(p, workdir)]
+        if bad:
+            raise UnsafeChown(
+                f"refusing to chown {bad!r} to {username!r}: outside the cluster directory {workdir}"
+            )
+        pw = getpwnam(username)
+        for p in paths:
+            os.chown(p, pw.pw_uid, pw.pw_gid, follow_symlinks=False)
+
+    def set_file_permissions(self, paths: list[str], username: str) -> None:
+        """Guard for any other caller: only paths below ``clusters_directory`` may be chowned."""
+        root = self._cluster_root()
+        bad = [p for p in paths if not isinstance(p, str) or not _inside(p, root) or _same(p, root)]
+        if bad:
+            raise UnsafeChown(f"refusing to chown {bad!r}: outside {root}")
+        pw = getpwnam(username)
+        for p in paths:
+            os.chown(p, pw.pw_uid, pw.pw_gid, follow_symlinks=False)
+
+
+def _same(a: str, b: str) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+class LaptopLocalBackend(ClusterCountLimitMixin, UnsafeLocalBackend):
+    """``UnsafeLocalBackend`` + the per-user cluster limit: everything runs as the gateway's user.
+
+    For a laptop without root only (no isolation between users); it never chowns anything.
+    """

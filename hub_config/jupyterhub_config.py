@@ -1,0 +1,251 @@
+"""VoxelHub's JupyterHub: one server, many users (``make hub-demo``, the end-to-end tests).
+
+Run it as ``jupyterhub -f hub_config/jupyterhub_config.py`` from any folder.  Every deployment
+choice is an explicit setting below; what differs between sites comes from environment variables
+(all optional, defaults in brackets):
+
+===============================  ==========================================================
+``VOXELHUB_HUB_STATE``           folder for the hub database, cookie secret, proxy pid and
+                                 gateway cluster folders [``<repo>/.demo/hub``]; created 0755
+                                 (users must reach their cluster folder below it); the secrets
+                                 in it are 0600.
+``VOXELHUB_HUB_IP``              public bind address [127.0.0.1]; ``0.0.0.0`` only with TLS.
+``VOXELHUB_HUB_PORT``            public (proxy) port [8000].
+``VOXELHUB_HUB_API_PORT``        hub's internal API port on 127.0.0.1 [8081].
+``VOXELHUB_PROXY_API_PORT``      configurable-http-proxy's REST API port on 127.0.0.1 [8001].
+``VOXELHUB_GATEWAY_PORT``        Dask Gateway HTTP + scheduler (TLS/SNI) proxy port [8010].
+``VOXELHUB_GATEWAY_API_PORT``    Dask Gateway's private API port on 127.0.0.1 [8011].
+``VOXELHUB_HUB_SSL_CERT``/``_KEY``  TLS certificate and key for the public port.  ``make
+                                 hub-demo`` makes a self-signed pair on first run
+                                 (``python -m voxelhub_hub.tls``); for a real site use a
+                                 CA-issued pair (e.g. certbot's ``fullchain.pem`` /
+                                 ``privkey.pem``).  Unset: plain HTTP (loopback only!).
+``VOXELHUB_HUB_SPAWNER``         ``system`` [default]: each user's server runs as their own unix
+                                 user (hub runs as root; accounts created on demand).
+                                 ``simple``: LAPTOP WITHOUT ROOT ONLY, everyone runs as the
+                                 hub's user, no isolation at all.
+``VOXELHUB_HUB_ADMINS``          comma-separated hub admin user names [none].
+``VOXELHUB_HUB_PROJECTS``        JSON file ``{"project": ["user", ...]}``: hub groups = projects.
+``VOXELHUB_HUB_CULL_TIMEOUT``    seconds of inactivity before a user server is stopped [3600].
+``VOXELHUB_CHP``                 configurable-http-proxy executable
+                                 [``<repo>/.node/node_modules/.bin/configurable-http-proxy``,
+                                 installed by ``make hub-deps``].
+``VOXELHUB_STORE``               store every kernel opens with ``voxelhub.open_catalog()``.
+``VOXELHUB_CATALOG_URL``         catalog URL given to kernels [read-only SQLite in the store].
+===============================  ==========================================================
+
+Authentication: NativeAuthenticator.  People sign up at ``/hub/signup``; an admin approves them at
+``/hub/authorize``.  Admin accounts (``VOXELHUB_HUB_ADMINS``) are approved on sign-up, so sign the
+admin up before the hub is reachable by anyone else.  There is no default password anywhere.
+Sites with an identity provider replace the authenticator section, e.g.::
+
+    # OpenID Connect (Keycloak, Azure AD, ...): pip install oauthenticator
+    c.JupyterHub.authenticator_class = "generic-oauth"
+    c.GenericOAuthenticator.client_id = "voxelhub"
+    c.GenericOAuthenticator.client_secret = os.environ["OIDC_CLIENT_SECRET"]
+    c.GenericOAuthenticator.oauth_callback_url = "https://hub.example.org/hub/oauth_callback"
+    c.GenericOAuthenticator.authorize_url = "https://idp.example.org/realms/x/protocol/openid-connect/auth"
+    c.GenericOAuthenticator.token_url = "https://idp.example.org/realms/x/protocol/openid-connect/token"
+    c.GenericOAuthenticator.userdata_url = "https://idp.example.org/realms/x/protocol/openid-connect/userinfo"
+    c.GenericOAuthenticator.username_claim = "preferred_username"
+    c.GenericOAuthenticator.manage_groups = True          # groups (= projects) from the IdP
+    c.GenericOAuthenticator.auth_state_groups_key = "oauth_user.groups"
+    c.GenericOAuthenticator.allowed_groups = {"voxelhub"}
+
+    # LDAP: pip install jupyterhub-ldapauthenticator
+    c.JupyterHub.authenticator_class = "ldapauthenticator.LDAPAuthenticator"
+    c.LDAPAuthenticator.server_address = "ldaps://ldap.example.org"
+    c.LDAPAuthenticator.bind_dn_template = ["uid={username},ou=people,dc=example,dc=org"]
+    c.LDAPAuthenticator.allowed_groups = ["cn=voxelhub,ou=groups,dc=example,dc=org"]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import nativeauthenticator
+
+c = get_config()  # type: ignore[name-defined]  # noqa: F821
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(REPO, "extensions"))
+
+from voxelhub_hub.cluster_cleanup import make_cluster_cleanup  # noqa: E402
+from voxelhub_hub.system_users import USERNAME_RE, ensure_system_user  # noqa: E402
+
+env = os.environ.get
+VENV_BIN = os.path.dirname(sys.executable)  # the hub, user servers and gateway share one venv
+STATE = os.path.abspath(env("VOXELHUB_HUB_STATE") or os.path.join(REPO, ".demo", "hub"))
+os.makedirs(STATE, exist_ok=True)
+os.chmod(STATE, 0o755)
+
+IP = env("VOXELHUB_HUB_IP", "127.0.0.1")
+PORT = int(env("VOXELHUB_HUB_PORT", "8000"))
+HUB_API_PORT = int(env("VOXELHUB_HUB_API_PORT", "8081"))
+PROXY_API_PORT = int(env("VOXELHUB_PROXY_API_PORT", "8001"))
+GATEWAY_PORT = int(env("VOXELHUB_GATEWAY_PORT", "8010"))
+GATEWAY_API_PORT = int(env("VOXELHUB_GATEWAY_API_PORT", "8011"))
+SSL_CERT, SSL_KEY = env("VOXELHUB_HUB_SSL_CERT"), env("VOXELHUB_HUB_SSL_KEY")
+SPAWNER = env("VOXELHUB_HUB_SPAWNER", "system")
+if SPAWNER not in ("system", "simple"):
+    raise ValueError(f"VOXELHUB_HUB_SPAWNER must be 'system' or 'simple', not {SPAWNER!r}")
+if IP not in ("127.0.0.1", "localhost", "::1") and not SSL_CERT:
+    raise ValueError(f"refusing to serve plain HTTP on {IP}: set VOXELHUB_HUB_SSL_CERT/_KEY")
+
+# ---- network ------------------------------------------------------------------------------------
+# Browser -> configurable-http-proxy (public, TLS) -> hub / user servers / gateway, all on loopback.
+c.JupyterHub.bind_url = f"{'https' if SSL_CERT else 'http'}://{IP}:{PORT}"
+if SSL_CERT:
+    c.JupyterHub.ssl_cert = SSL_CERT
+    c.JupyterHub.ssl_key = SSL_KEY
+c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{HUB_API_PORT}"
+c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{PROXY_API_PORT}"
+c.ConfigurableHTTPProxy.command = [
+    env("VOXELHUB_CHP")
+    or os.path.join(REPO, ".node", "node_modules", ".bin", "configurable-http-proxy")
+]
+c.ConfigurableHTTPProxy.should_start = True  # the hub starts the proxy and stops it on exit
+c.JupyterHub.cleanup_servers = True  # stopping the hub stops every user server
+c.JupyterHub.cleanup_proxy = True
+
+# ---- state (secrets are 0600; JupyterHub refuses a cookie secret file readable by others) ---------
+c.JupyterHub.db_url = f"sqlite:///{os.path.join(STATE, 'jupyterhub.sqlite')}"
+c.JupyterHub.cookie_secret_file = os.path.join(STATE, "jupyterhub_cookie_secret")
+c.JupyterHub.pid_file = os.path.join(STATE, "jupyterhub.pid")
+c.ConfigurableHTTPProxy.pid_file = os.path.join(STATE, "jupyterhub-proxy.pid")
+if os.path.exists(os.path.join(STATE, "jupyterhub.sqlite")):
+    os.chmod(os.path.join(STATE, "jupyterhub.sqlite"), 0o600)  # holds password hashes
+
+# ---- authentication: sign-up + admin approval --------------------------------------------------
+# NativeAuthenticator with its JupyterHub 6 login fix (see voxelhub_hub/native_auth.py)
+c.JupyterHub.authenticator_class = "voxelhub_hub.native_auth.VoxelHubNativeAuthenticator"
+c.JupyterHub.template_paths = [
+    os.path.join(os.path.dirname(nativeauthenticator.__file__), "templates")
+]
+c.NativeAuthenticator.open_signup = False  # an admin approves every account
+c.NativeAuthenticator.minimum_password_length = 10
+c.NativeAuthenticator.check_common_password = True
+c.NativeAuthenticator.allowed_failed_logins = 5  # then blocked for seconds_before_next_try
+c.NativeAuthenticator.seconds_before_next_try = 600
+c.Authenticator.admin_users = {
+    u.strip() for u in env("VOXELHUB_HUB_ADMINS", "").split(",") if u.strip()
+}
+# NativeAuthenticator only authenticates approved users, so every authenticated user is allowed.
+c.Authenticator.allow_all = True
+# hub names become unix user names: lower-case POSIX names only
+c.Authenticator.username_pattern = USERNAME_RE.pattern
+
+# ---- spawner ------------------------------------------------------------------------------------
+if SPAWNER == "system":
+    # Each server runs as the unix user of the same name; accounts are created on first spawn
+    # (home 0700, group voxelhub-users) and existing accounts the hub did not create are refused.
+    c.JupyterHub.spawner_class = "localprocess"
+    c.Spawner.pre_spawn_hook = ensure_system_user
+    c.Spawner.notebook_dir = "~"
+else:
+    # !!! LAPTOP WITHOUT ROOT ONLY: every user's server, kernel and Dask cluster runs as the hub's
+    # own unix user, so any user can read every other user's files.  Never on a shared machine.
+    c.JupyterHub.spawner_class = "simple"
+    c.SimpleLocalProcessSpawner.home_dir_template = os.path.join(STATE, "homes", "{username}")
+    if os.geteuid() == 0:
+        c.Spawner.args = ["--allow-root"]
+c.Spawner.cmd = [os.path.join(VENV_BIN, "jupyterhub-singleuser")]
+c.Spawner.default_url = "/lab"
+c.Spawner.start_timeout = 120  # generous: 20 concurrent spawns on 2 cores take ~60 s
+c.Spawner.http_timeout = 120
+# Advertised to the server (JupyterHub's MEM_LIMIT/CPU_LIMIT); LocalProcessSpawner does not enforce
+# them (KubeSpawner does); Dask clusters are limited by the gateway (dask_gateway_config.py).
+c.Spawner.mem_limit = env("VOXELHUB_HUB_SERVER_MEM", "4G")
+c.Spawner.cpu_limit = float(env("VOXELHUB_HUB_SERVER_CPU", "2"))
+
+# What a kernel needs to find the store, the catalog and the gateway (voxelhub.open_catalog() and
+# voxelhub.compute.client() with no arguments).  The local SQLite catalog is opened read-only and
+# immutable: other users cannot create its WAL index files in the root-owned store.
+STORE = env("VOXELHUB_STORE", "")
+CATALOG_URL = env("VOXELHUB_CATALOG_URL", "")
+if STORE and not CATALOG_URL and "://" not in STORE:
+    CATALOG_URL = f"sqlite:///file:{os.path.join(os.path.abspath(STORE), 'catalog.sqlite')}?mode=ro&immutable=1&uri=true"
+GATEWAY_PREFIX = "/services/dask-gateway"
+c.Spawner.environment = {
+    "PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin",
+    "VOXELHUB_STORE": STORE,
+    "VOXELHUB_CATALOG_URL": CATALOG_URL,
+    # read by dask_gateway.Gateway(): REST API, scheduler traffic (TLS, SNI-routed, not through the
+    # hub's proxy), the dashboard link shown in notebooks, and auth with the server's hub token
+    "DASK_GATEWAY__ADDRESS": f"http://127.0.0.1:{GATEWAY_PORT}{GATEWAY_PREFIX}",
+    "DASK_GATEWAY__PROXY_ADDRESS": f"gateway://127.0.0.1:{GATEWAY_PORT}",
+    "DASK_GATEWAY__PUBLIC_ADDRESS": f"{GATEWAY_PREFIX}/",
+    "DASK_GATEWAY__AUTH__TYPE": "jupyterhub",
+}
+# The server's $JUPYTERHUB_API_TOKEN must be accepted by the gateway (a token only gets the scopes
+# its user holds, so users outside every project still cannot use the gateway).
+c.Spawner.server_token_scopes = [
+    "users:activity!user",
+    "access:servers!server",
+    "read:users:name!user",
+    "read:users:groups!user",
+    "access:services!service=dask-gateway",
+]
+# A user's Gateway clusters stop when their server stops (also when the idle culler stops it).
+c.Spawner.post_stop_hook = make_cluster_cleanup(f"http://127.0.0.1:{GATEWAY_PORT}{GATEWAY_PREFIX}")
+
+# ---- groups = projects; roles = what members may do ----------------------------------------------
+PROJECTS: dict[str, list[str]] = {}
+if env("VOXELHUB_HUB_PROJECTS"):
+    with open(env("VOXELHUB_HUB_PROJECTS", "")) as f:
+        PROJECTS = json.load(f)
+c.JupyterHub.load_groups = {p: {"users": sorted(members)} for p, members in PROJECTS.items()}
+c.JupyterHub.load_roles = [
+    {
+        # members of a project may start Dask clusters (admins add people to projects, i.e.
+        # groups, in the admin panel or with POST /hub/api/groups/<project>/users)
+        "name": "voxelhub-project-member",
+        "scopes": ["access:services!service=dask-gateway"],
+        "groups": sorted(PROJECTS),
+    },
+    {
+        "name": "idle-culler",
+        "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+        "services": ["idle-culler"],
+    },
+]
+
+# ---- services -----------------------------------------------------------------------------------
+CULL_TIMEOUT = int(env("VOXELHUB_HUB_CULL_TIMEOUT", "3600"))
+c.JupyterHub.services = [
+    {
+        # stops user servers idle for CULL_TIMEOUT seconds (their clusters stop with them)
+        "name": "idle-culler",
+        "command": [
+            sys.executable,
+            "-m",
+            "jupyterhub_idle_culler",
+            f"--timeout={CULL_TIMEOUT}",
+            f"--cull-every={max(60, CULL_TIMEOUT // 6)}",
+        ],
+    },
+    {
+        # Dask Gateway, started and stopped by the hub; users authenticate with their hub tokens.
+        # The hub's proxy routes /services/dask-gateway/ to it; dask comms use GATEWAY_PORT directly.
+        "name": "dask-gateway",
+        "url": f"http://127.0.0.1:{GATEWAY_PORT}",
+        "command": [
+            os.path.join(VENV_BIN, "dask-gateway-server"),
+            "-f",
+            os.path.join(HERE, "dask_gateway_config.py"),
+        ],
+        "environment": {
+            "VOXELHUB_HUB_STATE": STATE,
+            "VOXELHUB_HUB_SPAWNER": SPAWNER,
+            "VOXELHUB_GATEWAY_PORT": str(GATEWAY_PORT),
+            "VOXELHUB_GATEWAY_API_PORT": str(GATEWAY_API_PORT),
+            "PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin",
+        },
+        "cwd": STATE,
+        "display": False,
+        "oauth_no_confirm": True,
+    },
+]

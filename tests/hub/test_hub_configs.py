@@ -1,0 +1,142 @@
+"""hub_config/*.py load, name only settings that exist, and encode the deployment choices."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from traitlets.config import Config
+from traitlets.config.loader import PyFileConfigLoader
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Use setlocale:DeprecationWarning"
+)  # nativeauthenticator
+
+REPO = Path(__file__).resolve().parents[2]
+HUB_CONFIG = REPO / "hub_config"
+sys.path.insert(0, str(REPO / "extensions"))
+
+
+def load(name: str) -> Config:
+    return PyFileConfigLoader(name, path=str(HUB_CONFIG)).load_config()
+
+
+@pytest.fixture
+def hub_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for key in (
+        "VOXELHUB_HUB_IP",
+        "VOXELHUB_CATALOG_URL",
+        "VOXELHUB_HUB_SPAWNER",
+        "JUPYTERHUB_SERVICE_PREFIX",
+    ):
+        monkeypatch.delenv(key, raising=False)
+    projects = tmp_path / "projects.json"
+    projects.write_text('{"lung": ["alice"], "brain": ["bob", "carol"]}')
+    monkeypatch.setenv("VOXELHUB_HUB_STATE", str(tmp_path / "state"))
+    monkeypatch.setenv("VOXELHUB_STORE", str(tmp_path / "store"))
+    monkeypatch.setenv("VOXELHUB_HUB_PROJECTS", str(projects))
+    monkeypatch.setenv("VOXELHUB_HUB_ADMINS", "boss")
+    monkeypatch.setenv("VOXELHUB_HUB_SSL_CERT", "/etc/hub.crt")
+    monkeypatch.setenv("VOXELHUB_HUB_SSL_KEY", "/etc/hub.key")
+    monkeypatch.setenv("VOXELHUB_GATEWAY_PORT", "18010")
+    return tmp_path
+
+
+def assert_settings_exist(config: Config, classes: dict[str, type]) -> None:
+    """Every section is a known class and every key one of its configurable traits."""
+    for section, values in config.items():
+        assert section in classes, f"unknown config section {section}"
+        traits = classes[section].class_traits(config=True)
+        for key in values:
+            assert key in traits, f"{section}.{key} is not a setting of {classes[section].__name__}"
+
+
+def test_jupyterhub_config(hub_env: Path) -> None:
+    from jupyterhub.app import JupyterHub
+    from jupyterhub.auth import Authenticator
+    from jupyterhub.proxy import ConfigurableHTTPProxy
+    from jupyterhub.spawner import LocalProcessSpawner, SimpleLocalProcessSpawner, Spawner
+    from voxelhub_hub.native_auth import VoxelHubNativeAuthenticator
+
+    c = load("jupyterhub_config.py")
+    assert_settings_exist(
+        c,
+        {
+            "JupyterHub": JupyterHub,
+            "ConfigurableHTTPProxy": ConfigurableHTTPProxy,
+            "NativeAuthenticator": VoxelHubNativeAuthenticator,
+            "Authenticator": Authenticator,
+            "Spawner": Spawner,
+            "LocalProcessSpawner": LocalProcessSpawner,
+            "SimpleLocalProcessSpawner": SimpleLocalProcessSpawner,
+        },
+    )
+    assert c.JupyterHub.bind_url == "https://127.0.0.1:8000"
+    assert c.JupyterHub.ssl_cert == "/etc/hub.crt"
+    assert c.JupyterHub.hub_bind_url.startswith("http://127.0.0.1:")
+    assert c.JupyterHub.spawner_class == "localprocess"
+    assert c.Spawner.pre_spawn_hook.__name__ == "ensure_system_user"
+    assert c.JupyterHub.cookie_secret_file.startswith(str(hub_env / "state"))
+    assert c.Authenticator.admin_users == {"boss"}
+    assert c.NativeAuthenticator.open_signup is False
+    env = c.Spawner.environment
+    assert env["VOXELHUB_STORE"] == str(hub_env / "store")
+    assert env["VOXELHUB_CATALOG_URL"].endswith("catalog.sqlite?mode=ro&immutable=1&uri=true")
+    assert env["DASK_GATEWAY__ADDRESS"] == "http://127.0.0.1:18010/services/dask-gateway"
+    assert "access:services!service=dask-gateway" in c.Spawner.server_token_scopes
+    assert c.JupyterHub.load_groups == {
+        "lung": {"users": ["alice"]},
+        "brain": {"users": ["bob", "carol"]},
+    }
+    roles = {r["name"]: r for r in c.JupyterHub.load_roles}
+    assert roles["voxelhub-project-member"]["groups"] == ["brain", "lung"]
+    services = {s["name"]: s for s in c.JupyterHub.services}
+    assert set(services) == {"idle-culler", "dask-gateway"}
+    assert services["dask-gateway"]["url"] == "http://127.0.0.1:18010"
+    assert "--timeout=3600" in services["idle-culler"]["command"]
+
+
+def test_simple_spawner_mode_and_plain_http_refused_off_loopback(
+    hub_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VOXELHUB_HUB_SPAWNER", "simple")
+    c = load("jupyterhub_config.py")
+    assert c.JupyterHub.spawner_class == "simple"
+    assert "pre_spawn_hook" not in c.Spawner
+    monkeypatch.delenv("VOXELHUB_HUB_SSL_CERT")
+    monkeypatch.setenv("VOXELHUB_HUB_IP", "0.0.0.0")
+    with pytest.raises(ValueError, match="plain HTTP"):
+        load("jupyterhub_config.py")
+
+
+@pytest.mark.parametrize(
+    ("mode", "backend"), [("system", "SafeLocalBackend"), ("simple", "LaptopLocalBackend")]
+)
+def test_dask_gateway_config(
+    hub_env: Path, monkeypatch: pytest.MonkeyPatch, mode: str, backend: str
+) -> None:
+    from dask_gateway_server.app import DaskGateway
+    from dask_gateway_server.auth import JupyterHubAuthenticator
+    from dask_gateway_server.backends.base import ClusterConfig
+    from dask_gateway_server.proxy import Proxy
+    from voxelhub_hub import gateway_backend
+
+    monkeypatch.setenv("VOXELHUB_HUB_SPAWNER", mode)
+    c = load("dask_gateway_config.py")
+    cls = getattr(gateway_backend, backend)
+    assert_settings_exist(
+        c,
+        {
+            "DaskGateway": DaskGateway,
+            "Proxy": Proxy,
+            "ClusterConfig": ClusterConfig,
+            backend: cls,
+            "JupyterHubAuthenticator": JupyterHubAuthenticator,
+        },
+    )
+    assert c.DaskGateway.backend_class == f"voxelhub_hub.gateway_backend.{backend}"
+    assert c[backend].clusters_directory == str(hub_env / "state" / "dask-clusters")
+    assert c.ClusterConfig.worker_cmd[-1] == "worker"
+    # the stock LocalBackend is never configured (it chowns "/" as root in 2026.3.0)
+    assert "LocalBackend" not in c
