@@ -114,3 +114,34 @@ def test_unknown_series_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(voxelhub.CatalogError, match="no store"):
         voxelhub.open_catalog(tmp_path / "nowhere")
     cat.close()
+
+
+def test_fsck_reports_and_repairs(tmp_path: Path) -> None:
+    """`voxelhub fsck`: unlisted trees and temporaries are collected, a missing tree reported."""
+    import shutil
+    import subprocess
+    import sys
+
+    write_series(tmp_path / "in", slices=4)
+    store = tmp_path / "store"
+    voxelhub.ingest(tmp_path / "in", store, progress=False)
+    cat = voxelhub.open_catalog(store)
+    (row,) = cat.series().to_dict("records")
+    cat.close()
+    stray = store / "projects" / "default" / "x" / "stray.ome.zarr"
+    shutil.copytree(store / row["store_path"], stray)
+    (store / ".tmp" / "half.ome.zarr").mkdir(parents=True)
+
+    def fsck(*extra: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "voxelhub.cli", "fsck", "--store", str(store), *extra]
+        return subprocess.run(cmd, capture_output=True, text=True)
+
+    found = fsck("--verify")
+    assert found.returncode == 1 and "unlisted: projects/default/x/stray.ome.zarr" in found.stdout
+    assert fsck("--repair", "--min-age", "3600").returncode == 1  # too fresh to collect
+    repaired = fsck("--repair", "--verify", "--min-age", "0")
+    assert repaired.returncode == 0, repaired.stdout
+    assert not stray.exists() and not (store / ".tmp" / "half.ome.zarr").exists()
+    shutil.rmtree(store / row["store_path"])
+    missing = fsck()
+    assert missing.returncode == 1 and f"missing: {row['store_path']}" in missing.stdout

@@ -83,7 +83,7 @@ def test_no_original_value_of_the_profile_survives(deidentified, originals) -> N
 
 def test_marked_as_deidentified_with_the_profile_code(deidentified) -> None:
     store, _ = deidentified
-    zarr_json = next((store / "projects" / "safe").glob("*.ome.zarr/zarr.json"))
+    zarr_json = next((store / "projects" / "safe").glob("*/*.ome.zarr/zarr.json"))
     attrs = json.loads(zarr_json.read_text())["attributes"]["voxelhub"]
     assert attrs["deidentified"] is True
     header = Dataset.from_json(attrs["dicom"])

@@ -267,8 +267,11 @@ class Catalog:
         patient: dict[str, str],
         study: dict[str, str],
         volume: dict[str, Any],
-    ) -> None:
-        """Insert or replace a volume row with its patient and study, in one transaction."""
+    ) -> str | None:
+        """Insert or replace a volume row with its patient and study, in one transaction.
+
+        Returns the store path of the version it replaced (for the caller to delete), if any.
+        """
         with self.session() as s:
             p = s.scalar(
                 select(Patient).where(
@@ -287,10 +290,13 @@ class Catalog:
                 s.add(st)
                 s.flush()
             old = s.scalar(select(Volume).where(Volume.volume_uid == volume["volume_uid"]))
+            replaced = None
             if old is not None:
+                replaced = old.store_path
                 s.delete(old)
                 s.flush()
             s.add(Volume(study_id=st.id, **volume))
+            return replaced if replaced != volume["store_path"] else None
 
     def record_report(
         self, project: Project, report: dict[str, Any], rejected: Sequence[dict[str, str]]
@@ -416,6 +422,11 @@ class Catalog:
     def search(self, text: str, **filters: Any) -> pd.DataFrame:
         """Free-text search on series and study descriptions."""
         return self.series(text=text, **filters)
+
+    def store_paths(self) -> set[str]:
+        """Every store path the catalog lists (for consistency checks)."""
+        with self.session() as s:
+            return set(s.scalars(select(Volume.store_path)))
 
     def reports(self) -> pd.DataFrame:
         """Ingest reports, newest first."""

@@ -55,6 +55,21 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fsck(args: argparse.Namespace) -> int:
+    from voxelhub import open_catalog
+    from voxelhub.fsck import check_store
+
+    cat = open_catalog(args.store, catalog_url=args.catalog_url)
+    check = check_store(
+        cat.location, cat, repair=args.repair, verify=args.verify, min_age_seconds=args.min_age
+    )
+    for kind in ("missing", "corrupt", "unlisted", "temporaries", "removed"):
+        for path in getattr(check, kind):
+            print(f"{kind}: {path}")
+    print(check.summary())
+    return 0 if check.consistent else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voxelhub", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
@@ -88,6 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True)
     p.add_argument("--catalog-url", default=None)
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("fsck", help="check a store against its catalog; --repair collects garbage")
+    p.add_argument("--store", required=True)
+    p.add_argument("--catalog-url", default=None)
+    p.add_argument("--repair", action="store_true", help="remove leftovers of crashed ingests")
+    p.add_argument("--verify", action="store_true", help="re-read every volume's checksum (slow)")
+    p.add_argument(
+        "--min-age",
+        type=float,
+        default=3600.0,
+        help="only remove leftovers older than this many seconds (default 3600)",
+    )
+    p.set_defaults(func=_fsck)
     return parser
 
 

@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import re
+import uuid
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -29,7 +30,8 @@ from voxelhub.dicom.index import index, open_source, process_context
 from voxelhub.dicom.series import VolumePlan, plan_volumes
 from voxelhub.dicom.slabs import volume_shape
 from voxelhub.errors import DicomError, GeometryError, StoreError, VoxelHubError
-from voxelhub.memory import release_free_memory
+from voxelhub.fsck import collect_garbage
+from voxelhub.memory import limit_malloc_arenas, release_free_memory
 from voxelhub.store.location import StoreLocation
 from voxelhub.store.writer import write_volume
 
@@ -112,11 +114,14 @@ def ingest(
         raise VoxelHubError(
             f"invalid project name {project!r}: use letters, digits, '.', '_' or '-' (max 64)"
         )
+    # zarr's thread pool would otherwise give every thread a glibc arena holding freed slabs:
+    # the cap keeps a notebook's ingest bounded by slabs too (see voxelhub.memory)
+    limit_malloc_arenas()
     location = store if isinstance(store, StoreLocation) else StoreLocation(store)
     location.ensure_root()
-    for leftover in location.clean_temporary():
-        log.info("removed %s, left by an interrupted conversion", leftover)
     catalog = Catalog(location, catalog_url)
+    for leftover in collect_garbage(location, catalog):
+        log.info("removed %s, left by an interrupted ingest", leftover)
     try:
         proj = catalog.ensure_project(project, deidentify=deidentify)
         report = IngestReport(project=project, paths=path_list)
@@ -232,10 +237,15 @@ def _ingest_volume(
     content_key = _hash(
         *(f"{_out_uid(deid, f.sop_instance_uid)}#{f.frame_index}" for f in volume.frames)
     )
-    rel_path = f"projects/{project.name}/{volume_uid}.ome.zarr"
+    # a fresh path per version: the catalog row is the commit point (see StoreLocation.commit)
+    rel_path = f"projects/{project.name}/{volume_uid}/{uuid.uuid4().hex[:16]}.ome.zarr"
     n_slices = volume_shape(volume)[0]
     existing = catalog.find_volume(volume_uid)
-    if existing is not None and existing.content_key == content_key and location.exists(rel_path):
+    if (
+        existing is not None
+        and existing.content_key == content_key
+        and location.exists(existing.store_path)
+    ):
         report.unchanged.append(volume_uid)
         bar.update(n_slices)
         return
@@ -277,7 +287,7 @@ def _ingest_volume(
         )
         return
     geometry = volume.geometry
-    catalog.record_volume(
+    replaced = catalog.record_volume(
         project,
         patient={
             "patient_key": str(header.get("PatientID", "")),
@@ -315,6 +325,8 @@ def _ingest_volume(
             "n_instances": len(instance_uids),
         },
     )
+    if replaced:
+        location.remove(replaced)
     report.written.append(volume_uid)
 
 

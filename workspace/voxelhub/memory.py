@@ -34,10 +34,11 @@ def _libc() -> ctypes.CDLL | None:
 
 
 def limit_malloc_arenas(arenas: int = 2) -> bool:
-    """Cap glibc's malloc arenas for this process; call before starting threads.
+    """Cap glibc's malloc arenas for this process (best before threads start).
 
-    Processes that own their lifetime (the CLI, workers) call it; a library call never
-    changes the allocator of a notebook kernel behind its back.
+    The CLI calls it first thing and :func:`voxelhub.ingest` on entry: two arenas are what
+    ``MALLOC_ARENA_MAX=2`` gives, a common setting for threaded Python services, and cost
+    nothing measurable here.
     """
     libc = _libc()
     if libc is None:

@@ -94,26 +94,38 @@ class StoreLocation:
             self.fs.rm(path, recursive=True)
 
     def commit(self, tmp_rel: str, final_rel: str) -> None:
-        """Move a finished volume from its temporary name to ``final_rel``, replacing any old one.
+        """Move a finished volume from its temporary name to ``final_rel``, a path never used.
 
-        Locally the new tree is renamed into place; an old tree at ``final_rel`` is first renamed
-        aside and deleted after, so readers see either the old or the new volume, never a mix.
+        Volumes are never replaced in place: a new version gets a new path, the catalog row is
+        switched to it in one transaction, and the old tree is deleted after.  So a reader, or a
+        crash, never meets a half-moved volume; a crash between the move and the catalog row
+        leaves a complete but unlisted tree that :func:`voxelhub.fsck.check_store` collects.
         """
         src, dst = self.full_path(tmp_rel), self.full_path(final_rel)
+        if self.fs.exists(dst):
+            raise StoreError(f"refusing to overwrite {self.url_of(final_rel)}: paths are unique")
         if self.is_local:
             os.makedirs(os.path.dirname(dst), exist_ok=True)
-            old = None
-            if os.path.exists(dst):
-                old = self.full_path(self.new_temporary(".old"))
-                os.rename(dst, old)
             os.rename(src, dst)
-            if old:
-                shutil.rmtree(old, ignore_errors=True)
             return
-        if self.fs.exists(dst):
-            self.fs.rm(dst, recursive=True)
         self.fs.copy(src, dst, recursive=True)
         self.fs.rm(src, recursive=True)
+
+    def list_volumes(self, prefix: str = "projects") -> list[str]:
+        """Relative paths of every committed volume tree under ``prefix``."""
+        base = self.full_path(prefix)
+        if not self.fs.exists(base):
+            return []
+        found = self.fs.glob(posixpath.join(base, "*", "*", "*.ome.zarr"))
+        root = self.full_path("")
+        return sorted(os.path.relpath(str(p), root).replace(os.sep, "/") for p in found)
+
+    def age_seconds(self, rel: str) -> float:
+        """Seconds since ``rel`` was last modified (0 when unknown)."""
+        try:
+            return max(0.0, time.time() - _mtime(self.fs.info(self.full_path(rel))))
+        except FileNotFoundError:
+            return 0.0
 
     def clean_temporary(self, min_age_seconds: float = 3600.0) -> list[str]:
         """Remove what crashed writers left in the temporary area; return what was removed.
