@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,18 +14,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.processes import free_port, stop
 
 
 @pytest.mark.slow
 def test_demo_serves_jupyterlab_with_the_sample_notebook(
     tmp_path: Path, shared_dicom: Path
 ) -> None:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -70,12 +65,7 @@ def test_demo_serves_jupyterlab_with_the_sample_notebook(
             urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents", timeout=5)
     finally:
         children = psutil.Process(proc.pid).children(recursive=True)
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, signal.SIGINT, timeout=30)
     assert children, "JupyterLab should have run as a child of the demo"
     _, alive = psutil.wait_procs(children, timeout=10)
     assert not alive, f"left running: {alive}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import zarr
 
 import voxelhub
 from tests.dicom_factory import random_orientation, write_series
+from tests.processes import free_port, stop
 
 
 @pytest.fixture(scope="module")
@@ -120,16 +120,10 @@ def test_missing_store_folder_is_a_clear_error(stored, tmp_path: Path) -> None:
         loc.open_group("projects/default/absent.ome.zarr")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def s3_endpoint():
     """A real S3 API (moto's server) on loopback, in its own process, stopped by PID."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
@@ -145,12 +139,7 @@ def s3_endpoint():
                 time.sleep(0.1)
         yield url
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, signal.SIGTERM)
 
 
 def test_store_on_object_storage(tmp_path: Path, s3_endpoint: str, monkeypatch) -> None:
