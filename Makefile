@@ -10,17 +10,24 @@ DEMO_STATE  ?= $(abspath .demo)
 APT_STAMP   := $(VENV)/.apt-installed
 VENV_STAMP  := $(VENV)/.installed
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBIAN_PKGS := postgresql
 
 .PHONY: install test lint typecheck pytest demo lab-demo bench clean
 
 install: $(VENV_STAMP)
 
+# Debian packages the tests and the demo need: PostgreSQL (catalog tests), Chromium (browser
+# tests; Playwright drives /usr/bin/chromium, never `playwright install`), Node.js + npm
+# (configurable-http-proxy).  One `apt-get update`, and only when something is missing.
 $(APT_STAMP):
 	@mkdir -p $(VENV)
-	@if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then \
-	  $(SUDO) apt-get update && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DEBIAN_PKGS); \
-	fi
+	@missing=""; \
+	  ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	  [ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	  command -v npm >/dev/null || missing="$$missing nodejs npm"; \
+	  if [ -n "$$missing" ]; then \
+	    $(SUDO) apt-get update && \
+	    $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
+	  fi
 	@touch $@
 
 $(VENV_STAMP): pyproject.toml requirements/lock.txt $(APT_STAMP)
@@ -58,8 +65,10 @@ demo: hub-demo
 lab-demo: install
 	$(BIN)/python -m voxelhub.demo --shared "$(SHARED)" --state "$(DEMO_STATE)"
 
-bench: install
+bench: install hub-deps
 	$(BIN)/python benchmarks/ingest.py
+	$(BIN)/python benchmarks/viewer.py
+	$(BIN)/python benchmarks/radiomics.py
 
 clean:
 	rm -rf $(VENV) .node .demo tests/artifacts

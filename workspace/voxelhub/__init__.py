@@ -27,6 +27,7 @@ from voxelhub.errors import (
 )
 from voxelhub.ingest import IngestReport, ingest
 from voxelhub.store.location import StoreLocation
+from voxelhub.widgets import browse, features_panel, view, view3d
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -46,12 +47,16 @@ __all__ = [
     "StoreLocation",
     "VoxelHubError",
     "__version__",
+    "browse",
+    "features_panel",
     "from_simpleitk",
     "ingest",
     "open_catalog",
     "open_series",
     "to_nifti",
     "to_simpleitk",
+    "view",
+    "view3d",
 ]
 
 

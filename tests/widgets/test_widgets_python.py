@@ -1,0 +1,375 @@
+"""Widgets driven through their Python API: state, lazy slice access, paging, features."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+import voxelhub
+from voxelhub.widgets.browser import StudyBrowser
+from voxelhub.widgets.feature_panel import FeaturePanel
+from voxelhub.widgets.pyramid import PyramidLevel, as_volume, levels_of
+from voxelhub.widgets.slices import SliceViewer, auto_window, plane_names
+from voxelhub.widgets.svgplot import scatter_svg
+from voxelhub.widgets.table import png_data_uri
+from voxelhub.widgets.volume3d import VolumeViewer, labels_at, nifti_bytes
+
+
+class CountingArray:
+    """A numpy array that records every region read from it (as dask's getter asks)."""
+
+    def __init__(self, data: np.ndarray) -> None:
+        self.data = data
+        self.shape, self.dtype, self.ndim = data.shape, data.dtype, data.ndim
+        self.reads: list[tuple[Any, ...]] = []
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        out = self.data[key]
+        if out.size:
+            self.reads.append(key)
+        return out
+
+
+def _chunks_touched(
+    reads: list[tuple[Any, ...]], chunks: tuple[int, int, int]
+) -> set[tuple[int, ...]]:
+    touched = set()
+    for key in reads:
+        ranges = []
+        for k, c in zip(key, chunks, strict=True):
+            if isinstance(k, slice):
+                ranges.append(range(k.start // c, (k.stop - 1) // c + 1))
+            else:
+                ranges.append(range(int(k) // c, int(k) // c + 1))
+        touched |= {(a, b, c) for a in ranges[0] for b in ranges[1] for c in ranges[2]}
+    return touched
+
+
+@pytest.fixture
+def counted() -> tuple[SliceViewer, CountingArray]:
+    rng = np.random.default_rng(0)
+    base = CountingArray(rng.integers(-1000, 1000, size=(16, 64, 48), dtype=np.int16))
+    volume = da.from_array(base, chunks=(4, 16, 16))
+    viewer = SliceViewer.from_volume(volume, spacing=(3.0, 0.5, 0.5))
+    base.reads.clear()
+    return viewer, base
+
+
+def _capture(viewer: SliceViewer) -> list[tuple[dict[str, Any], list[bytes]]]:
+    sent: list[tuple[dict[str, Any], list[bytes]]] = []
+    viewer.send = lambda content, buffers=None: sent.append((content, list(buffers or [])))  # type: ignore[method-assign]
+    return sent
+
+
+def test_one_slice_reads_only_its_chunks(counted: tuple[SliceViewer, CountingArray]) -> None:
+    viewer, base = counted
+    axial = viewer.slice("z", 5)
+    assert axial.shape == (64, 48)
+    np.testing.assert_array_equal(axial, base.data[5])
+    # z = 5 lies in z-chunk 1: the 4 × 3 chunks of that slab, and only the slice's voxels
+    assert _chunks_touched(base.reads, (4, 16, 16)) == {
+        (1, y, x) for y in range(4) for x in range(3)
+    }
+    assert sum(np.prod(base.data[k].shape) for k in base.reads) == 64 * 48
+
+    base.reads.clear()
+    coronal = viewer.slice("y", 20)
+    np.testing.assert_array_equal(coronal, base.data[:, 20, :])
+    assert _chunks_touched(base.reads, (4, 16, 16)) == {
+        (z, 1, x) for z in range(4) for x in range(3)
+    }
+
+    base.reads.clear()
+    viewer.slice("z", 5)  # cached: no second read
+    assert base.reads == []
+    assert viewer.reads == [(0, 0, 5), (0, 1, 20)]
+
+
+def test_slice_requests_coarse_level_first_then_full(tmp_path: Path) -> None:
+    full = np.arange(8 * 32 * 32, dtype=np.int16).reshape(8, 32, 32)
+    vol = as_volume(full, (2.0, 1.0, 1.0))
+    coarse = as_volume(full[:, ::4, ::4], (2.0, 4.0, 4.0))
+    mask = np.zeros_like(full, dtype=np.uint8)
+    mask[3, 8:16, 8:16] = 2
+    viewer = SliceViewer(
+        [PyramidLevel(vol, (1, 1, 1)), PyramidLevel(coarse, (1, 4, 4))], mask, display_size=8
+    )
+    sent = _capture(viewer)
+    viewer._on_msg(viewer, {"type": "slice", "axis": 0, "index": 3, "seq": 7}, [])
+    assert [(m["level"], m["final"], m["shape"]) for m, _ in sent] == [
+        (1, False, [8, 8]),
+        (0, True, [32, 32]),
+    ]
+    header, buffers = sent[1]
+    assert header["dtype"] == "int16" and header["mask_dtype"] == "uint8" and header["seq"] == 7
+    np.testing.assert_array_equal(np.frombuffer(buffers[0], dtype="<i2").reshape(32, 32), full[3])
+    coarse_mask = np.frombuffer(sent[0][1][1], dtype=np.uint8).reshape(8, 8)
+    assert coarse_mask[2:4, 2:4].tolist() == [[2, 2], [2, 2]] and coarse_mask.sum() == 8
+    # malformed requests are ignored, out-of-range indices clamped
+    viewer._on_msg(viewer, {"type": "slice"}, [])
+    viewer._on_msg(viewer, {"type": "slice", "axis": 2, "index": 999}, [])
+    assert sent[-1][0]["index"] == 31
+
+
+def test_window_presets_scroll_probe_and_aspect() -> None:
+    data = np.zeros((10, 20, 30), dtype=np.int16)
+    data[4, 5, 6] = 123
+    affine = np.diag([0.5, 0.7, 3.0, 1.0])
+    affine[:3, 3] = [10.0, 20.0, 30.0]
+    vol = xr.DataArray(
+        data,
+        dims=("z", "y", "x"),
+        coords={"z": np.arange(10) * 3.0, "y": np.arange(20) * 0.7, "x": np.arange(30) * 0.5},
+        attrs={
+            "modality": "CT",
+            "units": "HU",
+            "spacing_zyx": [3.0, 0.7, 0.5],
+            "affine_lps": affine.tolist(),
+            "window_presets": {"lung": (-600.0, 1500.0), "abdomen": (40.0, 400.0)},
+            "flags": [],
+        },
+    )
+    viewer = SliceViewer.from_volume(vol)
+    assert viewer.preset == "abdomen" and (viewer.window_center, viewer.window_width) == (
+        40.0,
+        400.0,
+    )
+    viewer.preset = "lung"
+    assert (viewer.window_center, viewer.window_width) == (-600.0, 1500.0)
+    assert viewer.spacing == [3.0, 0.7, 0.5]  # the browser sizes each plane by these (mm)
+    assert viewer.cursor == [5, 10, 15]
+    viewer.scroll("z", 100)
+    assert viewer.cursor[0] == 9
+    viewer.scroll(0, -3)
+    assert viewer.cursor[0] == 6
+    probe = viewer.probe(4, 5, 6)
+    assert probe["value"] == 123.0
+    assert probe["lps_mm"] == pytest.approx([10 + 6 * 0.5, 20 + 5 * 0.7, 30 + 4 * 3.0])
+    assert viewer.plane_names == ["axial", "coronal", "sagittal"]
+    viewer.label_colors = {"1": "#00ff00"}
+    viewer.opacity = 0.8
+    with pytest.raises(ValueError):
+        viewer.slice(3, 0)
+
+
+def test_mr_window_is_automatic_from_percentiles() -> None:
+    rng = np.random.default_rng(1)
+    data = rng.normal(500, 100, size=(6, 16, 16)).astype(np.float32)
+    viewer = SliceViewer.from_volume(data, spacing=(1.0, 1.0, 1.0))
+    lo, hi = np.percentile(data, [1, 99])
+    assert viewer.preset == "auto"
+    assert viewer.window_width == pytest.approx(hi - lo, rel=0.05)
+    assert auto_window(np.array([np.nan, 1.0, 3.0]))[1] > 0
+    sagittal_stack = np.eye(4)
+    sagittal_stack[:3, :3] = [[0, 0, 1], [1, 0, 0], [0, -1, 0]]  # x→P, y→I, z (normal)→L
+    assert plane_names(sagittal_stack) == ["sagittal", "axial", "coronal"]
+
+
+def test_store_pyramid_and_real_slices(real_store: Path) -> None:
+    cat = voxelhub.open_catalog(real_store)
+    row = cat.series(modality="CT", text="BRAIN").iloc[0]
+    volume = voxelhub.open_series(row, catalog=cat)
+    levels = levels_of(volume, cat)
+    assert len(levels) >= 3 and levels[0].shape == tuple(volume.shape)
+    assert max(levels[-1].shape[1:]) <= 64
+    viewer = SliceViewer.from_volume(volume, catalog=cat, display_size=300)
+    sent = _capture(viewer)
+    viewer._on_msg(viewer, {"type": "slice", "axis": 0, "index": 70}, [])
+    assert [m["level"] for m, _ in sent] == [1, 0]
+    assert sent[-1][0]["shape"] == [512, 512]
+    np.testing.assert_array_equal(
+        np.frombuffer(sent[-1][1][0], dtype="<i2").reshape(512, 512), np.asarray(volume[70])
+    )
+
+
+def test_browser_pages_filters_thumbnails_and_opens_viewer(
+    real_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cat = voxelhub.open_catalog(real_store)
+    total = len(cat.series())
+    levels_read: list[int] = []
+    real_open = voxelhub.open_series
+
+    def spy(row: Any, level: int = 0, **kw: Any) -> Any:
+        levels_read.append(level)
+        return real_open(row, level, **kw)
+
+    monkeypatch.setattr(voxelhub, "open_series", spy)
+    browser = StudyBrowser(cat, page_size=3)
+    assert len(browser.table.rows) == 3 and not browser.next_button.disabled
+    assert len(browser.table.thumbnails) == 3
+    assert all(t["src"].startswith("data:image/png;base64,") for t in browser.table.thumbnails)
+    # thumbnails come from each series' smallest level (≤ 64 px), never from full resolution
+    thumbnail_levels, smallest = list(levels_read), []
+    for row in browser.rows:
+        n_levels = len(levels_of(real_open(row, catalog=cat), cat))
+        smallest.append(n_levels - 1)
+    assert thumbnail_levels == smallest
+    browser.go(1)
+    assert browser.page == 1 and browser.prev_button.disabled is False
+    browser.go(99)  # past the end: back to the last page
+    assert browser.rows and browser.page == (total - 1) // 3
+    browser.flag.value = "gantry_tilt"
+    assert browser.page == 0 and browser.rows
+    assert all("gantry_tilt" in r["flags"] for r in browser.table.rows)
+    assert all("[gantry_tilt]" in r["reasons"] for r in browser.table.rows)
+    browser.flag.value = ""
+    browser.modality.value = "MR"
+    assert {r["modality"] for r in browser.table.rows} == {"MR"}
+    uid = browser.table.rows[0]["volume_uid"]
+    browser.select(uid)
+    assert isinstance(browser.viewer, SliceViewer)
+    assert browser.viewer_box.children == (browser.viewer,)
+    assert browser.selected == uid and "MR" in browser.details.value
+    browser.search.value = "no such description anywhere"
+    assert browser.rows == [] and browser.next_button.disabled
+
+
+def test_browser_pages_ten_thousand_series_in_sql(tmp_path: Path) -> None:
+    from voxelhub.catalog import Patient, Project, Study, Volume
+
+    (tmp_path / "big").mkdir()
+    cat = voxelhub.open_catalog(tmp_path / "big")
+    with cat.session() as s:
+        project = Project(name="big")
+        s.add(project)
+        s.flush()
+        patient = Patient(project_id=project.id, patient_key="p")
+        s.add(patient)
+        s.flush()
+        study = Study(patient_id=patient.id, study_uid="1.2.3")
+        s.add(study)
+        s.flush()
+        s.add_all(
+            Volume(
+                volume_uid=f"v{i:05d}",
+                study_id=study.id,
+                series_uid=f"s{i}",
+                series_number=i,
+                modality="CT" if i % 2 else "MR",
+                description=f"series {i}",
+                slices=1,
+                rows=1,
+                columns=1,
+                spacing_z=1,
+                spacing_y=1,
+                spacing_x=1,
+                dtype="int16",
+                flags=["gantry_tilt"] if i % 100 == 0 else [],
+                reasons="[gantry_tilt] tilted" if i % 100 == 0 else "",
+                store_path=f"none/{i}",
+                checksum="",
+                content_key="",
+                n_instances=1,
+            )
+            for i in range(10_000)
+        )
+    start = time.perf_counter()
+    browser = StudyBrowser(cat, page_size=25, thumbnails=False, viewer=None)
+    browser.go(200)
+    browser.flag.value = "gantry_tilt"
+    browser.go(3)
+    elapsed = time.perf_counter() - start
+    assert len(browser.table.rows) == 25 and elapsed < 3.0, elapsed
+    assert all(r["flags"] == ["gantry_tilt"] for r in browser.table.rows)
+    assert browser.next_button.disabled  # 100 flagged series: page 4 of 4
+
+
+def test_volume_viewer_level_affine_and_mask(real_store: Path) -> None:
+    import nibabel as nib
+
+    cat = voxelhub.open_catalog(real_store)
+    row = cat.series(modality="CT", text="BRAIN").iloc[0]
+    volume = voxelhub.open_series(row, catalog=cat)
+    viewer = VolumeViewer.from_volume(volume, mask=volume > 300, catalog=cat, max_voxels=2_000_000)
+    assert int(np.prod(viewer.level.shape)) <= 2_000_000 and viewer.level_index > 0
+    assert len(viewer.niivue.volumes) == 2
+    image = nib.Nifti1Image.from_bytes(nifti_bytes(viewer.level.data))
+    expected = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(viewer.level.data.attrs["affine_lps"])
+    np.testing.assert_allclose(image.affine, expected, atol=1e-4)
+    assert image.shape == viewer.level.shape[::-1]
+    assert viewer.mask_level is not None and int(viewer.mask_level.max()) == 1
+    viewer.mode.value = "render"
+    labels = labels_at(np.arange(64).reshape(4, 4, 4) % 3, (2, 2, 2), (2, 2, 2))
+    assert labels.shape == (2, 2, 2) and labels.dtype == np.uint8
+    tilted = cat.series(flag="non_uniform_spacing")
+    if not tilted.empty:
+        with pytest.raises(voxelhub.GeometryError):
+            VolumeViewer.from_volume(tilted.iloc[0], catalog=cat)
+
+
+def test_feature_panel_runs_sorts_exports_and_reports_errors(
+    real_store: Path, tmp_path: Path
+) -> None:
+    cat = voxelhub.open_catalog(real_store)
+    ct = cat.series(modality="CT", text="BRAIN").iloc[0]["volume_uid"]
+    mr = cat.series(modality="MR", text="MP-RAGE").iloc[0]["volume_uid"]
+    panel = FeaturePanel(cat, series=[ct, mr, "no-such-volume"])
+    assert set(panel.series.value) == {ct, mr}
+    panel.series.options = [*panel.series.options, ("missing", "no-such-volume")]
+    panel.series.value = (ct, mr, "no-such-volume")
+    panel.level.value, panel.lower.value = 2, 100.0
+    panel.families.value = ("intensity_statistics", "glcm")
+    panel.run(wait=True)
+    assert set(panel.results["volume_uid"]) == {ct, mr}
+    assert panel.errors["volume_uid"].tolist() == ["no-such-volume"]
+    assert "NotFound" in panel.error_box.value and "1 failed" in panel.status.value
+    assert panel.progress.value == 3 and panel.run_button.disabled is False
+    assert len(panel.table.rows) == 2
+    panel.table.sort_by, panel.table.ascending = "stat_mean", False
+    means = [r["stat_mean"] for r in panel.table.rows]
+    assert means == sorted(means, reverse=True)
+    assert panel.plot.value.count("<circle") == 2
+    csv = panel.export(str(tmp_path / "f.csv"))
+    assert pd.read_csv(csv).shape == panel.results.shape
+    pq = panel.export(str(tmp_path / "f.parquet"))
+    assert pd.read_parquet(pq).shape == panel.results.shape
+    with pytest.raises(ValueError):
+        panel.export(str(tmp_path / "f.xlsx"))
+
+
+def test_feature_panel_cancel_stops_between_cases(
+    real_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import voxelhub.widgets.feature_panel as fp
+
+    cat = voxelhub.open_catalog(real_store)
+    uids = cat.series()["volume_uid"].tolist()[:3]
+    calls: list[str] = []
+
+    def slow_case(case: fp.Case) -> pd.DataFrame:
+        calls.append(case.volume_uid)
+        time.sleep(0.5)
+        return pd.DataFrame(
+            {"volume_uid": [case.volume_uid], "feature": ["f"], "family": ["x"], "value": [1.0]}
+        )
+
+    monkeypatch.setattr(fp, "run_case", slow_case)
+    panel = FeaturePanel(cat, series=uids)
+    panel.run()
+    time.sleep(0.2)
+    panel.cancel()
+    panel.wait(10)
+    assert len(calls) == 1 and panel.status.value.startswith("cancelled")
+    assert panel.cancel_button.disabled and not panel.running
+
+
+def test_png_and_plot_helpers() -> None:
+    from PIL import Image
+
+    uri = png_data_uri(np.arange(12, dtype=np.uint8).reshape(3, 4) * 20)
+    import base64
+
+    img = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+    assert img.size == (4, 3) and np.asarray(img)[2, 3] == 220
+    svg = scatter_svg([1, 2, float("nan")], [3, 4, 5], ["a", "b", "c"], xlabel="x<", ylabel="y")
+    assert svg.count("<circle") == 2 and "x&lt;" in svg
+    assert "no finite values" in scatter_svg([], [], [])
