@@ -2,22 +2,37 @@
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/radiomics.py                      # 4 cases, 512² x 300
-    .venv/bin/python benchmarks/radiomics.py --quick              # 1 small case (smoke test)
+    .venv/bin/python benchmarks/radiomics.py                      # 2 timed cases + 16-case cohort
+    .venv/bin/python benchmarks/radiomics.py --quick              # small cases (smoke test)
     .venv/bin/python benchmarks/radiomics.py --pyradiomics-python /opt/pyrad/bin/python
+    .venv/bin/python benchmarks/radiomics.py --no-pyradiomics     # VoxelHub only
 
 Cases follow ``../shared/notes/radiomics.md`` section 5: a synthetic 512×512×300 int16 CT
 (0.78×0.78×1.25 mm) with a lobulated ~100k-voxel lesion, seeded, generated here. Each case is
-written twice: as NRRD (what pyradiomics reads) and as a Zarr array chunked like the store
-(z-shards of whole slices), which VoxelHub opens lazily with dask, the way ``open_series``
-returns volumes. Every measurement runs in a fresh subprocess, so peak RSS is that tool's own.
+written as NRRD (what pyradiomics reads), as a Zarr array chunked like the store (z-slabs of
+16 whole slices), which VoxelHub opens lazily with dask the way ``open_series`` returns
+volumes, and as its ROI bounding box + 5 voxels (NRRD and npy) for the feature-only timings.
+Every per-case measurement runs in a fresh subprocess, so peak RSS is that tool's own.
 
-Measured per case: VoxelHub end to end from the chunked store; VoxelHub on the pre-cropped
-ROI (features only); and, when ``--pyradiomics-python`` names an interpreter with
-``pyradiomics-bhklab==3.1.4`` (it does not install into our venv: no wheels for 3.11), its
-``execute()`` at defaults and with ``additionalInfo=False``. Settings on both sides: no
-resampling, bin width 25 HU, 3D, families firstorder/shape/glcm/glrlm/glszm/ngtdm/gldm
-(NGLDM alpha 0). Results go to ``benchmarks/results/radiomics.json``.
+pyradiomics is ``pyradiomics-bhklab==3.1.4`` (plain ``pyradiomics`` has no wheels for Python
+3.11) in its own venv, ``benchmarks/work/pyrad-venv``, which this script creates when missing
+(it compiles C extensions, so it needs gcc and about a minute).
+
+Settings on both sides: pyradiomics defaults (no resampling, bin width 25 HU with edges at
+multiples of 25, 3D, GLCM/GLRLM averaged over directions) with NGLDM/GLDM alpha 0; VoxelHub
+runs ``Settings.preset("pyradiomics_default")`` (``compat="pyradiomics"``), so both compute the
+same numbers; families firstorder, shape, glcm, glrlm, glszm, ngtdm, gldm.
+
+Measured:
+
+* per case: VoxelHub from the chunked store and on the pre-cropped ROI; pyradiomics
+  ``execute()`` at its defaults, with ``additionalInfo=False`` (no diagnostics), and on the
+  pre-cropped ROI. Time is the tool's own extraction call; peak RSS is the process's.
+* cohort: 16 cases with ``extract_many`` on a ``LocalCluster`` of 1 and of 2 single-threaded
+  worker processes (scaling efficiency = t1 / (2 t2)), against pyradiomics' batch mode
+  (``pyradiomics cases.csv --jobs 2``) at its defaults.
+
+Results go to ``benchmarks/results/radiomics.json`` and a markdown table is printed.
 """
 
 from __future__ import annotations
@@ -26,6 +41,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -38,55 +54,94 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "radiomics.json"
+PYRAD_VENV = REPO / "benchmarks" / "work" / "pyrad-venv"
+PYRAD_PACKAGE = "pyradiomics-bhklab==3.1.4"
 SPACING = (1.25, 0.78, 0.78)  # z, y, x in mm
+CLASSES = ("firstorder", "shape", "glcm", "glrlm", "glszm", "ngtdm", "gldm")
 
 VOXELHUB_SCRIPT = r"""
 import json, os, sys, time
 import numpy as np
-t0 = time.perf_counter()
 import dask.array as da, xarray as xr, zarr
-from voxelhub.features import Discretisation, Settings, extract
-path, mode = sys.argv[1], sys.argv[2]
-settings = Settings(
-    discretisation=Discretisation("fbs", bin_width=25.0),
-    aggregations=("3D_avg",),
-    families=("morphology", "intensity_statistics", "intensity_histogram", "glcm", "glrlm",
-              "glszm", "ngtdm", "ngldm"),
-)
-spacing = json.loads(sys.argv[3])
+from voxelhub.features import Settings, extract
+path, mode, spacing = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+settings = Settings.preset("pyradiomics_default")
 def lazy(name):
     arr = zarr.open_array(os.path.join(path, name), mode="r")
     return xr.DataArray(da.from_zarr(arr), dims=("z", "y", "x"), attrs={"spacing_zyx": spacing})
-t1 = time.perf_counter()
 if mode == "store":
+    t0 = time.perf_counter()
     table = extract(lazy("image"), lazy("mask"), settings)
 else:  # features only, on the ROI bounding box + 5 voxels already in memory
     image = np.load(os.path.join(path, "crop_image.npy"))
     mask = np.load(os.path.join(path, "crop_mask.npy"))
-    t1 = time.perf_counter()
+    t0 = time.perf_counter()
     table = extract(image, mask, settings, spacing=spacing)
-t2 = time.perf_counter()
-print(json.dumps({"import_s": t1 - t0, "extract_s": t2 - t1, "n_features": int(len(table))}))
+t1 = time.perf_counter()
+values = {f: float(v) for f, v, fam in zip(table.feature, table.value, table.family)
+          if fam != "diagnostics"}
+with open(os.path.join(path, f"voxelhub_{mode}.json"), "w") as f:
+    json.dump(values, f)
+print(json.dumps({"extract_s": t1 - t0, "n_features": len(values)}))
 """
 
 PYRAD_SCRIPT = r"""
-import json, logging, sys, time
+import json, logging, os, sys, time
 import SimpleITK as sitk, radiomics
 from radiomics import featureextractor
 radiomics.setVerbosity(logging.ERROR)
-prefix, tuned = sys.argv[1], sys.argv[2] == "1"
-kw = {"additionalInfo": False} if tuned else {}
+folder, mode = sys.argv[1], sys.argv[2]
+kw = {"additionalInfo": False} if mode == "nodiag" else {}
 ext = featureextractor.RadiomicsFeatureExtractor(binWidth=25, gldm_a=0, **kw)
 ext.disableAllFeatures()
-for c in ("firstorder", "shape", "glcm", "glrlm", "glszm", "ngtdm", "gldm"):
+for c in sys.argv[3].split(","):
     ext.enableFeatureClassByName(c)
+prefix = os.path.join(folder, "crop" if mode == "crop" else "case")
 image, mask = sitk.ReadImage(prefix + "_img.nrrd"), sitk.ReadImage(prefix + "_mask.nrrd")
 t0 = time.perf_counter()
 result = ext.execute(image, mask)
 t1 = time.perf_counter()
-print(json.dumps({"extract_s": t1 - t0, "n_features": sum(k.startswith("original_") for k in result),
+values = {k: float(v) for k, v in result.items() if k.startswith("original_")}
+with open(os.path.join(folder, f"pyradiomics_{mode}.json"), "w") as f:
+    json.dump(values, f)
+print(json.dumps({"extract_s": t1 - t0, "n_features": len(values),
                   "version": radiomics.__version__}))
 """
+
+COHORT_SCRIPT = r"""
+import json, os, sys, time
+import dask.array as da, xarray as xr, zarr
+from distributed import Client, LocalCluster
+from voxelhub.features import Settings, extract_many
+folders, workers, spacing = json.loads(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3])
+def lazy(path):
+    arr = zarr.open_array(path, mode="r")
+    return xr.DataArray(da.from_zarr(arr), dims=("z", "y", "x"), attrs={"spacing_zyx": spacing})
+if __name__ == "__main__":
+    t0 = time.perf_counter()
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                           dashboard_address=None)
+    client = Client(cluster)
+    t1 = time.perf_counter()
+    items = [(os.path.basename(f), lazy(os.path.join(f, "image")), lazy(os.path.join(f, "mask")))
+             for f in folders]
+    table = extract_many(items, settings=Settings.preset("pyradiomics_default"), client=client,
+                         progress=False)
+    t2 = time.perf_counter()
+    rss = client.run(lambda: __import__("psutil").Process().memory_info().rss)
+    client.close(); cluster.close()
+    print(json.dumps({"startup_s": t1 - t0, "extract_s": t2 - t1,
+                      "errors": int(table["error"].notna().sum()),
+                      "worker_rss_mib": max(rss.values()) / 2**20}))
+"""
+
+PARAMS_YAML = """\
+setting:
+  binWidth: 25
+  gldm_a: 0
+  label: 1
+featureClass:
+""" + "".join(f"  {c}:\n" for c in CLASSES)
 
 
 def make_case(seed: int, shape: tuple[int, int, int], radius: float) -> tuple[Any, Any]:
@@ -120,16 +175,17 @@ def make_case(seed: int, shape: tuple[int, int, int], radius: float) -> tuple[An
 
 
 def write_case(folder: Path, image: Any, mask: Any) -> None:
-    """NRRD for pyradiomics, Zarr (store-like chunks) and the pre-cropped ROI for VoxelHub."""
+    """NRRD for pyradiomics, Zarr (store-like chunks) and the pre-cropped ROI for both."""
     import SimpleITK as sitk
     import zarr
 
-    sitk_img = sitk.GetImageFromArray(image)
-    sitk_img.SetSpacing(SPACING[::-1])
-    sitk_mask = sitk.GetImageFromArray(mask)
-    sitk_mask.CopyInformation(sitk_img)
-    sitk.WriteImage(sitk_img, str(folder / "case_img.nrrd"), useCompression=False)
-    sitk.WriteImage(sitk_mask, str(folder / "case_mask.nrrd"), useCompression=False)
+    def nrrd(arr: Any, path: Path) -> None:
+        img = sitk.GetImageFromArray(arr)
+        img.SetSpacing(SPACING[::-1])
+        sitk.WriteImage(img, str(path), useCompression=False)
+
+    nrrd(image, folder / "case_img.nrrd")
+    nrrd(mask, folder / "case_mask.nrrd")
     for name, arr in (("image", image), ("mask", mask)):
         z = zarr.create_array(
             folder / name, shape=arr.shape, chunks=(16, *arr.shape[1:]), dtype=arr.dtype
@@ -142,99 +198,256 @@ def write_case(folder: Path, image: Any, mask: Any) -> None:
     )
     np.save(folder / "crop_image.npy", image[crop])
     np.save(folder / "crop_mask.npy", mask[crop])
+    nrrd(image[crop], folder / "crop_img.nrrd")
+    nrrd(mask[crop], folder / "crop_mask.nrrd")
 
 
 # On Linux a child's ru_maxrss starts at its parent's RSS at fork time, and the benchmark holds
-# whole cases in memory; a tiny launcher in between keeps the tool's peak its own.
+# whole cases in memory; a tiny launcher in between keeps the tool's peak its own. RUSAGE_CHILDREN
+# reports the largest process of the tool's tree (pool workers included).
 LAUNCHER = r"""
-import json, os, subprocess, sys
-proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-out, err = proc.stdout.read(), proc.stderr.read()
-_, status, usage = os.wait4(proc.pid, 0)
-print(json.dumps({"out": out, "err": err, "status": status, "maxrss_kib": usage.ru_maxrss}))
+import json, resource, subprocess, sys
+proc = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+maxrss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+print(json.dumps({"out": proc.stdout, "err": proc.stderr, "status": proc.returncode,
+                  "maxrss_kib": maxrss}))
 """
 
 
-def run(cmd: list[str]) -> dict[str, Any]:
+def run(cmd: list[str], cwd: Path | None = None) -> dict[str, Any]:
     """A fresh process; its last stdout line is a JSON record. Wall time includes start-up."""
     start = time.perf_counter()
+    env = {**os.environ, "PYTHONPATH": str(REPO / "workspace")}
     proc = subprocess.run(
-        [sys.executable, "-c", LAUNCHER, *cmd], capture_output=True, text=True, check=True
+        [sys.executable, "-c", LAUNCHER, *cmd],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=cwd,
+        env=env,
     )
     wall = time.perf_counter() - start
     launched = json.loads(proc.stdout)
+    record: dict[str, Any] = {"wall_s": wall, "maxrss_mib": launched["maxrss_kib"] / 1024}
     if launched["status"] != 0:
-        return {"error": launched["err"].strip().splitlines()[-1:] or ["failed"], "wall_s": wall}
-    record: dict[str, Any] = json.loads(launched["out"].strip().splitlines()[-1])
-    record["wall_s"] = wall
-    record["maxrss_mib"] = launched["maxrss_kib"] / 1024
+        record["error"] = (launched["err"].strip().splitlines() or ["failed"])[-1]
+        return record
+    lines = launched["out"].strip().splitlines()
+    if lines and lines[-1].startswith("{"):
+        record.update(json.loads(lines[-1]))
     return record
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", type=int, default=4)
-    parser.add_argument("--quick", action="store_true", help="one 128² x 80 case")
-    parser.add_argument("--pyradiomics-python", help="interpreter with pyradiomics-bhklab")
-    args = parser.parse_args()
-    shape, radius, n = (
-        ((80, 128, 128), 10.0, 1) if args.quick else ((300, 512, 512), 28.6, args.cases)
-    )
-    tools: dict[str, list[str]] = {
-        "voxelhub (from chunked store)": [sys.executable, "-c", VOXELHUB_SCRIPT, "{dir}", "store"],
-        "voxelhub (pre-cropped ROI)": [sys.executable, "-c", VOXELHUB_SCRIPT, "{dir}", "crop"],
+def ensure_pyradiomics(python: str | None) -> str | None:
+    """The interpreter with pyradiomics: given, or the benchmark venv (created if missing)."""
+    if python:
+        return python
+    exe = PYRAD_VENV / "bin" / "python"
+    if not exe.exists():
+        print(f"creating {PYRAD_VENV.relative_to(REPO)} with {PYRAD_PACKAGE} …", flush=True)
+        base = shutil.which("python3", path="/usr/bin") or sys.executable
+        try:
+            subprocess.run([base, "-m", "venv", str(PYRAD_VENV)], check=True)
+            subprocess.run([str(exe), "-m", "pip", "install", "-q", PYRAD_PACKAGE], check=True)
+        except subprocess.CalledProcessError as exc:
+            print(f"could not install pyradiomics ({exc}); measuring VoxelHub only")
+            shutil.rmtree(PYRAD_VENV, ignore_errors=True)
+            return None
+    return str(exe)
+
+
+def agreement(folder: Path) -> dict[str, Any]:
+    """How many pyradiomics values VoxelHub (compat mode) reproduces on one case."""
+    try:
+        ours = json.loads((folder / "voxelhub_store.json").read_text())
+        theirs = json.loads((folder / "pyradiomics_default.json").read_text())
+    except FileNotFoundError:
+        return {}
+    common = sorted(set(ours) & set(theirs))
+    rel = {
+        k: abs(ours[k] - theirs[k]) / max(abs(theirs[k]), 1e-12)
+        for k in common
+        if np.isfinite(ours[k]) and np.isfinite(theirs[k])
     }
-    if args.pyradiomics_python:
-        for label, tuned in (("defaults", "0"), ("additionalInfo=False", "1")):
+    worst = sorted(rel.items(), key=lambda kv: -kv[1])[:5]
+    return {
+        "compared": len(common),
+        "within_1e-6": sum(v <= 1e-6 for v in rel.values()),
+        "within_1e-3": sum(v <= 1e-3 for v in rel.values()),
+        "pyradiomics_only": sorted(set(theirs) - set(ours)),
+        "worst": worst,
+    }
+
+
+def median(records: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in records if key in r]
+    return statistics.median(values) if values else None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--cases", type=int, default=2, help="cases timed one by one")
+    parser.add_argument("--cohort", type=int, default=16, help="cases in the cohort run")
+    parser.add_argument("--quick", action="store_true", help="128² x 80 cases, 4-case cohort")
+    parser.add_argument("--pyradiomics-python", help="interpreter with pyradiomics-bhklab")
+    parser.add_argument("--no-pyradiomics", action="store_true")
+    parser.add_argument("--work", type=Path, help="where to write the cases (default: a temp dir)")
+    args = parser.parse_args()
+    shape, radius = ((80, 128, 128), 10.0) if args.quick else ((300, 512, 512), 28.6)
+    n_cohort = 4 if args.quick else args.cohort
+    pyrad = None if args.no_pyradiomics else ensure_pyradiomics(args.pyradiomics_python)
+    sp = json.dumps(SPACING)
+    tools: dict[str, list[str]] = {
+        "voxelhub (from chunked store)": [
+            sys.executable,
+            "-c",
+            VOXELHUB_SCRIPT,
+            "{dir}",
+            "store",
+            sp,
+        ],
+        "voxelhub (pre-cropped ROI)": [sys.executable, "-c", VOXELHUB_SCRIPT, "{dir}", "crop", sp],
+    }
+    if pyrad:
+        for label, mode in (
+            ("defaults", "default"),
+            ("additionalInfo=False", "nodiag"),
+            ("pre-cropped ROI", "crop"),
+        ):
             tools[f"pyradiomics ({label})"] = [
-                args.pyradiomics_python,
-                "-c",
-                PYRAD_SCRIPT,
-                "{dir}/case",
-                tuned,
-            ]
+                pyrad, "-c", PYRAD_SCRIPT, "{dir}", mode, ",".join(CLASSES)
+            ]  # fmt: skip
+    work = args.work or Path(tempfile.mkdtemp(prefix="voxelhub-radiomics-"))
+    work.mkdir(parents=True, exist_ok=True)
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in tools}
-    with tempfile.TemporaryDirectory(prefix="voxelhub-radiomics-") as tmp:
-        for i in range(n):
-            folder = Path(tmp) / f"case{i:02d}"
-            folder.mkdir()
-            image, mask = make_case(1000 + i, shape, radius)
-            write_case(folder, image, mask)
-            print(f"case {i}: {int(mask.sum())} ROI voxels", flush=True)
-            del image, mask
+    folders: list[Path] = []
+    n_cases = max(args.cases, n_cohort)
+    roi_voxels = []
+    try:
+        for i in range(n_cases):
+            folder = work / f"case{i:02d}"
+            folder.mkdir(exist_ok=True)
+            if not (folder / "crop_mask.nrrd").exists():
+                image, mask = make_case(1000 + i, shape, radius)
+                write_case(folder, image, mask)
+                del image, mask
+            folders.append(folder)
+            roi_voxels.append(int(np.load(folder / "crop_mask.npy").astype(bool).sum()))
+            print(f"case {i}: {roi_voxels[-1]} ROI voxels", flush=True)
+            if i >= args.cases:
+                continue
             for name, template in tools.items():
-                cmd = [a.replace("{dir}", str(folder)) for a in template]
-                if "voxelhub" in name:
-                    cmd.append(json.dumps(SPACING))
-                record = run(cmd)
+                record = run([a.replace("{dir}", str(folder)) for a in template])
                 results[name].append(record)
-                print(f"  {name}: {record}", flush=True)
+                print(f"  {name}: {json.dumps(record)[:200]}", flush=True)
+        match = agreement(folders[0])
+        cohort: dict[str, Any] = {"cases": n_cohort}
+        names = json.dumps([str(f) for f in folders[:n_cohort]])
+        for workers in (1, 2):
+            rec = run([sys.executable, "-c", COHORT_SCRIPT, names, str(workers), sp])
+            cohort[f"voxelhub_{workers}_workers"] = rec
+            print(f"cohort, VoxelHub {workers} worker(s): {rec}", flush=True)
+        t1 = cohort["voxelhub_1_workers"].get("extract_s")
+        t2 = cohort["voxelhub_2_workers"].get("extract_s")
+        if t1 and t2:
+            cohort["scaling_efficiency_1_to_2"] = t1 / (2 * t2)
+        if pyrad:
+            batch = work / "batch"
+            batch.mkdir(exist_ok=True)
+            (batch / "params.yaml").write_text(PARAMS_YAML)
+            with open(batch / "cases.csv", "w") as f:
+                f.write("Image,Mask\n")
+                for folder in folders[:n_cohort]:
+                    f.write(f"{folder / 'case_img.nrrd'},{folder / 'case_mask.nrrd'}\n")
+            cli = str(Path(pyrad).parent / "pyradiomics")
+            start = time.perf_counter()
+            rec = run(
+                [cli, "cases.csv", "-p", "params.yaml", "-j", "2", "-o", "out.csv", "-f", "csv"],
+                cwd=batch,
+            )
+            rec["extract_s"] = time.perf_counter() - start
+            cohort["pyradiomics_batch_2_jobs"] = rec
+            print(f"cohort, pyradiomics batch --jobs 2: {rec}", flush=True)
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
     summary = {
         name: {
-            "median_extract_s": statistics.median(r["extract_s"] for r in recs if "extract_s" in r)
-            if any("extract_s" in r for r in recs)
-            else None,
+            "median_extract_s": median(recs, "extract_s"),
+            "median_wall_s": median(recs, "wall_s"),
             "max_rss_mib": max((r.get("maxrss_mib", 0.0) for r in recs), default=0.0),
             "runs": recs,
         }
         for name, recs in results.items()
     }
-    print("\n| tool | median extract s/case | peak RSS MiB |\n|---|---|---|")
-    for name, s in summary.items():
-        med = "failed" if s["median_extract_s"] is None else f"{s['median_extract_s']:.2f}"
-        print(f"| {name} | {med} | {s['max_rss_mib']:.0f} |")
-    if not args.pyradiomics_python:
-        print("\npyradiomics not measured: pass --pyradiomics-python (pyradiomics-bhklab==3.1.4).")
     out = {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
-        "case": {"shape_zyx": shape, "spacing_zyx": SPACING, "cases": n},
-        "tools": summary,
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+        },
+        "case": {
+            "shape_zyx": shape,
+            "spacing_zyx": SPACING,
+            "cases": args.cases,
+            "roi_voxels": roi_voxels,
+        },
+        "settings": "Settings.preset('pyradiomics_default') / pyradiomics binWidth=25, gldm_a=0",
+        "per_case": summary,
+        "cohort": cohort,
+        "agreement_case0": match,
     }
+    table = markdown(out)
+    print("\n" + table)
     if not args.quick:
         RESULTS.write_text(json.dumps(out, indent=2) + "\n")
         print(f"written {RESULTS.relative_to(REPO)}")
     return 0
+
+
+def markdown(out: dict[str, Any]) -> str:
+    """The results as the README's markdown tables."""
+    per_case = out["per_case"]
+    base = per_case.get("pyradiomics (defaults)", {}).get("median_extract_s")
+    lines = [
+        "| per case | median extraction s | process wall s | peak RSS MiB | vs pyradiomics defaults |",
+        "|---|---|---|---|---|",
+    ]
+    for name, s in per_case.items():
+        t = s["median_extract_s"]
+        speed = f"{base / t:.1f}×" if base and t else "–"
+        lines.append(
+            f"| {name} | {'failed' if t is None else f'{t:.2f}'} | "
+            f"{s['median_wall_s']:.1f} | {s['max_rss_mib']:.0f} | {speed} |"
+        )
+    c = out["cohort"]
+    lines += [
+        "",
+        f"| cohort of {c['cases']} cases | wall s | RSS MiB (VoxelHub: a worker at the end; pyradiomics: peak) |",
+        "|---|---|---|",
+    ]
+    for key, label in (
+        ("voxelhub_1_workers", "VoxelHub `extract_many`, LocalCluster 1 worker"),
+        ("voxelhub_2_workers", "VoxelHub `extract_many`, LocalCluster 2 workers"),
+        ("pyradiomics_batch_2_jobs", "pyradiomics batch `--jobs 2` (defaults)"),
+    ):
+        if key in c:
+            rec = c[key]
+            rss = rec.get("worker_rss_mib", rec.get("maxrss_mib", 0.0))
+            t = rec.get("extract_s")
+            lines.append(f"| {label} | {'failed' if t is None else f'{t:.1f}'} | {rss:.0f} |")
+    if "scaling_efficiency_1_to_2" in c:
+        lines.append(
+            f"\nScaling 1 → 2 workers: {100 * c['scaling_efficiency_1_to_2']:.0f} % efficient."
+        )
+    m = out.get("agreement_case0") or {}
+    if m:
+        lines.append(
+            f"\nSame numbers (case 0): {m['within_1e-6']}/{m['compared']} pyradiomics features "
+            f"within 1e-6 relative, {m['within_1e-3']}/{m['compared']} within 1e-3."
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

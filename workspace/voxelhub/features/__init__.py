@@ -4,11 +4,14 @@
 
     from voxelhub.features import Settings, extract, wide
     table = extract(volume, mask, Settings.preset("ibsi1_config_C"))
+    cohort = extract_many(cat.series(modality="CT"), roi=my_mask_function, catalog=cat)
 """
 
 from __future__ import annotations
 
+from voxelhub.features.cohort import extract_many
 from voxelhub.features.extract import extract, prepare, wide
+from voxelhub.features.results import ResultStore
 from voxelhub.features.settings import (
     AGGREGATIONS,
     FAMILIES,
@@ -24,8 +27,10 @@ __all__ = [
     "Discretisation",
     "Resampling",
     "Resegmentation",
+    "ResultStore",
     "Settings",
     "extract",
+    "extract_many",
     "prepare",
     "wide",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Sequence
@@ -11,7 +12,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from voxelhub.features import intensity, morphology
+from voxelhub.features import compat, intensity, morphology
 from voxelhub.features.preprocess import (
     INTERPOLATION_SUPPORT,
     PEAK_RADIUS_MM,
@@ -22,7 +23,7 @@ from voxelhub.features.preprocess import (
     resegment,
 )
 from voxelhub.features.settings import Discretisation, Settings
-from voxelhub.features.texture import glcm, gldzm, glrlm, glszm, ngldm, ngtdm
+from voxelhub.features.texture import blockwise, glcm, gldzm, glrlm, glszm, ngldm, ngtdm
 
 __all__ = ["compute", "extract", "image_diagnostics", "prepare", "wide"]
 
@@ -90,6 +91,11 @@ def prepare(
     full = (int(vol.shape[0]), int(vol.shape[1]), int(vol.shape[2]))
     bbox = _mask_bbox(msk)
     res = settings.resampling
+    if res is not None and settings.compat == "pyradiomics":
+        # SimpleITK as pyradiomics calls it: corner-aligned grid, no rounding, NN mask
+        res = dataclasses.replace(
+            res, grid_alignment="corner", round_intensities=False, mask_order=0
+        )
     pad = INTERPOLATION_SUPPORT[res.order if res is not None else 0] + 1
     crop = []
     for ax in range(3):
@@ -212,9 +218,20 @@ def _ivh_values(
     return centres, lo + 0.5 * width, (None if upper is None else float(upper)), width
 
 
-def compute(region: Region, settings: Settings) -> dict[str, tuple[str, float]]:
-    """All requested features of a processed region: ``{ibsi_tag: (family, value)}``."""
+def compute(
+    region: Region,
+    settings: Settings,
+    *,
+    texture_chunks: int | Sequence[int] | None = None,
+) -> dict[str, tuple[str, float]]:
+    """All requested features of a processed region: ``{ibsi_tag: (family, value)}``.
+
+    With ``texture_chunks`` the texture matrices are built chunk by chunk in a dask tree
+    reduction (:mod:`voxelhub.features.texture.blockwise`), for ROIs too large for one block
+    of work; the values are identical to the single-block ones.
+    """
     fam = set(settings.families)
+    pyrad = settings.compat == "pyradiomics"
     out: dict[str, tuple[str, float]] = {}
 
     def put(family: str, values: dict[str, float]) -> None:
@@ -223,16 +240,28 @@ def compute(region: Region, settings: Settings) -> dict[str, tuple[str, float]]:
     put("diagnostics", region.diagnostics)
     img, intm = region.image, region.int_mask
     if "morphology" in fam:
-        put("morphology", morphology.features(img, region.morph_mask, intm, region.spacing))
+        put(
+            "morphology",
+            morphology.features(
+                img, region.morph_mask, intm, region.spacing, pca_ddof=0 if pyrad else 1
+            ),
+        )
     if "local_intensity" in fam:
         put("local_intensity", intensity.local_intensity(img, intm, region.spacing))
     values = img[intm]
     if "intensity_statistics" in fam:
-        put("intensity_statistics", intensity.statistics(values))
+        stats = intensity.statistics(values)
+        if pyrad:  # pyradiomics reports plain kurtosis, IBSI excess kurtosis
+            stats["stat_kurt"] += 3.0
+        put("intensity_statistics", stats)
     if "intensity_volume_histogram" in fam:
         ivh, lo, hi, step = _ivh_values(values, settings)
         put("intensity_volume_histogram", intensity.volume_histogram(ivh, lo, hi, step))
-    levels, n_levels = discretise(values, settings.discretisation, settings.resegmentation)
+    disc = settings.discretisation
+    if pyrad and disc.method == "fbs" and disc.lower_bound is None:
+        lower = compat.bin_lower_bound(float(values.min()), float(disc.bin_width or 1.0))
+        disc = dataclasses.replace(disc, lower_bound=lower)
+    levels, n_levels = discretise(values, disc, settings.resegmentation)
     if "intensity_histogram" in fam:
         put("intensity_histogram", intensity.histogram(levels, n_levels))
     textures = [f for f in ("glcm", "glrlm", "glszm", "gldzm", "ngtdm", "ngldm") if f in fam]
@@ -242,6 +271,24 @@ def compute(region: Region, settings: Settings) -> dict[str, tuple[str, float]]:
         grey = np.zeros(img.shape, dtype=np.int64)
         grey[intm] = levels
         grey = grey[sl]
+        if texture_chunks is not None:
+            import dask.array as da
+
+            lazy = da.from_array(grey, chunks=texture_chunks)
+            for name in textures:
+                edge = region.morph_mask[sl] if name == "gldzm" else None
+                put(
+                    name,
+                    blockwise.features(
+                        name,
+                        lazy,
+                        n_levels,
+                        settings.aggregations,
+                        alpha=settings.ngldm_alpha,
+                        edge_mask=edge,
+                    ),
+                )
+            return out
         for name in textures:
             if name == "ngldm":
                 vals = ngldm.features(grey, n_levels, settings.aggregations, settings.ngldm_alpha)
@@ -261,6 +308,7 @@ def extract(
     *,
     spacing: Sequence[float] | None = None,
     whole_image_diagnostics: bool = False,
+    texture_chunks: int | Sequence[int] | None = None,
 ) -> pd.DataFrame:
     """IBSI features of one ROI as a tidy table.
 
@@ -280,6 +328,9 @@ def extract(
     whole_image_diagnostics
         Also report the IBSI whole-image intensity diagnostics; this reads and resamples the
         whole volume, which feature extraction itself never does.
+    texture_chunks
+        Build the texture matrices from chunks of this size (voxels per axis, after
+        processing) in a dask tree reduction, for large ROIs; same values as without.
 
     Returns
     -------
@@ -290,16 +341,26 @@ def extract(
     """
     settings = settings or Settings()
     region = prepare(volume, mask, settings, spacing)
-    values = compute(region, settings)
+    values = compute(region, settings, texture_chunks=texture_chunks)
     if whole_image_diagnostics:
         extra = image_diagnostics(volume, settings, spacing)
         values.update({k: ("diagnostics", v) for k, v in extra.items()})
+    tags = list(values)
+    names = list(values)
+    if settings.compat == "pyradiomics":
+        renamed = [compat.pyradiomics_name(t) for t in tags]
+        keep = [
+            n is not None or values[t][0] == "diagnostics"
+            for t, n in zip(tags, renamed, strict=True)
+        ]
+        names = [n or t for t, n, k in zip(tags, renamed, keep, strict=True) if k]
+        tags = [t for t, k in zip(tags, keep, strict=True) if k]
     return pd.DataFrame(
         {
-            "feature": list(values),
-            "family": [f for f, _ in values.values()],
-            "value": [v for _, v in values.values()],
-            "ibsi_tag": list(values),
+            "feature": names,
+            "family": [values[t][0] for t in tags],
+            "value": [values[t][1] for t in tags],
+            "ibsi_tag": tags,
             "settings_hash": settings.hash,
         }
     )

@@ -83,11 +83,14 @@ def features(
     morph_mask: NDArray[np.bool_],
     int_mask: NDArray[np.bool_],
     spacing: tuple[float, float, float],
+    *,
+    pca_ddof: int = 1,
 ) -> dict[str, float]:
     """Morphological features keyed by IBSI tag.
 
     ``morph_mask`` gives the shape; ``int_mask`` (after re-segmentation) the intensities for
-    the integrated intensity, centre-of-mass shift, Moran's I and Geary's C.
+    the integrated intensity, centre-of-mass shift, Moran's I and Geary's C. ``pca_ddof`` is
+    1 for the IBSI 1/(N - 1) covariance of the voxel positions, 0 for pyradiomics' 1/N.
     """
     verts, faces = mesh(morph_mask, spacing)
     tri = verts[faces]
@@ -98,7 +101,7 @@ def features(
     n_voxels = int(morph_mask.sum())
 
     pos = np.argwhere(morph_mask) * np.asarray(spacing)
-    eig = np.sort(np.linalg.eigvalsh(np.cov(pos, rowvar=False)))[::-1]
+    eig = np.sort(np.linalg.eigvalsh(np.cov(pos, rowvar=False, ddof=pca_ddof)))[::-1]
     lam_major, lam_minor, lam_least = (float(max(e, 0.0)) for e in eig)
 
     hull = spatial.ConvexHull(verts)

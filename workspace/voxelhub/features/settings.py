@@ -48,6 +48,7 @@ AGGREGATIONS: tuple[str, ...] = (
 Interpolation = Literal[0, 1, 3]
 GridAlignment = Literal["center", "corner"]
 BinMethod = Literal["fbn", "fbs", "none"]
+Compat = Literal["ibsi", "pyradiomics"]
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,10 @@ class Settings:
         Chebyshev neighbour distance for GLCM, NGTDM and NGLDM.
     ngldm_alpha
         NGLDM coarseness: neighbours within this many grey levels are dependent.
+    compat
+        ``"ibsi"`` (default) computes the IBSI definitions; ``"pyradiomics"`` reproduces
+        pyradiomics 3.1's names and known deviations (:mod:`voxelhub.features.compat`), to
+        compare with published pyradiomics results.
     """
 
     resampling: Resampling | None = None
@@ -159,6 +164,7 @@ class Settings:
     aggregations: tuple[str, ...] = ("3D_avg", "3D_comb")
     distance: int = 1
     ngldm_alpha: int = 0
+    compat: Compat = "ibsi"
 
     def __post_init__(self) -> None:
         unknown = set(self.families) - set(FAMILIES)
@@ -167,13 +173,21 @@ class Settings:
         unknown = set(self.aggregations) - set(AGGREGATIONS)
         if unknown:
             raise ValueError(f"unknown aggregations {sorted(unknown)}; known: {AGGREGATIONS}")
+        if self.compat not in ("ibsi", "pyradiomics"):
+            raise ValueError(f"unknown compat {self.compat!r}; known: 'ibsi', 'pyradiomics'")
         if self.distance != 1:
             raise ValueError("only distance=1 is implemented (the IBSI benchmark value)")
 
     # -- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-compatible dict (tuples become lists)."""
+        """Plain JSON-compatible dict (tuples become lists).
+
+        ``compat`` is left out while it is the default ``"ibsi"``, so the hashes of settings
+        made before the option existed (and stored with their results) stay valid.
+        """
         data: dict[str, Any] = json.loads(json.dumps(asdict(self)))
+        if data.get("compat") == "ibsi":
+            del data["compat"]
         return data
 
     @classmethod
@@ -281,6 +295,23 @@ PRESETS: dict[str, Settings] = {
         discretisation=Discretisation("fbn", bin_number=32),
         ivh_discretisation=Discretisation("fbn", bin_number=1000),
         aggregations=_3D,
+    ),
+    # pyradiomics 3.1 defaults (binWidth 25, no resampling, 3D, GLDM alpha 0) with its names
+    # and deviations, for comparison with published pyradiomics results.
+    "pyradiomics_default": Settings(
+        discretisation=Discretisation("fbs", bin_width=25.0),
+        families=(
+            "morphology",
+            "intensity_statistics",
+            "intensity_histogram",
+            "glcm",
+            "glrlm",
+            "glszm",
+            "ngtdm",
+            "ngldm",
+        ),
+        aggregations=("3D_avg",),
+        compat="pyradiomics",
     ),
 }
 """Named presets for :meth:`Settings.preset`."""

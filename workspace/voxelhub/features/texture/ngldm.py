@@ -15,7 +15,7 @@ from voxelhub.features.texture._common import (
     zone_aggregate,
 )
 
-__all__ = ["features", "matrices"]
+__all__ = ["counts", "features", "matrices"]
 
 _NAMES = {
     "s": "ld",
@@ -28,23 +28,44 @@ _NAMES = {
 }
 
 
-def matrices(
-    grey: NDArray[np.int64], n_levels: int, planar: bool, alpha: int = 0
-) -> tuple[Array, Array]:
+def counts(
+    grey: NDArray[np.int64],
+    n_levels: int,
+    planar: bool,
+    alpha: int = 0,
+    *,
+    core: bool = False,
+    z0: int = 0,
+    nz: int | None = None,
+) -> Array:
     """Grey level x dependence counts (k = 1 + dependent neighbours in the ROI).
 
-    Shape (nz|1, Ng, 27 or 9), and the ROI voxels per matrix.
+    Shape (nz|1, Ng, 27 or 9). With ``core`` the outer voxel layer of ``grey`` is a halo,
+    read as neighbours but not counted; ``z0`` and ``nz`` place a chunk's slices in the
+    whole image (2D).
     """
-    inside = grey > 0
     dep = neighbour_sums(
         grey, planar, lambda nb: ((nb > 0) & (np.abs(nb - grey) <= alpha)).astype(np.float64)
     )
+    if core:
+        inner = (slice(1, -1),) * 3
+        grey, dep = grey[inner], dep[inner]
+    inside = grey > 0
     k = dep[inside].astype(np.int64)  # 0-based column = dependence count - 1
     g = grey[inside] - 1
-    nz = grey.shape[0] if planar else 1
-    z = np.nonzero(inside)[0] if planar else np.zeros(g.size, dtype=np.int64)
-    out = np.zeros((nz, n_levels, 9 if planar else 27), dtype=np.float64)
+    n_slices = (grey.shape[0] if nz is None else nz) if planar else 1
+    z = np.nonzero(inside)[0] + z0 if planar else np.zeros(g.size, dtype=np.int64)
+    out = np.zeros((n_slices, n_levels, 9 if planar else 27), dtype=np.float64)
     np.add.at(out, (z, g, k), 1.0)
+    return out
+
+
+def matrices(
+    grey: NDArray[np.int64], n_levels: int, planar: bool, alpha: int = 0
+) -> tuple[Array, Array]:
+    """Grey level x dependence counts, shape (nz|1, Ng, 27 or 9), and the ROI voxels per
+    matrix."""
+    out = counts(grey, n_levels, planar, alpha)
     return out, out.sum(axis=(1, 2))
 
 

@@ -9,7 +9,56 @@ from numpy.typing import NDArray
 
 from voxelhub.features.texture._common import Array, dims, neighbour_sums, zone_aggregate
 
-__all__ = ["features", "matrices"]
+__all__ = ["features", "from_tables", "matrices", "tables"]
+
+
+def tables(
+    grey: NDArray[np.int64],
+    n_levels: int,
+    planar: bool,
+    *,
+    core: bool = False,
+    z0: int = 0,
+    nz: int | None = None,
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Integer tables behind the NGTDM, by slice, grey level and neighbour count c.
+
+    ``counts[z, i, c]`` voxels of level i + 1 with c ROI neighbours, and
+    ``absdev[z, i, c]`` the sum of ``|(i + 1) c - sum of neighbours|`` over them, so that
+    ``s_i = sum_c absdev / c``. Integers add up exactly in any order, which lets chunked
+    extraction reproduce the single-block matrix bit for bit.
+
+    With ``core`` the outer voxel layer of ``grey`` is a halo: it is read as neighbours but
+    not counted. ``z0`` is the global index of the first counted slice and ``nz`` the number
+    of slices (2D) of the whole image.
+    """
+    count = neighbour_sums(grey, planar, lambda nb: (nb > 0).astype(np.float64))
+    total = neighbour_sums(grey, planar, lambda nb: nb.astype(np.float64))
+    if core:
+        inner = (slice(1, -1),) * 3
+        grey, count, total = grey[inner], count[inner], total[inner]
+    valid = (grey > 0) & (count > 0)
+    c = count[valid].astype(np.int64)
+    g = grey[valid]
+    dev = np.abs(g * c - total[valid].astype(np.int64))
+    n_slices = (grey.shape[0] if nz is None else nz) if planar else 1
+    z = np.nonzero(valid)[0] + z0 if planar else np.zeros(g.size, dtype=np.int64)
+    width = 9 if planar else 27
+    counts = np.zeros((n_slices, n_levels, width), dtype=np.int64)
+    absdev = np.zeros((n_slices, n_levels, width), dtype=np.int64)
+    np.add.at(counts, (z, g - 1, c), 1)
+    np.add.at(absdev, (z, g - 1, c), dev)
+    return counts, absdev
+
+
+def from_tables(counts: NDArray[np.int64], absdev: NDArray[np.int64]) -> tuple[Array, Array]:
+    """The NGTDM (nz|1, 2, Ng) rows ``[n_i, s_i]`` and the voxels per matrix, from :func:`tables`."""
+    c = np.arange(counts.shape[-1], dtype=np.float64)
+    c[0] = 1.0  # column 0 (no neighbour) is always empty
+    out = np.zeros((counts.shape[0], 2, counts.shape[1]), dtype=np.float64)
+    out[:, 0] = counts.sum(axis=2)
+    out[:, 1] = (absdev / c).sum(axis=2)
+    return out, out[:, 0].sum(axis=1)
 
 
 def matrices(grey: NDArray[np.int64], n_levels: int, planar: bool) -> tuple[Array, Array]:
@@ -18,19 +67,7 @@ def matrices(grey: NDArray[np.int64], n_levels: int, planar: bool) -> tuple[Arra
     Only neighbours inside the ROI count, and voxels without any such neighbour are left out
     (IBSI 3.10).
     """
-    inside = grey > 0
-    count = neighbour_sums(grey, planar, lambda nb: (nb > 0).astype(np.float64))
-    total = neighbour_sums(grey, planar, lambda nb: nb.astype(np.float64))
-    valid = inside & (count > 0)
-    mean = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
-    g = grey[valid] - 1
-    diff = np.abs(grey[valid] - mean[valid])
-    nz = grey.shape[0] if planar else 1
-    z = np.nonzero(valid)[0] if planar else np.zeros(g.size, dtype=np.int64)
-    out = np.zeros((nz, 2, n_levels), dtype=np.float64)
-    np.add.at(out[:, 0], (z, g), 1.0)
-    np.add.at(out[:, 1], (z, g), diff)
-    return out, out[:, 0].sum(axis=1)
+    return from_tables(*tables(grey, n_levels, planar))
 
 
 def _features(m: Array, _n: Array) -> dict[str, Array]:
