@@ -21,7 +21,11 @@ VoxelHub side, measured in JupyterLab 4 + headless Chromium through the widget's
   earlier cell) to all three planes drawn at full resolution;
 * per plane, ``slice_ms``: ``ArrowUp`` pressed → next full-resolution slice drawn (the kernel
   reads the slice from the OME-Zarr store, sends the raw int16 bytes, the browser maps the
-  window and draws), one key at a time, median and p95 over ``--steps`` slices.
+  window and draws), one key at a time, median and p95 over ``--steps`` slices, and
+  ``split_median_ms``: ``kernel`` (reading and cutting the slice, measured in the kernel and
+  sent in the slice header; both levels when a preview was sent), ``message`` (the rest of
+  request → slice bytes arrived in the page: comm, server, websocket, event loops) and
+  ``draw`` (bytes arrived → drawn: lookup table, ``putImageData``, scaling, crosshair).
 
 Naive side, in this process: ``sitk.ImageSeriesReader`` on the DICOM folder +
 ``GetArrayFromImage`` (time to first slice = whole-volume load), then numpy indexing per plane
@@ -138,17 +142,33 @@ def browser_case(
             )
         log = page.evaluate("() => globalThis.__voxelhub_slice_log")
         times, coarse = [], []
+        kernel, transit, draw = [], [], []
         for req in (e for e in log if e["kind"] == "request" and e["axis"] == axis):
             drawn = [e for e in log if e["kind"] == "drawn" and e["seq"] == req["seq"]]
             full = [e for e in drawn if e["level"] == 0]
             if full:
                 times.append(full[0]["t"] - req["t"])
+                recv = next(
+                    e
+                    for e in log
+                    if e["kind"] == "recv" and e["seq"] == req["seq"] and e["level"] == 0
+                )
+                sent = [e for e in log if e["kind"] == "recv" and e["seq"] == req["seq"]]
+                k_ms = sum(float(e.get("kernel_ms") or 0.0) for e in sent)
+                kernel.append(k_ms)
+                transit.append(recv["t"] - req["t"] - k_ms)
+                draw.append(full[0]["t"] - recv["t"])
             if drawn:
                 coarse.append(drawn[0]["t"] - req["t"])
         planes[plane] = {
             "median_ms": statistics.median(times),
             "p95_ms": _p95(times),
             "first_draw_median_ms": statistics.median(coarse),
+            "split_median_ms": {
+                "kernel": statistics.median(kernel),
+                "message": statistics.median(transit),
+                "draw": statistics.median(draw),
+            },
             "n": len(times),
         }
     return {

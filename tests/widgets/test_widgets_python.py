@@ -39,14 +39,15 @@ class CountingArray:
 
 
 def _chunks_touched(
-    reads: list[tuple[Any, ...]], chunks: tuple[int, int, int]
+    reads: list[tuple[Any, ...]], chunks: tuple[int, int, int], shape: tuple[int, ...]
 ) -> set[tuple[int, ...]]:
-    touched = set()
+    touched: set[tuple[int, ...]] = set()
     for key in reads:
         ranges = []
-        for k, c in zip(key, chunks, strict=True):
+        for k, c, n in zip(key, chunks, shape, strict=True):
             if isinstance(k, slice):
-                ranges.append(range(k.start // c, (k.stop - 1) // c + 1))
+                start, stop, _ = k.indices(n)
+                ranges.append(range(start // c, (stop - 1) // c + 1))
             else:
                 ranges.append(range(int(k) // c, int(k) // c + 1))
         touched |= {(a, b, c) for a in ranges[0] for b in ranges[1] for c in ranges[2]}
@@ -59,43 +60,112 @@ def counted() -> tuple[SliceViewer, CountingArray]:
     base = CountingArray(rng.integers(-1000, 1000, size=(16, 64, 48), dtype=np.int16))
     volume = da.from_array(base, chunks=(4, 16, 16))
     viewer = SliceViewer.from_volume(volume, spacing=(3.0, 0.5, 0.5))
+    viewer.prefetch = False
     base.reads.clear()
     return viewer, base
 
 
+def _voxels(base: CountingArray) -> int:
+    return sum(int(np.prod(base.data[k].shape)) for k in base.reads)
+
+
 def _capture(viewer: SliceViewer) -> list[tuple[dict[str, Any], list[bytes]]]:
     sent: list[tuple[dict[str, Any], list[bytes]]] = []
-    viewer.send = lambda content, buffers=None: sent.append((content, list(buffers or [])))  # type: ignore[method-assign]
+    viewer.send = lambda content, buffers=None: sent.append((content, list(buffers or [])))
     return sent
 
 
-def test_one_slice_reads_only_its_chunks(counted: tuple[SliceViewer, CountingArray]) -> None:
+def test_one_slice_reads_only_its_chunk_band(counted: tuple[SliceViewer, CountingArray]) -> None:
     viewer, base = counted
+    shape = base.shape
     axial = viewer.slice("z", 5)
     assert axial.shape == (64, 48)
     np.testing.assert_array_equal(axial, base.data[5])
-    # z = 5 lies in z-chunk 1: the 4 × 3 chunks of that slab, and only the slice's voxels
-    assert _chunks_touched(base.reads, (4, 16, 16)) == {
+    # z = 5 lies in z-chunk 1: one chunk-aligned read of that slab's 4 × 3 chunks, nothing else
+    assert _chunks_touched(base.reads, (4, 16, 16), shape) == {
         (1, y, x) for y in range(4) for x in range(3)
     }
-    assert sum(np.prod(base.data[k].shape) for k in base.reads) == 64 * 48
+    assert len(base.reads) == 1 and _voxels(base) == 4 * 64 * 48
+    # a second slice in the same band reads nothing new
+    base.reads.clear()
+    np.testing.assert_array_equal(viewer.slice("z", 7), base.data[7])
+    assert base.reads == []
 
     base.reads.clear()
     coronal = viewer.slice("y", 20)
     np.testing.assert_array_equal(coronal, base.data[:, 20, :])
-    assert _chunks_touched(base.reads, (4, 16, 16)) == {
+    # y = 20 lies in y-chunk 1: the band of 16 rows across every z, and only that band
+    assert _chunks_touched(base.reads, (4, 16, 16), shape) == {
         (z, 1, x) for z in range(4) for x in range(3)
     }
-
+    assert _voxels(base) == 16 * 16 * 48
     base.reads.clear()
-    viewer.slice("z", 5)  # cached: no second read
+    for y in (16, 31, 25):
+        np.testing.assert_array_equal(viewer.slice("y", y), base.data[:, y, :])
+    sagittal = viewer.slice("x", 47)
+    np.testing.assert_array_equal(sagittal, base.data[:, :, 47])
+    assert _chunks_touched(base.reads, (4, 16, 16), shape) == {
+        (z, y, 2) for z in range(4) for y in range(4)
+    }
+    assert viewer.reads == [
+        ("image", 0, 0, 4, 8),
+        ("image", 0, 1, 16, 32),
+        ("image", 0, 2, 32, 48),
+    ]
+    base.reads.clear()
+    viewer.slice("z", 5)  # still cached: no second read
     assert base.reads == []
-    assert viewer.reads == [(0, 0, 5), (0, 1, 20)]
+
+
+def test_band_cache_never_exceeds_its_budget(counted: tuple[SliceViewer, CountingArray]) -> None:
+    viewer, base = counted
+    band = {0: 4 * 64 * 48 * 2, 1: 16 * 16 * 48 * 2, 2: 16 * 64 * 16 * 2}  # bytes per band
+    viewer.cache_bytes = 2 * band[1] + 1000  # two coronal bands, or a few axial/sagittal
+    for axis in (0, 1, 2):
+        for index in range(base.shape[axis]):
+            np.testing.assert_array_equal(
+                viewer.slice(axis, index), np.take(base.data, index, axis=axis)
+            )
+            assert viewer.cache.nbytes <= viewer.cache_bytes
+    assert viewer.cache.peak <= viewer.cache_bytes
+    assert viewer.cache.peak > max(band.values())  # it did cache, up to the budget
+    # shrinking the budget evicts at once; a band larger than the budget is never cached
+    viewer.cache_bytes = band[0] - 1
+    assert viewer.cache.nbytes <= band[0] - 1
+    base.reads.clear()
+    viewer.slice("z", 9)
+    viewer.slice("z", 10)
+    assert base.reads == [(9, slice(None), slice(None)), (10, slice(None), slice(None))]
+    assert viewer.cache.nbytes <= viewer.cache_bytes and viewer.cache.peak <= 2 * band[1] + 1000
+    viewer.cache_bytes = 0
+    assert len(viewer.cache) == 0
+
+
+def test_scrolling_prefetches_the_next_band(counted: tuple[SliceViewer, CountingArray]) -> None:
+    viewer, base = counted
+    viewer.prefetch = True
+    sent = _capture(viewer)
+    for index in (5, 6):
+        viewer._on_msg(viewer, {"type": "slice", "axis": 0, "index": index, "preview": False}, [])
+    viewer.wait_prefetch(timeout=10)
+    # moving up from 5 to 6 read band 4:8 for the slices and band 8:12 in the background
+    assert viewer.reads == [("image", 0, 0, 4, 8), ("image", 0, 0, 8, 12)]
+    base.reads.clear()
+    viewer._on_msg(viewer, {"type": "slice", "axis": 0, "index": 8, "preview": False}, [])
+    np.testing.assert_array_equal(
+        np.frombuffer(sent[-1][1][0], dtype="<i2").reshape(64, 48), base.data[8]
+    )
+    viewer.wait_prefetch(timeout=10)
+    assert [k[0] for k in base.reads] == [slice(12, 16)]  # only the next band, ahead
+    # scrolling down prefetches the band below
+    viewer._on_msg(viewer, {"type": "slice", "axis": 0, "index": 4, "preview": False}, [])
+    viewer.wait_prefetch(timeout=10)
+    assert viewer.reads[-1] == ("image", 0, 0, 0, 4)
 
 
 def test_slice_requests_coarse_level_first_then_full(tmp_path: Path) -> None:
     full = np.arange(8 * 32 * 32, dtype=np.int16).reshape(8, 32, 32)
-    vol = as_volume(full, (2.0, 1.0, 1.0))
+    vol = as_volume(da.from_array(full, chunks=(4, 16, 16)), (2.0, 1.0, 1.0))
     coarse = as_volume(full[:, ::4, ::4], (2.0, 4.0, 4.0))
     mask = np.zeros_like(full, dtype=np.uint8)
     mask[3, 8:16, 8:16] = 2
@@ -113,6 +183,14 @@ def test_slice_requests_coarse_level_first_then_full(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.frombuffer(buffers[0], dtype="<i2").reshape(32, 32), full[3])
     coarse_mask = np.frombuffer(sent[0][1][1], dtype=np.uint8).reshape(8, 8)
     assert coarse_mask[2:4, 2:4].tolist() == [[2, 2], [2, 2]] and coarse_mask.sum() == 8
+    # the next slice's full-resolution band is in memory already: no preview
+    sent.clear()
+    viewer._on_msg(viewer, {"type": "slice", "axis": 0, "index": 2, "seq": 8}, [])
+    assert [(m["level"], m["final"]) for m, _ in sent] == [(0, True)]
+    # on opening, the browser asks for the previews alone first (full resolution follows)
+    sent.clear()
+    viewer._on_msg(viewer, {"type": "slice", "axis": 1, "index": 5, "full": False}, [])
+    assert [(m["level"], m["final"]) for m, _ in sent] == [(1, False)]
     # malformed requests are ignored, out-of-range indices clamped
     viewer._on_msg(viewer, {"type": "slice"}, [])
     viewer._on_msg(viewer, {"type": "slice", "axis": 2, "index": 999}, [])

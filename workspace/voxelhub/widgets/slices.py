@@ -13,27 +13,45 @@ scrolling costs one slice read.  ipycanvas also adds a JupyterLab extension; any
 its JavaScript inside this package.  ``benchmarks/viewer.py`` measures the result in a real
 browser.
 
-Lazy access
------------
+Lazy access and the band cache
+------------------------------
 The browser asks for one slice at a time (``{"type": "slice", "axis", "index"}``); the kernel
 answers first from the finest pyramid level that fits the display and then from full
-resolution, reading only the chunks that the slice crosses (``volume.data[index]`` on the dask
-array, computed with the synchronous scheduler so that a slice never travels to a cluster).
-The browser keeps at most one request per plane in flight and asks for the newest position
+resolution.  A slice is cut from a **band**: the block of the store's chunk grid that the slice
+crosses, whole in-plane — for an axial slice the z-block of one inner chunk depth (16 slices
+on a VoxelHub store), for a coronal or sagittal slice the band one chunk high or wide (64 rows
+or columns) across every z.  A band is read with one chunk-aligned ``array[region]`` straight
+from the zarr array under the dask graph (no per-slice dask graph: its overhead is
+milliseconds per small read; other dask arrays are computed with the synchronous scheduler so
+that a slice never travels to a cluster), so it costs what its chunks cost to decode, and the
+next slices of a scroll come from memory.  Bands live in a least-recently-used cache bounded by
+:attr:`SliceViewer.cache_bytes` (256 MiB by default); a band larger than the budget is never
+cached (the slice alone is read), so a 1 GB volume is never held whole.  While the user scrolls,
+a background thread reads the next band in the direction of travel (:attr:`prefetch`).
+
+On opening, the browser asks for the three planes' previews (``"full": false``) before their
+full-resolution slices, so that every plane shows something after three small reads.  After
+that, the browser keeps at most one request per plane in flight and asks for the newest position
 when an answer arrives, so fast scrolling skips slices instead of queueing them.  The preview
 level is asked for on a plane's first slice and whenever the last full-resolution slice took
-more than 60 ms (a slow or remote store); on a fast local store scrolling reads only full
-resolution, which halves the kernel's work per step.  Slices are
-kept in a small LRU cache in the kernel.
+more than 60 ms (a slow or remote store), and skipped by the kernel when the full-resolution
+band is already in memory.  Slices travel as raw bytes in comm buffers (never JSON); the
+browser maps them through a lookup table into an ``ImageData`` it reuses, and a crosshair move
+only re-composes the planes (no pixel work).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pathlib
+import threading
 import time
 from collections import OrderedDict
+from collections.abc import Hashable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import anywidget
@@ -65,7 +83,149 @@ _IN_PLANE = ((1, 2), (0, 2), (0, 1))
 """The (rows, columns) axes of the plane perpendicular to axis 0 (z), 1 (y) and 2 (x)."""
 
 _WIRE_DTYPES = {"int8", "uint8", "int16", "uint16", "int32", "uint32", "float32"}
-CACHE_BYTES = 64 * 2**20
+CACHE_BYTES = 256 * 2**20
+"""Default budget of the band cache (:attr:`SliceViewer.cache_bytes`)."""
+
+
+class BandCache:
+    """Decoded bands, least recently used first out, never more than ``budget`` bytes.
+
+    Thread-safe: the prefetch thread fills it while the comm handler reads from it.
+    ``peak`` is the most bytes ever held (tests check it against the budget).
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = int(budget)
+        self.nbytes = 0
+        self.peak = 0
+        self._items: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._items
+
+    def get(self, key: Hashable) -> np.ndarray | None:
+        with self._lock:
+            arr = self._items.get(key)
+            if arr is not None:
+                self._items.move_to_end(key)
+            return arr
+
+    def put(self, key: Hashable, arr: np.ndarray) -> bool:
+        """Keep ``arr`` (evicting the oldest bands); False when it alone exceeds the budget."""
+        with self._lock:
+            if arr.nbytes > self.budget:
+                return False
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.nbytes -= old.nbytes
+            while self._items and self.nbytes + arr.nbytes > self.budget:
+                _, evicted = self._items.popitem(last=False)
+                self.nbytes -= evicted.nbytes
+            self._items[key] = arr
+            self.nbytes += arr.nbytes
+            self.peak = max(self.peak, self.nbytes)
+            return True
+
+    def resize(self, budget: int) -> None:
+        with self._lock:
+            self.budget = int(budget)
+            while self._items and self.nbytes > self.budget:
+                _, evicted = self._items.popitem(last=False)
+                self.nbytes -= evicted.nbytes
+
+
+@dataclass(frozen=True)
+class _Source:
+    """What a band is read from: an array with numpy-style ``[region]`` reads, and its chunks."""
+
+    array: Any
+    shape: tuple[int, int, int]
+    block: tuple[int, int, int]
+    """Chunk shape the bands align to (the store's inner chunks for a zarr array)."""
+    in_memory: bool = False
+    """A numpy array: slices are cut directly, nothing is cached."""
+
+
+class _DaskRegion:
+    """``[region]`` on a dask array, computed with the synchronous scheduler."""
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return np.asarray(self.data[key].compute(scheduler="sync"))
+
+
+def _int_chunks(chunks: Any) -> tuple[int, int, int] | None:
+    if isinstance(chunks, tuple) and len(chunks) == 3 and all(isinstance(c, int) for c in chunks):
+        return (int(chunks[0]), int(chunks[1]), int(chunks[2]))
+    return None
+
+
+def _dask_origin(data: Any) -> Any:
+    """The array a ``da.from_array`` / ``da.from_zarr`` graph reads from, if that is all it does."""
+    layers = getattr(getattr(data, "dask", None), "layers", None)
+    if not layers or len(layers) != 2 or data.name not in layers:
+        return None
+    (original,) = (name for name in layers if name != data.name)
+    if not str(original).startswith("original-"):
+        return None
+    values = list(layers[original].values())
+    if len(values) != 1:
+        return None
+    base = values[0]
+    if tuple(getattr(base, "shape", ())) != tuple(data.shape) or not hasattr(base, "__getitem__"):
+        return None
+    return base
+
+
+def _source_of(data: Any) -> _Source:
+    shape = tuple(int(s) for s in data.shape)
+    shape3 = (shape[0], shape[1], shape[2])
+    if isinstance(data, np.ndarray):
+        return _Source(data, shape3, shape3, in_memory=True)
+    chunks = getattr(data, "chunks", None)
+    if chunks is not None and not _int_chunks(chunks) and hasattr(data, "dask"):
+        dask_block = (int(chunks[0][0]), int(chunks[1][0]), int(chunks[2][0]))
+        base = _dask_origin(data)
+        if base is not None:
+            block = _int_chunks(getattr(base, "chunks", None)) or dask_block
+            return _Source(base, shape3, block)
+        return _Source(_DaskRegion(data), shape3, dask_block)
+    # a zarr array or any other array-like with numpy-style reads
+    return _Source(data, shape3, _int_chunks(chunks) or shape3)
+
+
+def _band_bounds(src: _Source, axis: int, band: int) -> tuple[int, int]:
+    """First and last + 1 index along ``axis`` of chunk band ``band``."""
+    step = src.block[axis]
+    return band * step, min((band + 1) * step, src.shape[axis])
+
+
+def _wire(arr: Any) -> np.ndarray:
+    """``arr`` as a little-endian array of a dtype the browser decodes."""
+    out = np.asarray(arr)
+    if out.dtype.name not in _WIRE_DTYPES:
+        out = out.astype(np.float32)
+    return out.astype(out.dtype.newbyteorder("<"), copy=False)
+
+
+_prefetcher: ThreadPoolExecutor | None = None
+_prefetcher_lock = threading.Lock()
+
+
+def _prefetch_pool() -> ThreadPoolExecutor:
+    """One background reader for every viewer in the kernel (reads are I/O and decode bound)."""
+    global _prefetcher
+    with _prefetcher_lock:
+        if _prefetcher is None:
+            _prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="voxelhub-prefetch")
+        return _prefetcher
 
 
 def plane_names(affine_lps: Any) -> list[str]:
@@ -133,6 +293,10 @@ class SliceViewer(anywidget.AnyWidget):
     """Label (as a string) → CSS colour; unlisted labels take :data:`PALETTE`."""
     display_size = t.Int(320).tag(sync=True)
     """Largest side of each plane on screen, in CSS pixels."""
+    cache_bytes = t.Int(CACHE_BYTES, min=0)
+    """Budget of the kernel's band cache, in bytes (kernel only, not synced)."""
+    prefetch = t.Bool(True)
+    """Read the next band in the scroll direction in a background thread."""
 
     def __init__(
         self,
@@ -180,10 +344,16 @@ class SliceViewer(anywidget.AnyWidget):
             raise ValueError(
                 f"mask shape {tuple(self._mask.shape)} differs from volume {(nz, ny, nx)}"
             )
-        self._cache: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
-        self._cache_bytes = 0
-        self.reads: list[tuple[int, int, int]] = []
-        """(level, axis, index) of every slice read from the array (cache misses), for tests."""
+        self._sources: dict[tuple[str, int], _Source] = {}
+        self.cache = BandCache(self.cache_bytes)
+        """The decoded bands, shared by the three planes (and the mask)."""
+        self._pending: dict[tuple[Any, ...], Future[np.ndarray | None]] = {}
+        self._pending_lock = threading.Lock()
+        self._last_index: dict[int, int] = {}
+        self.reads: list[tuple[str, int, int, int, int]] = []
+        """(``"image"``/``"mask"``, level, axis, start, stop) of every read from the array:
+        a band (start:stop along ``axis``, whole in-plane) or, when a band does not fit the
+        budget, one slice; prefetches included."""
         self.served: list[dict[str, Any]] = []
         """Header of every slice sent, with ``seconds`` spent reading it (benchmarks, tests)."""
         self.on_msg(self._on_msg)
@@ -269,44 +439,147 @@ class SliceViewer(anywidget.AnyWidget):
         a = _axis(axis)
         lvl = self._levels[level]
         i = min(int(index) // lvl.factor[a], lvl.shape[a] - 1)
-        key = (level, a, i)
-        cached = self._cache.get(key)
-        if cached is not None:
-            self._cache.move_to_end(key)
-            return cached
-        sel: list[Any] = [slice(None)] * 3
-        sel[a] = i
-        arr = lvl.data.data[tuple(sel)]
-        if hasattr(arr, "compute"):
-            arr = arr.compute(scheduler="sync")
-        out = np.ascontiguousarray(arr)
-        if out.dtype.name not in _WIRE_DTYPES:
-            out = out.astype(np.float32)
-        out = out.astype(out.dtype.newbyteorder("<"), copy=False)
-        self.reads.append(key)
-        self._cache[key] = out
-        self._cache_bytes += out.nbytes
-        while self._cache_bytes > CACHE_BYTES and len(self._cache) > 1:
-            _, old = self._cache.popitem(last=False)
-            self._cache_bytes -= old.nbytes
-        return out
+        return np.ascontiguousarray(self._cut("image", level, a, i))
 
     def mask_slice(self, axis: int | str, index: int, level: int = 0) -> np.ndarray | None:
         """The label slice matching :meth:`slice` (nearest neighbour at coarse levels)."""
         if self._mask is None:
             return None
         a = _axis(axis)
-        sel: list[Any] = [slice(None)] * 3
-        sel[a] = int(index)
-        m = self._mask[tuple(sel)]
-        if hasattr(m, "compute"):
-            m = m.compute(scheduler="sync")
-        m = np.asarray(m)
+        m = self._cut("mask", 0, a, int(index))
         rows, cols = _IN_PLANE[a]
         f = self._levels[level].factor
         m = m[:: f[rows], :: f[cols]]
         top = int(m.max()) if m.size else 0
         return np.ascontiguousarray(m, dtype=np.uint8 if top < 256 else np.uint16)
+
+    def close(self) -> None:
+        with self._pending_lock:
+            for future in self._pending.values():
+                future.cancel()
+            self._pending.clear()
+        self.cache.resize(0)
+        super().close()
+
+    # -- bands ------------------------------------------------------------------------------
+    @t.observe("cache_bytes")
+    def _resize_cache(self, change: dict[str, Any]) -> None:
+        if hasattr(self, "cache"):
+            self.cache.resize(int(change["new"]))
+
+    def _source(self, name: str, level: int) -> _Source:
+        key = (name, level)
+        src = self._sources.get(key)
+        if src is None:
+            data = self._mask if name == "mask" else self._levels[level].data.data
+            src = self._sources[key] = _source_of(data)
+        return src
+
+    def _read_band(self, name: str, level: int, axis: int, band: int) -> np.ndarray | None:
+        """Read, convert and cache one band; None when it does not fit the budget."""
+        src = self._source(name, level)
+        start, stop = _band_bounds(src, axis, band)
+        itemsize = np.dtype(getattr(src.array, "dtype", np.float32)).itemsize
+        if (
+            int(np.prod(src.shape)) // src.shape[axis] * (stop - start) * itemsize
+            > self.cache.budget
+        ):
+            return None
+        region: list[Any] = [slice(None)] * 3
+        region[axis] = slice(start, stop)
+        arr = src.array[tuple(region)]
+        if hasattr(arr, "compute"):
+            arr = arr.compute(scheduler="sync")
+        out = _wire(arr) if name == "image" else np.asarray(arr)
+        self.reads.append((name, level, axis, start, stop))
+        self.cache.put((name, level, axis, band), out)
+        return out
+
+    def _band(self, name: str, level: int, axis: int, band: int) -> np.ndarray | None:
+        key = (name, level, axis, band)
+        arr = self.cache.get(key)
+        if arr is not None:
+            return arr
+        with self._pending_lock:
+            future = self._pending.get(key)
+        if future is not None:
+            try:
+                arr = future.result()
+            except Exception:  # the prefetch failed: read it here, and raise here if it fails
+                arr = None
+            if arr is not None:
+                return arr
+        return self._read_band(name, level, axis, band)
+
+    def _cut(self, name: str, level: int, axis: int, index: int) -> np.ndarray:
+        """The slice ``index`` along ``axis`` of source ``name`` at ``level`` (a view if cached)."""
+        src = self._source(name, level)
+        sel: list[Any] = [slice(None)] * 3
+        if src.in_memory:
+            sel[axis] = index
+            out = src.array[tuple(sel)]
+            return _wire(out) if name == "image" else np.asarray(out)
+        step = src.block[axis]
+        band = self._band(name, level, axis, index // step)
+        if band is not None:
+            sel[axis] = index - (index // step) * step
+            return band[tuple(sel)]
+        # the band alone exceeds the budget: read just this slice
+        sel[axis] = index
+        arr = src.array[tuple(sel)]
+        if hasattr(arr, "compute"):
+            arr = arr.compute(scheduler="sync")
+        self.reads.append((name, level, axis, index, index + 1))
+        return _wire(arr) if name == "image" else np.asarray(arr)
+
+    def _has_band(self, name: str, level: int, axis: int, index: int) -> bool:
+        src = self._source(name, level)
+        return src.in_memory or (name, level, axis, index // src.block[axis]) in self.cache
+
+    def _schedule_prefetch(self, axis: int, index: int) -> None:
+        """Read the next band in the direction of travel along ``axis`` in the background."""
+        last = self._last_index.get(axis)
+        self._last_index[axis] = index
+        if not self.prefetch or last is None or last == index:
+            return
+        direction = 1 if index > last else -1
+        names = ["image"] + (["mask"] if self._mask is not None else [])
+        for name in names:
+            src = self._source(name, 0)
+            if src.in_memory:
+                continue
+            step = src.block[axis]
+            band = index // step + direction
+            if band < 0 or band * step >= src.shape[axis]:
+                continue
+            key = (name, 0, axis, band)
+            if key in self.cache:
+                continue
+            with self._pending_lock:
+                if key in self._pending:
+                    continue
+                future = _prefetch_pool().submit(self._prefetch_band, name, axis, band)
+                self._pending[key] = future
+
+    def _prefetch_band(self, name: str, axis: int, band: int) -> np.ndarray | None:
+        try:
+            return self._read_band(name, 0, axis, band)
+        except Exception:
+            log.warning(
+                "prefetch of %s band %d along axis %d failed", name, band, axis, exc_info=True
+            )
+            return None
+        finally:
+            with self._pending_lock:
+                self._pending.pop((name, 0, axis, band), None)
+
+    def wait_prefetch(self, timeout: float | None = None) -> None:
+        """Block until the background reads scheduled so far are done (tests, benchmarks)."""
+        with self._pending_lock:
+            futures = list(self._pending.values())
+        for future in futures:
+            with contextlib.suppress(Exception):  # logged by the prefetch thread
+                future.result(timeout=timeout)
 
     # -- comm -------------------------------------------------------------------------------
     def _on_msg(self, _widget: Any, content: dict[str, Any], _buffers: list[Any]) -> None:
@@ -319,6 +592,11 @@ class SliceViewer(anywidget.AnyWidget):
             log.warning("ignoring malformed slice request %r", content)
             return
         levels = self.levels_for(axis) if content.get("preview", True) else [0]
+        if len(levels) > 1 and self._has_band("image", 0, axis, index):
+            levels = [0]  # full resolution is in memory: a preview would only cost time
+        full = bool(content.get("full", True))
+        if not full:  # previews only: full resolution follows in a later request
+            levels = [lvl for lvl in levels if lvl != 0]
         for n, level in enumerate(levels):
             start = time.perf_counter()
             data = self.slice(axis, index, level)
@@ -332,14 +610,17 @@ class SliceViewer(anywidget.AnyWidget):
                 "shape": [int(s) for s in data.shape],
                 "dtype": data.dtype.name,
                 "mask_dtype": None if mask is None else mask.dtype.name,
-                "final": n == len(levels) - 1,
+                "final": full and n == len(levels) - 1,
                 "seq": content.get("seq", 0),
+                "kernel_ms": (time.perf_counter() - start) * 1e3,
             }
-            buffers = [data.tobytes()]
+            buffers: list[Any] = [data.data.cast("B")]  # raw bytes, no copy
             if mask is not None:
-                buffers.append(mask.tobytes())
-            self.served.append({**header, "seconds": time.perf_counter() - start})
+                buffers.append(mask.data.cast("B"))
+            self.served.append({**header, "seconds": header["kernel_ms"] / 1e3})
             self.send(header, buffers)
+        if full:
+            self._schedule_prefetch(axis, index)
 
 
 def _raw(obj: Any) -> Any:

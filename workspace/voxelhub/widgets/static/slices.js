@@ -14,11 +14,21 @@ const REQUEST_TIMEOUT_MS = 10000;
 const PREVIEW_AFTER_MS = 60; // ask for the coarse level first when full resolution is slower
 
 function typed(buffer, dtype) {
-  let bytes;
-  if (buffer instanceof ArrayBuffer) bytes = new Uint8Array(buffer);
-  else bytes = new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.byteLength);
-  return new TYPES[dtype](bytes.slice().buffer); // copy: aligned for the element type
+  const T = TYPES[dtype];
+  if (buffer instanceof ArrayBuffer) return new T(buffer);
+  const { buffer: ab, byteOffset, byteLength } = buffer;
+  if (byteOffset % T.BYTES_PER_ELEMENT === 0) return new T(ab, byteOffset, byteLength / T.BYTES_PER_ELEMENT);
+  return new T(new Uint8Array(ab, byteOffset, byteLength).slice().buffer); // copy only to align
 }
+
+// Integer slices are mapped through a lookup table (value -> packed RGBA grey); LITTLE is the
+// byte order of the packed pixel (all current browsers are little-endian, checked here anyway).
+const LITTLE = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+const LUT_DTYPES = { int8: -128, uint8: 0, int16: -32768, uint16: 0 };
+function pack(r, g, b) {
+  return LITTLE ? ((255 << 24) | (b << 16) | (g << 8) | r) >>> 0 : ((r << 24) | (g << 16) | (b << 8) | 255) >>> 0;
+}
+function unpackGrey(p) { return LITTLE ? p & 255 : p >>> 24; }
 
 function rgb(css) {
   const m = /^#?([0-9a-f]{2})([0-9a-f]{2})([0-9a-f]{2})$/i.exec(css || "");
@@ -57,7 +67,9 @@ function render({ model, el }) {
   el.appendChild(root);
 
   const canvases = [], labels = [], offscreen = [];
+  const images = [null, null, null]; // per plane: { img: ImageData, u32: Uint32Array }, reused
   const slices = [null, null, null];
+  let lutKey = "", lut = null;
   const inflight = [0, 0, 0];
   const lastFullMs = [Infinity, Infinity, Infinity];
   let seq = 0;
@@ -127,44 +139,85 @@ function render({ model, el }) {
     model.send({ type: "slice", axis: a, index, seq, preview });
   }
 
-  function draw(a) {
+  function greyLut(dtype, lo, k) {
+    const key = `${dtype}|${lo}|${k}`;
+    if (key === lutKey) return lut;
+    const min = LUT_DTYPES[dtype];
+    const n = dtype.endsWith("8") ? 256 : 65536;
+    const table = new Uint32Array(n);
+    for (let i = 0; i < n; i++) {
+      let g = (i + min - lo) * k;
+      g = g < 0 ? 0 : g > 255 ? 255 : g | 0;
+      table[i] = pack(g, g, g);
+    }
+    lutKey = key; lut = table;
+    return table;
+  }
+
+  // Pixels of plane a's slice (window, overlay) into its offscreen canvas; reuses the ImageData.
+  function render(a) {
     const s = slices[a];
-    const canvas = canvases[a];
-    const ctx = canvas.getContext("2d");
-    if (!s) { ctx.fillStyle = "#000"; ctx.fillRect(0, 0, canvas.width, canvas.height); return; }
+    if (!s) return;
     const [h, w] = s.shape;
     const off = offscreen[a];
     if (off.width !== w || off.height !== h) { off.width = w; off.height = h; }
-    const octx = off.getContext("2d");
-    const img = octx.createImageData(w, h);
-    const px = img.data;
+    let im = images[a];
+    if (!im || im.img.width !== w || im.img.height !== h) {
+      const img = off.getContext("2d").createImageData(w, h);
+      im = images[a] = { img, u32: new Uint32Array(img.data.buffer) };
+    }
+    const out = im.u32;
     const width = Math.max(model.get("window_width"), 1e-6);
     const lo = model.get("window_center") - width / 2;
     const k = 255 / width;
     const flip = a !== 0 && model.get("flip_z");
-    const alpha = model.get("opacity");
     const data = s.data, mask = s.mask;
-    for (let r = 0; r < h; r++) {
-      const src = (flip ? h - 1 - r : r) * w;
-      let o = r * w * 4;
-      for (let c = 0; c < w; c++, o += 4) {
-        let g = (data[src + c] - lo) * k;
-        g = g < 0 ? 0 : g > 255 ? 255 : g;
-        let R = g, G = g, B = g;
-        if (mask) {
-          const m = mask[src + c];
-          if (m > 0) {
-            const col = colorOf(m);
-            R = g + (col[0] - g) * alpha; G = g + (col[1] - g) * alpha; B = g + (col[2] - g) * alpha;
-          }
+    const dtype = s.dtype;
+    if (dtype in LUT_DTYPES) {
+      const table = greyLut(dtype, lo, k), shift = -LUT_DTYPES[dtype];
+      for (let r = 0; r < h; r++) {
+        const src = (flip ? h - 1 - r : r) * w;
+        const o = r * w;
+        for (let c = 0; c < w; c++) out[o + c] = table[data[src + c] + shift];
+      }
+    } else {
+      for (let r = 0; r < h; r++) {
+        const src = (flip ? h - 1 - r : r) * w;
+        const o = r * w;
+        for (let c = 0; c < w; c++) {
+          let g = (data[src + c] - lo) * k;
+          g = g < 0 ? 0 : g > 255 ? 255 : g | 0;
+          out[o + c] = pack(g, g, g);
         }
-        px[o] = R; px[o + 1] = G; px[o + 2] = B; px[o + 3] = 255;
       }
     }
-    octx.putImageData(img, 0, 0);
+    if (mask) {
+      const alpha = model.get("opacity");
+      for (let r = 0; r < h; r++) {
+        const src = (flip ? h - 1 - r : r) * w;
+        const o = r * w;
+        for (let c = 0; c < w; c++) {
+          const m = mask[src + c];
+          if (m > 0) {
+            const g = unpackGrey(out[o + c]);
+            const col = colorOf(m);
+            out[o + c] = pack(
+              (g + (col[0] - g) * alpha) | 0, (g + (col[1] - g) * alpha) | 0, (g + (col[2] - g) * alpha) | 0);
+          }
+        }
+      }
+    }
+    off.getContext("2d").putImageData(im.img, 0, 0);
+  }
+
+  // The rendered slice scaled onto the visible canvas, with the crosshair and the label.
+  function compose(a) {
+    const s = slices[a];
+    const canvas = canvases[a];
+    const ctx = canvas.getContext("2d");
+    if (!s) { ctx.fillStyle = "#000"; ctx.fillRect(0, 0, canvas.width, canvas.height); return; }
     ctx.imageSmoothingEnabled = false;
-    ctx.drawImage(off, 0, 0, canvas.width, canvas.height);
-    // crosshair
+    ctx.drawImage(offscreen[a], 0, 0, canvas.width, canvas.height);
     const cur = model.get("cursor"), sh = shape();
     const x = ((cur[COLS[a]] + 0.5) / sh[COLS[a]]) * canvas.width;
     let row = cur[ROWS[a]];
@@ -182,17 +235,21 @@ function render({ model, el }) {
     canvas.dataset.level = String(s.level);
   }
 
+  function draw(a) { render(a); compose(a); }
+
   function drawAll() { for (let a = 0; a < 3; a++) draw(a); }
+  function composeAll() { for (let a = 0; a < 3; a++) compose(a); }
 
   function onMessage(msg, buffers) {
     if (!msg || msg.type !== "slice") return;
     const a = msg.axis;
+    log({ kind: "recv", axis: a, index: msg.index, level: msg.level, seq: msg.seq, kernel_ms: msg.kernel_ms, t: performance.now() });
     const want = model.get("cursor")[a];
     if (msg.index === want) {
       const cur = slices[a];
       if (!cur || cur.index !== msg.index || msg.level <= cur.level) {
         slices[a] = {
-          index: msg.index, level: msg.level, factor: msg.factor, shape: msg.shape,
+          index: msg.index, level: msg.level, factor: msg.factor, shape: msg.shape, dtype: msg.dtype,
           data: typed(buffers[0], msg.dtype),
           mask: msg.mask_dtype ? typed(buffers[1], msg.mask_dtype) : null,
         };
@@ -299,7 +356,7 @@ function render({ model, el }) {
   function onCursor() {
     const c = model.get("cursor");
     for (let a = 0; a < 3; a++) if (!slices[a] || slices[a].index !== c[a]) request(a);
-    drawAll();
+    composeAll(); // the crosshair moved: no pixel work until a new slice arrives
   }
   function onLook() { syncBar(); drawAll(); }
   function onColors() { colorCache = {}; drawAll(); }
@@ -316,10 +373,25 @@ function render({ model, el }) {
   model.on("change:shape", onShape);
   model.on("change:display_size", () => { layout(); drawAll(); });
 
+  // First slices: the three coarse previews are asked for before any full-resolution slice, so
+  // the last plane's preview does not wait for the first planes' full-resolution reads (the
+  // kernel answers messages in order).  Both messages of a plane carry the same seq.
+  function requestFirst() {
+    const now = performance.now(), cur = model.get("cursor"), seqs = [];
+    for (let a = 0; a < 3; a++) {
+      seq += 1; seqs.push(seq); inflight[a] = now;
+      log({ kind: "request", axis: a, index: cur[a], seq, preview: true, t: now });
+      model.send({ type: "slice", axis: a, index: cur[a], seq, preview: true, full: false });
+    }
+    for (let a = 0; a < 3; a++) {
+      model.send({ type: "slice", axis: a, index: cur[a], seq: seqs[a], preview: false });
+    }
+  }
+
   layout();
   syncBar();
   drawAll();
-  for (let a = 0; a < 3; a++) request(a, true);
+  requestFirst();
 
   return () => {
     model.off("msg:custom", onMessage);
