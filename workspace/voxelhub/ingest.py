@@ -57,6 +57,7 @@ class IngestReport:
     failed: list[dict[str, str]] = field(default_factory=list)
     rejected_files: list[dict[str, str]] = field(default_factory=list)
     non_dicom: list[str] = field(default_factory=list)
+    superseded: dict[str, str] = field(default_factory=dict)
     report_id: int | None = None
 
     def summary(self) -> str:
@@ -74,6 +75,8 @@ class IngestReport:
             lines.append(f"  rejected {item['source']}: {item['reason']}{tag}")
         for item in self.failed:
             lines.append(f"  failed volume of series {item['series_uid']}: {item['reason']}")
+        for old, kept in self.superseded.items():
+            lines.append(f"  labels of replaced {old} kept with it at {kept} (grid changed)")
         return "\n".join(lines)
 
 
@@ -287,6 +290,8 @@ def _ingest_volume(
         )
         return
     geometry = volume.geometry
+    if existing is not None and location.exists(existing.store_path):
+        _carry_labels(location, existing.store_path, rel_path, report)
     replaced = catalog.record_volume(
         project,
         patient={
@@ -325,9 +330,46 @@ def _ingest_volume(
             "n_instances": len(instance_uids),
         },
     )
-    if replaced:
+    if replaced and replaced not in report.superseded:
         location.remove(replaced)
     report.written.append(volume_uid)
+
+
+def _carry_labels(
+    location: StoreLocation, old_rel: str, new_rel: str, report: IngestReport
+) -> None:
+    """Keep a replaced version's label images: copied when the grid is unchanged, else kept.
+
+    Labels (segmentations people made) must never be lost with a re-ingest.  On an unchanged
+    grid they move to the new version; otherwise the old version is moved under ``superseded/``
+    (where garbage collection never looks) and the report says where.
+    """
+    labels = f"{old_rel}/labels"
+    if not location.exists(labels):
+        return
+    old = location.open_group(old_rel)
+    new = location.open_group(new_rel)
+    same_grid = (
+        old["0"].shape == new["0"].shape  # type: ignore[union-attr]
+        and _geometry(old) == _geometry(new)
+    )
+    if same_grid:
+        location.copy_tree(labels, f"{new_rel}/labels")
+        return
+    parent, name = old_rel.rsplit("/", 1)
+    kept = f"{parent}/superseded/{name}"
+    location.move_tree(old_rel, kept)
+    report.superseded[old_rel] = kept
+    log.warning(
+        "%s has label images on a grid the new version does not share; kept at %s",
+        old_rel,
+        kept,
+    )
+
+
+def _geometry(group: Any) -> Any:
+    meta = group.attrs.get("voxelhub") or {}
+    return (meta.get("geometry") or {}).get("affine_lps")
 
 
 def _header(volume: VolumePlan, deid: Any) -> Dataset:

@@ -111,6 +111,24 @@ class StoreLocation:
         self.fs.copy(src, dst, recursive=True)
         self.fs.rm(src, recursive=True)
 
+    def copy_tree(self, src_rel: str, dst_rel: str) -> None:
+        """Copy a tree inside the store (label images carried to a new volume version)."""
+        src, dst = self.full_path(src_rel), self.full_path(dst_rel)
+        if self.is_local:
+            shutil.copytree(src, dst)
+        else:
+            self.fs.copy(src, dst, recursive=True)
+
+    def move_tree(self, src_rel: str, dst_rel: str) -> None:
+        """Move a tree inside the store (a rename locally)."""
+        src, dst = self.full_path(src_rel), self.full_path(dst_rel)
+        if self.is_local:
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            os.rename(src, dst)
+        else:
+            self.fs.copy(src, dst, recursive=True)
+            self.fs.rm(src, recursive=True)
+
     def list_volumes(self, prefix: str = "projects") -> list[str]:
         """Relative paths of every committed volume tree under ``prefix``."""
         base = self.full_path(prefix)

@@ -1,0 +1,333 @@
+"""Label images in the store, next to their volume, as OME-Zarr (NGFF 0.5) labels.
+
+A label image lives at ``<volume>.ome.zarr/labels/<name>/``: a multiscale group on exactly the
+volume's level-0 grid (same shape, scale and chunking), with ``image-label`` metadata giving a
+colour and a name per label value.  The ``labels`` group's ``ome.labels`` attribute lists the
+label images; a name appears there only once its group is complete.
+
+Writes are atomic like volume writes: the label image is built under the store's temporary area
+(:meth:`~voxelhub.store.location.StoreLocation.new_temporary`), re-read and checksummed, and only
+then moved into the volume's tree.  A crash leaves a temporary tree that readers never see.
+
+Paths come from the catalog row and every byte goes through :class:`StoreLocation`.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+
+from voxelhub.catalog import Catalog
+from voxelhub.errors import GeometryError, StoreError
+from voxelhub.store import ngff
+from voxelhub.store.location import StoreLocation
+from voxelhub.store.volume import open_volume
+from voxelhub.store.writer import content_checksum
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LabelImage", "list_labels", "read_labels", "write_labels"]
+
+LABELS_GROUP = "labels"
+FORMAT_VERSION = 1
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+    (170, 110, 40),
+)
+"""Default label colours (by label value, cycling): distinct on a grey CT."""
+
+
+@dataclass(frozen=True)
+class LabelImage:
+    """What was committed: its path in the store, name per value, dtype and checksum."""
+
+    name: str
+    rel_path: str
+    names: dict[int, str]
+    dtype: str
+    checksum: str
+
+
+def volume_path(catalog: Catalog, row_or_uid: Any) -> str:
+    """The store path of a volume given by UID or catalog row."""
+    row = row_or_uid
+    if isinstance(row, str):
+        row = catalog.volume_row(row)
+    elif hasattr(row, "to_dict"):
+        row = row.to_dict()
+    return str(row["store_path"])
+
+
+def _labels_rel(vol_rel: str, name: str | None = None) -> str:
+    rel = posixpath.join(vol_rel, LABELS_GROUP)
+    return rel if name is None else posixpath.join(rel, name)
+
+
+def list_labels(catalog: Catalog, row_or_uid: Any) -> list[str]:
+    """Names of the label images stored with a volume (complete ones only)."""
+    return _listed(catalog.location, volume_path(catalog, row_or_uid))
+
+
+def _listed(location: StoreLocation, vol_rel: str) -> list[str]:
+    rel = _labels_rel(vol_rel)
+    if not location.exists(posixpath.join(rel, "zarr.json")):
+        return []
+    ome: dict[str, Any] = dict(location.open_group(rel).attrs.get("ome") or {})  # type: ignore[arg-type]
+    return [str(n) for n in ome.get("labels", [])]
+
+
+def _as_dask(labels: Any) -> da.Array:
+    if isinstance(labels, xr.DataArray):
+        labels = labels.data
+    if isinstance(labels, da.Array):
+        return labels
+    return da.from_array(np.asarray(labels), chunks=-1)
+
+
+def _check_geometry(labels: Any, volume: xr.DataArray, name: str) -> None:
+    """Refuse a label image whose shape (or, when it carries one, affine) is not the volume's."""
+    shape = tuple(int(s) for s in np.shape(labels))
+    if shape != tuple(volume.shape):
+        raise GeometryError(
+            f"label image {name!r} has shape {shape} but volume {volume.attrs['volume_uid']} has "
+            f"shape {tuple(volume.shape)}: resample it onto the volume's grid first "
+            "(voxelhub.roi.imports does that for NIfTI/NRRD masks)"
+        )
+    if isinstance(labels, xr.DataArray) and "affine_lps" in labels.attrs:
+        theirs = np.asarray(labels.attrs["affine_lps"], dtype=float)
+        ours = np.asarray(volume.attrs["affine_lps"], dtype=float)
+        if not np.allclose(theirs, ours, atol=1e-3):
+            raise GeometryError(
+                f"label image {name!r} has the volume's shape {shape} but another affine "
+                f"({theirs[:3].round(3).tolist()} vs {ours[:3].round(3).tolist()}): "
+                "resample it onto the volume's grid first"
+            )
+
+
+def _label_dtype(data: da.Array) -> np.dtype:
+    """Smallest unsigned integer dtype that holds every value (refuses negatives, fractions)."""
+    if data.dtype == bool:
+        return np.dtype(np.uint8)
+    if data.dtype.kind not in "iuf":
+        raise ValueError(f"label values must be integers, got dtype {data.dtype}")
+    lo, hi = (float(v) for v in da.compute(data.min(), data.max()))
+    if lo < 0:
+        raise ValueError(f"label values must be >= 0, found {lo:g}")
+    if data.dtype.kind == "f" and not bool(da.all(data == da.floor(data)).compute()):
+        raise ValueError("label values must be whole numbers; found fractions")
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if hi <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    return np.dtype(np.uint64)
+
+
+def _colors(values: list[int], colors: Mapping[int, Any] | None) -> list[dict[str, Any]]:
+    out = []
+    for v in values:
+        rgba = (colors or {}).get(v)
+        if rgba is None:
+            rgba = (*PALETTE[(v - 1) % len(PALETTE)], 255)
+        rgba = [int(c) for c in rgba] + ([255] if len(rgba) == 3 else [])
+        out.append({"label-value": v, "rgba": rgba})
+    return out
+
+
+def _names(
+    values: list[int], names: Mapping[int, str] | None, name: str, is_mask: bool
+) -> dict[int, str]:
+    if names is None:
+        if is_mask:
+            return dict.fromkeys(values, name)
+        return {v: f"{name}-{v}" for v in values}
+    missing = [v for v in values if v not in names]
+    if missing:
+        raise ValueError(
+            f"label image {name!r}: no name for label value(s) {missing[:20]}; "
+            "pass names={value: name, …} for every value present"
+        )
+    return {v: str(names[v]) for v in values}
+
+
+def write_labels(
+    catalog: Catalog,
+    row_or_uid: Any,
+    name: str,
+    labels: Any,
+    *,
+    names: Mapping[int, str] | None = None,
+    colors: Mapping[int, Any] | None = None,
+    source: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> LabelImage:
+    """Store a label image (or a mask) with its volume, atomically.
+
+    Parameters
+    ----------
+    catalog
+        The catalog the volume is listed in.
+    row_or_uid
+        The volume: its UID or a row of ``Catalog.series()``.
+    name
+        The label image's name (letters, digits, ``_ . -``), unique per volume.
+    labels
+        Integer or boolean array (numpy, dask or xarray) on the volume's level-0 grid.  A dask
+        array is written one shard-deep slab at a time, never loaded whole.
+    names
+        Name of each label value present (0 is background).  Default: ``name`` for a boolean
+        mask, ``"<name>-<value>"`` otherwise.
+    colors
+        RGB or RGBA (0-255) per label value; default a fixed palette.
+    source
+        Where the labels came from (importer, file, notes); stored in the attributes.
+    overwrite
+        Replace an existing label image of that name.
+
+    Raises
+    ------
+    GeometryError
+        The label image's shape (or affine) is not the volume's.
+    StoreError
+        A label image of that name exists and ``overwrite`` is false.
+    """
+    if not _NAME.match(name):
+        raise ValueError(f"invalid label name {name!r}: use letters, digits, '_', '.', '-'")
+    location = catalog.location
+    vol_rel = volume_path(catalog, row_or_uid)
+    volume = open_volume(location, vol_rel)
+    _check_geometry(labels, volume, name)
+    data = _as_dask(labels)
+    is_mask = data.dtype == bool
+    dtype = _label_dtype(data)
+    final = _labels_rel(vol_rel, name)
+    if location.exists(final) and not overwrite:
+        raise StoreError(
+            f"label image {name!r} already exists for {location.url_of(vol_rel)}; "
+            "pass overwrite=True to replace it"
+        )
+    vol_group = location.open_group(vol_rel)
+    scale = ngff.read_levels(vol_group)[0]["coordinateTransformations"][0]["scale"]
+    shape = tuple(int(s) for s in volume.shape)
+    level = ngff.Level("0", shape, (1, 1, 1))  # type: ignore[arg-type]
+    tmp = location.new_temporary(suffix="")
+    try:
+        group = zarr.open_group(location.zarr_store(tmp), mode="w-", zarr_format=3)
+        array = ngff.create_level_array(group, level, dtype)
+        slab = int((array.shards or array.chunks)[0])
+        present: set[int] = set()
+        for z0 in range(0, shape[0], slab):
+            block = np.asarray(data[z0 : z0 + slab].compute()).astype(dtype)
+            array[z0 : z0 + block.shape[0]] = block
+            present.update(int(v) for v in np.unique(block))
+        values = sorted(present - {0})
+        label_names = _names(values, names, name, is_mask)
+        ngff.write_metadata(group, [level], tuple(scale), name)
+        ome = dict(group.attrs["ome"])  # type: ignore[arg-type]
+        ome["image-label"] = {
+            "colors": _colors(values, colors),
+            "properties": [{"label-value": v, "name": label_names[v]} for v in values],
+            "source": {"image": "../../"},
+        }
+        checksum = content_checksum(array)  # re-reads what was written: verifies it too
+        group.attrs["ome"] = ome
+        group.attrs["voxelhub"] = {
+            "format_version": FORMAT_VERSION,
+            "kind": "labels",
+            "volume_uid": volume.attrs.get("volume_uid", ""),
+            "volume_checksum": volume.attrs.get("checksum", ""),
+            "names": {str(v): n for v, n in label_names.items()},
+            "dtype": dtype.str,
+            "checksum": checksum,
+            "source": dict(source or {}),
+        }
+        _commit(location, tmp, final, overwrite)
+    except BaseException:
+        location.remove(tmp)
+        raise
+    _list_name(location, vol_rel, name)
+    log.info("stored label image %s (%d values) at %s", name, len(values), location.url_of(final))
+    return LabelImage(name, final, label_names, dtype.str, checksum)
+
+
+def _commit(location: StoreLocation, tmp: str, final: str, overwrite: bool) -> None:
+    """Move the finished label image into place; an old one is moved aside first, then removed."""
+    if not (overwrite and location.exists(final)):
+        location.commit(tmp, final)
+        return
+    old = location.new_temporary(suffix=".old")
+    location.commit(final, old)
+    try:
+        location.commit(tmp, final)
+    except BaseException:
+        location.commit(old, final)
+        raise
+    location.remove(old)
+
+
+def _list_name(location: StoreLocation, vol_rel: str, name: str) -> None:
+    """Add ``name`` to the ``labels`` group's list (after its group is complete)."""
+    rel = _labels_rel(vol_rel)
+    group = zarr.open_group(location.zarr_store(rel), mode="a", zarr_format=3)
+    ome: dict[str, Any] = dict(group.attrs.get("ome") or {})  # type: ignore[arg-type]
+    listed = [str(n) for n in ome.get("labels", [])]
+    if name not in listed:
+        listed.append(name)
+    group.attrs["ome"] = {"version": ngff.NGFF_VERSION, "labels": listed}
+
+
+def read_labels(catalog: Catalog, row_or_uid: Any, name: str) -> xr.DataArray:
+    """A stored label image as a lazy DataArray on its volume's coordinates.
+
+    ``attrs`` carry the volume's geometry (``affine_lps``, ``spacing_zyx`` …) and
+    ``label_names`` / ``label_colors`` per value, so the result goes straight into
+    :func:`voxelhub.features.extract`.
+    """
+    location = catalog.location
+    vol_rel = volume_path(catalog, row_or_uid)
+    listed = _listed(location, vol_rel)
+    if name not in listed:
+        raise StoreError(
+            f"no label image {name!r} for {location.url_of(vol_rel)}; "
+            f"stored: {', '.join(listed) or 'none'}"
+        )
+    volume = open_volume(location, vol_rel)
+    group = location.open_group(_labels_rel(vol_rel, name))
+    array = group["0"]
+    assert isinstance(array, zarr.Array)
+    shards = array.shards or array.chunks
+    data = da.from_zarr(array, chunks=(int(shards[0]), *(int(s) for s in array.shape[1:])))
+    ome: dict[str, Any] = dict(group.attrs["ome"])  # type: ignore[arg-type]
+    meta: dict[str, Any] = dict(group.attrs.get("voxelhub") or {})  # type: ignore[arg-type]
+    image_label = ome.get("image-label", {})
+    keep = ("volume_uid", "series_uid", "level", "affine_lps", "direction_lps", "origin_lps")
+    attrs: dict[str, Any] = {k: volume.attrs[k] for k in keep if k in volume.attrs}
+    attrs.update(
+        spacing_zyx=volume.attrs["spacing_zyx"],
+        flags=volume.attrs.get("flags", []),
+        label_names={int(p["label-value"]): p["name"] for p in image_label.get("properties", [])},
+        label_colors={int(c["label-value"]): c["rgba"] for c in image_label.get("colors", [])},
+        source=meta.get("source", {}),
+        checksum=meta.get("checksum", ""),
+        stale=bool(meta.get("volume_checksum"))
+        and meta.get("volume_checksum") != volume.attrs.get("checksum"),
+    )
+    return xr.DataArray(data, dims=volume.dims, coords=volume.coords, attrs=attrs, name=name)
