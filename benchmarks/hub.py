@@ -359,6 +359,7 @@ def machine() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "load_avg_1_5_15_at_end": [round(x, 2) for x in os.getloadavg()],
         "versions": {
             "python": platform.python_version(),
             "jupyterhub": jupyterhub.__version__,

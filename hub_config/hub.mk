@@ -7,6 +7,8 @@
 #                        Ctrl-C stops everything
 #   make hub-demo-clean  remove the demo's unix accounts and state
 #   make hub-test        only the hub tests (they also run in `make test`)
+#   make hub-bench       benchmarks/hub.py (root): hub start, spawn, Gateway cluster, 20 spawns at
+#                        once -> benchmarks/results/hub.json
 
 VENV_STAMP    ?= $(VENV)/.installed
 NODE_PREFIX   := .node
@@ -14,7 +16,7 @@ CHP           := $(NODE_PREFIX)/node_modules/.bin/configurable-http-proxy
 HUB_STATE     ?= $(DEMO_STATE)/hub-demo
 HUB_DEMO_PORT ?= 8443
 
-.PHONY: hub-deps hub-demo hub-demo-clean hub-test
+.PHONY: hub-deps hub-demo hub-demo-clean hub-test hub-bench
 
 # the hub's Python packages are the `hub` extra of pyproject.toml, installed by `make install`
 hub-deps: $(VENV_STAMP) $(CHP)
@@ -38,3 +40,6 @@ hub-demo-clean:
 
 hub-test: hub-deps
 	VOXELHUB_SHARED="$(SHARED)" $(BIN)/pytest -q tests/hub $(PYTEST_ARGS)
+
+hub-bench: hub-deps
+	$(BIN)/python benchmarks/hub.py

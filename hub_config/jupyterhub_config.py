@@ -30,8 +30,17 @@ choice is an explicit setting below; what differs between sites comes from envir
 ``VOXELHUB_CHP``                 configurable-http-proxy executable
                                  [``<repo>/.node/node_modules/.bin/configurable-http-proxy``,
                                  installed by ``make hub-deps``].
-``VOXELHUB_STORE``               store every kernel opens with ``voxelhub.open_catalog()``.
-``VOXELHUB_CATALOG_URL``         catalog URL given to kernels [read-only SQLite in the store].
+``VOXELHUB_HUB_SERVER_MEM``      ``Spawner.mem_limit``, advertised to servers as MEM_LIMIT [4G]
+                                 (enforced by KubeSpawner, advisory on one machine).
+``VOXELHUB_HUB_SERVER_CPU``      ``Spawner.cpu_limit``, advertised as CPU_LIMIT [2] (same).
+``VOXELHUB_HUB_PROCESS_MEM``     enforced: address space of each process of a user's server,
+                                 kernels included (RLIMIT_AS) [8G]; ``0`` = none.
+``VOXELHUB_HUB_MAX_PROCESSES``   enforced: processes + threads of a user (RLIMIT_NPROC) [1024].
+``VOXELHUB_STORE``               store every kernel opens with ``voxelhub.open_catalog()``; as
+                                 root its ``projects/<p>`` folders are made readable by project
+                                 ``p``'s members only (unix group ``vhp-<p>``, mode 2750).
+``VOXELHUB_CATALOG_URL``         catalog URL given to kernels [unset: a local store's SQLite
+                                 catalog, which other users open read-only by themselves].
 ===============================  ==========================================================
 
 Authentication: NativeAuthenticator.  People sign up at ``/hub/signup``; an admin approves them at
@@ -74,7 +83,8 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "extensions"))
 
 from voxelhub_hub.cluster_cleanup import make_cluster_cleanup  # noqa: E402
-from voxelhub_hub.system_users import USERNAME_RE, ensure_system_user  # noqa: E402
+from voxelhub_hub.project_groups import make_pre_spawn_hook, secure_store  # noqa: E402
+from voxelhub_hub.system_users import USERNAME_RE  # noqa: E402
 
 env = os.environ.get
 VENV_BIN = os.path.dirname(sys.executable)  # the hub, user servers and gateway share one venv
@@ -139,40 +149,48 @@ c.Authenticator.allow_all = True
 c.Authenticator.username_pattern = USERNAME_RE.pattern
 
 # ---- spawner ------------------------------------------------------------------------------------
+STORE = env("VOXELHUB_STORE", "")
 if SPAWNER == "system":
     # Each server runs as the unix user of the same name; accounts are created on first spawn
     # (home 0700, group voxelhub-users) and existing accounts the hub did not create are refused.
-    c.JupyterHub.spawner_class = "localprocess"
-    c.Spawner.pre_spawn_hook = ensure_system_user
+    # Before every spawn the hook also sets the user's project groups (vhp-<project>) to their hub
+    # groups and closes the store's project folders to everyone else (voxelhub_hub.project_groups).
+    c.JupyterHub.spawner_class = "voxelhub_hub.spawner.VoxelHubSpawner"
+    c.Spawner.pre_spawn_hook = make_pre_spawn_hook(STORE or None)
     c.Spawner.notebook_dir = "~"
+    secure_store(STORE or None)  # now, too: folders ingested while the hub was down
 else:
     # !!! LAPTOP WITHOUT ROOT ONLY: every user's server, kernel and Dask cluster runs as the hub's
     # own unix user, so any user can read every other user's files.  Never on a shared machine.
-    c.JupyterHub.spawner_class = "simple"
+    c.JupyterHub.spawner_class = "voxelhub_hub.spawner.VoxelHubLaptopSpawner"
     c.SimpleLocalProcessSpawner.home_dir_template = os.path.join(STATE, "homes", "{username}")
     if os.geteuid() == 0:
-        c.Spawner.args = ["--allow-root"]
+        c.Spawner.args = ["--allow-root"]  # jupyter-server refuses root otherwise
 c.Spawner.cmd = [os.path.join(VENV_BIN, "jupyterhub-singleuser")]
 c.Spawner.default_url = "/lab"
 c.Spawner.start_timeout = 120  # generous: 20 concurrent spawns on 2 cores take ~60 s
 c.Spawner.http_timeout = 120
-# Advertised to the server (JupyterHub's MEM_LIMIT/CPU_LIMIT); LocalProcessSpawner does not enforce
-# them (KubeSpawner does); Dask clusters are limited by the gateway (dask_gateway_config.py).
+# Advertised to the server (JupyterHub's MEM_LIMIT/CPU_LIMIT); LocalProcessSpawner cannot enforce
+# them (KubeSpawner does, as container limits); Dask clusters are limited by the gateway.
 c.Spawner.mem_limit = env("VOXELHUB_HUB_SERVER_MEM", "4G")
 c.Spawner.cpu_limit = float(env("VOXELHUB_HUB_SERVER_CPU", "2"))
+# Enforced on one machine (hard rlimits, inherited by kernels; see voxelhub_hub/spawner.py): a
+# runaway kernel gets MemoryError rather than taking the machine down; fork bombs stop.
+PROCESS_MEM = env("VOXELHUB_HUB_PROCESS_MEM", "8G")
+c.ResourceLimits.process_memory_limit = None if PROCESS_MEM in ("", "0") else PROCESS_MEM
+c.ResourceLimits.max_processes = int(env("VOXELHUB_HUB_MAX_PROCESSES", "1024"))
 
 # What a kernel needs to find the store, the catalog and the gateway (voxelhub.open_catalog() and
-# voxelhub.compute.client() with no arguments).  The local SQLite catalog is opened read-only and
-# immutable: other users cannot create its WAL index files in the root-owned store.
-STORE = env("VOXELHUB_STORE", "")
+# voxelhub.compute.client() with no arguments).  A local store's SQLite catalog needs no URL: users
+# who may not write it open it read-only (voxelhub.catalog.default_catalog_url).
 CATALOG_URL = env("VOXELHUB_CATALOG_URL", "")
-if STORE and not CATALOG_URL and "://" not in STORE:
-    CATALOG_URL = f"sqlite:///file:{os.path.join(os.path.abspath(STORE), 'catalog.sqlite')}?mode=ro&immutable=1&uri=true"
 GATEWAY_PREFIX = "/services/dask-gateway"
 c.Spawner.environment = {
     "PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin",
+    # hub_config/jupyter/: JupyterLab neither fetches news nor checks for updates on the internet
+    # (not from a server holding patient data) and does not ask every user about it
+    "JUPYTER_CONFIG_PATH": os.path.join(HERE, "jupyter"),
     "VOXELHUB_STORE": STORE,
-    "VOXELHUB_CATALOG_URL": CATALOG_URL,
     # read by dask_gateway.Gateway(): REST API, scheduler traffic (TLS, SNI-routed, not through the
     # hub's proxy), the dashboard link shown in notebooks, and auth with the server's hub token
     "DASK_GATEWAY__ADDRESS": f"http://127.0.0.1:{GATEWAY_PORT}{GATEWAY_PREFIX}",
@@ -180,6 +198,8 @@ c.Spawner.environment = {
     "DASK_GATEWAY__PUBLIC_ADDRESS": f"{GATEWAY_PREFIX}/",
     "DASK_GATEWAY__AUTH__TYPE": "jupyterhub",
 }
+if CATALOG_URL:  # e.g. PostgreSQL; never a password here: use ~/.pgpass or the data service
+    c.Spawner.environment["VOXELHUB_CATALOG_URL"] = CATALOG_URL
 # The server's $JUPYTERHUB_API_TOKEN must be accepted by the gateway (a token only gets the scopes
 # its user holds, so users outside every project still cannot use the gateway).
 c.Spawner.server_token_scopes = [

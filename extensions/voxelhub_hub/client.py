@@ -3,17 +3,21 @@
 :class:`HubBrowser` keeps cookies like a browser: sign up, log in through the form, approve
 accounts as an admin (NativeAuthenticator's ``/hub/authorize``), call the hub's REST API with the
 login cookie plus the ``X-XSRFToken`` header the hub requires, wait for one's server, and make an
-API token.  :func:`run_code` runs code in a new kernel of a user's server through the Jupyter
-Server REST API and its websocket, and returns what it printed.
+API token.  :class:`KernelSession` drives a kernel of a user's server through the Jupyter Server
+REST API and its websocket; :func:`run_code` runs one piece of code in a new kernel and
+:func:`run_notebook` a whole notebook, cell after cell, the way JupyterLab would.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 import uuid
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import requests
 import websocket
@@ -59,13 +63,15 @@ class HubBrowser:
             raise HubError(f"sign-up of {username!r} failed ({r.status_code}): {text}")
         return text
 
-    def login(self, username: str, password: str) -> requests.Response:
+    def login(self, username: str, password: str, *, next_url: str = "") -> requests.Response:
         """Log in through the form; raise :class:`HubError` with the page's message on failure.
 
-        A successful login redirects to ``/hub/spawn``, which starts the user's default server.
+        A successful login redirects to ``next_url`` or else to ``/hub/spawn``, which starts the
+        user's default server (``next_url="/hub/home"`` logs in without starting it).
         """
         self.session.get(self.url + "/hub/login", timeout=30)
-        r = self._form("/hub/login", {"username": username, "password": password})
+        path = "/hub/login" + (f"?next={quote(next_url, safe='')}" if next_url else "")
+        r = self._form(path, {"username": username, "password": password})
         if "/hub/login" in r.url and r.request.method == "POST":
             msg = re.search(r'<p class="login_error">\s*(.*?)\s*</p>', r.text, re.S)
             raise HubError(
@@ -132,73 +138,154 @@ def _alert(html: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", m.group(1))).strip() if m else ""
 
 
+class KernelSession:
+    """A kernel on a user's server, driven over the Jupyter Server REST API and its websocket.
+
+    ::
+
+        with KernelSession(url, "alice", token, cafile=cert) as kernel:
+            kernel.execute("x = 1")
+            out = kernel.execute("print(x + 1)")   # "2\n"
+
+    The kernel is started on entry and shut down on exit, whatever happened in between.
+    """
+
+    def __init__(
+        self, url: str, user: str, token: str, *, cafile: str | None = None, timeout: float = 240
+    ) -> None:
+        self.base = f"{url.rstrip('/')}/user/{user}/api"
+        self.user, self.timeout, self.cafile = user, timeout, cafile
+        self.headers = {"Authorization": f"token {token}"}
+        self.verify: str | bool = cafile or True
+        self.kernel: str | None = None
+        self.ws: Any = None
+        self.session = uuid.uuid4().hex
+
+    def __enter__(self) -> KernelSession:
+        r = requests.post(
+            self.base + "/kernels",
+            headers=self.headers,
+            json={"name": "python3"},
+            verify=self.verify,
+            timeout=120,
+        )
+        if r.status_code != 201:
+            raise HubError(f"starting a kernel for {self.user}: {r.status_code} {r.text[:300]}")
+        self.kernel = r.json()["id"]
+        try:
+            self.ws = websocket.create_connection(
+                self.base.replace("http", "ws", 1) + f"/kernels/{self.kernel}/channels",
+                header=[f"Authorization: {self.headers['Authorization']}"],
+                timeout=self.timeout,
+                sslopt={"ca_certs": self.cafile} if self.cafile else None,
+            )
+        except Exception:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.ws is not None:
+            self.ws.close()
+            self.ws = None
+        if self.kernel is not None:
+            requests.delete(
+                self.base + f"/kernels/{self.kernel}",
+                headers=self.headers,
+                verify=self.verify,
+                timeout=60,
+            )
+            self.kernel = None
+
+    def execute(self, code: str, *, timeout: float | None = None) -> str:
+        """Run ``code``; return its stdout (and the text of displayed results).
+
+        Raises :class:`HubError` with the traceback (colour codes stripped) if the code failed or
+        wrote a traceback to stderr, and :class:`TimeoutError` if it did not finish in time.
+        """
+        if self.ws is None:
+            raise HubError("the kernel session is not open (use it in a `with` block)")
+        msg_id = uuid.uuid4().hex
+        self.ws.send(json.dumps(_execute_request(msg_id, self.user, code, self.session)))
+        out: list[str] = []
+        err: list[str] = []
+        finished = False
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while time.monotonic() < deadline:
+            msg = json.loads(self.ws.recv())
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            kind = msg["msg_type"]
+            if kind == "stream":
+                (out if msg["content"]["name"] == "stdout" else err).append(msg["content"]["text"])
+            elif kind in ("execute_result", "display_data"):
+                out.append(str(msg["content"]["data"].get("text/plain", "")) + "\n")
+            elif kind == "error":
+                tb = "\n".join(msg["content"]["traceback"])
+                err.append(re.sub(r"\x1b\[[0-9;]*m", "", tb))
+            elif kind == "status" and msg["content"]["execution_state"] == "idle":
+                finished = True
+                break
+        if not finished:
+            raise TimeoutError(
+                f"code in {self.user}'s kernel did not finish in {timeout or self.timeout:.0f} s; "
+                f"output: {''.join(out)}"
+            )
+        if any("Traceback" in e or "Error" in e for e in err):
+            raise HubError(
+                f"code in {self.user}'s kernel failed:\n{''.join(err)}\nstdout:\n{''.join(out)}"
+            )
+        return "".join(out)
+
+
 def run_code(
     url: str, user: str, token: str, code: str, *, cafile: str | None = None, timeout: float = 240
 ) -> str:
     """Run ``code`` in a new kernel of ``user``'s server; return its stdout.
 
-    Raises :class:`HubError` with the traceback (colour codes stripped) if the code failed or
-    wrote to stderr, and :class:`TimeoutError` if it did not finish in ``timeout`` seconds.
-    The kernel is shut down afterwards in every case.
+    See :meth:`KernelSession.execute` for the errors; the kernel is shut down afterwards.
     """
-    base = f"{url.rstrip('/')}/user/{user}/api"
-    headers = {"Authorization": f"token {token}"}
-    verify: str | bool = cafile or True
-    r = requests.post(
-        base + "/kernels", headers=headers, json={"name": "python3"}, verify=verify, timeout=120
-    )
-    if r.status_code != 201:
-        raise HubError(f"starting a kernel for {user}: {r.status_code} {r.text[:300]}")
-    kernel = r.json()["id"]
-    ws_url = base.replace("http", "ws", 1) + f"/kernels/{kernel}/channels"
-    msg_id = uuid.uuid4().hex
-    out: list[str] = []
-    err: list[str] = []
-    finished = False
-    try:
-        ws = websocket.create_connection(
-            ws_url,
-            header=[f"Authorization: token {token}"],
-            timeout=timeout,
-            sslopt={"ca_certs": cafile} if cafile else None,
-        )
-        try:
-            ws.send(json.dumps(_execute_request(msg_id, user, code)))
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                msg = json.loads(ws.recv())
-                if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                    continue
-                kind = msg["msg_type"]
-                if kind == "stream":
-                    (out if msg["content"]["name"] == "stdout" else err).append(
-                        msg["content"]["text"]
-                    )
-                elif kind == "error":
-                    tb = "\n".join(msg["content"]["traceback"])
-                    err.append(re.sub(r"\x1b\[[0-9;]*m", "", tb))
-                elif kind == "status" and msg["content"]["execution_state"] == "idle":
-                    finished = True
-                    break
-        finally:
-            ws.close()
-    finally:
-        requests.delete(base + f"/kernels/{kernel}", headers=headers, verify=verify, timeout=60)
-    if not finished:
-        raise TimeoutError(
-            f"code in {user}'s kernel did not finish in {timeout:.0f} s; output: {''.join(out)}"
-        )
-    if any("Traceback" in e or "Error" in e for e in err):
-        raise HubError(f"code in {user}'s kernel failed:\n{''.join(err)}\nstdout:\n{''.join(out)}")
-    return "".join(out)
+    with KernelSession(url, user, token, cafile=cafile, timeout=timeout) as kernel:
+        return kernel.execute(code)
 
 
-def _execute_request(msg_id: str, user: str, code: str) -> dict[str, Any]:
+def run_notebook(
+    url: str,
+    user: str,
+    token: str,
+    notebook: str | os.PathLike[str],
+    *,
+    parameters: dict[str, Any] | None = None,
+    cafile: str | None = None,
+    timeout: float = 240,
+) -> list[str]:
+    """Execute a notebook's code cells, in order, in one new kernel of ``user``'s server.
+
+    ``parameters`` are injected after the cell tagged ``parameters`` (as papermill does).
+    Returns each code cell's output; a failing cell raises :class:`HubError` naming the cell.
+    """
+    cells = json.loads(Path(notebook).read_text())["cells"]
+    outputs: list[str] = []
+    with KernelSession(url, user, token, cafile=cafile, timeout=timeout) as kernel:
+        for i, cell in enumerate(cells):
+            if cell["cell_type"] != "code":
+                continue
+            source = "".join(cell["source"])
+            if "parameters" in cell.get("metadata", {}).get("tags", []) and parameters:
+                source += "\n" + "\n".join(f"{k} = {v!r}" for k, v in parameters.items())
+            try:
+                outputs.append(kernel.execute(source))
+            except HubError as exc:
+                raise HubError(f"{Path(notebook).name}, cell {i}:\n{source}\n---\n{exc}") from None
+    return outputs
+
+
+def _execute_request(msg_id: str, user: str, code: str, session: str) -> dict[str, Any]:
     return {
         "header": {
             "msg_id": msg_id,
             "username": user,
-            "session": uuid.uuid4().hex,
+            "session": session,
             "msg_type": "execute_request",
             "version": "5.3",
         },

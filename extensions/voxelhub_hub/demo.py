@@ -11,7 +11,7 @@
 
 As root each hub user is a unix user (``vhadmin``, ``vhdemo``, created on their first login);
 without root it falls back to the no-isolation laptop mode and says so.  ``--clean`` removes the
-demo's unix accounts and its state folder.
+demo's unix accounts, the demo project's unix group and its state folder.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ import sys
 from pathlib import Path
 
 from voxelhub_hub.client import HubBrowser
+from voxelhub_hub.project_groups import remove_group, unix_group
 from voxelhub_hub.stack import HubStack
-from voxelhub_hub.system_users import remove_account
+from voxelhub_hub.system_users import remove_account, remove_managed_group_if_unused
 
 ADMIN, USER, PROJECT = "vhadmin", "vhdemo", "demo"
 
@@ -68,8 +69,17 @@ def main(argv: list[str] | None = None) -> int:
         if root:
             for name in (ADMIN, USER):
                 remove_account(name)
+            remove_group(PROJECT)
+            remove_managed_group_if_unused()
         shutil.rmtree(state, ignore_errors=True)
-        print(f"removed {state}" + (f" and the unix accounts {ADMIN}, {USER}" if root else ""))
+        print(
+            f"removed {state}"
+            + (
+                f", the unix accounts {ADMIN}, {USER} and group {unix_group(PROJECT)}"
+                if root
+                else ""
+            )
+        )
         return 0
 
     state.mkdir(parents=True, exist_ok=True)

@@ -58,7 +58,20 @@ class ClusterCountLimitMixin(Configurable):
         return await super().start_cluster(user, cluster_options)  # type: ignore[misc]
 
 
-class SafeLocalBackend(ClusterCountLimitMixin, LocalBackend):
+class ScratchInWorkdirMixin:
+    """Schedulers' and workers' scratch space (``dask-scratch-space``) inside the cluster's
+    working directory, so it is private to the user and removed with the cluster (by default
+    distributed leaves ``/tmp/dask-scratch-space-<uid>`` behind, owned by the user)."""
+
+    def get_env(self, cluster: Any) -> dict[str, str]:
+        env: dict[str, str] = super().get_env(cluster)  # type: ignore[misc]
+        workdir = cluster.state.get("workdir")
+        if workdir:
+            env["DASK_TEMPORARY_DIRECTORY"] = workdir
+        return env
+
+
+class SafeLocalBackend(ScratchInWorkdirMixin, ClusterCountLimitMixin, LocalBackend):
     """``LocalBackend`` (schedulers and workers run as the requesting unix user), fixed.
 
     Needs ``clusters_directory`` (an absolute folder the gateway owns, traversable by users); each
@@ -126,7 +139,7 @@ def _same(a: str, b: str) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
-class LaptopLocalBackend(ClusterCountLimitMixin, UnsafeLocalBackend):
+class LaptopLocalBackend(ScratchInWorkdirMixin, ClusterCountLimitMixin, UnsafeLocalBackend):
     """``UnsafeLocalBackend`` + the per-user cluster limit: everything runs as the gateway's user.
 
     For a laptop without root only (no isolation between users); it never chowns anything.

@@ -106,3 +106,15 @@ def remove_account(username: str) -> None:
     if username not in grp.getgrnam(MANAGED_GROUP).gr_mem:
         raise UnsafeUsername(f"{username!r} was not created by the hub; not removing it")
     subprocess.run(["userdel", "-r", username], check=True, capture_output=True)
+
+
+def remove_managed_group_if_unused() -> bool:
+    """Delete :data:`MANAGED_GROUP` when no account is left in it; True if it was deleted."""
+    try:
+        group = grp.getgrnam(MANAGED_GROUP)
+    except KeyError:
+        return False
+    if group.gr_mem or any(p.pw_gid == group.gr_gid for p in pwd.getpwall()):
+        return False
+    subprocess.run(["groupdel", MANAGED_GROUP], check=True, capture_output=True)
+    return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -58,6 +59,7 @@ def test_jupyterhub_config(hub_env: Path) -> None:
     from jupyterhub.proxy import ConfigurableHTTPProxy
     from jupyterhub.spawner import LocalProcessSpawner, SimpleLocalProcessSpawner, Spawner
     from voxelhub_hub.native_auth import VoxelHubNativeAuthenticator
+    from voxelhub_hub.spawner import ResourceLimits
 
     c = load("jupyterhub_config.py")
     assert_settings_exist(
@@ -70,20 +72,32 @@ def test_jupyterhub_config(hub_env: Path) -> None:
             "Spawner": Spawner,
             "LocalProcessSpawner": LocalProcessSpawner,
             "SimpleLocalProcessSpawner": SimpleLocalProcessSpawner,
+            "ResourceLimits": ResourceLimits,
         },
     )
     assert c.JupyterHub.bind_url == "https://127.0.0.1:8000"
     assert c.JupyterHub.ssl_cert == "/etc/hub.crt"
     assert c.JupyterHub.hub_bind_url.startswith("http://127.0.0.1:")
-    assert c.JupyterHub.spawner_class == "localprocess"
-    assert c.Spawner.pre_spawn_hook.__name__ == "ensure_system_user"
+    assert c.JupyterHub.spawner_class == "voxelhub_hub.spawner.VoxelHubSpawner"
+    assert c.Spawner.pre_spawn_hook.__name__ == "voxelhub_pre_spawn"
+    assert c.ResourceLimits.process_memory_limit == "8G"
+    assert "args" not in c.Spawner  # no --allow-root: servers run as their users
+    assert c.ResourceLimits.max_processes == 1024
     assert c.JupyterHub.cookie_secret_file.startswith(str(hub_env / "state"))
     assert c.Authenticator.admin_users == {"boss"}
     assert c.NativeAuthenticator.open_signup is False
     env = c.Spawner.environment
     assert env["VOXELHUB_STORE"] == str(hub_env / "store")
-    assert env["VOXELHUB_CATALOG_URL"].endswith("catalog.sqlite?mode=ro&immutable=1&uri=true")
+    # a local store's SQLite catalog needs no URL (other users open it read-only by themselves)
+    assert "VOXELHUB_CATALOG_URL" not in env
     assert env["DASK_GATEWAY__ADDRESS"] == "http://127.0.0.1:18010/services/dask-gateway"
+    # JupyterLab makes no internet requests (news, update checks) and does not offer them
+    lab = Path(env["JUPYTER_CONFIG_PATH"])
+    assert (
+        json.loads((lab / "jupyter_server_config.json").read_text())["LabApp"]["news_url"] is None
+    )
+    disabled = json.loads((lab / "labconfig" / "page_config.json").read_text())
+    assert disabled["disabledExtensions"]["@jupyterlab/apputils-extension:announcements"]
     assert "access:services!service=dask-gateway" in c.Spawner.server_token_scopes
     assert c.JupyterHub.load_groups == {
         "lung": {"users": ["alice"]},
@@ -102,7 +116,7 @@ def test_simple_spawner_mode_and_plain_http_refused_off_loopback(
 ) -> None:
     monkeypatch.setenv("VOXELHUB_HUB_SPAWNER", "simple")
     c = load("jupyterhub_config.py")
-    assert c.JupyterHub.spawner_class == "simple"
+    assert c.JupyterHub.spawner_class == "voxelhub_hub.spawner.VoxelHubLaptopSpawner"
     assert "pre_spawn_hook" not in c.Spawner
     monkeypatch.delenv("VOXELHUB_HUB_SSL_CERT")
     monkeypatch.setenv("VOXELHUB_HUB_IP", "0.0.0.0")
@@ -140,3 +154,13 @@ def test_dask_gateway_config(
     assert c.ClusterConfig.worker_cmd[-1] == "worker"
     # the stock LocalBackend is never configured (it chowns "/" as root in 2026.3.0)
     assert "LocalBackend" not in c
+
+
+def test_a_site_catalog_url_reaches_kernels_and_limits_can_be_lifted(
+    hub_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VOXELHUB_CATALOG_URL", "postgresql+psycopg://voxelhub@db/catalog")
+    monkeypatch.setenv("VOXELHUB_HUB_PROCESS_MEM", "0")
+    c = load("jupyterhub_config.py")
+    assert c.Spawner.environment["VOXELHUB_CATALOG_URL"].startswith("postgresql+psycopg://")
+    assert c.ResourceLimits.process_memory_limit is None

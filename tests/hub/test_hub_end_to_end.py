@@ -3,10 +3,12 @@
 One module-scoped stack on free ports with a throwaway state folder.  People sign up and log in
 through the forms, an admin approves them, their servers spawn as their own unix users, and code
 runs in a kernel of each (Jupyter Server REST + websocket): a Gateway cluster of 2 workers opens a
-volume from the store and sums it.  Afterwards nothing the stack started is left running and the
-unix accounts the hub created are removed (``userdel -r``).
+volume of the user's project from the store and sums it, while the other user's project folder
+stays closed to them (unix group per project).  Sample notebook 2 runs, cell by cell, in a kernel
+of alice's server on the course's shared, de-identified data.  Afterwards nothing the stack
+started is left running, and the unix accounts and project groups the hub created are removed.
 
-Needs root (unix users, setuid spawner); about a minute on 2 cores.
+Needs root (unix users, setuid spawner); about 1.5 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import concurrent.futures as cf
 import grp
 import os
 import pwd
+import re
 import secrets
 import shutil
 import subprocess
@@ -23,6 +26,8 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 import psutil
@@ -34,7 +39,8 @@ from tests.dicom_factory import write_series
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "extensions"))
 
-from voxelhub_hub.client import HubBrowser, HubError, run_code  # noqa: E402
+from voxelhub_hub.client import HubBrowser, HubError, run_code, run_notebook  # noqa: E402
+from voxelhub_hub.project_groups import remove_group, unix_group  # noqa: E402
 from voxelhub_hub.stack import HubStack  # noqa: E402
 from voxelhub_hub.system_users import MANAGED_GROUP, remove_account  # noqa: E402
 
@@ -46,7 +52,24 @@ pytestmark = [
 
 SUFFIX = secrets.token_hex(3)
 ADMIN, ALICE, BOB = f"vhadm{SUFFIX}", f"vha{SUFFIX}", f"vhb{SUFFIX}"
-PROJECTS = {f"lung{SUFFIX}": [ALICE], f"brain{SUFFIX}": [BOB]}
+LUNG, BRAIN = f"lung{SUFFIX}", f"brain{SUFFIX}"
+COURSE, DEMO = f"course{SUFFIX}", f"demo{SUFFIX}"
+PROJECTS = {LUNG: [ALICE], BRAIN: [BOB], COURSE: [ALICE, BOB], DEMO: [ALICE]}
+PROJECT_OF = {ALICE: LUNG, BOB: BRAIN}
+NOTEBOOK_1 = REPO / "sample_notebooks" / "01_explore_a_dataset.ipynb"
+NOTEBOOK = REPO / "sample_notebooks" / "02_teaching_exercise.ipynb"
+CHROMIUM = "/usr/bin/chromium"  # Debian's package; never `playwright install`
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = REPO / "tests" / "artifacts" / "hub"
 
 
 def password() -> str:
@@ -75,36 +98,66 @@ def _group_exists(name: str) -> bool:
     return True
 
 
-def _ingest_store(state: Path) -> tuple[Path, dict[str, float]]:
-    """A small store: one synthetic CT per project; returns the store and each project's voxel sum."""
+def _ingest_store(state: Path, dicom_root: Path) -> tuple[Path, dict[str, float]]:
+    """The site's store: a synthetic CT per user project; the real phantom CT de-identified for
+    the course (notebook 2), and as acquired for alice's demo project (notebook 1 in the browser).
+    Returns the store and each user project's voxel sum."""
     from voxelhub import ingest, open_catalog, open_series
 
     store = state / "store"
     sums = {}
-    for i, project in enumerate(PROJECTS):
+    for i, project in enumerate((LUNG, BRAIN)):
         dicom = state / "dicom" / project
         write_series(dicom, slices=10, rows=32, columns=32, seed=i, patient_id=f"PAT-{i}")
         report = ingest(dicom, store, project=project, progress=False)
         assert not report.failed, report.summary()
+    phantom = dicom_root / "ct_philips_ingenuity_phantom"
+    for project, deidentify in ((COURSE, True), (DEMO, False)):
+        report = ingest(phantom, store, project=project, deidentify=deidentify, progress=False)
+        assert not report.failed, report.summary()
     cat = open_catalog(store)
-    for project in PROJECTS:
+    for project in (LUNG, BRAIN):
         row = cat.series(project=project).iloc[0]
         sums[project] = float(np.asarray(open_series(row, catalog=cat)).astype(np.float64).sum())
     cat.close()
     return store, sums
 
 
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _files_owned_by(
+    uids: set[int], since: float = 0.0, folder: str = tempfile.gettempdir()
+) -> list[str]:
+    """Entries directly in ``folder`` (the shared /tmp) owned by ``uids``, changed after ``since``."""
+    found = []
+    for entry in os.scandir(folder):
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if st.st_uid in uids and st.st_ctime >= since:
+            found.append(entry.path)
+    return found
+
+
 @pytest.fixture(scope="module")
-def site() -> Iterator[Site]:
+def site(shared_dicom: Path) -> Iterator[Site]:
     # not pytest's tmp_path: /tmp/pytest-of-root is 0700 and the unix users must reach their
     # cluster folders and the store below the state folder
     group_existed = _group_exists(MANAGED_GROUP)
+    started = time.time()
     state = Path(tempfile.mkdtemp(prefix="vhhubstate-"))
     os.chmod(state, 0o755)
     stack = HubStack(state, admins=[ADMIN], projects=PROJECTS, spawner="system", tls=True)
     site: Site | None = None
     try:
-        store, sums = _ingest_store(state)
+        store, sums = _ingest_store(state, shared_dicom)
         stack.store = str(store)
         site = Site(stack, store, sums)
         site.start_seconds = stack.start(timeout=180)
@@ -112,6 +165,7 @@ def site() -> Iterator[Site]:
     finally:
         survivors = stack.stop()
         users = {ADMIN, ALICE, BOB}
+        uids = {pwd.getpwnam(name).pw_uid for name in users if _user_exists(name)}
         leftovers = []
         for p in psutil.process_iter(["pid", "username", "cmdline"]):
             if p.info["username"] in users:
@@ -121,7 +175,15 @@ def site() -> Iterator[Site]:
                 p.kill()
         for name in users:
             remove_account(name)
+        for project in PROJECTS:
+            remove_group(project)
         shutil.rmtree(state, ignore_errors=True)
+        stray = _files_owned_by(uids, since=started)
+        for path in _files_owned_by(uids):  # no file of a deleted user stays in /tmp
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.unlink(path)
         if (
             not group_existed
             and _group_exists(MANAGED_GROUP)
@@ -130,9 +192,12 @@ def site() -> Iterator[Site]:
             subprocess.run(["groupdel", MANAGED_GROUP], check=True)
         assert not survivors, f"processes still running after the hub stopped: {survivors}"
         assert not leftovers, f"processes of test users still running: {leftovers}"
+        assert not stray, f"files the test users left in {tempfile.gettempdir()}: {stray}"
         for name in users:
             with pytest.raises(KeyError):
                 pwd.getpwnam(name)
+        for project in PROJECTS:
+            assert not _group_exists(unix_group(project)), f"unix group of {project} left behind"
 
 
 @pytest.fixture(scope="module")
@@ -162,9 +227,22 @@ def logged_in(site: Site) -> Site:
 
 
 KERNEL_CODE = """
-import getpass, os, time
+import getpass, grp, os, resource, time
 import voxelhub
 from voxelhub.compute import client
+
+
+def groups():
+    return sorted(grp.getgrgid(g).gr_name for g in os.getgroups() if grp.getgrgid(g).gr_name.startswith("vhp-"))
+
+
+def denied(path):
+    try:
+        os.listdir(path)
+    except PermissionError:
+        return "denied"
+    return "readable"
+
 
 t0 = time.monotonic()
 c = client(minimum=2, maximum=2)            # no arguments needed for the gateway address
@@ -174,15 +252,25 @@ print("KERNEL_USER", getpass.getuser())
 print("WORKER_USERS", sorted(set(c.run(getpass.getuser).values())))
 print("NWORKERS", len(c.scheduler_info()["workers"]))
 print("DASHBOARD", c.dashboard_link)
-cat = voxelhub.open_catalog()              # $VOXELHUB_STORE / $VOXELHUB_CATALOG_URL
+print("KERNEL_GROUPS", ",".join(groups()))
+print("WORKER_GROUPS", sorted(set(",".join(g) for g in c.run(groups).values())))
+print("KERNEL_RLIMIT_AS", resource.getrlimit(resource.RLIMIT_AS)[1])
+cat = voxelhub.open_catalog()              # $VOXELHUB_STORE; the SQLite catalog read-only
+print("CATALOG_READ_ONLY", cat.read_only)
 row = cat.series(project={project!r}).iloc[0]
 volume = voxelhub.open_series(row, catalog=cat)
-print("SUM", float(volume.astype("float64").sum().compute()))
+print("SUM", float(volume.astype("float64").sum().compute()))    # read by the workers
+projects = os.path.join(os.environ["VOXELHUB_STORE"], "projects")
+print("OWN_PROJECT", denied(os.path.join(projects, {project!r})))
+print("OTHER_PROJECT", denied(os.path.join(projects, {other_project!r})))
+other_row = cat.series(project={other_project!r}).iloc[0]
 try:
-    os.listdir(os.path.expanduser("~{other}"))
-    print("OTHER_HOME readable")
-except PermissionError:
-    print("OTHER_HOME denied")
+    voxelhub.open_series(other_row, catalog=cat).sum().compute()
+    print("OTHER_VOLUME readable")
+except Exception as exc:
+    print("OTHER_VOLUME", type(exc).__name__)
+print("STORE_TMP", denied(os.path.join(os.environ["VOXELHUB_STORE"], ".tmp")))
+print("OTHER_HOME", denied(os.path.expanduser("~{other}")))
 print("OWN_HOME_MODE", oct(os.stat(os.path.expanduser("~")).st_mode & 0o777))
 c.cluster.shutdown()
 c.close()
@@ -195,12 +283,13 @@ def _values(out: str) -> dict[str, str]:
 
 def test_both_users_compute_on_gateway_clusters_as_themselves(logged_in: Site) -> None:
     site = logged_in
-    project_of = {ALICE: next(iter(PROJECTS)), BOB: list(PROJECTS)[1]}
     other = {ALICE: BOB, BOB: ALICE}
 
     def run(name: str) -> tuple[str, float, str]:
         t0 = time.monotonic()
-        code = KERNEL_CODE.format(project=project_of[name], other=other[name])
+        code = KERNEL_CODE.format(
+            project=PROJECT_OF[name], other_project=PROJECT_OF[other[name]], other=other[name]
+        )
         out = run_code(
             site.stack.url, name, site.tokens[name], code, cafile=site.stack.cafile, timeout=300
         )
@@ -214,10 +303,155 @@ def test_both_users_compute_on_gateway_clusters_as_themselves(logged_in: Site) -
         assert v.get("KERNEL_USER") == name, out
         assert v.get("WORKER_USERS") == f"['{name}']", f"workers must run as {name}: {out}"
         assert v.get("NWORKERS") == "2", out
-        assert float(v["SUM"]) == pytest.approx(site.sums[project_of[name]]), out
+        assert float(v["SUM"]) == pytest.approx(site.sums[PROJECT_OF[name]]), out
+        # project folders: members only, for the kernel and for the user's Dask workers
+        groups = sorted(unix_group(p) for p, members in PROJECTS.items() if name in members)
+        assert v.get("KERNEL_GROUPS") == ",".join(groups), out
+        assert v.get("WORKER_GROUPS") == str([",".join(groups)]), out
+        assert v.get("OWN_PROJECT") == "readable", out
+        assert v.get("OTHER_PROJECT") == "denied", f"{name} could list another project: {out}"
+        assert v.get("OTHER_VOLUME") in ("StoreError", "PermissionError", "AccessDenied"), out
+        assert v.get("STORE_TMP") == "denied", out
+        assert v.get("CATALOG_READ_ONLY") == "True", out
+        assert v.get("KERNEL_RLIMIT_AS") == str(8 * 2**30), out
         assert v.get("OTHER_HOME") == "denied", f"{name} could read {other[name]}'s home: {out}"
         assert v.get("OWN_HOME_MODE") == "0o700", out
         assert v.get("DASHBOARD", "").startswith("/services/dask-gateway/clusters/"), out
+
+
+def test_teaching_notebook_runs_in_a_students_server(logged_in: Site) -> None:
+    """Sample notebook 2, cell by cell in a kernel of alice's server, on the course's data."""
+    site = logged_in
+    t0 = time.monotonic()
+    outputs = run_notebook(
+        site.stack.url,
+        ALICE,
+        site.tokens[ALICE],
+        NOTEBOOK,
+        parameters={"PROJECT": COURSE},
+        cafile=site.stack.cafile,
+        timeout=300,
+    )
+    text = "".join(outputs)
+    print(f"\nnotebook 2 in {ALICE}'s server: {time.monotonic() - t0:.1f} s")
+    assert text.count("✓") == 3, text
+    assert f"project: {COURSE} | de-identified: True" in text, text
+    assert "you may change the shared data: False" in text, text
+
+
+def _browser_missing() -> str:
+    if not os.path.exists(CHROMIUM):
+        return f"needs Debian's chromium at {CHROMIUM}"
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        return "needs the playwright package (pip), not its browser download"
+    return ""
+
+
+def _run_all_until(page: Any, text: str, timeout: float = 300) -> None:
+    """Run > Run All Cells in JupyterLab until an output shows ``text``.
+
+    JupyterLab accepts "Run All Cells" before the kernel's connection is up and then silently
+    runs nothing, and on a loaded machine a slow kernel start can end in the "Select Kernel"
+    dialog.  So: accept that dialog when it is up, run once the status bar says "| Idle", and run
+    again if no prompt turned into ``[*]`` or ``[n]`` within a minute.
+    """
+    started = """() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]
+        .some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent))"""
+    output = page.locator(".jp-OutputArea-output", has_text=text)
+    dialog = page.locator(".jp-Dialog", has_text="Select Kernel")
+    idle = page.locator(".jp-StatusBar-Item", has_text="| Idle")
+    deadline = time.monotonic() + timeout
+    ran_at: float | None = None
+    runs = 0
+    while time.monotonic() < deadline:
+        if output.count():
+            return
+        if dialog.count():
+            dialog.locator(".jp-mod-accept").first.click()
+            ran_at = None  # a new kernel: run again
+        elif ran_at is None and idle.count():
+            page.locator(".lm-MenuBar-item", has_text="Run").first.click()
+            page.locator(".lm-Menu-item", has_text="Run All Cells").first.click()
+            ran_at, runs = time.monotonic(), runs + 1
+        elif ran_at is not None and time.monotonic() - ran_at > 60 and not page.evaluate(started):
+            page.keyboard.press("Escape")
+            ran_at = None
+        time.sleep(1)
+    raise AssertionError(f"no output {text!r} after {timeout:.0f} s and {runs} run(s)")
+
+
+@pytest.mark.skipif(bool(_browser_missing()), reason=_browser_missing() or "ok")
+def test_browser_logs_in_and_runs_sample_notebook_1(logged_in: Site) -> None:
+    """Chromium logs in through the hub's form, opens notebook 1 in JupyterLab, runs it, and
+    sees its outputs (and the study browser, once the notebook uses it); every request of the
+    page goes to 127.0.0.1."""
+    from playwright.sync_api import sync_playwright
+
+    site = logged_in
+    account = pwd.getpwnam(ALICE)
+    copy = Path(account.pw_dir) / NOTEBOOK_1.name
+    shutil.copy(NOTEBOOK_1, copy)
+    os.chown(copy, account.pw_uid, account.pw_gid)
+    uses_browser_widget = "browse(" in NOTEBOOK_1.read_text()
+    external: list[str] = []
+    page_errors: list[str] = []
+
+    def on_request(request: Any) -> None:
+        url = urlparse(request.url)
+        if url.scheme not in ("data", "blob") and url.hostname != "127.0.0.1":
+            external.append(request.url)
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(
+                ignore_https_errors=True,  # the stack's self-signed certificate
+                viewport={"width": 1400, "height": 1000},
+            )
+            page = context.new_page()
+            page.on("request", on_request)
+            page.on("pageerror", lambda err: page_errors.append(str(err)))
+            try:
+                page.goto(site.stack.url + "/hub/login", timeout=60_000)
+                page.fill("#username_input", ALICE)
+                page.fill("#password_input", site.passwords[ALICE])
+                page.click("#login_submit")
+                # hub -> spawn page -> (OAuth with her server) -> JupyterLab
+                page.wait_for_url(f"**/user/{ALICE}/lab**", timeout=120_000)
+                page.goto(
+                    f"{site.stack.url}/user/{ALICE}/lab/workspaces/e2e/tree/{NOTEBOOK_1.name}?reset",
+                    timeout=60_000,
+                )
+                page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
+                page.wait_for_selector(
+                    ".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000
+                )
+                _run_all_until(page, "most common HU bin")
+                if uses_browser_widget:
+                    page.locator(".voxelhub-browser").first.wait_for(timeout=120_000)
+                page.wait_for_selector(
+                    ".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000
+                )
+                page.screenshot(path=str(ARTIFACTS / "notebook1_in_hub.png"), full_page=True)
+                news_prompt = page.get_by_text("official Jupyter news").count()
+                prompts = page.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()
+                outputs = "\n".join(page.locator(".jp-OutputArea-output").all_inner_texts())
+            except Exception:
+                page.screenshot(path=str(ARTIFACTS / "notebook1_failure.png"), full_page=True)
+                raise
+        finally:
+            browser.close()
+    assert prompts and all(re.search(r"\[\d+\]", t) for t in prompts), prompts
+    assert "Traceback" not in outputs and "Error" not in outputs.split("most common")[0], outputs
+    assert "window_presets" not in outputs or "window presets" in outputs
+    assert not external, f"the page requested hosts other than 127.0.0.1: {external}"
+    assert news_prompt == 0, (
+        "JupyterLab offers internet news (hub_config/jupyter should disable it)"
+    )
+    assert not page_errors, f"errors in the page: {page_errors}"
 
 
 def test_jupyterlab_opens_over_https_with_the_hub_login(logged_in: Site) -> None:

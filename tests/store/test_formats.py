@@ -170,3 +170,23 @@ def test_store_on_object_storage(tmp_path: Path, s3_endpoint: str, monkeypatch) 
     leftovers = fs.ls(f"{bucket}/store/.tmp") if fs.exists(f"{bucket}/store/.tmp") else []
     assert leftovers == []  # the temporary copy was removed after commit
     cat.close()
+
+
+def test_a_project_folder_one_cannot_enter_is_access_denied(tmp_path: Path) -> None:
+    """Checked without root: a folder with no permissions reads as AccessDenied, not 'missing'."""
+    import os
+
+    write_series(tmp_path / "in", slices=3)
+    report = voxelhub.ingest(tmp_path / "in", tmp_path / "store", project="closed", progress=False)
+    project_dir = tmp_path / "store" / "projects" / "closed"
+    assert (project_dir.stat().st_mode & 0o777) == 0o700  # new projects start private
+    if os.geteuid() == 0:
+        return  # root enters every folder; tests/hub checks this with real users
+    cat = voxelhub.open_catalog(tmp_path / "store")
+    project_dir.chmod(0)
+    try:
+        with pytest.raises(voxelhub.AccessDenied, match="ask an admin"):
+            voxelhub.open_series(report.written[0], catalog=cat)
+    finally:
+        project_dir.chmod(0o700)
+        cat.close()

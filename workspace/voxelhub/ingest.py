@@ -127,6 +127,8 @@ def ingest(
         log.info("removed %s, left by an interrupted ingest", leftover)
     try:
         proj = catalog.ensure_project(project, deidentify=deidentify)
+        # a new project's folder starts private; the hub opens it to the project's unix group
+        location.ensure_private_dir(f"projects/{project}")
         report = IngestReport(project=project, paths=path_list)
         started = dt.datetime.now(dt.UTC)
         deid = _deidentifier(proj) if proj.deidentify else None

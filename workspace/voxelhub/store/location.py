@@ -24,7 +24,7 @@ import zarr
 from zarr.abc.store import Store
 from zarr.storage import FsspecStore, LocalStore
 
-from voxelhub.errors import StoreError
+from voxelhub.errors import AccessDenied, StoreError
 
 TMP_DIR = ".tmp"
 """Folder (prefix) inside the store where volumes are written before they are committed."""
@@ -73,10 +73,37 @@ class StoreLocation:
     def open_group(self, rel: str, mode: Literal["r", "r+"] = "r") -> zarr.Group:
         """Open an existing zarr v3 group at ``rel``; a clear StoreError if it is not there."""
         if not self.exists(rel):
+            blocked = self._inaccessible_ancestor(rel)
+            if blocked:
+                raise AccessDenied(
+                    f"cannot read {self.url_of(rel)}: no access to {blocked} (a project folder "
+                    "readable only by its group); ask an admin to add you to the project"
+                )
             raise StoreError(f"no volume at {self.url_of(rel)} (deleted, or never committed)")
         return zarr.open_group(
             self.zarr_store(rel, read_only=mode == "r"), mode=mode, zarr_format=3
         )
+
+    def _inaccessible_ancestor(self, rel: str) -> str | None:
+        """The first folder on the way to ``rel`` this process may not enter (local only)."""
+        if not self.is_local:
+            return None
+        path = self.root
+        for part in rel.split("/")[:-1]:
+            path = os.path.join(path, part)
+            if os.path.isdir(path) and not os.access(path, os.R_OK | os.X_OK):
+                return path
+            if not os.path.exists(path):
+                return None
+        return None
+
+    def ensure_private_dir(self, rel: str) -> None:
+        """Create a folder readable by its owner only (the hub then opens it to a group)."""
+        if self.is_local:
+            path = self.full_path(rel)
+            if not os.path.isdir(path):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                os.mkdir(path, 0o700)
 
     def exists(self, rel: str) -> bool:
         return bool(self.fs.exists(self.full_path(rel)))

@@ -1,0 +1,370 @@
+"""hub_config/kubernetes/: the Helm values and the Dockerfile, checked without a cluster.
+
+What is checked, honestly:
+
+- both values files parse, and every key they set is a key of the chart.  The charts are not
+  installed here; :data:`Z2JH_KEYS` and :data:`GATEWAY_KEYS` are allow-lists written from the
+  charts' ``values.yaml`` / ``values.schema.yaml`` (Zero to JupyterHub 3.x/4.x, dask-gateway
+  2026.3.0) for the parts of the charts VoxelHub uses;
+- ``hub.config.<Class>.<trait>``: each trait exists on the class.  ``JupyterHub``,
+  ``Authenticator`` and ``Spawner`` are the installed classes.  ``KubeSpawner`` and
+  ``GenericOAuthenticator`` are checked against the installed class when their package is
+  installed; otherwise a trait must be inherited from the installed ``Spawner`` /
+  ``Authenticator`` or be on :data:`OAUTHENTICATOR_DOCUMENTED` (from the OAuthenticator 17 docs);
+- the gateway's ``extraConfig`` is executed; it may only set traits of ``ClusterConfig``
+  (installed; values validated by instantiating it) or ``KubeClusterConfig`` (trait names read
+  from the installed source file, which needs ``kubernetes_asyncio`` to import);
+- kernels get the same variables as on one machine; fsspec reads the ``FSSPEC_S3_*`` variables;
+- the Dockerfile: pinned base image, only existing files copied, non-root at the end, and its
+  ``sed`` of environment.yml drops exactly the editable install.
+
+Not checked: ``helm template``, ``docker build``, a real cluster.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from traitlets.config import Config
+from traitlets.config.loader import PyFileConfigLoader
+
+REPO = Path(__file__).resolve().parents[2]
+K8S = REPO / "hub_config" / "kubernetes"
+ANY = "*"  # any key at this level (names of env vars, roles, services, config snippets)
+
+#: Zero to JupyterHub keys VoxelHub may set (from the chart's values.yaml / values.schema.yaml).
+#: ``hub.config`` is free-form in the chart and checked against traitlets instead.
+Z2JH_KEYS = {
+    "hub": {
+        "config": None,  # traitlets, see test_hub_config_names_real_traits
+        "extraEnv": {ANY: None},
+        "extraConfig": {ANY: None},
+        "existingSecret": None,
+        "db": {"type": None, "url": None, "upgrade": None, "password": None, "pvc": None},
+        "loadRoles": {
+            ANY: {
+                "description": None,
+                "scopes": None,
+                "users": None,
+                "groups": None,
+                "services": None,
+            }
+        },
+        "services": {
+            ANY: {
+                "url": None,
+                "apiToken": None,
+                "admin": None,
+                "display": None,
+                "oauth_no_confirm": None,
+                "oauth_redirect_uri": None,
+                "info": None,
+            }
+        },
+        "networkPolicy": {"enabled": None, "egressAllowRules": {ANY: None}},
+        "concurrentSpawnLimit": None,
+        "image": {"name": None, "tag": None, "pullPolicy": None},
+    },
+    "singleuser": {
+        "image": {"name": None, "tag": None, "pullPolicy": None, "pullSecrets": None},
+        "defaultUrl": None,
+        "startTimeout": None,
+        "cmd": None,
+        "uid": None,
+        "fsGid": None,
+        "memory": {"limit": None, "guarantee": None},
+        "cpu": {"limit": None, "guarantee": None},
+        "storage": {
+            "type": None,
+            "capacity": None,
+            "homeMountPath": None,
+            "dynamic": {"storageClass": None},
+            "extraVolumes": None,
+            "extraVolumeMounts": None,
+        },
+        "extraEnv": {ANY: None},
+        "networkPolicy": {
+            "enabled": None,
+            "egressAllowRules": {
+                "cloudMetadataServer": None,
+                "dnsPortsCloudMetadataServer": None,
+                "dnsPortsKubeSystemNamespace": None,
+                "dnsPortsPrivateIPs": None,
+                "nonPrivateIPs": None,
+                "privateIPs": None,
+            },
+            "egress": None,
+        },
+        "profileList": None,
+    },
+    "proxy": {
+        "https": {
+            "enabled": None,
+            "type": None,
+            "hosts": None,
+            "letsencrypt": {"contactEmail": None, "acmeServer": None},
+            "secret": {"name": None, "key": None, "crt": None},
+        },
+        "service": {"type": None},
+    },
+    "cull": {
+        "enabled": None,
+        "users": None,
+        "adminUsers": None,
+        "timeout": None,
+        "every": None,
+        "concurrency": None,
+        "maxAge": None,
+    },
+    "scheduling": {"userScheduler": {"enabled": None}, "userPlaceholder": {"enabled": None}},
+    "prePuller": {"hook": {"enabled": None}, "continuous": {"enabled": None}},
+    "ingress": {"enabled": None, "hosts": None, "tls": None, "annotations": None},
+}
+
+#: dask-gateway chart keys VoxelHub may set (from its values.schema.yaml).
+_RESOURCE = {"request": None, "limit": None}
+GATEWAY_KEYS = {
+    "gateway": {
+        "prefix": None,
+        "loglevel": None,
+        "auth": {
+            "type": None,
+            "jupyterhub": {
+                "apiToken": None,
+                "apiTokenFromSecretName": None,
+                "apiTokenFromSecretKey": None,
+                "apiUrl": None,
+            },
+        },
+        "backend": {
+            "image": {"name": None, "tag": None, "pullPolicy": None},
+            "namespace": None,
+            "environment": {ANY: None},
+            "scheduler": {
+                "cores": _RESOURCE,
+                "memory": _RESOURCE,
+                "extraPodConfig": None,
+                "extraContainerConfig": None,
+            },
+            "worker": {
+                "cores": _RESOURCE,
+                "memory": _RESOURCE,
+                "threads": None,
+                "extraPodConfig": None,
+                "extraContainerConfig": None,
+            },
+        },
+        "extraConfig": {ANY: None},
+    },
+    "controller": {"completedClusterMaxAge": None, "completedClusterCleanupPeriod": None},
+    "traefik": {"service": {"type": None}},
+}
+
+#: OAuthenticator 17 traits of GenericOAuthenticator not inherited from jupyterhub's
+#: Authenticator (https://oauthenticator.readthedocs.io/en/latest/reference/api/gen/
+#: oauthenticator.generic.html); used only when oauthenticator is not installed.
+OAUTHENTICATOR_DOCUMENTED = {
+    "client_id",
+    "client_secret",
+    "oauth_callback_url",
+    "authorize_url",
+    "token_url",
+    "userdata_url",
+    "login_service",
+    "scope",
+    "username_claim",
+    "auth_state_groups_key",
+    "allowed_groups",
+    "admin_groups",
+    "validate_server_cert",
+    "enable_pkce",
+}
+
+
+def load(name: str) -> dict[str, Any]:
+    data = yaml.safe_load((K8S / name).read_text())
+    assert isinstance(data, dict), f"{name} is not a YAML mapping"
+    return data
+
+
+def unknown_keys(values: dict[str, Any], allowed: dict[str, Any], path: str = "") -> list[str]:
+    bad = []
+    for key, value in values.items():
+        here = f"{path}.{key}" if path else key
+        if key in allowed:
+            sub = allowed[key]
+        elif ANY in allowed:
+            sub = allowed[ANY]
+        else:
+            bad.append(here)
+            continue
+        if sub is not None and isinstance(value, dict):
+            bad.extend(unknown_keys(value, sub, here))
+    return bad
+
+
+def test_values_files_parse_and_set_only_chart_keys() -> None:
+    hub, gateway = load("jupyterhub.values.yaml"), load("dask-gateway.values.yaml")
+    assert unknown_keys(hub, Z2JH_KEYS) == [], "not keys of the Zero to JupyterHub chart"
+    assert unknown_keys(gateway, GATEWAY_KEYS) == [], "not keys of the dask-gateway chart"
+
+
+def _installed(module: str, cls: str) -> type | None:
+    try:
+        return getattr(__import__(module, fromlist=[cls]), cls)  # type: ignore[no-any-return]
+    except ImportError:
+        return None
+
+
+def test_hub_config_names_real_traits() -> None:
+    from jupyterhub.app import JupyterHub
+    from jupyterhub.auth import Authenticator
+    from jupyterhub.spawner import Spawner
+
+    generic = _installed("oauthenticator.generic", "GenericOAuthenticator")
+    kube = _installed("kubespawner", "KubeSpawner")
+    authenticator = set(Authenticator.class_traits(config=True))
+    known: dict[str, tuple[set[str], str]] = {
+        "JupyterHub": (set(JupyterHub.class_traits(config=True)), "installed class"),
+        "Authenticator": (authenticator, "installed class"),
+        "GenericOAuthenticator": (
+            (set(generic.class_traits(config=True)), "installed class")
+            if generic
+            else (authenticator | OAUTHENTICATOR_DOCUMENTED, "Authenticator + OAuthenticator docs")
+        ),
+        "KubeSpawner": (
+            (set(kube.class_traits(config=True)), "installed class")
+            if kube
+            else (set(Spawner.class_traits(config=True)), "inherited from installed Spawner")
+        ),
+    }
+    config = load("jupyterhub.values.yaml")["hub"]["config"]
+    for section, traits in config.items():
+        assert section in known, f"hub.config.{section}: no class to check it against"
+        names, source = known[section]
+        for trait in traits:
+            assert trait in names, f"hub.config.{section}.{trait} is not a trait ({source})"
+    # what the chart needs to wire the authenticator and the gateway together
+    assert config["JupyterHub"]["authenticator_class"] == "generic-oauth"
+    assert config["GenericOAuthenticator"]["manage_groups"] is True  # groups = projects
+    assert "client_secret" not in config["GenericOAuthenticator"], "secrets come from the env"
+    scopes = config["KubeSpawner"]["server_token_scopes"]
+    assert "access:services!service=dask-gateway" in scopes
+
+
+def _kube_cluster_config_traits() -> set[str]:
+    """Trait names of KubeClusterConfig, read from the installed source (not importable here)."""
+    import dask_gateway_server
+
+    source = Path(dask_gateway_server.__file__).parent / "backends" / "kubernetes" / "backend.py"
+    tree = ast.parse(source.read_text())
+    (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "KubeClusterConfig"]
+    return {
+        t.id
+        for stmt in cls.body
+        if isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Call)
+        for t in stmt.targets
+        if isinstance(t, ast.Name)
+    }
+
+
+def test_gateway_extra_config_sets_real_cluster_config_traits() -> None:
+    from dask_gateway_server.backends.base import ClusterConfig
+
+    gateway = load("dask-gateway.values.yaml")["gateway"]
+    c = Config()
+    for name, snippet in sorted(gateway["extraConfig"].items()):
+        exec(compile(snippet, f"extraConfig.{name}", "exec"), {"c": c})  # the chart does this
+    kube_only = _kube_cluster_config_traits()
+    assert {"image", "worker_extra_container_config"} <= kube_only  # the parse found the class
+    base = set(ClusterConfig.class_traits(config=True))
+    assert set(c) == {"KubeClusterConfig"}, set(c)
+    values = dict(c.KubeClusterConfig)
+    unknown = set(values) - base - kube_only
+    assert not unknown, f"not traits of KubeClusterConfig: {unknown}"
+    # inherited values must be valid for ClusterConfig (e.g. "32 G" parses as a memory size)
+    checked = ClusterConfig(**{k: v for k, v in values.items() if k in base})
+    assert checked.worker_cmd == ["dask", "worker"]  # distributed 2026 has no dask-worker script
+    assert checked.cluster_max_memory == 32 * 2**30
+
+
+@pytest.mark.filterwarnings("ignore:Use setlocale:DeprecationWarning")  # nativeauthenticator
+def test_hub_and_gateway_agree_with_each_other_and_with_one_machine(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    hub, gateway = load("jupyterhub.values.yaml"), load("dask-gateway.values.yaml")["gateway"]
+    env = hub["singleuser"]["extraEnv"]
+    # the service name links the hub's generated token, the role and the route
+    assert "dask-gateway" in hub["hub"]["services"]
+    assert gateway["auth"]["jupyterhub"]["apiTokenFromSecretKey"] == (
+        "hub.services.dask-gateway.apiToken"
+    )
+    assert gateway["prefix"] == "/services/dask-gateway"
+    assert env["DASK_GATEWAY__ADDRESS"].endswith(gateway["prefix"])
+    assert gateway["backend"]["image"] == {
+        k: v for k, v in hub["singleuser"]["image"].items() if k in ("name", "tag", "pullPolicy")
+    }, "workers must run the notebook's image"
+    # kernels get what they get on one machine (hub_config/jupyterhub_config.py)
+    for key in ("VOXELHUB_HUB_IP", "VOXELHUB_CATALOG_URL", "VOXELHUB_HUB_SPAWNER"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("VOXELHUB_HUB_STATE", str(tmp_path / "state"))
+    monkeypatch.setenv("VOXELHUB_STORE", str(tmp_path / "store"))
+    monkeypatch.syspath_prepend(str(REPO / "extensions"))
+    loader = PyFileConfigLoader("jupyterhub_config.py", path=str(REPO / "hub_config"))
+    local = loader.load_config().Spawner.environment
+    for key in local:
+        if key.startswith(("DASK_GATEWAY__", "VOXELHUB_")):
+            assert key in env, f"{key} is set on one machine but not on Kubernetes"
+    assert env["VOXELHUB_STORE"].startswith("s3://")
+    assert env["VOXELHUB_CATALOG_URL"].startswith("postgresql+psycopg://")
+    # fsspec turns FSSPEC_S3_<KWARG> into s3fs arguments, in notebooks and on workers
+    from fsspec.config import set_conf_env
+
+    for source in (env, gateway["backend"]["environment"]):
+        conf: dict[str, dict[str, Any]] = {}
+        set_conf_env(conf, {k: v for k, v in source.items() if isinstance(v, str)})
+        assert conf["s3"]["endpoint_url"].startswith("https://")
+    # no secret in the values files: secret env vars come from k8s Secrets
+    for name in ("AWS_SECRET_ACCESS_KEY", "PGPASSWORD"):
+        assert "secretKeyRef" in env[name]["valueFrom"]
+    assert "password" not in hub["hub"]["db"]
+
+
+def _dockerfile() -> list[tuple[str, str]]:
+    text = (K8S / "Dockerfile").read_text().replace("\\\n", " ")
+    steps = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            steps.append((word.upper(), rest.strip()))
+    return steps
+
+
+def test_dockerfile_builds_from_environment_yml() -> None:
+    steps = _dockerfile()
+    froms = [rest for word, rest in steps if word == "FROM"]
+    assert len(froms) == 1 and re.match(r"^[\w./-]+:[\w.-]+$", froms[0]), froms
+    assert not froms[0].endswith(":latest")
+    for word, rest in steps:
+        if word == "COPY":
+            *sources, _ = [a for a in shlex.split(rest) if not a.startswith("--")]
+            for source in sources:
+                assert (REPO / source).exists(), f"COPY {source}: not in the repository"
+    users = [rest for word, rest in steps if word == "USER"]
+    assert users[-1] not in ("root", "0"), "the image must not run as root"
+    assert any(w == "COPY" and "environment.yml" in r for w, r in steps)
+    # the image's edit of environment.yml drops the editable install and nothing else
+    (sed,) = re.findall(r"sed '(/[^']+/d)'", (K8S / "Dockerfile").read_text())
+    pattern = sed[1:-2]  # sed's basic regex here is also a Python regex
+    original = (REPO / "environment.yml").read_text().splitlines()
+    kept = [line for line in original if not re.search(pattern, line)]
+    assert len(original) - len(kept) == 1 and "-e ." not in "\n".join(kept)
+    env = yaml.safe_load("\n".join(kept))
+    assert any(isinstance(d, dict) and "pip" in d for d in env["dependencies"])
