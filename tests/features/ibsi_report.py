@@ -16,21 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from voxelhub.features.settings import FAMILIES as SETTINGS_FAMILIES
+
 CONFIGS = ("dig_phantom", "A", "B", "C", "D", "E")
-FAMILIES = (
-    "diagnostics",
-    "morphology",
-    "local_intensity",
-    "intensity_statistics",
-    "intensity_histogram",
-    "intensity_volume_histogram",
-    "glcm",
-    "glrlm",
-    "glszm",
-    "gldzm",
-    "ngtdm",
-    "ngldm",
-)
+FAMILIES = ("diagnostics", *SETTINGS_FAMILIES)
 
 # (config, tag) -> why it does not pass yet. Every entry becomes a strict xfail in the tests,
 # so an entry that starts passing fails the suite until it is removed from here.

@@ -8,6 +8,7 @@ in-memory array, ``from_simpleitk``) has only itself.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +71,27 @@ def as_volume(volume: Any, spacing: tuple[float, float, float] | None = None) ->
         attrs=attrs,
         name=getattr(volume, "name", None) or "volume",
     )
+
+
+def resolve(
+    volume: Any, catalog: Any, spacing: tuple[float, float, float] | None
+) -> tuple[xr.DataArray, Any]:
+    """What a widget was given (a catalog row, a UID, a DataArray or an array) as a volume.
+
+    Returns the volume and the catalog to find its pyramid in (``$VOXELHUB_STORE``'s when none
+    was given and the variable is set).
+    """
+    if catalog is None and os.environ.get("VOXELHUB_STORE"):
+        from voxelhub import open_catalog
+
+        catalog = open_catalog()
+    if isinstance(volume, str) or (
+        hasattr(volume, "to_dict") and not isinstance(volume, xr.DataArray)
+    ):
+        from voxelhub import open_series
+
+        volume = open_series(volume, catalog=catalog)
+    return as_volume(volume, spacing), catalog
 
 
 def levels_of(volume: xr.DataArray, catalog: Any = None) -> list[PyramidLevel]:

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import pathlib
 import threading
 import time
@@ -59,7 +58,7 @@ import numpy as np
 import traitlets as t
 import xarray as xr
 
-from voxelhub.widgets.pyramid import PyramidLevel, as_volume, finest_fitting, levels_of
+from voxelhub.widgets.pyramid import PyramidLevel, finest_fitting, levels_of, resolve
 
 log = logging.getLogger(__name__)
 
@@ -375,17 +374,7 @@ class SliceViewer(anywidget.AnyWidget):
         ``catalog`` also gives access to the volume's coarser pyramid levels, which the viewer
         shows first; the default catalog (``$VOXELHUB_STORE``) is used when it is set.
         """
-        if catalog is None and os.environ.get("VOXELHUB_STORE"):
-            from voxelhub import open_catalog
-
-            catalog = open_catalog()
-        if isinstance(volume, str) or (
-            hasattr(volume, "to_dict") and not isinstance(volume, xr.DataArray)
-        ):
-            from voxelhub import open_series
-
-            volume = open_series(volume, catalog=catalog)
-        vol = as_volume(volume, spacing)
+        vol, catalog = resolve(volume, catalog, spacing)
         return cls(levels_of(vol, catalog), mask, display_size=display_size)
 
     @staticmethod

@@ -22,7 +22,7 @@ import ipywidgets as w
 import numpy as np
 import xarray as xr
 
-from voxelhub.widgets.pyramid import PyramidLevel, as_volume, fitting_voxels, levels_of
+from voxelhub.widgets.pyramid import PyramidLevel, fitting_voxels, levels_of, resolve
 
 log = logging.getLogger(__name__)
 
@@ -144,17 +144,7 @@ class VolumeViewer(w.VBox):
         ``catalog``), or a numpy array (with ``spacing``).  ``mask`` has the shape of
         ``volume``.
         """
-        if catalog is None and os.environ.get("VOXELHUB_STORE"):
-            from voxelhub import open_catalog
-
-            catalog = open_catalog()
-        if isinstance(volume, str) or (
-            hasattr(volume, "to_dict") and not isinstance(volume, xr.DataArray)
-        ):
-            from voxelhub import open_series
-
-            volume = open_series(volume, catalog=catalog)
-        vol = as_volume(volume, spacing)
+        vol, catalog = resolve(volume, catalog, spacing)
         if mask is not None and tuple(mask.shape) != tuple(vol.shape):
             raise ValueError(
                 f"mask shape {tuple(mask.shape)} differs from volume {tuple(vol.shape)}"
