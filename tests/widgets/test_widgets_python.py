@@ -451,3 +451,29 @@ def test_png_and_plot_helpers() -> None:
     svg = scatter_svg([1, 2, float("nan")], [3, 4, 5], ["a", "b", "c"], xlabel="x<", ylabel="y")
     assert svg.count("<circle") == 2 and "x&lt;" in svg
     assert "no finite values" in scatter_svg([], [], [])
+
+
+def test_feature_panel_uses_a_stored_label_as_roi(tmp_path: Path) -> None:
+    from tests.dicom_factory import write_series
+    from voxelhub.roi import write_labels
+
+    write_series(tmp_path / "in", slices=8, seed=4)
+    voxelhub.ingest(tmp_path / "in", tmp_path / "store", progress=False)
+    cat = voxelhub.open_catalog(tmp_path / "store")
+    uid = cat.series().iloc[0]["volume_uid"]
+    labels = np.zeros((8, 32, 40), dtype=np.uint8)
+    labels[2:6, 4:20, 4:20] = 1
+    labels[2:6, 22:30, 22:36] = 2
+    write_labels(cat, uid, "lesions", labels, names={1: "a", 2: "b"})
+    panel = FeaturePanel(cat, series=[uid])
+    panel.families.value = ("morphology",)
+    panel.roi.value, panel.label.value, panel.label_value.value = "label", "lesions", 2
+    panel.level.value = 0
+    panel.run(wait=True)
+    assert panel.errors.empty, panel.errors
+    volume = panel.results.set_index("feature")["value"]["morph_vol_approx"]
+    assert volume == pytest.approx(4 * 8 * 14 * 0.7 * 0.9 * 2.5)
+    panel.level.value = 2
+    panel.run(wait=True)
+    assert "full resolution only" in panel.errors.iloc[0]["error"]
+    cat.close()

@@ -1,7 +1,8 @@
 """FeaturePanel: radiomics on a set of series, with progress, cancel, per-case errors and export.
 
 Each case (one series) is opened with :func:`voxelhub.open_series` at the chosen pyramid level,
-its ROI made by an intensity threshold, and :func:`voxelhub.features.extract` run on it; one
+its ROI made by an intensity threshold or read from a label image stored with the volume
+(:func:`voxelhub.roi.read_labels`; labels exist at full resolution, so level 0), and :func:`voxelhub.features.extract` run on it; one
 failing case is reported in the errors table and never hides the others.  Cases run on the
 Dask client the caller passes (``voxelhub.compute.client()``: Gateway on the hub, LocalCluster
 elsewhere) or on the default ``distributed`` client when one exists, as one task per case;
@@ -45,6 +46,10 @@ class Case:
     lower: float
     upper: float
     settings_json: str
+    label: str = ""
+    """Name of a stored label image to use as the ROI instead of the threshold."""
+    label_value: int = 0
+    """Label value that is the ROI; 0 means every non-zero voxel."""
 
 
 def run_case(case: Case) -> pd.DataFrame:
@@ -53,8 +58,16 @@ def run_case(case: Case) -> pd.DataFrame:
 
     catalog = open_catalog(case.store, catalog_url=case.catalog_url)
     try:
+        if case.label and case.level != 0:
+            raise ValueError(f"label {case.label!r} exists at full resolution only: set level to 0")
         volume = open_series(case.volume_uid, level=case.level, catalog=catalog)
-        mask = (volume >= case.lower) & (volume <= case.upper)
+        if case.label:
+            from voxelhub.roi import read_labels
+
+            labels = read_labels(catalog, case.volume_uid, case.label)
+            mask = labels == case.label_value if case.label_value else labels > 0
+        else:
+            mask = (volume >= case.lower) & (volume <= case.upper)
         table = extract(volume, mask, Settings.from_json(case.settings_json))
     finally:
         catalog.close()
@@ -100,7 +113,21 @@ class FeaturePanel(w.VBox):
         self.series = w.SelectMultiple(rows=6, layout={"width": "98%"})
         self.query.observe(lambda _c: self.find(), names="value")
         self.modality.observe(lambda _c: self.find(), names="value")
-        self.roi = w.Dropdown(options=[("intensity threshold", "threshold")], description="ROI")
+        self.roi = w.Dropdown(
+            options=[("intensity threshold", "threshold"), ("stored label", "label")],
+            description="ROI",
+        )
+        self.label = w.Text(
+            placeholder="label name", description="label", layout={"width": "220px"}
+        )
+        self.label_value = w.BoundedIntText(
+            value=0,
+            min=0,
+            max=2**31 - 1,
+            description="value",
+            layout={"width": "160px"},
+            tooltip="label value that is the ROI; 0 = every labelled voxel",
+        )
         self.lower = w.FloatText(value=-200.0, description="from", layout={"width": "160px"})
         self.upper = w.FloatText(value=3000.0, description="to", layout={"width": "160px"})
         self.level = w.BoundedIntText(
@@ -151,6 +178,7 @@ class FeaturePanel(w.VBox):
                 w.HBox([self.query, self.modality]),
                 self.series,
                 w.HBox([self.roi, self.lower, self.upper, self.level]),
+                w.HBox([self.label, self.label_value]),
                 w.HBox([self.families, w.VBox([self.bin_method, self.bin_number, self.bin_width])]),
                 w.HBox([self.run_button, self.cancel_button, self.progress, self.status]),
                 self.error_box,
@@ -208,6 +236,8 @@ class FeaturePanel(w.VBox):
                 lower=float(self.lower.value),
                 upper=float(self.upper.value),
                 settings_json=settings,
+                label=self.label.value.strip() if self.roi.value == "label" else "",
+                label_value=int(self.label_value.value),
             )
             for uid in self.series.value
         ]
