@@ -25,10 +25,16 @@ def shared_dicom() -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def _secrets_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Project secrets go to one throwaway folder per run, never to the user's ~/.config."""
+    """Secrets and Dask scratch go to throwaway folders of this run, never to ~ or /tmp."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VOXELHUB_SECRETS_DIR", str(tmp_path_factory.mktemp("secrets")))
-        yield
+        # Dask workers' scratch space in this run's temporary folder, not in /tmp
+        scratch = str(tmp_path_factory.mktemp("dask"))
+        mp.setenv("DASK_TEMPORARY_DIRECTORY", scratch)
+        import dask
+
+        with dask.config.set({"temporary-directory": scratch}):
+            yield
 
 
 @pytest.fixture(scope="session")
