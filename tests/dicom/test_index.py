@@ -68,3 +68,15 @@ def test_zip_members_are_indexed_in_parallel(tmp_path: Path) -> None:
 def test_missing_path_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no such file or folder"):
         index([tmp_path / "absent"], progress=False)
+
+
+def test_one_worker_reads_in_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`workers=1` (and `--workers 1`) must not start a process pool."""
+    import voxelhub.dicom.index as index_module
+
+    def no_pool(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("a process pool was started with workers=1")
+
+    monkeypatch.setattr(index_module, "ProcessPoolExecutor", no_pool)
+    result = index([_bundled("CT_small.dcm"), _bundled("MR_small.dcm")], workers=1, progress=False)
+    assert len(result.frames) == 2

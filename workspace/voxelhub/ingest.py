@@ -123,16 +123,16 @@ def ingest(
     location = store if isinstance(store, StoreLocation) else StoreLocation(store)
     location.ensure_root()
     catalog = Catalog(location, catalog_url)
-    for leftover in collect_garbage(location, catalog):
-        log.info("removed %s, left by an interrupted ingest", leftover)
     try:
+        for leftover in collect_garbage(location, catalog):
+            log.info("removed %s, left by an interrupted ingest", leftover)
         proj = catalog.ensure_project(project, deidentify=deidentify)
         # a new project's folder starts private; the hub opens it to the project's unix group
         location.ensure_private_dir(f"projects/{project}")
         report = IngestReport(project=project, paths=path_list)
         started = dt.datetime.now(dt.UTC)
         deid = _deidentifier(proj) if proj.deidentify else None
-        workers = os.cpu_count() or 1 if workers is None else workers
+        workers = (os.cpu_count() or 1) if workers is None else workers
         found = index(path_list, workers=workers, progress=progress)
         report.frames = len(found.frames)
         report.non_dicom = found.skipped

@@ -338,7 +338,7 @@ def index(
     progress
         Show a progress bar (tqdm) counting files.
     """
-    workers = os.cpu_count() or 1 if workers is None else workers
+    workers = (os.cpu_count() or 1) if workers is None else workers
     result = IndexResult()
     bar = tqdm(desc="indexing", unit="file", disable=not progress)
     sources = iter_sources(paths)
