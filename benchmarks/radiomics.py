@@ -6,6 +6,7 @@ Run from the repository root::
     .venv/bin/python benchmarks/radiomics.py --quick              # small cases (smoke test)
     .venv/bin/python benchmarks/radiomics.py --pyradiomics-python /opt/pyrad/bin/python
     .venv/bin/python benchmarks/radiomics.py --no-pyradiomics     # VoxelHub only
+    .venv/bin/python benchmarks/radiomics.py --real-only          # the real-CT case alone
 
 Cases follow ``../shared/notes/radiomics.md`` section 5: a synthetic 512×512×300 int16 CT
 (0.78×0.78×1.25 mm) with a lobulated ~100k-voxel lesion, seeded, generated here. Each case is
@@ -13,6 +14,14 @@ written as NRRD (what pyradiomics reads), as a Zarr array chunked like the store
 16 whole slices), which VoxelHub opens lazily with dask the way ``open_series`` returns
 volumes, and as its ROI bounding box + 5 voxels (NRRD and npy) for the feature-only timings.
 Every per-case measurement runs in a fresh subprocess, so peak RSS is that tool's own.
+
+The real-CT case is the 140×512² Philips Ingenuity head phantom of
+``../shared/data/dicom/ct_philips_ingenuity_phantom`` (``$VOXELHUB_SHARED`` overrides
+``../shared``), ingested into a temporary store with ``voxelhub.ingest``; VoxelHub reads it back
+with ``open_series``. Its ROI is deterministic: a 16 mm-radius sphere centred on the voxel
+deepest inside soft tissue (-100…200 HU), intersected with that HU range. pyradiomics gets the
+image and mask as NRRD with the volume's own geometry (``volume.vh.to_simpleitk()``).
+``--real-only`` runs just this case and merges it into the results file under ``real_ct``.
 
 pyradiomics is ``pyradiomics-bhklab==3.1.4`` (plain ``pyradiomics`` has no wheels for Python
 3.11) in its own venv, ``benchmarks/work/pyrad-venv``, which this script creates when missing
@@ -69,7 +78,13 @@ settings = Settings.preset("pyradiomics_default")
 def lazy(name):
     arr = zarr.open_array(os.path.join(path, name), mode="r")
     return xr.DataArray(da.from_zarr(arr), dims=("z", "y", "x"), attrs={"spacing_zyx": spacing})
-if mode == "store":
+if mode == "store" and os.path.exists(os.path.join(path, "series.json")):  # real CT
+    import voxelhub
+    info = json.load(open(os.path.join(path, "series.json")))
+    image = voxelhub.open_series(info["volume_uid"], catalog=voxelhub.open_catalog(info["store"]))
+    t0 = time.perf_counter()
+    table = extract(image, lazy("mask"), settings)
+elif mode == "store":
     t0 = time.perf_counter()
     table = extract(lazy("image"), lazy("mask"), settings)
 else:  # features only, on the ROI bounding box + 5 voxels already in memory
@@ -202,6 +217,142 @@ def write_case(folder: Path, image: Any, mask: Any) -> None:
     nrrd(mask[crop], folder / "crop_mask.nrrd")
 
 
+REAL_SERIES = "ct_philips_ingenuity_phantom"
+REAL_RADIUS_MM = 16.0
+REAL_HU = (-100, 200)
+
+
+def shared_dir() -> Path:
+    return Path(os.environ.get("VOXELHUB_SHARED") or REPO.parent / "shared")
+
+
+def make_real_case(folder: Path) -> dict[str, Any]:
+    """Ingest the real CT into ``folder/store``; write its ROI and the NRRD/crop inputs."""
+    import SimpleITK as sitk
+    import zarr
+    from scipy import ndimage
+
+    import voxelhub
+
+    source = shared_dir() / "data" / "dicom" / REAL_SERIES
+    store = folder / "store"
+    report = voxelhub.ingest(source, store, progress=False)
+    cat = voxelhub.open_catalog(store)
+    row = cat.series().iloc[0]
+    volume = voxelhub.open_series(row, catalog=cat)
+    spacing = [float(v) for v in volume.attrs["spacing_zyx"]]
+    image = volume.values
+    tissue = (image >= REAL_HU[0]) & (image <= REAL_HU[1])
+    # padded so that the volume's border counts as outside: the centre lies within the scan
+    depth = ndimage.distance_transform_edt(np.pad(tissue, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
+    centre = np.unravel_index(int(np.argmax(depth)), image.shape)
+    zz, yy, xx = (
+        (np.arange(n) - c) * s for n, c, s in zip(image.shape, centre, spacing, strict=True)
+    )
+    sphere = (zz[:, None, None] ** 2 + yy[None, :, None] ** 2 + xx[None, None, :] ** 2) <= (
+        REAL_RADIUS_MM**2
+    )
+    mask = (sphere & tissue).astype(np.uint8)
+    reference = volume.vh.to_simpleitk()
+
+    def nrrd(arr: Any, path: Path, crop: tuple[slice, ...] | None = None) -> None:
+        img = sitk.GetImageFromArray(arr)
+        img.CopyInformation(reference)
+        if crop is not None:  # sitk indexes x, y, z; keeps the physical origin of the crop
+            img = img[crop[2], crop[1], crop[0]]
+        sitk.WriteImage(img, str(path), useCompression=False)
+
+    nrrd(image, folder / "case_img.nrrd")
+    nrrd(mask, folder / "case_mask.nrrd")
+    z = zarr.create_array(
+        folder / "mask", shape=mask.shape, chunks=(16, *mask.shape[1:]), dtype=mask.dtype
+    )
+    z[:] = mask
+    idx = np.nonzero(mask)
+    crop = tuple(
+        slice(max(0, int(i.min()) - 5), min(n, int(i.max()) + 6))
+        for i, n in zip(idx, mask.shape, strict=True)
+    )
+    np.save(folder / "crop_image.npy", image[crop])
+    np.save(folder / "crop_mask.npy", mask[crop])
+    nrrd(image, folder / "crop_img.nrrd", crop)
+    nrrd(mask, folder / "crop_mask.nrrd", crop)
+    uid = str(row["volume_uid"])
+    (folder / "series.json").write_text(json.dumps({"store": str(store), "volume_uid": uid}))
+    return {
+        "source": f"../shared/data/dicom/{REAL_SERIES}",
+        "description": str(volume.attrs.get("description", "")),
+        "shape_zyx": list(image.shape),
+        "spacing_zyx": spacing,
+        "frames_ingested": report.frames,
+        "roi": (
+            f"sphere r={REAL_RADIUS_MM:g} mm centred on the voxel deepest in "
+            f"{REAL_HU[0]}..{REAL_HU[1]} HU, intersected with that range"
+        ),
+        "roi_centre_zyx": [int(c) for c in centre],
+        "roi_voxels": int(mask.sum()),
+    }
+
+
+def run_real(pyrad: str | None, work: Path, repeats: int) -> dict[str, Any]:
+    """The per-case comparison on the ingested real CT."""
+    folder = work / "real_ct"
+    folder.mkdir(exist_ok=True)
+    t0 = time.perf_counter()
+    case = make_real_case(folder)
+    case["prepare_s"] = time.perf_counter() - t0
+    print(f"real CT: {case['roi_voxels']} ROI voxels at {case['roi_centre_zyx']}", flush=True)
+    results: dict[str, list[dict[str, Any]]] = {}
+    for name, template in tools_for(pyrad, json.dumps(case["spacing_zyx"])).items():
+        results[name] = []
+        for _ in range(repeats):
+            record = run([a.replace("{dir}", str(folder)) for a in template])
+            results[name].append(record)
+            print(f"  {name}: {json.dumps(record)[:200]}", flush=True)
+    return {
+        "case": {**case, "repeats": repeats},
+        "per_case": summarise(results),
+        "agreement": agreement(folder),
+    }
+
+
+def tools_for(pyrad: str | None, sp: str) -> dict[str, list[str]]:
+    """The per-case commands; ``{dir}`` stands for the case folder."""
+    tools: dict[str, list[str]] = {
+        "voxelhub (from chunked store)": [
+            sys.executable,
+            "-c",
+            VOXELHUB_SCRIPT,
+            "{dir}",
+            "store",
+            sp,
+        ],
+        "voxelhub (pre-cropped ROI)": [sys.executable, "-c", VOXELHUB_SCRIPT, "{dir}", "crop", sp],
+    }
+    if pyrad:
+        for label, mode in (
+            ("defaults", "default"),
+            ("additionalInfo=False", "nodiag"),
+            ("pre-cropped ROI", "crop"),
+        ):
+            tools[f"pyradiomics ({label})"] = [
+                pyrad, "-c", PYRAD_SCRIPT, "{dir}", mode, ",".join(CLASSES)
+            ]  # fmt: skip
+    return tools
+
+
+def summarise(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    return {
+        name: {
+            "median_extract_s": median(recs, "extract_s"),
+            "median_wall_s": median(recs, "wall_s"),
+            "max_rss_mib": max((r.get("maxrss_mib", 0.0) for r in recs), default=0.0),
+            "runs": recs,
+        }
+        for name, recs in results.items()
+    }
+
+
 # On Linux a child's ru_maxrss starts at its parent's RSS at fork time, and the benchmark holds
 # whole cases in memory; a tiny launcher in between keeps the tool's peak its own. RUSAGE_CHILDREN
 # reports the largest process of the tool's tree (pool workers included).
@@ -292,38 +443,28 @@ def main() -> int:
     parser.add_argument("--pyradiomics-python", help="interpreter with pyradiomics-bhklab")
     parser.add_argument("--no-pyradiomics", action="store_true")
     parser.add_argument("--work", type=Path, help="where to write the cases (default: a temp dir)")
+    parser.add_argument(
+        "--real-only", action="store_true", help="only the real-CT case, merged into the results"
+    )
+    parser.add_argument("--repeats", type=int, default=2, help="runs per tool on the real CT")
     args = parser.parse_args()
+    if args.real_only:
+        return main_real(args)
     shape, radius = ((80, 128, 128), 10.0) if args.quick else ((300, 512, 512), 28.6)
     n_cohort = 4 if args.quick else args.cohort
     pyrad = None if args.no_pyradiomics else ensure_pyradiomics(args.pyradiomics_python)
     sp = json.dumps(SPACING)
-    tools: dict[str, list[str]] = {
-        "voxelhub (from chunked store)": [
-            sys.executable,
-            "-c",
-            VOXELHUB_SCRIPT,
-            "{dir}",
-            "store",
-            sp,
-        ],
-        "voxelhub (pre-cropped ROI)": [sys.executable, "-c", VOXELHUB_SCRIPT, "{dir}", "crop", sp],
-    }
-    if pyrad:
-        for label, mode in (
-            ("defaults", "default"),
-            ("additionalInfo=False", "nodiag"),
-            ("pre-cropped ROI", "crop"),
-        ):
-            tools[f"pyradiomics ({label})"] = [
-                pyrad, "-c", PYRAD_SCRIPT, "{dir}", mode, ",".join(CLASSES)
-            ]  # fmt: skip
+    tools = tools_for(pyrad, sp)
     work = args.work or Path(tempfile.mkdtemp(prefix="voxelhub-radiomics-"))
     work.mkdir(parents=True, exist_ok=True)
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in tools}
     folders: list[Path] = []
     n_cases = max(args.cases, n_cohort)
     roi_voxels = []
+    real = None
     try:
+        if not args.quick:
+            real = run_real(pyrad, work, args.repeats)
         for i in range(n_cases):
             folder = work / f"case{i:02d}"
             folder.mkdir(exist_ok=True)
@@ -371,15 +512,7 @@ def main() -> int:
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
-    summary = {
-        name: {
-            "median_extract_s": median(recs, "extract_s"),
-            "median_wall_s": median(recs, "wall_s"),
-            "max_rss_mib": max((r.get("maxrss_mib", 0.0) for r in recs), default=0.0),
-            "runs": recs,
-        }
-        for name, recs in results.items()
-    }
+    summary = summarise(results)
     out = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": {
@@ -398,17 +531,38 @@ def main() -> int:
         "cohort": cohort,
         "agreement_case0": match,
     }
+    if real is not None:
+        out["real_ct"] = real
     table = markdown(out)
     print("\n" + table)
+    if real is not None:
+        print("\n" + markdown_real(real))
     if not args.quick:
         RESULTS.write_text(json.dumps(out, indent=2) + "\n")
         print(f"written {RESULTS.relative_to(REPO)}")
     return 0
 
 
-def markdown(out: dict[str, Any]) -> str:
-    """The results as the README's markdown tables."""
-    per_case = out["per_case"]
+def main_real(args: argparse.Namespace) -> int:
+    """``--real-only``: the real-CT case alone, merged into the results file as ``real_ct``."""
+    pyrad = None if args.no_pyradiomics else ensure_pyradiomics(args.pyradiomics_python)
+    work = args.work or Path(tempfile.mkdtemp(prefix="voxelhub-radiomics-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        real = run_real(pyrad, work, args.repeats)
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    real["date"] = time.strftime("%Y-%m-%d")
+    print("\n" + markdown_real(real))
+    out = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    out["real_ct"] = real
+    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"written {RESULTS.relative_to(REPO)} (real_ct)")
+    return 0
+
+
+def per_case_table(per_case: dict[str, Any]) -> list[str]:
     base = per_case.get("pyradiomics (defaults)", {}).get("median_extract_s")
     lines = [
         "| per case | median extraction s | process wall s | peak RSS MiB | vs pyradiomics defaults |",
@@ -417,10 +571,31 @@ def markdown(out: dict[str, Any]) -> str:
     for name, s in per_case.items():
         t = s["median_extract_s"]
         speed = f"{base / t:.1f}×" if base and t else "–"
+        wall = s["median_wall_s"]
         lines.append(
             f"| {name} | {'failed' if t is None else f'{t:.2f}'} | "
-            f"{s['median_wall_s']:.1f} | {s['max_rss_mib']:.0f} | {speed} |"
+            f"{'–' if wall is None else f'{wall:.1f}'} | {s['max_rss_mib']:.0f} | {speed} |"
         )
+    return lines
+
+
+def markdown_real(real: dict[str, Any]) -> str:
+    """The real-CT case as a markdown table."""
+    c = real["case"]
+    lines = per_case_table(real["per_case"])
+    m = real.get("agreement") or {}
+    if m:
+        lines.append(
+            f"\nSame numbers (real CT, {c['roi_voxels']} ROI voxels): {m['within_1e-6']}/"
+            f"{m['compared']} pyradiomics features within 1e-6 relative, {m['within_1e-3']}/"
+            f"{m['compared']} within 1e-3."
+        )
+    return "\n".join(lines)
+
+
+def markdown(out: dict[str, Any]) -> str:
+    """The results as the README's markdown tables."""
+    lines = per_case_table(out["per_case"])
     c = out["cohort"]
     lines += [
         "",
