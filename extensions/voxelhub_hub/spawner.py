@@ -77,6 +77,15 @@ class ResourceLimits(Configurable):
 
         return apply
 
+    # cooperative overrides: the mixin comes first, super() is the spawner it is mixed into
+    def make_preexec_fn(self, name: str) -> Callable[[], None]:
+        return self.with_rlimits(super().make_preexec_fn(name))  # type: ignore[misc]
+
+    def get_env(self) -> dict[str, Any]:
+        env: dict[str, Any] = super().get_env()  # type: ignore[misc]
+        env.update(self.limits_environment())
+        return env
+
     def limits_environment(self) -> dict[str, str]:
         """What the server is told about its limits (beside JupyterHub's MEM_LIMIT/CPU_LIMIT)."""
         env = {}
@@ -90,22 +99,6 @@ class ResourceLimits(Configurable):
 class VoxelHubSpawner(ResourceLimits, LocalProcessSpawner):
     """``LocalProcessSpawner`` (the server runs as the unix user of the same name) + rlimits."""
 
-    def make_preexec_fn(self, name: str) -> Callable[[], None]:
-        return self.with_rlimits(super().make_preexec_fn(name))
-
-    def get_env(self) -> dict[str, Any]:
-        env: dict[str, Any] = super().get_env()
-        env.update(self.limits_environment())
-        return env
-
 
 class VoxelHubLaptopSpawner(ResourceLimits, SimpleLocalProcessSpawner):
     """``SimpleLocalProcessSpawner`` (everyone runs as the hub's user, NO isolation) + rlimits."""
-
-    def make_preexec_fn(self, name: str) -> Callable[[], None]:
-        return self.with_rlimits(super().make_preexec_fn(name))
-
-    def get_env(self) -> dict[str, Any]:
-        env: dict[str, Any] = super().get_env()
-        env.update(self.limits_environment())
-        return env

@@ -15,7 +15,7 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -398,8 +398,3 @@ def _metadata(ds: Dataset) -> dict[str, Any]:
         bulk_data_threshold=4096, bulk_data_element_handler=lambda _el: ""
     )
     return out
-
-
-def rejected_sources(report: IngestReport) -> Sequence[str]:
-    """Every file named in the report as rejected, for quick checks in scripts and tests."""
-    return [r["source"] for r in report.rejected_files]

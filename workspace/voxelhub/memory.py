@@ -12,12 +12,14 @@ import ctypes
 import ctypes.util
 import logging
 import sys
+from functools import cache
 
 log = logging.getLogger(__name__)
 
 _M_ARENA_MAX = -8  # from glibc's malloc.h
 
 
+@cache  # find_library runs ldconfig: once per process, not once per volume
 def _libc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
         return None

@@ -78,14 +78,6 @@ class VolumePlan:
             seen.setdefault(f.sop_instance_uid, None)
         return list(seen)
 
-    @property
-    def content_key(self) -> str:
-        """Hash of the frames' identities: equal content keys mean the same pixels."""
-        h = hashlib.sha256()
-        for f in self.frames:
-            h.update(f"{f.sop_instance_uid}#{f.frame_index}\n".encode())
-        return h.hexdigest()
-
 
 def _label_value(v: Any) -> str:
     if isinstance(v, tuple):
