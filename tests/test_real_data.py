@@ -184,11 +184,26 @@ def test_enhanced_philips_split_by_frame_type_with_per_frame_rescale(catalog, sh
             assert any(matches)
 
 
-def test_enhanced_siemens_temporal_positions(catalog, shared_dicom):
+def test_enhanced_siemens_temporal_positions_make_one_4d_volume(catalog, shared_dicom):
+    # four XA10 files of six frames each, told apart by TemporalPositionIndex: one 6 × 4 volume,
+    # as dcm2niix converts them (64 × 64 × 6 × 4)
     rows = _by_folder(catalog, shared_dicom, "mr_enhanced_multiframe")
-    siemens = rows[rows["split"].str.contains("temporal_position")]
-    assert len(siemens) == 4
-    assert set(siemens["slices"]) == {6}
+    siemens = rows[rows["timepoints"] > 1]
+    assert len(siemens) == 1
+    row = siemens.iloc[0]
+    assert (row["timepoints"], row["slices"], row["rows"], row["columns"]) == (4, 6, 64, 64)
+    volume = voxelhub.open_series(row, catalog=catalog)
+    assert volume.dims == ("t", "z", "y", "x")
+    files = sorted((shared_dicom / "mr_enhanced_multiframe" / "Siemens").rglob("*"))
+    frames = {}
+    for path in (p for p in files if p.is_file()):
+        ds = pydicom.dcmread(path)
+        for i, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
+            t = int(item.FrameContentSequence[0].TemporalPositionIndex)
+            frames.setdefault(t, []).append(ds.pixel_array[i])
+    for k, t in enumerate(sorted(frames)):
+        stored = {volume.isel(t=k, z=z).values.tobytes() for z in range(6)}
+        assert stored == {f.astype(volume.dtype).tobytes() for f in frames[t]}
 
 
 def test_every_file_is_accounted_for(real_store, shared_dicom):

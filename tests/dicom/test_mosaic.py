@@ -7,6 +7,7 @@ file, compared voxel by voxel through both affines.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -214,16 +215,27 @@ def test_plan_volumes_makes_one_mosaic_volume_per_file() -> None:
     assert len({v.volume_uid for v in plan.volumes}) == 9
 
 
-def test_several_mosaic_frames_split_by_acquisition() -> None:
+def test_several_mosaic_frames_on_one_grid_make_one_4d_volume() -> None:
     frames = [_frame(MOSAICS[1]), _frame(MOSAICS[0])]
-    plans = plan_mosaic("study", "series", {"series_number": 1}, frames)
-    assert len(plans) == 2
-    assert [p.split["series_number"] for p in plans] == [1, 1]
-    labels = [p.split["acquisition"] for p in plans]
-    assert len(set(labels)) == 2
-    assert [p.frames[0].source for p in plans] == sorted(f.source for f in frames)
+    (plan,) = plan_mosaic("study", "series", {"series_number": 1}, frames)
+    assert plan.is_4d and plan.n_timepoints == 2
+    assert plan.split == {"series_number": 1}
+    # t follows acquisition order (AcquisitionNumber, then InstanceNumber, then file)
+    assert [f.source for f in plan.frames] == sorted(f.source for f in frames)
+    assert [tp.index for tp in plan.timepoints] == [0, 1]
     single = plan_mosaic("study", "series", {"series_number": 1}, frames[:1])
-    assert single[0].split == {"series_number": 1}
+    assert single[0].split == {"series_number": 1} and not single[0].is_4d
+
+
+def test_mosaic_frames_on_different_grids_stay_separate_volumes() -> None:
+    moved = dataclasses.replace(
+        _frame(MOSAICS[0]),
+        image_position=tuple(v + 5.0 for v in _frame(MOSAICS[0]).image_position),
+        sop_instance_uid="moved",
+    )
+    plans = plan_mosaic("study", "series", {"series_number": 1}, [_frame(MOSAICS[1]), moved])
+    assert len(plans) == 2 and not any(p.is_4d for p in plans)
+    assert len({p.split["acquisition"] for p in plans}) == 2
 
 
 @pytest.mark.parametrize(

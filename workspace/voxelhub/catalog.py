@@ -114,6 +114,7 @@ class Volume(Base):
     checksum: Mapped[str] = mapped_column(String(80))
     content_key: Mapped[str] = mapped_column(String(80))
     n_instances: Mapped[int] = mapped_column(Integer)
+    timepoints: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     ingested_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
     study: Mapped[Study] = relationship(back_populates="volumes")
 
@@ -201,6 +202,23 @@ def readonly_sqlite_url(path: str) -> str:
     return f"sqlite:///file:{path}?mode=ro&immutable=1&uri=true"
 
 
+_ADDED_COLUMNS = {"volumes": {"timepoints": "INTEGER NOT NULL DEFAULT 1"}}
+"""Columns added after a catalog may have been created: (table → column → SQL type)."""
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Bring a catalog made by an earlier VoxelHub up to date (``create_all`` only adds tables)."""
+    from sqlalchemy import inspect, text
+
+    inspector = inspect(engine)
+    for table, columns in _ADDED_COLUMNS.items():
+        present = {c["name"] for c in inspector.get_columns(table)}
+        for name, sql_type in columns.items():
+            if name not in present:
+                with engine.begin() as conn:
+                    conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}"))
+
+
 class Catalog:
     """Query and update the catalog of one store.
 
@@ -223,6 +241,7 @@ class Catalog:
             if self.engine.dialect.name == "sqlite":
                 location.ensure_root()
             Base.metadata.create_all(self.engine)
+            _add_missing_columns(self.engine)
 
     def __repr__(self) -> str:
         return f"Catalog(store={self.location.url!r}, url={self.engine.url!r})"
@@ -380,6 +399,7 @@ class Catalog:
                 Volume.body_part,
                 Volume.description,
                 Volume.slices,
+                Volume.timepoints,
                 Volume.rows,
                 Volume.columns,
                 Volume.spacing_z,

@@ -22,7 +22,7 @@ def _ingest(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     print(report.summary())
-    return 1 if report.failed else 0
+    return report.exit_code
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -47,11 +47,14 @@ def _list(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from voxelhub import open_catalog
+    from voxelhub.store.export import export_nifti
 
     cat = open_catalog(args.store, catalog_url=args.catalog_url)
     volume = cat.open_series(args.uid)
-    volume.vh.to_nifti(args.output)
-    print(args.output)
+    done = export_nifti(volume, args.output)
+    for path in (done.image, done.sidecar, done.bval, done.bvec):
+        if path is not None:
+            print(path)
     return 0
 
 
@@ -75,7 +78,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("ingest", help="ingest DICOM folders, files or zip archives into a store")
+    p = sub.add_parser(
+        "ingest",
+        help="ingest DICOM folders, files or zip archives into a store",
+        description="Ingest DICOM folders, files or zip archives into a store.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "exit status:\n"
+            "  0  every DICOM image was ingested, or was already there unchanged\n"
+            "  1  some files or volumes were rejected or failed; the rest was written (the\n"
+            "     summary groups the reasons, the catalog lists every file)\n"
+            "  2  nothing was written although DICOM files were found, none was found, or\n"
+            "     the command itself failed"
+        ),
+    )
     p.add_argument("paths", nargs="+", help="folders, files or .zip archives")
     p.add_argument("--store", required=True, help="store path or URL")
     p.add_argument("--project", default="default", help="project name (default: default)")
@@ -97,7 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", default=None, help="free-text search on descriptions")
     p.set_defaults(func=_list)
 
-    p = sub.add_parser("export", help="export a volume as NIfTI")
+    p = sub.add_parser(
+        "export",
+        help="export a volume as NIfTI (3-D or 4-D) with its BIDS sidecar (.json) and, for "
+        "diffusion, .bval/.bvec in FSL's convention",
+    )
     p.add_argument("uid", help="volume UID (or an unsplit SeriesInstanceUID)")
     p.add_argument("output", help="output .nii or .nii.gz")
     p.add_argument("--store", required=True)

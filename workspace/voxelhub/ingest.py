@@ -17,6 +17,7 @@ import re
 import uuid
 from collections.abc import Iterable
 from concurrent.futures import Executor, ProcessPoolExecutor
+from copy import deepcopy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,7 @@ from tqdm.auto import tqdm
 from voxelhub import config
 from voxelhub.catalog import Catalog, Project
 from voxelhub.dicom.index import index, open_source, process_context
+from voxelhub.dicom.metadata import acquisition_block
 from voxelhub.dicom.series import VolumePlan, plan_volumes
 from voxelhub.dicom.slabs import volume_shape
 from voxelhub.errors import DicomError, GeometryError, StoreError, VoxelHubError
@@ -60,8 +62,25 @@ class IngestReport:
     superseded: dict[str, str] = field(default_factory=dict)
     report_id: int | None = None
 
-    def summary(self) -> str:
-        """One paragraph a person can read at the end of a long ingest."""
+    @property
+    def exit_code(self) -> int:
+        """What ``voxelhub ingest`` exits with: 0 all done, 1 some refused, 2 nothing written.
+
+        0: every DICOM image found was ingested or was already there unchanged; 1: some files
+        or volumes were rejected or failed and the rest was written; 2: nothing was written or
+        found unchanged although DICOM files were found (or no DICOM file was found at all).
+        """
+        done = len(self.written) + len(self.unchanged)
+        if done == 0:
+            return 2
+        return 1 if self.failed or self.rejected_files else 0
+
+    def summary(self, *, max_groups: int = 50) -> str:
+        """One paragraph a person can read at the end of a long ingest.
+
+        Refusals are grouped: one line per (series, reason) with a count and the first file;
+        the full list is in the report (``rejected_files``) and the catalog.
+        """
         lines = [
             f"project {self.project}: {len(self.written)} volume(s) written, "
             f"{len(self.unchanged)} unchanged, {len(self.failed)} failed; "
@@ -70,13 +89,28 @@ class IngestReport:
             f"{len(self.non_dicom)} non-DICOM file(s) skipped, "
             f"{len(self.rejected_files)} DICOM file(s) rejected"
         ]
+        groups: dict[tuple[str, str, str], list[str]] = {}
         for item in self.rejected_files:
-            tag = f" [{item['tag']}]" if item.get("tag") else ""
-            lines.append(f"  rejected {item['source']}: {item['reason']}{tag}")
+            key = (item.get("series_uid", ""), item["reason"], item.get("tag", ""))
+            groups.setdefault(key, []).append(item["source"])
+        for n, ((series, reason, tag), sources) in enumerate(groups.items()):
+            if n == max_groups:
+                lines.append(f"  … {len(groups) - max_groups} more reason(s): see the report")
+                break
+            where = f" of series {series}" if series else ""
+            tagged = f" [{tag}]" if tag else ""
+            count = f"{len(sources)} files" if len(sources) > 1 else "1 file"
+            first = f" (first: {sources[0]})" if len(sources) > 1 else f": {sources[0]}"
+            lines.append(f"  rejected {count}{where}{first}: {reason}{tagged}")
         for item in self.failed:
-            lines.append(f"  failed volume of series {item['series_uid']}: {item['reason']}")
+            lines.append(
+                f"  failed volume of series {item['series_uid']} ({item['split'] or 'whole'}): "
+                f"{item['reason']}"
+            )
         for old, kept in self.superseded.items():
             lines.append(f"  labels of replaced {old} kept with it at {kept} (grid changed)")
+        if self.exit_code == 2 and not self.failed:
+            lines.append("  nothing was written: no DICOM image could be converted")
         return "\n".join(lines)
 
 
@@ -158,7 +192,7 @@ def ingest(
         pool: Executor | None = None
         if workers > 1 and any(_decode_is_costly(v) for v in plan.volumes):
             pool = ProcessPoolExecutor(workers, mp_context=process_context())
-        total = sum(volume_shape(v)[0] for v in plan.volumes)
+        total = sum(volume_shape(v)[0] * v.n_timepoints for v in plan.volumes)
         bar = tqdm(total=total, desc="converting", unit="slice", disable=not progress)
         try:
             for volume in plan.volumes:
@@ -244,7 +278,7 @@ def _ingest_volume(
     )
     # a fresh path per version: the catalog row is the commit point (see StoreLocation.commit)
     rel_path = f"projects/{project.name}/{volume_uid}/{uuid.uuid4().hex[:16]}.ome.zarr"
-    n_slices = volume_shape(volume)[0]
+    n_slices = volume_shape(volume)[0] * volume.n_timepoints
     existing = catalog.find_volume(volume_uid)
     if (
         existing is not None
@@ -255,7 +289,8 @@ def _ingest_volume(
         bar.update(n_slices)
         return
     try:
-        header = _header(volume, deid)
+        raw_header = _read_header(volume)
+        header = _deidentified(raw_header, deid)
         metadata = _metadata(header)
         attrs = {
             "volume_uid": volume_uid,
@@ -270,6 +305,9 @@ def _ingest_volume(
             "dicom": metadata,
             "source_instance_uids": instance_uids,
             "rescale": sorted({(f.rescale_slope, f.rescale_intercept) for f in volume.frames}),
+            "acquisition": acquisition_block(
+                volume, raw_header, header if deid is not None else None
+            ),
         }
         name = (
             " ".join(x for x in (str(header.get("SeriesDescription", "")), volume.split_label) if x)
@@ -279,7 +317,9 @@ def _ingest_volume(
         written = write_volume(
             location, rel_path, volume, name=name, attrs=attrs, pool=pool, on_slab=bar.update
         )
-    except (DicomError, GeometryError, StoreError, OSError, ValueError) as exc:
+    except Exception as exc:  # whatever one volume raises (MemoryError too) fails it alone
+        if not isinstance(exc, DicomError | GeometryError | StoreError | OSError | ValueError):
+            exc = StoreError(f"{type(exc).__name__}: {exc}")
         log.warning("series %s (%s) failed: %s", series_uid, volume.split_label, exc)
         report.failed.append(
             {
@@ -317,9 +357,10 @@ def _ingest_volume(
             "body_part": str(header.get("BodyPartExamined", "")),
             "description": str(header.get("SeriesDescription", "")),
             "manufacturer": str(header.get("Manufacturer", "")),
-            "slices": written.shape[0],
-            "rows": written.shape[1],
-            "columns": written.shape[2],
+            "slices": written.shape[-3],
+            "rows": written.shape[-2],
+            "columns": written.shape[-1],
+            "timepoints": written.shape[0] if len(written.shape) == 4 else 1,
             "spacing_z": geometry.spacing[0],
             "spacing_y": geometry.spacing[1],
             "spacing_x": geometry.spacing[2],
@@ -374,17 +415,23 @@ def _geometry(group: Any) -> Any:
     return (meta.get("geometry") or {}).get("affine_lps")
 
 
-def _header(volume: VolumePlan, deid: Any) -> Dataset:
-    """The first instance's header (no pixels), de-identified when the project asks for it."""
+def _read_header(volume: VolumePlan) -> Dataset:
+    """The first instance's header (no pixels), as the scanner wrote it."""
     source = volume.frames[0].source
     try:
         with open_source(source) as fp:
-            ds = pydicom.dcmread(fp, stop_before_pixels=True)
+            return pydicom.dcmread(fp, stop_before_pixels=True)
     except Exception as exc:
         raise DicomError(f"cannot re-read header: {exc}", path=source) from exc
-    if deid is not None:
-        deid.deidentify(ds)
-    return ds
+
+
+def _deidentified(ds: Dataset, deid: Any) -> Dataset:
+    """A de-identified copy of ``ds`` when the project asks for it (``ds`` itself is kept)."""
+    if deid is None:
+        return ds
+    copy = deepcopy(ds)
+    deid.deidentify(copy)
+    return copy
 
 
 def _metadata(ds: Dataset) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -23,7 +24,8 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from tqdm.auto import tqdm
 
-from voxelhub.dicom import multiframe
+from voxelhub.dicom import acquisition, multiframe
+from voxelhub.dicom.acquisition import Diffusion
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,30 @@ class Frame:
     gantry_tilt: float | None = None
     slice_spacing: float | None = None
     is_mosaic: bool = False
+    mosaic_vendor: str | None = None
+    instance_number: int | None = None
+    trigger_time: float | None = None
+    acquisition_time: float | None = None
+    diffusion: Diffusion | None = None
+    asl_label: str | None = None
+    pepolar_mode: int | None = None
+    philips_scale_slope: float | None = None
+    repetition_time: float | None = None
+
+    @property
+    def volume_key(self) -> tuple[Any, ...]:
+        """What a vendor records per volume: frames of one volume of a 4-D series share it."""
+        d = self.diffusion
+        gradient = (
+            None if d is None or d.gradient is None else tuple(round(g, 4) for g in d.gradient)
+        )
+        return (
+            self.temporal_position,
+            self.acquisition_number,
+            None if d is None else round(d.b_value, 2),
+            gradient,
+            self.asl_label,
+        )
 
 
 @dataclass(frozen=True)
@@ -201,7 +227,12 @@ def _check_pixel_payload(ds: Dataset, remaining: int, source: str) -> Rejected |
 
 
 def read_frames(source: str) -> IndexResult:
-    """Read one file's header and return its frames, or why it was rejected or skipped."""
+    """Read one file's header and return its frames, or why it was rejected or skipped.
+
+    Never raises: whatever pydicom, a codec or a damaged value raises (``NotImplementedError``
+    for an unknown VR, ``struct.error``, ``OverflowError`` …) makes this one file a rejected
+    row naming the exception and, where pydicom says, the tag; the rest of the ingest goes on.
+    """
     result = IndexResult()
     try:
         with open_source(source) as fp:
@@ -212,43 +243,66 @@ def read_frames(source: str) -> IndexResult:
                 return result
             header_end = fp.tell()
         size = source_size(source)
-    except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        result.rejected.append(Rejected(source, f"unreadable DICOM header: {exc}"))
+    except Exception as exc:  # any failure to parse is this file's problem, never the ingest's
+        result.rejected.append(
+            Rejected(source, f"unreadable DICOM header: {_describe(exc)}", _tag_of(exc))
+        )
         return result
     try:
-        sop_class = str(ds.get("SOPClassUID", ""))
-        if "Rows" not in ds or "Columns" not in ds:
-            name = pydicom.uid.UID(sop_class).name if sop_class else "no SOP class"
-            result.rejected.append(Rejected(source, f"not an image: {name}", "(0028,0010)"))
-            return result
-        problem = _check_pixel_payload(ds, size - header_end, source)
-        if problem is not None:
-            result.rejected.append(problem)
-            return result
-        if int(_num(ds, "SamplesPerPixel", 1)) != 1:
-            result.rejected.append(
-                Rejected(source, "colour images are not volumes VoxelHub converts", "(0028,0002)")
-            )
-            return result
-        frames = int(_num(ds, "NumberOfFrames", 1) or 1)
-        if frames > 1 and not multiframe.is_enhanced(ds):
-            result.rejected.append(
-                Rejected(
-                    source,
-                    f"multi-frame image without functional groups ({frames} frames of "
-                    f"{pydicom.uid.UID(sop_class).name}): per-frame geometry is not defined "
-                    "for this kind yet",
-                    "(0028,0008)",
-                )
-            )
-            return result
-        if multiframe.is_enhanced(ds):
-            result.frames.extend(multiframe.frames_from_enhanced(ds, source, _common(ds, source)))
-        else:
-            result.frames.append(_classic_frame(ds, source))
-    except (KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
-        result.rejected.append(Rejected(source, f"invalid image header: {exc}"))
+        _frames_of(ds, source, size - header_end, result)
+    except Exception as exc:  # a value pydicom parses lazily can fail here (unknown VR …)
+        result.frames.clear()
+        result.rejected.append(
+            Rejected(source, f"invalid image header: {_describe(exc)}", _tag_of(exc))
+        )
     return result
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip() or "no message"
+    return f"{type(exc).__name__}: {text}"
+
+
+_TAG_IN_TEXT = re.compile(r"\(([0-9A-Fa-f]{4}),\s*([0-9A-Fa-f]{4})\)")
+
+
+def _tag_of(exc: BaseException) -> str | None:
+    """The DICOM tag an exception names, as ``(GGGG,EEEE)``, if its message names one."""
+    found = _TAG_IN_TEXT.search(str(exc))
+    return f"({found.group(1).upper()},{found.group(2).upper()})" if found else None
+
+
+def _frames_of(ds: Dataset, source: str, remaining: int, result: IndexResult) -> None:
+    sop_class = str(ds.get("SOPClassUID", ""))
+    if "Rows" not in ds or "Columns" not in ds:
+        name = pydicom.uid.UID(sop_class).name if sop_class else "no SOP class"
+        result.rejected.append(Rejected(source, f"not an image: {name}", "(0028,0010)"))
+        return
+    problem = _check_pixel_payload(ds, remaining, source)
+    if problem is not None:
+        result.rejected.append(problem)
+        return
+    if int(_num(ds, "SamplesPerPixel", 1)) != 1:
+        result.rejected.append(
+            Rejected(source, "colour images are not volumes VoxelHub converts", "(0028,0002)")
+        )
+        return
+    frames = int(_num(ds, "NumberOfFrames", 1) or 1)
+    if frames > 1 and not multiframe.is_enhanced(ds):
+        result.rejected.append(
+            Rejected(
+                source,
+                f"multi-frame image without functional groups ({frames} frames of "
+                f"{pydicom.uid.UID(sop_class).name}): per-frame geometry is not defined "
+                "for this kind yet",
+                "(0028,0008)",
+            )
+        )
+        return
+    if multiframe.is_enhanced(ds):
+        result.frames.extend(multiframe.frames_from_enhanced(ds, source, _common(ds, source)))
+    else:
+        result.frames.append(_classic_frame(ds, source))
 
 
 def _common(ds: Dataset, source: str) -> dict[str, Any]:
@@ -275,6 +329,9 @@ def _common(ds: Dataset, source: str) -> dict[str, Any]:
         gantry_tilt=_first_float(ds.get("GantryDetectorTilt")),
         slice_spacing=_first_float(ds.get("SpacingBetweenSlices"))
         or _first_float(ds.get("SliceThickness")),
+        instance_number=_int_or_none(ds.get("InstanceNumber")),
+        pepolar_mode=acquisition.ge_pepolar_mode(ds),
+        repetition_time=_first_float(ds.get("RepetitionTime")),
     )
 
 
@@ -283,6 +340,7 @@ def _classic_frame(ds: Dataset, source: str) -> Frame:
     iop = ds.get("ImageOrientationPatient")
     ps = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
     image_type = tuple(str(x) for x in (ds.get("ImageType") or ()))
+    mosaic_vendor = _mosaic_vendor(ds, image_type)
     return Frame(
         frame_index=None,
         image_position=tuple(float(x) for x in ipp) if ipp else None,  # type: ignore[arg-type]
@@ -294,9 +352,38 @@ def _classic_frame(ds: Dataset, source: str) -> Frame:
         echo_number=_int_or_none(ds.get("EchoNumbers")),
         echo_time=_first_float(ds.get("EchoTime")),
         temporal_position=_int_or_none(ds.get("TemporalPositionIdentifier")),
-        is_mosaic="MOSAIC" in image_type,
+        is_mosaic=mosaic_vendor is not None,
+        mosaic_vendor=mosaic_vendor,
+        trigger_time=_first_float(ds.get("TriggerTime")),
+        acquisition_time=seconds_of_day(ds.get("AcquisitionTime")),
+        diffusion=acquisition.read_diffusion(ds),
+        asl_label=acquisition.asl_label(ds),
+        philips_scale_slope=acquisition.philips_scale_slope(ds),
         **_common(ds, source),
     )
+
+
+def _mosaic_vendor(ds: Dataset, image_type: tuple[str, ...]) -> str | None:
+    """'siemens' (CSA mosaic), 'uih' (VFRAME with per-slice positions) or None."""
+    if "MOSAIC" in image_type:
+        return "siemens"
+    if "VFRAME" in image_type and (0x0065, 0x1051) in ds:
+        return "uih"
+    return None
+
+
+def seconds_of_day(value: Any) -> float | None:
+    """A DICOM TM value (``HHMMSS.FFFFFF``) as seconds since midnight; None if absent/garbled."""
+    text = str(value or "").strip().replace(":", "")
+    if len(text) < 2 or not text.split(".")[0].isdigit():
+        return None
+    try:
+        hours = int(text[0:2])
+        minutes = int(text[2:4] or 0)
+        seconds = float(text[4:] or 0)
+    except ValueError:
+        return None
+    return hours * 3600 + minutes * 60 + seconds
 
 
 def process_context() -> BaseContext:

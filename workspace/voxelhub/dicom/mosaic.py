@@ -1,4 +1,8 @@
-"""Siemens mosaic: one 2-D DICOM image that holds a whole volume as a grid of tiles.
+"""Mosaics: one 2-D DICOM image that holds a whole volume as a grid of tiles (Siemens, UIH).
+
+United Imaging's "VFRAME" images are mosaics too: the slice count is in the private (0065,1050)
+and each tile's own ImagePositionPatient in the items of the private sequence (0065,1051), in
+tile order; the tiles have the acquisition matrix's size and fill the image row by row.
 
 Siemens stores EPI/DTI volumes as one large image (e.g. 384×384) tiled with the slices
 (e.g. 6×6 tiles of 64×64, of which the first 35 are slices, row-major, the rest padding).  The
@@ -64,16 +68,29 @@ class MosaicLayout:
     tiles_per_row: int
     """Tiles across (and down) the mosaic: ``ceil(sqrt(n_slices))``."""
     n_slices: int
-    """Slices in the mosaic, from the CSA header's NumberOfImagesInMosaic."""
+    """Slices in the mosaic, from the CSA header's NumberOfImagesInMosaic (UIH: (0065,1050))."""
+    tiles_per_column: int = 0
+    """Tiles down the mosaic; 0 means square (``tiles_per_row``), as Siemens lays them out."""
+
+    @property
+    def tiles_down(self) -> int:
+        return self.tiles_per_column or self.tiles_per_row
+
+
+UIH_SLICES = (0x0065, 0x1050)
+UIH_SLICE_SEQUENCE = (0x0065, 0x1051)
 
 
 @dataclass(frozen=True)
 class _MosaicHeader:
     layout: MosaicLayout
     slice_normal: np.ndarray | None  # CSA SliceNormalVector, unit length, or None if absent
+    tile_positions: list[tuple[float, float, float]] | None = None  # UIH: each tile's own IPP
 
 
-def _read_header(source: str) -> _MosaicHeader:
+def _read_header(source: str, vendor: str | None = "siemens") -> _MosaicHeader:
+    if vendor == "uih":
+        return _read_uih_header(source)
     try:
         with open_source(source) as fp:
             ds = pydicom.dcmread(fp, stop_before_pixels=True)
@@ -130,6 +147,62 @@ def _read_header(source: str) -> _MosaicHeader:
     return _MosaicHeader(layout, normal)
 
 
+def _read_uih_header(source: str) -> _MosaicHeader:
+    """A UIH VFRAME mosaic: slice count (0065,1050), tile positions from (0065,1051) items."""
+    try:
+        with open_source(source) as fp:
+            ds = pydicom.dcmread(fp, stop_before_pixels=True)
+        n_slices = int(ds[UIH_SLICES].value)
+        items = ds[UIH_SLICE_SEQUENCE].value
+        positions = [
+            (
+                float(i.ImagePositionPatient[0]),
+                float(i.ImagePositionPatient[1]),
+                float(i.ImagePositionPatient[2]),
+            )
+            for i in items
+        ]
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        matrix = [int(v) for v in (ds.get("AcquisitionMatrix") or ())]
+    except Exception as exc:
+        raise DicomError(
+            f"UIH mosaic: the slice count or per-slice positions are unreadable "
+            f"({type(exc).__name__}: {exc})",
+            path=source,
+            tag="(0065,1051)",
+        ) from exc
+    if n_slices <= 0 or len(positions) != n_slices:
+        raise DicomError(
+            f"UIH mosaic: (0065,1050) says {n_slices} slices but (0065,1051) has "
+            f"{len(positions)} positions",
+            path=source,
+            tag="(0065,1051)",
+        )
+    layout = _uih_layout(rows, columns, n_slices, matrix)
+    if layout is None:
+        raise DicomError(
+            f"UIH mosaic: a {rows}×{columns} image cannot hold {n_slices} tiles of the "
+            f"acquisition matrix {matrix}",
+            path=source,
+            tag="(0018,1310)",
+        )
+    return _MosaicHeader(layout, None, positions)
+
+
+def _uih_layout(rows: int, columns: int, n: int, matrix: list[int]) -> MosaicLayout | None:
+    """Tiles of the acquisition matrix's size, row by row, enough for ``n`` slices."""
+    if len(matrix) != 4:
+        return None
+    freq, phase = max(matrix[0], matrix[1]), max(matrix[2], matrix[3])
+    for tile_rows, tile_columns in ((freq, phase), (phase, freq)):
+        if tile_rows <= 0 or tile_columns <= 0 or rows % tile_rows or columns % tile_columns:
+            continue
+        down, across = rows // tile_rows, columns // tile_columns
+        if down * across >= n:
+            return MosaicLayout(tile_rows, tile_columns, across, n, down)
+    return None
+
+
 def read_layout(source: str) -> MosaicLayout:
     """The tiling of the mosaic in ``source`` (a path or ``archive.zip!/member``).
 
@@ -147,20 +220,23 @@ def demosaic(image: np.ndarray, layout: MosaicLayout) -> np.ndarray:
     necessarily spatial order; index with ``geometry.order`` for that).  Returns a view where
     numpy can, so it costs no copy.
     """
-    t, tr, tc = layout.tiles_per_row, layout.tile_rows, layout.tile_columns
-    if image.ndim != 2 or image.shape != (t * tr, t * tc):
+    t, d = layout.tiles_per_row, layout.tiles_down
+    tr, tc = layout.tile_rows, layout.tile_columns
+    if image.ndim != 2 or image.shape != (d * tr, t * tc):
         raise ValueError(
-            f"mosaic image of shape {image.shape} does not match a {t}×{t} grid of {tr}×{tc} tiles"
+            f"mosaic image of shape {image.shape} does not match a {d}×{t} grid of {tr}×{tc} tiles"
         )
-    if not 0 < layout.n_slices <= t * t:
-        raise ValueError(f"{layout.n_slices} slices do not fit a {t}×{t} grid")
+    if not 0 < layout.n_slices <= t * d:
+        raise ValueError(f"{layout.n_slices} slices do not fit a {d}×{t} grid")
     # (tile_row, row, tile_col, col) → (tile_row, tile_col, row, col) → (tile, row, col)
-    tiles = image.reshape(t, tr, t, tc).transpose(0, 2, 1, 3).reshape(t * t, tr, tc)
+    tiles = image.reshape(d, tr, t, tc).transpose(0, 2, 1, 3).reshape(d * t, tr, tc)
     return tiles[: layout.n_slices]
 
 
 def _tile_positions(frame: Frame, header: _MosaicHeader) -> list[tuple[float, float, float]] | None:
     """LPS position of the first voxel of every tile, in tile order (None without geometry)."""
+    if header.tile_positions is not None:
+        return header.tile_positions
     if frame.image_position is None or frame.image_orientation is None:
         return None
     layout = header.layout
@@ -194,30 +270,32 @@ def _acquisition_labels(frames: list[Frame]) -> list[int]:
 def plan_mosaic(
     study_uid: str, series_uid: str, split: dict[str, Any], frames: list[Frame]
 ) -> list[VolumePlan]:
-    """One volume per mosaic frame: every mosaic file is a whole 3-D volume.
+    """Every mosaic file is a whole 3-D volume; several make one 4-D volume.
 
-    Several frames (an fMRI/DTI time series) become several volumes, ordered by
-    AcquisitionNumber; ``split`` gains ``{"acquisition": n}`` where ``n`` is the
-    AcquisitionNumber when those are present and distinct, else the 1-based position in that
-    order.  Each plan's geometry is that of the de-mosaicked volume (``n_slices`` along z);
-    see the module docstring for how ``geometry.order`` maps z indices to tiles.
+    Files are ordered by AcquisitionNumber, then InstanceNumber.  When they share the tiling
+    and every tile position, they become one 4-D volume (an fMRI or DTI series) whose t axis
+    follows that order; otherwise each file is its own 3-D volume and ``split`` gains
+    ``{"acquisition": n}`` (AcquisitionNumber when present and distinct, else the position).
+    Each plan's geometry is that of the de-mosaicked volume (``n_slices`` along z); see the
+    module docstring for how ``geometry.order`` maps z indices to tiles.
     """
-    from voxelhub.dicom.series import VolumePlan
+    from voxelhub.dicom.series import VolumePlan, timepoints_of
 
     frames = sorted(
         frames,
         key=lambda f: (
             f.acquisition_number is None,
             f.acquisition_number or 0,
+            f.instance_number is None,
+            f.instance_number or 0,
             f.source,
             f.sop_instance_uid,
         ),
     )
-    labels = _acquisition_labels(frames)
-    plans: list[VolumePlan] = []
-    for frame, label in zip(frames, labels, strict=True):
+    planned = []
+    for frame in frames:
         try:
-            header = _read_header(frame.source)
+            header = _read_header(frame.source, frame.mosaic_vendor)
         except DicomError as exc:
             raise GeometryError(str(exc)) from exc
         layout = header.layout
@@ -231,7 +309,7 @@ def plan_mosaic(
         )
         if sorted(geometry.order) != list(range(layout.n_slices)):  # pragma: no cover - invariant
             raise GeometryError(f"mosaic slice order {geometry.order} is not a permutation")
-        if frame.slice_spacing is None and layout.n_slices > 1 and positions is not None:
+        if frame.slice_spacing is None and layout.n_slices > 1 and header.tile_positions is None:
             geometry.flags.append(
                 Flag(
                     "no_slice_spacing",
@@ -239,17 +317,61 @@ def plan_mosaic(
                     "positions assume 1 mm between slices",
                 )
             )
-        plans.append(
+        if frame.mosaic_vendor == "uih":
+            geometry.flags.append(
+                Flag(
+                    "uih_mosaic",
+                    f"United Imaging mosaic (VFRAME): {layout.n_slices} slices cut from a "
+                    f"{layout.tiles_down}×{layout.tiles_per_row} grid of tiles, each placed at its "
+                    "own position from the private (0065,1051) sequence",
+                )
+            )
+        planned.append((frame, layout, positions, geometry))
+    first_frame, first_layout, first_positions, first_geometry = planned[0]
+    same_grid = all(
+        layout == first_layout
+        and positions is not None
+        and first_positions is not None
+        and np.allclose(np.asarray(positions), np.asarray(first_positions), atol=1e-3)
+        for _, layout, positions, _ in planned[1:]
+    )
+    if len(planned) > 1 and same_grid:
+        diffusion = first_frame.diffusion
+        if diffusion is not None and diffusion.source.startswith("UIH"):
+            first_geometry.flags.append(
+                Flag(
+                    "uih_gradient_frame",
+                    "UIH diffusion directions (0065,1037) are read in patient axes: the scanner's "
+                    "own gradient table equals them rotated into the image axes; dcm2niix reads "
+                    "them as image axes, so its .bvec differs from ours by the slices' obliquity",
+                )
+            )
+        return [
             VolumePlan(
                 study_instance_uid=study_uid,
                 series_instance_uid=series_uid,
-                patient_id=frame.patient_id,
-                modality=frame.modality,
-                series_number=frame.series_number,
-                frames=[frame],
-                geometry=geometry,
-                split={**split, "acquisition": label} if len(frames) > 1 else dict(split),
-                mosaic=layout,
+                patient_id=first_frame.patient_id,
+                modality=first_frame.modality,
+                series_number=first_frame.series_number,
+                frames=[p[0] for p in planned],
+                geometry=first_geometry,
+                split=dict(split),
+                mosaic=first_layout,
+                timepoints=timepoints_of([[p[0]] for p in planned], first_geometry),
             )
+        ]
+    labels = _acquisition_labels(frames)
+    return [
+        VolumePlan(
+            study_instance_uid=study_uid,
+            series_instance_uid=series_uid,
+            patient_id=frame.patient_id,
+            modality=frame.modality,
+            series_number=frame.series_number,
+            frames=[frame],
+            geometry=geometry,
+            split={**split, "acquisition": label} if len(frames) > 1 else dict(split),
+            mosaic=layout,
         )
-    return plans
+        for (frame, layout, _, geometry), label in zip(planned, labels, strict=True)
+    ]

@@ -56,7 +56,8 @@ def _value(item: Dataset | None, keyword: str) -> Any:
 
 def frames_from_enhanced(ds: Dataset, source: str, common: dict[str, Any]) -> list[Frame]:
     """Expand an Enhanced image's frames into Frame records (0-based ``frame_index``)."""
-    from voxelhub.dicom.index import Frame
+    from voxelhub.dicom import acquisition
+    from voxelhub.dicom.index import Frame, seconds_of_day
 
     n = int(ds.get("NumberOfFrames", 1) or 1)
     per_frame_seq = ds.get("PerFrameFunctionalGroupsSequence") or []
@@ -93,6 +94,9 @@ def frames_from_enhanced(ds: Dataset, source: str, common: dict[str, Any]) -> li
         echo_time = _value(echo, "EffectiveEchoTime")
         slope = _value(transform, "RescaleSlope")
         intercept = _value(transform, "RescaleIntercept")
+        cardiac = _group_item(per_frame, shared, "CardiacSynchronizationSequence")
+        trigger = _value(cardiac, "NominalCardiacTriggerDelayTime")
+        acquired = _value(content, "FrameAcquisitionDateTime")
         frames.append(
             Frame(
                 frame_index=i,
@@ -109,6 +113,10 @@ def frames_from_enhanced(ds: Dataset, source: str, common: dict[str, Any]) -> li
                 echo_time=float(echo_time) if echo_time is not None else None,
                 temporal_position=int(temporal) if temporal is not None else None,
                 dimension_index=dim_index,
+                trigger_time=float(trigger) if trigger is not None else None,
+                acquisition_time=seconds_of_day(str(acquired)[8:]) if acquired else None,
+                diffusion=acquisition.read_diffusion(ds, per_frame),
+                philips_scale_slope=acquisition.philips_scale_slope(ds, per_frame),
                 **common,
             )
         )

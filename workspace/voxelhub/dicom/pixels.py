@@ -99,6 +99,35 @@ def decode_frame(frame: Frame) -> np.ndarray:
     return arr
 
 
+def decode_frames(frames: Sequence[Frame]) -> list[np.ndarray]:
+    """Stored values of several frames of ONE multi-frame file, parsing the file once.
+
+    Decoding frame by frame through :func:`decode_frame` re-parses the whole file (all its
+    functional groups) for every frame, which is quadratic in the frame count.
+    """
+    if not frames:
+        return []
+    source = frames[0].source
+    try:
+        with open_source(source) as fp:
+            ds = pydicom.dcmread(fp)
+            arrays = [_pixel_array(ds, index=f.frame_index) for f in frames]
+    except Exception as exc:  # pydicom/pylibjpeg raise many kinds; name the file and tag
+        raise DicomError(
+            f"cannot decode pixel data: {type(exc).__name__}: {exc}",
+            path=source,
+            tag="(7FE0,0010)",
+        ) from exc
+    for f, arr in zip(frames, arrays, strict=True):
+        if arr.shape != (f.rows, f.columns):
+            raise DicomError(
+                f"decoded frame has shape {arr.shape}, header says {(f.rows, f.columns)}",
+                path=source,
+                tag="(0028,0010)",
+            )
+    return arrays
+
+
 def _fast_path(frame: Frame) -> bool:
     return (
         frame.transfer_syntax_uid in _NATIVE_LE

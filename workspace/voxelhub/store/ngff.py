@@ -24,6 +24,7 @@ from zarr.codecs import BloscCodec, BloscShuffle
 
 NGFF_VERSION = "0.5"
 AXES = [{"name": n, "type": "space", "unit": "millimeter"} for n in ("z", "y", "x")]
+TIME_AXIS = {"name": "t", "type": "time", "unit": "second"}
 DIMENSION_NAMES = ("z", "y", "x")
 THUMBNAIL_SIZE = 64
 """The pyramid stops at the first level whose largest in-plane side is at most this."""
@@ -79,8 +80,14 @@ def pyramid(shape: tuple[int, int, int], spacing: tuple[float, float, float]) ->
     return levels
 
 
-def create_level_array(group: zarr.Group, level: Level, dtype: Any) -> zarr.Array:
-    """Create a level's sharded array: one shard per slab, inner chunks for viewers."""
+def create_level_array(
+    group: zarr.Group, level: Level, dtype: Any, *, timepoints: int | None = None
+) -> zarr.Array:
+    """Create a level's sharded array: one shard per slab, inner chunks for viewers.
+
+    A 4-D volume (``timepoints`` given) gets a leading ``t`` axis with one time point per
+    chunk and shard, so a slab of one volume is written and read without touching the others.
+    """
     shard_z = max(1, min(level.shape[0], SLAB_DEPTH // level.factor[0]))
     chunk = (
         min(INNER_CHUNK[0], shard_z),
@@ -93,35 +100,52 @@ def create_level_array(group: zarr.Group, level: Level, dtype: Any) -> zarr.Arra
         math.ceil(level.shape[1] / chunk[1]) * chunk[1],
         math.ceil(level.shape[2] / chunk[2]) * chunk[2],
     )
+    shape: tuple[int, ...] = level.shape
+    names: tuple[str, ...] = DIMENSION_NAMES
+    if timepoints is not None:
+        shape, chunk, shard = (timepoints, *shape), (1, *chunk), (1, *shard)  # type: ignore[assignment]
+        names = ("t", *DIMENSION_NAMES)
     return group.create_array(
         level.path,
-        shape=level.shape,
+        shape=shape,
         dtype=dtype,
         chunks=chunk,
         shards=shard,
         compressors=[compressor()],
         fill_value=0,
-        dimension_names=DIMENSION_NAMES,
+        dimension_names=names,
     )
 
 
 def write_metadata(
-    group: zarr.Group, levels: list[Level], spacing: tuple[float, float, float], name: str
+    group: zarr.Group,
+    levels: list[Level],
+    spacing: tuple[float, float, float],
+    name: str,
+    *,
+    time_step: float | None = None,
 ) -> None:
-    """Write the NGFF 0.5 ``ome`` attribute (multiscales) for ``levels``."""
+    """Write the NGFF 0.5 ``ome`` attribute (multiscales) for ``levels``.
+
+    ``time_step`` (seconds, e.g. the repetition time; 1.0 when unknown) makes the image 4-D
+    with a leading axis ``t`` of type time.
+    """
+    lead_scale: list[float] = [] if time_step is None else [time_step]
+    lead_shift: list[float] = [] if time_step is None else [0.0]
     datasets: list[dict[str, Any]] = [
         {
             "path": lv.path,
             "coordinateTransformations": [
-                {"type": "scale", "scale": lv.scale(spacing)},
-                {"type": "translation", "translation": lv.translation(spacing)},
+                {"type": "scale", "scale": lead_scale + lv.scale(spacing)},
+                {"type": "translation", "translation": lead_shift + lv.translation(spacing)},
             ],
         }
         for lv in levels
     ]
+    axes = AXES if time_step is None else [TIME_AXIS, *AXES]
     ome: dict[str, Any] = {
         "version": NGFF_VERSION,
-        "multiscales": [{"name": name, "axes": AXES, "datasets": datasets}],
+        "multiscales": [{"name": name, "axes": axes, "datasets": datasets}],
     }
     group.attrs["ome"] = ome
 

@@ -58,7 +58,7 @@ def open_volume(location: StoreLocation, rel_path: str, *, level: int = 0) -> xr
     geometry = meta["geometry"]
     factor = meta["levels"][level]["factor"]
     dz, dy, dx = geometry["spacing_zyx"]
-    nz, ny, nx = (int(s) for s in array.shape)
+    nz, ny, nx = (int(s) for s in array.shape[-3:])
     offsets = geometry.get("slice_offsets_mm")
     if offsets is not None and factor[0] == 1:
         z = np.asarray(offsets, dtype=float)
@@ -69,6 +69,10 @@ def open_volume(location: StoreLocation, rel_path: str, *, level: int = 0) -> xr
         "y": ("y", (np.arange(ny) * factor[1] + (factor[1] - 1) / 2) * dy, {"units": "mm"}),
         "x": ("x", (np.arange(nx) * factor[2] + (factor[2] - 1) / 2) * dx, {"units": "mm"}),
     }
+    dims: tuple[str, ...] = ("z", "y", "x")
+    if array.ndim == 4:
+        dims = ("t", *dims)
+        coords.update(_time_coords(meta.get("timepoints") or [], int(array.shape[0])))
     modality = meta.get("modality", "")
     affine = np.asarray(geometry["affine_lps"], dtype=float)
     affine[:3, :3] = affine[:3, :3] * np.array(factor[::-1])
@@ -91,9 +95,62 @@ def open_volume(location: StoreLocation, rel_path: str, *, level: int = 0) -> xr
         "checksum": meta.get("checksum", ""),
         "description": meta.get("series_description", ""),
         "store_url": location.url_of(rel_path),
+        "acquisition": dict(meta.get("acquisition") or {}),
     }
+    tr = attrs["acquisition"].get("RepetitionTime")
+    if tr:
+        attrs["repetition_time"] = float(tr)
     name = meta.get("name") or rel_path
-    return xr.DataArray(data, dims=("z", "y", "x"), coords=coords, attrs=attrs, name=name)
+    return xr.DataArray(data, dims=dims, coords=coords, attrs=attrs, name=name)
+
+
+def _time_coords(rows: list[dict[str, Any]], n: int) -> dict[str, Any]:
+    """``t`` and its per-volume coordinates from the acquisition table stored with the image."""
+    if len(rows) != n:
+        return {"t": ("t", np.arange(n), {"long_name": "volume index"})}
+    times = [r.get("time_s") for r in rows]
+    t = (
+        ("t", np.asarray(times, dtype=float), {"units": "s", "long_name": "acquisition time"})
+        if None not in times
+        else ("t", np.arange(n), {"long_name": "volume index"})
+    )
+    out: dict[str, Any] = {"t": t, "volume_index": ("t", np.arange(n))}
+
+    def column(key: str) -> list[Any]:
+        return [r.get(key) for r in rows]
+
+    if any(v is not None for v in column("b_value")):
+        out["b_value"] = (
+            "t",
+            np.asarray([v if v is not None else np.nan for v in column("b_value")], dtype=float),
+            {"units": "s/mm^2"},
+        )
+    # a DataArray's coordinates may only use its own dims, so each vector is three coordinates:
+    # gradient_L/P/S in patient axes, gradient_x/y/z in the volume's index axes
+    for key, names in (("gradient_lps", "LPS"), ("gradient_image", "xyz")):
+        vectors = column(key)
+        if any(v is not None for v in vectors):
+            table = np.asarray([v if v is not None else [np.nan] * 3 for v in vectors], dtype=float)
+            for axis, letter in enumerate(names):
+                out[f"gradient_{letter}"] = ("t", table[:, axis])
+    if any(v is not None for v in column("echo_time_s")):
+        out["echo_time"] = (
+            "t",
+            np.asarray(
+                [v if v is not None else np.nan for v in column("echo_time_s")], dtype=float
+            ),
+            {"units": "s"},
+        )
+    if any(v is not None for v in column("label")):
+        out["label"] = ("t", np.asarray([v or "" for v in column("label")], dtype=object))
+    if any(column("rows_reversed")):
+        out["rows_reversed"] = ("t", np.asarray(column("rows_reversed"), dtype=bool))
+    if any(v is not None for v in column("phase_encoding_direction")):
+        out["phase_encoding_direction"] = (
+            "t",
+            np.asarray([v or "" for v in column("phase_encoding_direction")], dtype=object),
+        )
+    return out
 
 
 def _normal_step(geometry: dict[str, Any], dz: float) -> float:
@@ -106,6 +163,8 @@ def _normal_step(geometry: dict[str, Any], dz: float) -> float:
 def _dask_chunks(array: zarr.Array) -> tuple[int, ...]:
     """Dask chunks aligned with shards in z and whole slices in-plane: few, large tasks."""
     shards = array.shards or array.chunks
+    if array.ndim == 4:
+        return (1, int(shards[1]), int(array.shape[2]), int(array.shape[3]))
     return (int(shards[0]), int(array.shape[1]), int(array.shape[2]))
 
 
@@ -117,6 +176,11 @@ def to_simpleitk(volume: xr.DataArray) -> Any:
     """
     import SimpleITK as sitk
 
+    if "t" in volume.dims:
+        raise GeometryError(
+            f"{volume.name}: a 4-D volume ({volume.sizes['t']} time points); select one with "
+            "volume.isel(t=k) first"
+        )
     flags = set(volume.attrs.get("flags", []))
     blocked = flags & {"gantry_tilt", "non_uniform_spacing", "missing_slices"}
     if blocked:
@@ -182,7 +246,8 @@ def to_nifti(volume: xr.DataArray, path: str) -> str:
             f"{volume.name}: NIfTI needs uniform slice spacing and this volume has "
             f"{', '.join(sorted(flags & {'non_uniform_spacing', 'missing_slices'}))}"
         )
-    data = np.asarray(volume.data).transpose(2, 1, 0)
+    data = np.asarray(volume.data)
+    data = data.transpose(tuple(reversed(range(data.ndim))))  # (t,)z,y,x -> x,y,z(,t)
     image = nib.Nifti1Image(data, nifti_affine(volume))
     image.header.set_xyzt_units("mm")
     image.set_sform(image.affine, code=1)
@@ -204,6 +269,17 @@ class VoxelHubAccessor:
     @property
     def affine(self) -> np.ndarray:
         return np.asarray(self._obj.attrs["affine_lps"], dtype=float)
+
+    def gradients(self, frame: str = "lps") -> np.ndarray:
+        """Diffusion directions of a 4-D volume, ``(t, 3)``: ``"lps"`` or ``"image"`` axes.
+
+        NaN rows where no direction was recorded (b = 0, trace volumes).
+        """
+        names = {"lps": "LPS", "image": "xyz"}[frame]
+        coords = [f"gradient_{letter}" for letter in names]
+        if any(c not in self._obj.coords for c in coords):
+            raise GeometryError(f"{self._obj.name}: no diffusion directions stored")
+        return np.stack([np.asarray(self._obj[c].values, dtype=float) for c in coords], axis=1)
 
     def to_simpleitk(self) -> Any:
         return to_simpleitk(self._obj)

@@ -22,7 +22,7 @@ import zarr
 
 from voxelhub.dicom.pixels import DtypeChoice, DtypeOverflow, choose_dtype
 from voxelhub.dicom.series import VolumePlan
-from voxelhub.dicom.slabs import read_slab, volume_shape
+from voxelhub.dicom.slabs import read_slab, stored_shape, volume_shape
 from voxelhub.errors import StoreError
 from voxelhub.store import ngff
 from voxelhub.store.location import StoreLocation
@@ -38,7 +38,7 @@ class WrittenVolume:
     """What was committed: where, its shape, dtype, pyramid and content checksum."""
 
     rel_path: str
-    shape: tuple[int, int, int]
+    shape: tuple[int, ...]
     dtype: str
     checksum: str
     levels: int
@@ -48,7 +48,7 @@ class WrittenVolume:
 class _Hasher:
     """sha256 over the level-0 voxels in C order, prefixed by dtype and shape."""
 
-    def __init__(self, shape: tuple[int, int, int], dtype: np.dtype) -> None:
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype) -> None:
         self._h = hashlib.sha256(f"{np.dtype(dtype).str}{shape}".encode())
 
     def update(self, slab: np.ndarray) -> None:
@@ -59,11 +59,17 @@ class _Hasher:
 
 
 def content_checksum(array: zarr.Array, slab_depth: int = ngff.SLAB_DEPTH) -> str:
-    """Checksum of a stored level-0 array, read slab by slab (same definition as when writing)."""
+    """Checksum of a stored level-0 array, read slab by slab (same definition as when writing).
+
+    A 4-D array is read one time point at a time, each slab by slab, in C order.
+    """
     shape = tuple(int(s) for s in array.shape)
-    hasher = _Hasher(shape, np.dtype(array.dtype))  # type: ignore[arg-type]
-    for z in range(0, shape[0], slab_depth):
-        hasher.update(np.asarray(array[z : z + slab_depth]))
+    hasher = _Hasher(shape, np.dtype(array.dtype))
+    for t in range(shape[0]) if len(shape) == 4 else [None]:
+        nz = shape[-3]
+        for z in range(0, nz, slab_depth):
+            where = (slice(z, z + slab_depth),) if t is None else (t, slice(z, z + slab_depth))
+            hasher.update(np.asarray(array[where]))
     return hasher.hexdigest()
 
 
@@ -117,30 +123,40 @@ def _write(
     on_slab: Callable[[int], None] | None,
 ) -> WrittenVolume:
     shape = volume_shape(plan)
+    full_shape = stored_shape(plan)
     spacing = plan.geometry.spacing
     levels = ngff.pyramid(shape, spacing)
+    n_t = plan.n_timepoints if plan.is_4d else None
     tmp = location.new_temporary()
     try:
         group = zarr.open_group(location.zarr_store(tmp), mode="w-", zarr_format=3)
-        arrays = [ngff.create_level_array(group, lv, choice.dtype) for lv in levels]
-        hasher = _Hasher(shape, choice.dtype)
-        for start in range(0, shape[0], ngff.SLAB_DEPTH):
-            stop = min(start + ngff.SLAB_DEPTH, shape[0])
-            slab = read_slab(plan, start, stop, choice, pool=pool)
-            hasher.update(slab)
-            arrays[0][start:stop] = slab
-            small, previous = slab, levels[0].factor
-            for lv, arr in zip(levels[1:], arrays[1:], strict=True):
-                # each level from the one above it: a 2× step, not a 2^k one from level 0
-                step = tuple(f // p for f, p in zip(lv.factor, previous, strict=True))
-                small, previous = ngff.downsample(small, step), lv.factor  # type: ignore[arg-type]
-                z0 = start // lv.factor[0]
-                arr[z0 : z0 + small.shape[0]] = small
-            if on_slab is not None:
-                on_slab(stop - start)
-            del slab
+        arrays = [ngff.create_level_array(group, lv, choice.dtype, timepoints=n_t) for lv in levels]
+        hasher = _Hasher(full_shape, choice.dtype)
+        for t in range(plan.n_timepoints):
+            lead: tuple[int | slice, ...] = () if n_t is None else (t,)
+            for start in range(0, shape[0], ngff.SLAB_DEPTH):
+                stop = min(start + ngff.SLAB_DEPTH, shape[0])
+                slab = read_slab(plan, start, stop, choice, t=t, pool=pool)
+                hasher.update(slab)
+                where: tuple[int | slice, ...] = (*lead, slice(start, stop))
+                arrays[0][where] = slab
+                small, previous = slab, levels[0].factor
+                for lv, arr in zip(levels[1:], arrays[1:], strict=True):
+                    # each level from the one above it: a 2× step, not a 2^k one from level 0
+                    step = tuple(f // p for f, p in zip(lv.factor, previous, strict=True))
+                    small, previous = ngff.downsample(small, step), lv.factor  # type: ignore[arg-type]
+                    z0 = start // lv.factor[0]
+                    where = (*lead, slice(z0, z0 + small.shape[0]))
+                    arr[where] = small
+                if on_slab is not None:
+                    on_slab(stop - start)
+                del slab
         checksum = hasher.hexdigest()
-        ngff.write_metadata(group, levels, spacing, name)
+        time_step = None
+        if n_t is not None:
+            tr = plan.frames[0].repetition_time
+            time_step = tr / 1000.0 if tr else 1.0
+        ngff.write_metadata(group, levels, spacing, name, time_step=time_step)
         group.attrs["voxelhub"] = {
             **attrs,
             "format_version": FORMAT_VERSION,
@@ -149,14 +165,15 @@ def _write(
             "dtype_reason": choice.reason,
             "checksum": checksum,
             "levels": [{"path": lv.path, "shape": lv.shape, "factor": lv.factor} for lv in levels],
+            "timepoints": [tp.to_attrs() for tp in plan.timepoints] if plan.is_4d else [],
         }
         _verify(location, tmp, checksum)
         location.commit(tmp, final_rel)
     except BaseException:
         location.remove(tmp)
         raise
-    nbytes = int(np.prod(shape)) * choice.dtype.itemsize
-    return WrittenVolume(final_rel, shape, choice.dtype.str, checksum, len(levels), nbytes)
+    nbytes = int(np.prod(full_shape)) * choice.dtype.itemsize
+    return WrittenVolume(final_rel, full_shape, choice.dtype.str, checksum, len(levels), nbytes)
 
 
 def _verify(location: StoreLocation, rel: str, expected: str) -> None:
