@@ -569,7 +569,15 @@ def _uih(ds: Dataset, frame_item: Dataset | None, vendor: str | None) -> Diffusi
 
 
 _Reader = Callable[[Dataset, Dataset | None, str | None], Diffusion | None]
-_VENDOR_READERS: tuple[_Reader, ...] = (_siemens, _ge, _philips, _canon, _uih)
+# Which Manufacturer each reader serves (None: Manufacturer absent, e.g. Siemens XA10 mosaics).
+# dcm2niix gates every vendor tag on the manufacturer too.
+_VENDOR_READERS: tuple[tuple[_Reader, tuple[str | None, ...]], ...] = (
+    (_siemens, ("Siemens", None)),
+    (_ge, ("GE", None)),
+    (_philips, ("Philips", None)),
+    (_canon, ("Canon", "Toshiba")),
+    (_uih, ("UIH",)),
+)
 
 
 def _same_b(a: float, b: float) -> bool:
@@ -600,7 +608,9 @@ def read_diffusion(ds: Dataset, frame_item: Dataset | None = None) -> Diffusion 
                     return found
                 partial = found
                 break
-        for reader in _VENDOR_READERS:
+        for reader, vendors in _VENDOR_READERS:
+            if vendor not in vendors:
+                continue
             found = reader(ds, frame_item, vendor)
             if found is None:
                 continue

@@ -186,6 +186,7 @@ class StudyBrowser(w.HBox):
     def _thumbnail(self, row: dict[str, Any]) -> str:
         """PNG of the middle slice of the smallest pyramid level ('' if it cannot be read)."""
         from voxelhub import open_series
+        from voxelhub.widgets.pyramid import first_timepoint
         from voxelhub.widgets.slices import auto_window
 
         smallest = None
@@ -198,6 +199,7 @@ class StudyBrowser(w.HBox):
                     level -= 1
             if smallest is None:
                 return ""
+            smallest = first_timepoint(smallest)
             mid = smallest.data[smallest.shape[0] // 2]
             plane = np.asarray(mid.compute(scheduler="sync") if hasattr(mid, "compute") else mid)
         except (OSError, ValueError, KeyError, VoxelHubError) as err:

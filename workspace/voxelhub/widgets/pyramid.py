@@ -37,8 +37,12 @@ def as_volume(volume: Any, spacing: tuple[float, float, float] | None = None) ->
     """A DataArray with dims z, y, x and ``spacing_zyx`` / ``affine_lps`` attrs.
 
     DataArrays from :func:`voxelhub.open_series` pass through unchanged; numpy or dask arrays
-    get unit (or the given) spacing and an identity direction.
+    get unit (or the given) spacing and an identity direction.  A 4-D volume (dims ``t, z, y,
+    x``) shows its first time point (``attrs["timepoint"]``); pass ``volume.isel(t=k)`` for
+    another.
     """
+    if isinstance(volume, xr.DataArray) and "t" in volume.dims:
+        volume = first_timepoint(volume)
     if isinstance(volume, xr.DataArray):
         if volume.ndim != 3:
             raise ValueError(f"expected a 3-D volume (z, y, x), got dims {volume.dims}")
@@ -71,6 +75,15 @@ def as_volume(volume: Any, spacing: tuple[float, float, float] | None = None) ->
         attrs=attrs,
         name=getattr(volume, "name", None) or "volume",
     )
+
+
+def first_timepoint(volume: xr.DataArray, t: int = 0) -> xr.DataArray:
+    """Time point ``t`` of a 4-D volume, remembering which (3-D volumes pass through)."""
+    if "t" not in volume.dims:
+        return volume
+    out = volume.isel(t=t)
+    out.attrs = {**volume.attrs, "timepoint": t, "timepoints": int(volume.sizes["t"])}
+    return out
 
 
 def resolve(
@@ -110,7 +123,10 @@ def levels_of(volume: xr.DataArray, catalog: Any = None) -> list[PyramidLevel]:
     level = int(volume.attrs.get("level", 0)) + 1
     while level < 16:
         try:
-            coarser = open_series(uid, level=level, catalog=catalog)
+            coarser = first_timepoint(
+                open_series(uid, level=level, catalog=catalog),
+                int(volume.attrs.get("timepoint", 0)),
+            )
         except VoxelHubError:
             break
         ratio = np.asarray(coarser.attrs["spacing_zyx"], dtype=float) / base
