@@ -4,6 +4,7 @@ Run from anywhere::
 
     .venv/bin/python benchmarks/ingest.py                 # full size, 3 repeats (a few minutes)
     .venv/bin/python benchmarks/ingest.py --quick         # 60-slice synthetic case (smoke test)
+    .venv/bin/python benchmarks/ingest.py --case archive  # one part: ct, archive, index, fixed, profile
     .venv/bin/python benchmarks/ingest.py --markdown      # print the table of the saved results
 
 Inputs: a synthetic 300 × 512² int16 CT written with ``tests/dicom_factory.py`` (uniform random
@@ -17,8 +18,21 @@ The summed footprint of the whole tree (PSS, sampled every 20 ms) is recorded be
 Inputs are read once before timing, so every tool sees a warm page cache; each tool also runs
 once untimed (warm-up, output sizes and shape check), then the timed runs go round-robin.
 
-A full run writes ``benchmarks/results/ingest.json`` and refreshes the table in
-``benchmarks/README.md``; ``--quick`` writes its JSON into the work folder only.
+Parts (``--case``, repeatable; default ``all``):
+
+- ``ct``: the two CT series above, each tool once per round.
+- ``archive``: the whole shared DICOM folder plus a synthetic archive of 5,000 small files
+  (50 series × 100 slices of 64² MR, ``write_series``), ingested by one ``voxelhub ingest`` over
+  both folders, against dcm2niix converting the same files (one call on a parent folder that
+  holds both through symlinks).
+- ``index``: header indexing alone, ``voxelhub.dicom.index.index(paths, workers=N)`` for N = 1
+  and 2 in a fresh process, against dcm2niix's header-only modes.
+- ``fixed``: the CLI's fixed cost: interpreter start-up, the imports, ``-X importtime``.
+- ``profile``: py-spy (or cProfile) samples of one ingest of the phantom and of the archive.
+
+A full run writes ``benchmarks/results/ingest.json`` and refreshes the tables in
+``benchmarks/README.md``; a run of some parts merges them into the saved JSON; ``--quick``
+writes its JSON into the work folder only.
 """
 
 from __future__ import annotations
@@ -47,6 +61,10 @@ README = BENCH_DIR / "README.md"
 VENV_BIN = Path(sys.executable).parent
 TABLE_START = "<!-- ingest-table:start -->"
 TABLE_END = "<!-- ingest-table:end -->"
+PROFILE_START = "<!-- ingest-profile:start -->"
+PROFILE_END = "<!-- ingest-profile:end -->"
+PARTS = ("ct", "archive", "index", "fixed", "profile")
+ARCHIVE_SERIES, ARCHIVE_SLICES, ARCHIVE_SIZE = 50, 100, 64
 MIB = 1024 * 1024
 
 SITK_SCRIPT = """
@@ -60,6 +78,20 @@ print(json.dumps({"shape": list(array.shape), "dtype": str(array.dtype)}))
 """
 
 IMPORT_SCRIPT = "import voxelhub.cli, voxelhub.ingest"
+
+# header indexing alone, timed inside the process (imports excluded): argv = workers, paths...
+INDEX_SCRIPT = """
+import json, sys, time
+t0 = time.perf_counter()
+from voxelhub.dicom.index import index, ZIP_SEP
+t1 = time.perf_counter()
+result = index(sys.argv[2:], workers=int(sys.argv[1]), progress=False)
+t2 = time.perf_counter()
+sources = {f.source for f in result.frames} | {r.source for r in result.rejected}
+print(json.dumps({"import_s": t1 - t0, "index_s": t2 - t1, "files": len(sources)
+                  + len(result.skipped), "frames": len(result.frames),
+                  "rejected": len(result.rejected), "skipped": len(result.skipped)}))
+"""
 
 
 # ----------------------------------------------------------------------------- measurement
@@ -224,10 +256,16 @@ class Case:
     rows: int = 0
     columns: int = 0
     files: int = 0
+    inputs: tuple[Path, ...] = ()  # what VoxelHub is given; default (path,)
+    input_bytes: int = 0
 
     @property
     def payload_bytes(self) -> int:
         return self.slices * self.rows * self.columns * 2
+
+    @property
+    def sources(self) -> list[Path]:
+        return list(self.inputs) or [self.path]
 
 
 def make_synthetic(work: Path, slices: int) -> Path:
@@ -257,6 +295,66 @@ def make_synthetic(work: Path, slices: int) -> Path:
     return folder
 
 
+def make_archive(work: Path) -> Path:
+    """Write (or reuse) the synthetic archive: many small MR series in one folder each."""
+    name = f"archive_{ARCHIVE_SERIES}x{ARCHIVE_SLICES}x{ARCHIVE_SIZE}x{ARCHIVE_SIZE}"
+    folder, marker = work / name, work / f"{name}.complete"
+    if marker.exists():
+        return folder
+    if folder.exists():
+        shutil.rmtree(folder)
+    sys.path.insert(0, str(REPO))
+    from tests.dicom_factory import write_series
+
+    print(
+        f"writing synthetic archive: {ARCHIVE_SERIES} series × {ARCHIVE_SLICES} × "
+        f"{ARCHIVE_SIZE}² MR → {folder}",
+        flush=True,
+    )
+    for s in range(ARCHIVE_SERIES):
+        write_series(
+            folder / f"series{s:03d}",
+            slices=ARCHIVE_SLICES,
+            rows=ARCHIVE_SIZE,
+            columns=ARCHIVE_SIZE,
+            modality="MR",
+            pixel_spacing=(1.0, 1.0),
+            slice_step=2.0,
+            series_uid=f"1.2.826.0.1.3680043.8.498.8.{s + 1}",
+            study_uid=f"1.2.826.0.1.3680043.8.498.9.{s // 5 + 1}",
+            patient_id=f"BENCH-A{s // 5:02d}",
+            patient_name="Bench^Archive",
+            seed=s,
+        )
+    marker.write_text("ok\n")
+    return folder
+
+
+def archive_case(work: Path, shared_dicom: Path) -> Case:
+    """Shared DICOM + synthetic archive; ``path`` is a parent folder linking both (for dcm2niix)."""
+    synth = make_archive(work)
+    parent = work / "archive_input"
+    parent.mkdir(exist_ok=True)
+    for link, target in (("shared", shared_dicom), ("synthetic", synth)):
+        dest = parent / link
+        if dest.is_symlink() or dest.exists():
+            dest.unlink()
+        dest.symlink_to(target.resolve(), target_is_directory=True)
+    case = Case(
+        "archive",
+        "archive: shared DICOM + synthetic 5,000-file archive",
+        parent,
+        f"all of {shared_dicom} plus {ARCHIVE_SERIES} synthetic MR series × {ARCHIVE_SLICES} "
+        f"slices of {ARCHIVE_SIZE}² (tests/dicom_factory.py write_series)",
+        inputs=(shared_dicom.resolve(), synth),
+    )
+    for src in case.sources:
+        for _root, _dirs, names in os.walk(src):
+            case.files += len(names)
+        case.input_bytes += tree_bytes(src)[0]
+    return case
+
+
 def describe(case: Case) -> None:
     """Count the image instances and read their matrix size (headers only)."""
     import pydicom
@@ -283,11 +381,13 @@ def describe(case: Case) -> None:
 
 def read_input(path: Path) -> None:
     """Read every file once so each tool starts from the same warm page cache."""
-    for entry in path.rglob("*"):
-        if entry.is_file():
-            with entry.open("rb") as fp:
-                while fp.read(1 << 22):
-                    pass
+    for root, _dirs, names in os.walk(path, followlinks=True):
+        for name in names:
+            entry = Path(root, name)
+            if entry.is_file():
+                with entry.open("rb") as fp:
+                    while fp.read(1 << 22):
+                        pass
 
 
 # ----------------------------------------------------------------------------- tools
@@ -297,6 +397,7 @@ def read_input(path: Path) -> None:
 class Tool:
     key: str
     label: str
+    ok_codes: tuple[int, ...] = (0,)
 
     def command(self, case: Case, out: Path) -> list[str]:
         raise NotImplementedError
@@ -311,21 +412,25 @@ class Tool:
 
 
 class VoxelHub(Tool):
-    def __init__(self, workers: int | None) -> None:
+    def __init__(self, workers: int | None, ok_codes: tuple[int, ...] = (0,)) -> None:
         label = "VoxelHub ingest" + ("" if workers is None else f" --workers {workers}")
-        super().__init__("voxelhub" if workers is None else f"voxelhub_w{workers}", label)
+        key = "voxelhub" if workers is None else f"voxelhub_w{workers}"
+        super().__init__(key, label, ok_codes)
         self.workers = workers
 
     def command(self, case: Case, out: Path) -> list[str]:
-        cmd = [str(VENV_BIN / "voxelhub"), "ingest", str(case.path), "--store", str(out / "store")]
+        cmd = [str(VENV_BIN / "voxelhub"), "ingest", *map(str, case.sources)]
+        cmd += ["--store", str(out / "store")]
         if self.workers is not None:
             cmd += ["--workers", str(self.workers)]
         return [*cmd, "--quiet"]
 
     def inspect(self, case: Case, out: Path, run: Run) -> dict[str, Any]:
         store = out / "store"
-        volumes = sorted(store.glob("projects/*/*.ome.zarr"))
+        # projects/<project>/<folder>/<volume>.ome.zarr (the folder level came with a store change)
+        volumes = sorted(store.glob("projects/**/*.ome.zarr"))
         info: dict[str, Any] = {"volumes": len(volumes), "summary": run.stdout.strip()}
+        info["returncode"] = run.returncode
         info["store_bytes"], info["store_disk_bytes"] = tree_bytes(store)
         if len(volumes) == 1:
             vol = volumes[0]
@@ -361,17 +466,86 @@ class Dcm2niix(Tool):
         return info
 
     def extra(self, runs: list[Run]) -> dict[str, Any]:
-        # the PyPI `dcm2niix` command is a Python entry point that runs the native binary;
-        # the binary reports its own conversion time
-        core = []
-        for run in runs:
-            m = re.search(r"Conversion required ([0-9.]+) seconds", run.stdout)
-            if m:
-                core.append(float(m.group(1)))
-        if not core:
-            return {}
-        median = statistics.median(core)
-        return {"native_conversion_median_s": round(median, 4), "native_conversion_s": core}
+        return native_time(runs)
+
+
+def native_time(runs: list[Run]) -> dict[str, Any]:
+    """The PyPI `dcm2niix` command is a Python entry point that runs the native binary; the
+    binary reports its own conversion time."""
+    core = []
+    for run in runs:
+        m = re.search(r"Conversion required ([0-9.]+) seconds", run.stdout)
+        if m:
+            core.append(float(m.group(1)))
+    if not core:
+        return {}
+    median = statistics.median(core)
+    return {"native_conversion_median_s": round(median, 4), "native_conversion_s": core}
+
+
+class Dcm2niixTree(Tool):
+    """dcm2niix over a folder tree of many series: ``-b y`` (NIfTI + JSON) or ``-b o`` (JSON only,
+    headers) or ``-q y`` (only search the tree for DICOM files)."""
+
+    def __init__(self, mode: str) -> None:
+        labels = {
+            "convert": ("dcm2niix", "dcm2niix → NIfTI + JSON (-b y)"),
+            "headers": ("dcm2niix_headers", "dcm2niix -b o (headers → JSON, no NIfTI)"),
+            "search": ("dcm2niix_search", "dcm2niix -q y (find DICOM files only)"),
+        }
+        super().__init__(*labels[mode])
+        self.mode = mode
+
+    def command(self, case: Case, out: Path) -> list[str]:
+        out.mkdir(parents=True, exist_ok=True)
+        exe = str(VENV_BIN / "dcm2niix")
+        if self.mode == "search":
+            return [exe, "-q", "y", str(case.path)]
+        bids = "y" if self.mode == "convert" else "o"
+        # the default name (%f_%p_%t_%s) is the same for all 50 synthetic series (one series
+        # number, one date) and dcm2niix gives up after 26 suffixes (exit 8): add the series UID
+        fmt = "%p_%s_%j"
+        return [exe, "-z", "n", "-b", bids, "-f", fmt, "-o", str(out), str(case.path)]
+
+    def inspect(self, case: Case, out: Path, run: Run) -> dict[str, Any]:
+        info: dict[str, Any] = {"returncode": run.returncode}
+        if self.mode == "search":
+            m = re.search(r"Found (\d+) DICOM", run.stdout + run.stderr)
+            info["dicom_files_found"] = int(m.group(1)) if m else None
+            return info
+        niis = sorted(out.glob("*.nii"))
+        info["nifti_files"] = len(niis)
+        info["json_files"] = len(list(out.glob("*.json")))
+        info["output_bytes"] = tree_bytes(out)[0] - tree_bytes(out / "log")[0]
+        return info
+
+    def extra(self, runs: list[Run]) -> dict[str, Any]:
+        return native_time(runs)
+
+
+class IndexOnly(Tool):
+    """``voxelhub.dicom.index.index(paths, workers=N, progress=False)`` in a fresh process."""
+
+    def __init__(self, workers: int) -> None:
+        super().__init__(f"index_w{workers}", f"voxelhub index(workers={workers})")
+        self.workers = workers
+
+    def command(self, case: Case, out: Path) -> list[str]:
+        return [sys.executable, "-c", INDEX_SCRIPT, str(self.workers), *map(str, case.sources)]
+
+    def inspect(self, case: Case, out: Path, run: Run) -> dict[str, Any]:
+        return dict(json.loads(run.stdout.strip().splitlines()[-1]))
+
+    def extra(self, runs: list[Run]) -> dict[str, Any]:
+        reports = [json.loads(r.stdout.strip().splitlines()[-1]) for r in runs]
+        index_s = [r["index_s"] for r in reports]
+        median = statistics.median(index_s)
+        return {
+            "index_s": [round(t, 4) for t in index_s],
+            "index_median_s": round(median, 4),
+            "import_median_s": round(statistics.median(r["import_s"] for r in reports), 4),
+            "files_per_s_index": round(reports[0]["files"] / median, 1),
+        }
 
 
 class SimpleITK(Tool):
@@ -477,31 +651,7 @@ def run_case(
         flush=True,
     )
     read_input(case.path)
-    runs: dict[str, list[Run]] = {t.key: [] for t in tools}
-    outputs: dict[str, dict[str, Any]] = {}
-    base = work / "runs" / case.key
-    for rnd in range(repeat + 1):  # round 0 is the untimed warm-up
-        for tool in tools:
-            out = base / f"{tool.key}-{rnd}"
-            if out.exists():
-                shutil.rmtree(out)
-            run = measure(tool.command(case, out), env, out / "log")
-            what = "warm-up" if rnd == 0 else f"run {rnd}/{repeat}"
-            print(
-                f"  {tool.label:<28} {what:<10} {run.wall_s:8.2f} s  "
-                f"{run.maxrss_mib:8.1f} MiB  rc={run.returncode}",
-                flush=True,
-            )
-            if run.returncode != 0:
-                raise SystemExit(
-                    f"{tool.label} failed on {case.label} (exit {run.returncode}):\n"
-                    f"{' '.join(tool.command(case, out))}\n{run.stdout}\n{run.stderr}"
-                )
-            if rnd == 0:
-                outputs[tool.key] = tool.inspect(case, out, run)
-            else:
-                runs[tool.key].append(run)
-            shutil.rmtree(out, ignore_errors=True)
+    runs, outputs = round_robin(case, tools, repeat, work, env)
     results: dict[str, Any] = {}
     for tool in tools:
         results[tool.key] = {"label": tool.label, **summarize(case, runs[tool.key])}
@@ -531,6 +681,125 @@ def run_case(
     }
 
 
+def round_robin(
+    case: Case, tools: list[Tool], repeat: int, work: Path, env: dict[str, str]
+) -> tuple[dict[str, list[Run]], dict[str, dict[str, Any]]]:
+    """One untimed warm-up per tool, then ``repeat`` timed rounds over all tools in turn."""
+    runs: dict[str, list[Run]] = {t.key: [] for t in tools}
+    outputs: dict[str, dict[str, Any]] = {}
+    base = work / "runs" / case.key
+    for rnd in range(repeat + 1):  # round 0 is the untimed warm-up
+        for tool in tools:
+            out = base / f"{tool.key}-{rnd}"
+            if out.exists():
+                shutil.rmtree(out)
+            run = measure(tool.command(case, out), env, out / "log")
+            what = "warm-up" if rnd == 0 else f"run {rnd}/{repeat}"
+            print(
+                f"  {tool.label:<28} {what:<10} {run.wall_s:8.2f} s  "
+                f"{run.maxrss_mib:8.1f} MiB  rc={run.returncode}",
+                flush=True,
+            )
+            if run.returncode not in tool.ok_codes:
+                raise SystemExit(
+                    f"{tool.label} failed on {case.label} (exit {run.returncode}):\n"
+                    f"{' '.join(tool.command(case, out))}\n{run.stdout}\n{run.stderr}"
+                )
+            if rnd == 0:
+                outputs[tool.key] = tool.inspect(case, out, run)
+            else:
+                runs[tool.key].append(run)
+            shutil.rmtree(out, ignore_errors=True)
+    return runs, outputs
+
+
+def summarize_files(case: Case, runs: list[Run]) -> dict[str, Any]:
+    """Wall time, files/s and memory for a many-file input (no single volume to compare with)."""
+    walls = [r.wall_s for r in runs]
+    median = statistics.median(walls)
+    return {
+        "wall_s": [round(w, 4) for w in walls],
+        "wall_median_s": round(median, 4),
+        "wall_min_s": round(min(walls), 4),
+        "files_per_s": round(case.files / median, 1),
+        "input_mb_per_s": round(case.input_bytes / 1e6 / median, 1),
+        "peak_rss_mib": round(max(r.maxrss_mib for r in runs), 1),
+        "tree_peak_pss_mib": round(max(r.tree_peak_mib for r in runs), 1),
+        "max_processes": max(r.max_processes for r in runs),
+        "returncodes": sorted({r.returncode for r in runs}),
+    }
+
+
+def run_files_case(
+    case: Case, tools: list[Tool], repeat: int, work: Path, env: dict[str, str], ref: str
+) -> dict[str, Any]:
+    """The archive and header-indexing parts: many files, many series."""
+    print(
+        f"\n== {case.label}: {case.files} files, {case.input_bytes / 1e6:.1f} MB "
+        f"({', '.join(map(str, case.sources))})",
+        flush=True,
+    )
+    for src in case.sources:
+        read_input(src)
+    runs, outputs = round_robin(case, tools, repeat, work, env)
+    results: dict[str, Any] = {}
+    for tool in tools:
+        results[tool.key] = {"label": tool.label, **summarize_files(case, runs[tool.key])}
+        results[tool.key].update(tool.extra(runs[tool.key]))
+        results[tool.key]["output"] = outputs[tool.key]
+    base = results.get(ref)
+    for res in results.values():
+        if base:
+            res["time_x_dcm2niix"] = round(res["wall_median_s"] / base["wall_median_s"], 2)
+    return {
+        "label": case.label,
+        "path": str(case.path),
+        "inputs": [str(p) for p in case.sources],
+        "note": case.note,
+        "files": case.files,
+        "input_mb": round(case.input_bytes / 1e6, 2),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "repeat": repeat,
+        "tools": results,
+    }
+
+
+def workers_scaling(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Speed with the default worker pool (one per CPU) over speed with one worker."""
+    cpus = results["machine"]["cpu_count"]
+    out = []
+    cases = dict(results.get("cases", {}))
+    if "archive" in results:
+        cases["archive"] = results["archive"]
+    for key, case in cases.items():
+        par, seq = case["tools"].get("voxelhub"), case["tools"].get("voxelhub_w1")
+        if par and seq:
+            out.append(
+                {
+                    "what": f"voxelhub ingest: {case['label']}",
+                    "case": key,
+                    "workers": cpus,
+                    "one_worker_s": seq["wall_median_s"],
+                    "n_workers_s": par["wall_median_s"],
+                    "speedup": round(seq["wall_median_s"] / par["wall_median_s"], 2),
+                }
+            )
+    idx = results.get("index_rate", {}).get("tools", {})
+    if "index_w1" in idx and "index_w2" in idx:
+        one, two = idx["index_w1"]["index_median_s"], idx["index_w2"]["index_median_s"]
+        out.append(
+            {
+                "what": "voxelhub.dicom.index.index() over the archive (in-process time)",
+                "case": "index",
+                "workers": 2,
+                "one_worker_s": one,
+                "n_workers_s": two,
+                "speedup": round(one / two, 2),
+            }
+        )
+    return out
+
+
 def measure_imports(repeat: int, env: dict[str, str], work: Path) -> dict[str, Any]:
     """Interpreter start-up plus ``import voxelhub.cli, voxelhub.ingest``: the CLI's fixed cost."""
     runs = [
@@ -538,11 +807,171 @@ def measure_imports(repeat: int, env: dict[str, str], work: Path) -> dict[str, A
         for i in range(repeat + 1)
     ][1:]
     walls = [r.wall_s for r in runs]
+    bare = [
+        measure([sys.executable, "-c", "pass"], env, work / "runs" / "python" / str(i))
+        for i in range(repeat + 1)
+    ][1:]
     return {
         "wall_median_s": round(statistics.median(walls), 4),
         "wall_min_s": round(min(walls), 4),
         "peak_rss_mib": round(max(r.maxrss_mib for r in runs), 1),
+        "python_only_median_s": round(statistics.median(r.wall_s for r in bare), 4),
+        "python_only_rss_mib": round(max(r.maxrss_mib for r in bare), 1),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "importtime": import_times(repeat, env, work),
     }
+
+
+def import_times(repeat: int, env: dict[str, str], work: Path, top: int = 10) -> dict[str, Any]:
+    """``python -X importtime -c IMPORT_SCRIPT``: the imports with the largest cumulative time
+    (median over ``repeat`` runs after one warm-up), with their self time and nesting depth."""
+    per_run: list[dict[str, tuple[int, int, int]]] = []
+    for i in range(repeat + 1):
+        run = measure(
+            [sys.executable, "-X", "importtime", "-c", IMPORT_SCRIPT],
+            env,
+            work / "runs" / "importtime" / str(i),
+        )
+        table: dict[str, tuple[int, int, int]] = {}
+        for line in run.stderr.splitlines():
+            m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", line)
+            if m:
+                depth = (len(m.group(3)) - 1) // 2
+                table[m.group(4)] = (int(m.group(1)), int(m.group(2)), depth)
+        if i:
+            per_run.append(table)
+    names = set.intersection(*(set(t) for t in per_run))
+
+    def med(name: str, k: int) -> float:
+        return statistics.median(t[name][k] for t in per_run) / 1e6
+
+    ranked = sorted(names, key=lambda n: med(n, 1), reverse=True)[:top]
+    return {
+        "command": f'python -X importtime -c "{IMPORT_SCRIPT}"',
+        "modules": len(names),
+        "self_total_s": round(sum(med(n, 0) for n in names), 4),
+        "top_cumulative": [
+            {
+                "module": n,
+                "cumulative_s": round(med(n, 1), 4),
+                "self_s": round(med(n, 0), 4),
+                "depth": per_run[0][n][2],
+            }
+            for n in ranked
+        ],
+    }
+
+
+# ----------------------------------------------------------------------------- profile
+
+
+def py_spy_path(given: str | None) -> str | None:
+    for cand in (given, shutil.which("py-spy"), "/tmp/pyspy/bin/py-spy"):
+        if cand and Path(cand).is_file() and os.access(cand, os.X_OK):
+            return cand
+    return None
+
+
+def _frame_name(frame: str) -> str:
+    """``func (path/file.py:12)`` → ``func (path/file.py)``."""
+    return re.sub(r":\d+\)$", ")", frame.strip())
+
+
+def profile_one(
+    label: str, case: Case, work: Path, env: dict[str, str], py_spy: str | None, top: int = 15
+) -> dict[str, Any]:
+    """Sample one ``voxelhub ingest`` (default workers, all processes) with py-spy at 250 Hz;
+    without py-spy, cProfile the parent process only."""
+    out = work / "runs" / "profile" / case.key
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    for src in case.sources:
+        read_input(src)
+    ingest = [str(VENV_BIN / "voxelhub"), "ingest", *map(str, case.sources)]
+    ingest += ["--store", str(out / "store"), "--quiet"]
+    if py_spy:
+        raw = out / "pyspy.txt"
+        cmd = [py_spy, "record", "--rate", "250", "--subprocesses", "--nolineno"]
+        cmd += ["--format", "raw", "--output", str(raw), "--", *ingest]
+    else:
+        raw = out / "cprofile.prof"
+        cmd = [sys.executable, "-m", "cProfile", "-o", str(raw), *ingest]
+    print(f"  profiling {label}: {' '.join(cmd)}", flush=True)
+    run = measure(cmd, env, out / "log")
+    if run.returncode not in (0, 1):
+        raise SystemExit(f"profile of {label} failed ({run.returncode}):\n{run.stderr}")
+    result: dict[str, Any] = {
+        "label": label,
+        "wall_s_under_profiler": round(run.wall_s, 3),
+        "ingest_returncode": run.returncode,
+        "command": " ".join(["py-spy", *cmd[1:]] if py_spy else ["python", *cmd[1:]]).replace(
+            str(work), "WORK"
+        ),
+    }
+    if py_spy:
+        self_n: dict[str, int] = {}
+        total_n: dict[str, int] = {}
+        procs: dict[int, int] = {}
+        samples = in_imports = 0
+        for line in raw.read_text(errors="replace").splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not stack or not count.isdigit():
+                continue
+            n = int(count)
+            frames = stack.split(";")
+            pid = 0
+            if frames[0].startswith("process "):
+                m = re.match(r"process (\d+)", frames.pop(0))
+                pid = int(m.group(1)) if m else 0
+            names = [_frame_name(f) for f in frames if f.strip()]
+            if not names:
+                continue
+            samples += n
+            procs[pid] = procs.get(pid, 0) + n
+            if any(name.startswith("_find_and_load ") for name in names):
+                in_imports += n
+            self_n[names[-1]] = self_n.get(names[-1], 0) + n
+            for name in set(names):
+                if "<frozen importlib" not in name:  # the import machinery: summed apart
+                    total_n[name] = total_n.get(name, 0) + n
+
+        def ranked(table: dict[str, int]) -> list[dict[str, Any]]:
+            best = sorted(table.items(), key=lambda kv: kv[1], reverse=True)[:top]
+            return [{"function": k, "pct": round(100 * v / samples, 1)} for k, v in best]
+
+        result.update(
+            profiler="py-spy 250 Hz, all processes (--subprocesses), idle threads excluded",
+            samples=samples,
+            # the ingest process has the lowest pid; its workers (fork) come after it
+            samples_by_process={
+                ("main" if i == 0 else f"worker {i}"): procs[pid]
+                for i, pid in enumerate(sorted(procs))
+            },
+            imports_pct=round(100 * in_imports / samples, 1) if samples else None,
+            top_self=ranked(self_n),
+            top_total=ranked(total_n),
+        )
+    else:
+        import pstats
+
+        stats = pstats.Stats(str(raw))
+        total = stats.total_tt  # type: ignore[attr-defined]
+        rows = stats.stats  # type: ignore[attr-defined]
+
+        def fn(key: tuple[str, int, str]) -> str:
+            return f"{key[2]} ({Path(key[0]).name})"
+
+        by_self = sorted(rows.items(), key=lambda kv: kv[1][2], reverse=True)[:top]
+        by_cum = sorted(rows.items(), key=lambda kv: kv[1][3], reverse=True)[:top]
+        result.update(
+            profiler="cProfile, parent process only (py-spy not found)",
+            samples=None,
+            top_self=[{"function": fn(k), "pct": round(100 * v[2] / total, 1)} for k, v in by_self],
+            top_total=[{"function": fn(k), "pct": round(100 * v[3] / total, 1)} for k, v in by_cum],
+        )
+    shutil.rmtree(out / "store", ignore_errors=True)
+    return result
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -634,6 +1063,197 @@ def targets(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+FILE_COLUMNS = [
+    ("tool", "tool"),
+    ("median", "median s"),
+    ("min", "min s"),
+    ("fps", "files/s"),
+    ("mbs", "input MB/s"),
+    ("rss", "peak RSS MiB"),
+    ("tree", "tree PSS MiB"),
+    ("procs", "procs"),
+    ("vsd", "× dcm2niix"),
+]
+
+
+def _md_table(columns: list[tuple[str, str]], rows: list[dict[str, str]]) -> list[str]:
+    out = ["| " + " | ".join(h for _, h in columns) + " |"]
+    out.append("|" + "|".join("---" if k in ("tool", "what") else "---:" for k, _ in columns) + "|")
+    out += ["| " + " | ".join(r[k] for k, _ in columns) + " |" for r in rows]
+    return out
+
+
+def _file_rows(part: dict[str, Any]) -> list[dict[str, str]]:
+    rows = []
+    for res in part["tools"].values():
+        rows.append(
+            {
+                "tool": res["label"],
+                "median": f"{res['wall_median_s']:.2f}",
+                "min": f"{res['wall_min_s']:.2f}",
+                "fps": f"{res['files_per_s']:.0f}",
+                "mbs": f"{res['input_mb_per_s']:.1f}",
+                "rss": f"{res['peak_rss_mib']:.0f}",
+                "tree": f"{res['tree_peak_pss_mib']:.0f}",
+                "procs": str(res["max_processes"]),
+                "vsd": f"{res['time_x_dcm2niix']:.1f}" if "time_x_dcm2niix" in res else "",
+            }
+        )
+    return rows
+
+
+def _when(results: dict[str, Any], part: dict[str, Any]) -> str:
+    date = part.get("date")
+    if not date or date[:10] == results["date"][:10]:
+        return ""
+    return f" (measured {date}, repeat {part.get('repeat', '?')})"
+
+
+def extra_markdown(results: dict[str, Any]) -> list[str]:
+    """Archive, header indexing, workers scaling and fixed-cost sections of the table block."""
+    out: list[str] = []
+    arch = results.get("archive")
+    if arch:
+        out += [
+            f"**{arch['label']} — {arch['files']} files, {arch['input_mb']:.1f} MB{_when(results, arch)}**",
+            "",
+            *_md_table(FILE_COLUMNS, _file_rows(arch)),
+            "",
+        ]
+        vh, d2n = arch["tools"].get("voxelhub"), arch["tools"].get("dcm2niix")
+        if vh:
+            o = vh["output"]
+            out.append(
+                f"- VoxelHub: one `voxelhub ingest SHARED SYNTH --store NEW --quiet`, exit code "
+                f"{o.get('returncode')} (1 = some files rejected: the shared data's Philips "
+                f"DIRFILE files are not images); {o.get('volumes')} volumes written, store "
+                f"{o.get('store_bytes', 0) / 1e6:.1f} MB; summary: "
+                f"`{' '.join(o.get('summary', '').split())[:300]}`"
+            )
+        if d2n:
+            o = d2n["output"]
+            out.append(
+                "- dcm2niix: one `dcm2niix -z n -b y -f %p_%s_%j -o OUT PARENT` on a folder "
+                f"holding both inputs as symlinks; {o.get('nifti_files')} NIfTI + {o.get('json_files')} JSON "
+                f"files, {o.get('output_bytes', 0) / 1e6:.1f} MB"
+                + (
+                    f"; native binary {d2n['native_conversion_median_s']:.2f} s of its "
+                    f"{d2n['wall_median_s']:.2f} s wall"
+                    if "native_conversion_median_s" in d2n
+                    else ""
+                )
+            )
+        if vh and "time_x_dcm2niix" in vh:
+            out.append(
+                f"- VoxelHub / dcm2niix wall time on the archive: {vh['time_x_dcm2niix']:.2f}×"
+            )
+        out.append("")
+    idx = results.get("index_rate")
+    if idx:
+        out += [
+            f"**Header indexing over the archive — {idx['files']} files{_when(results, idx)}**",
+            "",
+            "| tool | index s (in process) | files/s (in process) | wall s | files/s (wall) "
+            "| peak RSS MiB | tree PSS MiB | procs |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for res in idx["tools"].values():
+            inproc = res.get("index_median_s", res.get("native_conversion_median_s"))
+            fps = idx["files"] / inproc if inproc else None
+            out.append(
+                f"| {res['label']} | {f'{inproc:.2f}' if inproc is not None else '–'}"
+                f" | {f'{fps:.0f}' if fps else '–'} | {res['wall_median_s']:.2f} "
+                f"| {res['files_per_s']:.0f} | {res['peak_rss_mib']:.0f} "
+                f"| {res['tree_peak_pss_mib']:.0f} | {res['max_processes']} |"
+            )
+        out += [
+            "",
+            "- VoxelHub: `index(paths, workers=N, progress=False)` in a fresh process; *index s* "
+            "is the call alone (imports excluded), *wall* the whole process.  dcm2niix has no "
+            "pure header-index mode: `-b o` parses every header, sorts the series and writes "
+            "only the JSON sidecars (its *index s* column is the binary's own 'Conversion "
+            "required' time); `-q y` only searches the tree for DICOM files.",
+            "",
+        ]
+    scaling = workers_scaling(results)
+    if scaling:
+        out += [
+            "**Workers scaling** (speed-up = N-worker speed / 1-worker speed = 1-worker time / "
+            f"N-worker time; {results['machine']['cpu_count']} CPUs)",
+            "",
+            "| what | N workers | 1 worker s | N workers s | speed-up |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        out += [
+            f"| {r['what']} | {r['workers']} | {r['one_worker_s']:.2f} | {r['n_workers_s']:.2f} "
+            f"| {r['speedup']:.2f}× |"
+            for r in scaling
+        ]
+        out.append("")
+    imp = results.get("voxelhub_import")
+    if imp and "importtime" in imp:
+        it = imp["importtime"]
+        out += [
+            f"**CLI fixed cost**{_when(results, imp)}: `python -c pass` "
+            f"{imp['python_only_median_s']:.2f} s ({imp['python_only_rss_mib']:.0f} MiB); "
+            f'`python -c "{IMPORT_SCRIPT}"` {imp["wall_median_s"]:.2f} s '
+            f"({imp['peak_rss_mib']:.0f} MiB): that is paid by every `voxelhub ingest` before "
+            f"the first file is read.  `{it['command']}`, top 10 by cumulative time (median of "
+            f"the runs; {it['modules']} modules, {it['self_total_s']:.2f} s of self time in all):",
+            "",
+            "| module | depth | cumulative s | self s |",
+            "|---|---:|---:|---:|",
+        ]
+        out += [
+            f"| `{m['module']}` | {m['depth']} | {m['cumulative_s']:.3f} | {m['self_s']:.3f} |"
+            for m in it["top_cumulative"]
+        ]
+        out.append("")
+    return out
+
+
+def profile_markdown(results: dict[str, Any], top: int = 10) -> str:
+    prof = results.get("profile")
+    if not prof:
+        return "No profile in the results JSON yet: run `--case profile`.\n"
+    out = [
+        f"Profiled {prof['date']} with `.venv/bin/python benchmarks/ingest.py --case profile` "
+        f"({prof['profiler']}).  Each ingest runs once, warm page cache, default workers.  "
+        "*self* = samples with the function on top of the stack, *total* = samples with it "
+        "anywhere in the stack, both in % of all samples of all processes.",
+        "",
+    ]
+    for part in prof["runs"].values():
+        out += [
+            f"**{part['label']}** — {part['wall_s_under_profiler']:.1f} s under the profiler, "
+            f"{part.get('samples') or '–'} samples"
+            + (
+                f" ({', '.join(f'{k} {v}' for k, v in part['samples_by_process'].items())})"
+                if part.get("samples_by_process")
+                else ""
+            )
+            + (
+                f"; {part['imports_pct']:.1f} % of the samples are inside imports "
+                "(`_find_and_load`; the import machinery's own frames are left out of *total*)"
+                if part.get("imports_pct") is not None
+                else ""
+            ),
+            "",
+            f"`{part['command']}`",
+            "",
+            "| # | function (self) | self % | function (total) | total % |",
+            "|---:|---|---:|---|---:|",
+        ]
+        for i, (a, b) in enumerate(
+            zip(part["top_self"][:top], part["top_total"][:top], strict=False)
+        ):
+            out.append(
+                f"| {i + 1} | `{a['function']}` | {a['pct']:.1f} | `{b['function']}` | {b['pct']:.1f} |"
+            )
+        out.append("")
+    return "\n".join(out)
+
+
 def text_report(results: dict[str, Any]) -> str:
     out = []
     for title, rows in table_rows(results):
@@ -656,6 +1276,7 @@ def text_report(results: dict[str, Any]) -> str:
         )
     for note in results["notes"]:
         out.append(f"note: {note}")
+    out += ["", *extra_markdown(results), profile_markdown(results)]
     return "\n".join(out)
 
 
@@ -689,7 +1310,10 @@ def markdown_report(results: dict[str, Any]) -> str:
             f"voxelhub.ingest`): {imp['wall_median_s']:.2f} s, {imp['peak_rss_mib']:.0f} MiB"
         )
     out += [f"- {note}" for note in results["notes"]]
-    return "\n".join(out) + "\n"
+    extra = extra_markdown(results)
+    if extra:
+        out += ["", *extra]
+    return "\n".join(out).rstrip("\n") + "\n"
 
 
 def refresh_readme(results: dict[str, Any]) -> bool:
@@ -701,7 +1325,12 @@ def refresh_readme(results: dict[str, Any]) -> bool:
         return False
     head, rest = text.split(TABLE_START, 1)
     _, tail = rest.split(TABLE_END, 1)
-    README.write_text(f"{head}{TABLE_START}\n{markdown_report(results)}{TABLE_END}{tail}")
+    text = f"{head}{TABLE_START}\n{markdown_report(results)}{TABLE_END}{tail}"
+    if PROFILE_START in text and PROFILE_END in text:
+        head, rest = text.split(PROFILE_START, 1)
+        _, tail = rest.split(PROFILE_END, 1)
+        text = f"{head}{PROFILE_START}\n{profile_markdown(results)}{PROFILE_END}{tail}"
+    README.write_text(text)
     return True
 
 
@@ -719,6 +1348,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: temp)")
     parser.add_argument("--quick", action="store_true", help="60-slice synthetic case")
     parser.add_argument(
+        "--case",
+        action="append",
+        choices=("all", *PARTS),
+        help="part to run (repeatable; default all): ct = synthetic + phantom CT, archive = "
+        "shared DICOM + 5,000-file synthetic archive, index = header indexing rate, fixed = CLI "
+        "fixed cost, profile = py-spy profile; parts run alone are merged into the saved JSON",
+    )
+    parser.add_argument(
+        "--py-spy", default=None, help="py-spy executable (default: PATH, /tmp/pyspy)"
+    )
+    parser.add_argument(
         "--markdown",
         action="store_true",
         help="print the markdown table of the results JSON and exit (no benchmark run)",
@@ -726,7 +1366,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--update-readme",
         action="store_true",
-        help="with --markdown: also rewrite the table in benchmarks/README.md",
+        help="with --markdown: also rewrite the tables in benchmarks/README.md",
     )
     parser.add_argument(
         "--output",
@@ -737,14 +1377,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.markdown:
-        results = json.loads((args.output or RESULTS).read_text())
-        print(markdown_report(results), end="")
-        if args.update_readme and not refresh_readme(results):
+        saved = json.loads((args.output or RESULTS).read_text())
+        print(markdown_report(saved), end="")
+        print("\n" + profile_markdown(saved), end="")
+        if args.update_readme and not refresh_readme(saved):
             print(f"no {TABLE_START} … {TABLE_END} block in {README}", file=sys.stderr)
             return 1
         return 0
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    parts = set(PARTS) if not args.case or "all" in args.case else set(args.case)
 
     tmp = None
     if args.work is None:
@@ -756,89 +1398,154 @@ def main(argv: list[str] | None = None) -> int:
     try:
         slices = 60 if args.quick else 300
         env = child_env(work)
-        cases = [
-            Case(
-                "synthetic",
-                f"synthetic CT ({slices} slices)",
-                make_synthetic(work, slices),
-                "tests/dicom_factory.py write_series: uniform random noise in [0, 3000), "
-                "the worst case for lossless compression (real CT compresses far better)",
-            )
-        ]
-        phantom = shared_dir() / "data" / "dicom" / "ct_philips_ingenuity_phantom"
-        notes = [
-            "synthetic pixels are uniform random noise: a worst case for compression and for "
-            "store size; the phantom shows real-data ratios",
-            "wall time includes process start-up and imports; inputs are in the page cache",
-            "peak RSS = the tool's own ru_maxrss (os.wait4); for VoxelHub's worker pool that is "
-            "the largest single process; tree PSS = summed proportional set size of the whole "
-            "process tree, sampled every 20 ms; procs = most processes seen at once",
-            "MB/s = pixel payload (slices × rows × columns × 2 bytes, 1e6 bytes/MB) / median wall",
-            "dcm2niix is the PyPI package's command: a Python entry point around the native "
-            "binary, so its wall time includes one Python start-up; the binary's own "
-            "'Conversion required' time is recorded as native_conversion_median_s",
-        ]
-        if phantom.is_dir():
-            cases.append(
-                Case(
-                    "phantom",
-                    "ct_philips_ingenuity_phantom",
-                    phantom,
-                    "real Philips Ingenuity CT phantom, 140 × 512², uncompressed DICOM",
-                )
-            )
-        else:
-            notes.append(f"phantom skipped: {phantom} not found (set VOXELHUB_SHARED)")
-            print(f"warning: {phantom} not found, phantom case skipped", file=sys.stderr)
-        tools: list[Tool] = [VoxelHub(None), VoxelHub(1), Dcm2niix(), SimpleITK()]
-        results: dict[str, Any] = {
-            "benchmark": "ingest",
-            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "command": " ".join(
-                [".venv/bin/python", "benchmarks/ingest.py", *(argv or sys.argv[1:])]
-            ),
-            "repeat": args.repeat,
-            "quick": args.quick,
-            "machine": machine(),
-            "versions": versions(),
-            "notes": notes,
-            "cases": {},
-        }
+        shared_dicom = shared_dir() / "data" / "dicom"
+        phantom = shared_dicom / "ct_philips_ingenuity_phantom"
+        output = args.output or (work / "ingest.json" if args.quick else RESULTS)
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        command = " ".join([".venv/bin/python", "benchmarks/ingest.py", *(argv or sys.argv[1:])])
+        results: dict[str, Any] = {}
+        if parts != set(PARTS) and output.exists():
+            results = json.loads(output.read_text())  # merge this run's parts into it
+        results.update(
+            {
+                "benchmark": "ingest",
+                "date": now,
+                "command": command,
+                "repeat": args.repeat,
+                "quick": args.quick,
+                "machine": machine(),
+                "versions": versions(),
+            }
+        )
+        results.setdefault("cases", {})
         print(
-            f"machine: {results['machine']['platform']}, {results['machine']['cpu_count']} CPUs",
+            f"machine: {results['machine']['platform']}, {results['machine']['cpu_count']} CPUs;"
+            f" parts: {', '.join(p for p in PARTS if p in parts)}",
             flush=True,
         )
-        for case in cases:
-            results["cases"][case.key] = run_case(case, tools, args.repeat, work, env)
-        imports = results["voxelhub_import"] = measure_imports(args.repeat, env, work)
-        for case in results["cases"].values():
-            for key, res in case["tools"].items():
-                if key.startswith("voxelhub"):
-                    above = res["peak_rss_mib"] - imports["peak_rss_mib"]
-                    res["peak_rss_above_imports_x_volume"] = round(above / case["volume_mib"], 2)
+        if "ct" in parts:
+            cases = [
+                Case(
+                    "synthetic",
+                    f"synthetic CT ({slices} slices)",
+                    make_synthetic(work, slices),
+                    "tests/dicom_factory.py write_series: uniform random noise in [0, 3000), "
+                    "the worst case for lossless compression (real CT compresses far better)",
+                )
+            ]
+            if phantom.is_dir():
+                cases.append(
+                    Case(
+                        "phantom",
+                        "ct_philips_ingenuity_phantom",
+                        phantom,
+                        "real Philips Ingenuity CT phantom, 140 × 512², uncompressed DICOM",
+                    )
+                )
+            else:
+                print(f"warning: {phantom} not found, phantom case skipped", file=sys.stderr)
+            results["cases"] = {}
+            # exit 1 = some file rejected: the phantom folder holds a Philips DIRFILE (not an
+            # image) beside its 140 slices; the volume is still written and checked for shape
+            ok = (0, 1)
+            tools: list[Tool] = [VoxelHub(None, ok), VoxelHub(1, ok), Dcm2niix(), SimpleITK()]
+            for case in cases:
+                results["cases"][case.key] = run_case(case, tools, args.repeat, work, env)
+        need_archive = parts & {"archive", "index", "profile"}
+        archive = (
+            archive_case(work, shared_dicom) if need_archive and shared_dicom.is_dir() else None
+        )
+        if need_archive and archive is None:
+            print(f"warning: {shared_dicom} not found: archive parts skipped", file=sys.stderr)
+        if "archive" in parts and archive:
+            tools = [VoxelHub(None, (0, 1)), VoxelHub(1, (0, 1)), Dcm2niixTree("convert")]
+            results["archive"] = run_files_case(archive, tools, args.repeat, work, env, "dcm2niix")
+        if "index" in parts and archive:
+            idx_case = Case(
+                "index",
+                archive.label,
+                archive.path,
+                archive.note,
+                files=archive.files,
+                inputs=archive.inputs,
+                input_bytes=archive.input_bytes,
+            )
+            tools = [IndexOnly(1), IndexOnly(2), Dcm2niixTree("headers"), Dcm2niixTree("search")]
+            part = run_files_case(idx_case, tools, args.repeat, work, env, "dcm2niix_headers")
+            part["label"] = "header indexing over the archive"
+            results["index_rate"] = part
+        if "fixed" in parts:
+            results["voxelhub_import"] = measure_imports(args.repeat, env, work)
+        if "profile" in parts:
+            py_spy = py_spy_path(args.py_spy)
+            runs: dict[str, Any] = {}
+            if phantom.is_dir():
+                ph = Case("phantom", "ct_philips_ingenuity_phantom", phantom, "")
+                runs["phantom"] = profile_one(ph.label, ph, work, env, py_spy)
+            if archive:
+                runs["archive"] = profile_one(archive.label, archive, work, env, py_spy)
+            results["profile"] = {
+                "date": now,
+                "profiler": next(iter(runs.values()))["profiler"] if runs else "",
+                "runs": runs,
+            }
+        imports = results.get("voxelhub_import")
+        if imports:
+            for case in results["cases"].values():
+                for key, res in case["tools"].items():
+                    if key.startswith("voxelhub"):
+                        above = res["peak_rss_mib"] - imports["peak_rss_mib"]
+                        res["peak_rss_above_imports_x_volume"] = round(
+                            above / case["volume_mib"], 2
+                        )
         true = shutil.which("true") or "/bin/true"
         floor = measure([true], env, work / "runs" / "floor").maxrss_mib
         results["rss_floor_mib"] = round(floor, 1)
-        results["notes"].append(
-            f"peak RSS floor of the method: {floor:.1f} MiB (`true` run through the launcher)"
-        )
-        for case in results["cases"].values():
-            if case["shape_mismatches"]:
-                results["notes"].append(
-                    f"{case['label']}: output shapes differ from the input "
-                    f"{case['shape']}: {case['shape_mismatches']}"
-                )
-        output = args.output or (work / "ingest.json" if args.quick else RESULTS)
+        results["workers_scaling"] = workers_scaling(results)
+        results["notes"] = notes_for(results, phantom)
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
         print("\n" + text_report(results))
         print(f"\nresults: {output}")
         if output.resolve() == RESULTS.resolve() and refresh_readme(results):
-            print(f"table refreshed in {README}")
+            print(f"tables refreshed in {README}")
         return 0
     finally:
         if tmp is not None:
             tmp.cleanup()
+
+
+def notes_for(results: dict[str, Any], phantom: Path) -> list[str]:
+    notes = [
+        "synthetic pixels are uniform random noise: a worst case for compression and for "
+        "store size; the phantom shows real-data ratios",
+        "wall time includes process start-up and imports; inputs are in the page cache",
+        "peak RSS = the tool's own ru_maxrss (os.wait4); for VoxelHub's worker pool that is "
+        "the largest single process; tree PSS = summed proportional set size of the whole "
+        "process tree, sampled every 20 ms; procs = most processes seen at once",
+        "MB/s = pixel payload (slices × rows × columns × 2 bytes, 1e6 bytes/MB) / median wall",
+        "dcm2niix is the PyPI package's command: a Python entry point around the native "
+        "binary, so its wall time includes one Python start-up; the binary's own "
+        "'Conversion required' time is recorded as native_conversion_median_s",
+    ]
+    if "phantom" not in results.get("cases", {}):
+        notes.append(f"phantom skipped: {phantom} not found (set VOXELHUB_SHARED)")
+    if "archive" in results or "index_rate" in results:
+        notes.append(
+            "archive / indexing: files/s = every file under the inputs (DICOM or not) / median "
+            "wall; input MB/s = their bytes / median wall"
+        )
+    notes.append(
+        f"peak RSS floor of the method: {results['rss_floor_mib']:.1f} MiB "
+        "(`true` run through the launcher)"
+    )
+    for case in results.get("cases", {}).values():
+        if case["shape_mismatches"]:
+            notes.append(
+                f"{case['label']}: output shapes differ from the input "
+                f"{case['shape']}: {case['shape_mismatches']}"
+            )
+    return notes
 
 
 if __name__ == "__main__":
