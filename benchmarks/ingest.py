@@ -677,6 +677,8 @@ def run_case(
         "payload_mb": round(case.payload_bytes / 1e6, 2),
         "volume_mib": round(case.payload_bytes / MIB, 2),
         "shape_mismatches": mismatched,
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "repeat": repeat,
         "tools": results,
     }
 
@@ -872,6 +874,35 @@ def py_spy_path(given: str | None) -> str | None:
     return None
 
 
+# leaf frames of threads that are blocked (py-spy's idle detection misses waits in C code):
+# thread-pool workers in queue.get, asyncio's loop in select, locks and conditions
+WAIT_LEAVES = (
+    "_worker (concurrent/futures/thread.py)",
+    "EpollSelector.select (selectors.py)",
+    "Condition.wait (threading.py)",
+    "Event.wait (threading.py)",
+    "Thread.join (threading.py)",
+    "_wait_for_tstate_lock (threading.py)",
+    "wait (multiprocessing/connection.py)",
+    "_recv (multiprocessing/connection.py)",
+    "_poll (multiprocessing/connection.py)",
+    "Future.result (concurrent/futures/_base.py)",
+)
+# frames on (nearly) every stack, left out of the *total* ranking: the entry script, threads,
+# the import machinery, and the fork chain that every pool worker's stack starts with
+WRAPPER_FRAMES = (
+    "<module> (voxelhub)",
+    "(threading.py)",
+    "<frozen importlib",
+    "(multiprocessing/",
+    "ProcessPoolExecutor.submit ",
+    "ProcessPoolExecutor._start_executor_manager_thread ",
+    "ProcessPoolExecutor._adjust_process_count ",
+    "ProcessPoolExecutor._spawn_process ",
+    "ProcessPoolExecutor._launch_processes ",
+)
+
+
 def _frame_name(frame: str) -> str:
     """``func (path/file.py:12)`` → ``func (path/file.py)``."""
     return re.sub(r":\d+\)$", ")", frame.strip())
@@ -912,28 +943,35 @@ def profile_one(
     if py_spy:
         self_n: dict[str, int] = {}
         total_n: dict[str, int] = {}
-        procs: dict[int, int] = {}
-        samples = in_imports = 0
+        procs: dict[str, int] = {}
+        busy_n: dict[str, int] = {}
+        samples = in_imports = waiting = 0
         for line in raw.read_text(errors="replace").splitlines():
             stack, _, count = line.rpartition(" ")
             if not stack or not count.isdigit():
                 continue
             n = int(count)
             frames = stack.split(";")
-            pid = 0
             if frames[0].startswith("process "):
-                m = re.match(r"process (\d+)", frames.pop(0))
-                pid = int(m.group(1)) if m else 0
+                frames.pop(0)
             names = [_frame_name(f) for f in frames if f.strip()]
             if not names:
                 continue
             samples += n
-            procs[pid] = procs.get(pid, 0) + n
+            # py-spy files the forked pool workers under the parent's pid; their stacks go on
+            # from the fork inside ProcessPoolExecutor.submit to _process_worker
+            kind = "workers" if any(x.startswith("_process_worker ") for x in names) else "main"
+            procs[kind] = procs.get(kind, 0) + n
             if any(name.startswith("_find_and_load ") for name in names):
                 in_imports += n
-            self_n[names[-1]] = self_n.get(names[-1], 0) + n
+            leaf = names[-1]
+            self_n[leaf] = self_n.get(leaf, 0) + n
+            if leaf in WAIT_LEAVES:
+                waiting += n
+            else:
+                busy_n[leaf] = busy_n.get(leaf, 0) + n
             for name in set(names):
-                if "<frozen importlib" not in name:  # the import machinery: summed apart
+                if not any(w in name for w in WRAPPER_FRAMES):
                     total_n[name] = total_n.get(name, 0) + n
 
         def ranked(table: dict[str, int]) -> list[dict[str, Any]]:
@@ -941,15 +979,13 @@ def profile_one(
             return [{"function": k, "pct": round(100 * v / samples, 1)} for k, v in best]
 
         result.update(
-            profiler="py-spy 250 Hz, all processes (--subprocesses), idle threads excluded",
+            profiler="py-spy 250 Hz, all processes (--subprocesses)",
             samples=samples,
-            # the ingest process has the lowest pid; its workers (fork) come after it
-            samples_by_process={
-                ("main" if i == 0 else f"worker {i}"): procs[pid]
-                for i, pid in enumerate(sorted(procs))
-            },
+            samples_by_process=procs,
             imports_pct=round(100 * in_imports / samples, 1) if samples else None,
+            waiting_pct=round(100 * waiting / samples, 1) if samples else None,
             top_self=ranked(self_n),
+            top_self_busy=ranked(busy_n),
             top_total=ranked(total_n),
         )
     else:
@@ -1010,6 +1046,7 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, list[dict[str, str]]]
         title = (
             f"{case['label']} — {' × '.join(map(str, case['shape']))} int16, "
             f"{case['payload_mb']:.1f} MB of pixels ({case['volume_mib']:.1f} MiB)"
+            f"{_when(results, case)}"
         )
         out.append((title, rows))
     return out
@@ -1104,7 +1141,8 @@ def _file_rows(part: dict[str, Any]) -> list[dict[str, str]]:
 
 def _when(results: dict[str, Any], part: dict[str, Any]) -> str:
     date = part.get("date")
-    if not date or date[:10] == results["date"][:10]:
+    reruns = [r["date"] for r in results.get("partial_runs", [])]
+    if not date or not any(r <= date for r in reruns):  # measured by the full run
         return ""
     return f" (measured {date}, repeat {part.get('repeat', '?')})"
 
@@ -1219,8 +1257,13 @@ def profile_markdown(results: dict[str, Any], top: int = 10) -> str:
     out = [
         f"Profiled {prof['date']} with `.venv/bin/python benchmarks/ingest.py --case profile` "
         f"({prof['profiler']}).  Each ingest runs once, warm page cache, default workers.  "
-        "*self* = samples with the function on top of the stack, *total* = samples with it "
-        "anywhere in the stack, both in % of all samples of all processes.",
+        "*self* = samples with the function on top of the stack, blocked waits left out "
+        "(a thread-pool worker in `queue.get`, asyncio's `select`, `Condition.wait`, …: "
+        "py-spy's idle filter misses waits in C; their share is given, the JSON has the "
+        "unfiltered `top_self`); *total* = samples with the function anywhere in the stack, "
+        "without the frames on every stack (the entry script, `threading`, the import "
+        "machinery, the fork chain at the root of each pool worker's stack).  Both in % of all samples of all processes; a sample is one stack of one "
+        "thread, so 2 CPUs give up to 2 × 250 samples a second plus waiting threads.",
         "",
     ]
     for part in prof["runs"].values():
@@ -1234,19 +1277,18 @@ def profile_markdown(results: dict[str, Any], top: int = 10) -> str:
             )
             + (
                 f"; {part['imports_pct']:.1f} % of the samples are inside imports "
-                "(`_find_and_load`; the import machinery's own frames are left out of *total*)"
-                if part.get("imports_pct") is not None
+                f"(`_find_and_load`), {part['waiting_pct']:.1f} % are blocked waits"
+                if part.get("waiting_pct") is not None
                 else ""
             ),
             "",
             f"`{part['command']}`",
             "",
-            "| # | function (self) | self % | function (total) | total % |",
+            "| # | function (self, not waiting) | self % | function (total) | total % |",
             "|---:|---|---:|---|---:|",
         ]
-        for i, (a, b) in enumerate(
-            zip(part["top_self"][:top], part["top_total"][:top], strict=False)
-        ):
+        own = part.get("top_self_busy", part["top_self"])
+        for i, (a, b) in enumerate(zip(own[:top], part["top_total"][:top], strict=False)):
             out.append(
                 f"| {i + 1} | `{a['function']}` | {a['pct']:.1f} | `{b['function']}` | {b['pct']:.1f} |"
             )
@@ -1293,6 +1335,10 @@ def markdown_report(results: dict[str, Any]) -> str:
         f"Python {v['python']}.",
         "",
     ]
+    for part in results.get("partial_runs", []):
+        out[-1:-1] = [
+            f"Rerun {part['date']}: {', '.join(part['parts'])} with `{part['command']}`.  "
+        ]
     for title, rows in table_rows(results):
         out.append(f"**{title}**")
         out.append("")
@@ -1406,17 +1452,14 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[str, Any] = {}
         if parts != set(PARTS) and output.exists():
             results = json.loads(output.read_text())  # merge this run's parts into it
-        results.update(
-            {
-                "benchmark": "ingest",
-                "date": now,
-                "command": command,
-                "repeat": args.repeat,
-                "quick": args.quick,
-                "machine": machine(),
-                "versions": versions(),
-            }
-        )
+            reruns = [r for r in results.get("partial_runs", []) if r["parts"] != sorted(parts)]
+            reruns.append({"date": now, "command": command, "parts": sorted(parts)})
+            results["partial_runs"] = reruns
+        else:
+            results.update(
+                {"date": now, "command": command, "repeat": args.repeat, "quick": args.quick}
+            )
+        results.update({"benchmark": "ingest", "machine": machine(), "versions": versions()})
         results.setdefault("cases", {})
         print(
             f"machine: {results['machine']['platform']}, {results['machine']['cpu_count']} CPUs;"
