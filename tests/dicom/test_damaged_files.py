@@ -100,16 +100,13 @@ def test_random_byte_damage_never_aborts(tmp_path: Path, seed: int) -> None:
     report = voxelhub.ingest(folder, tmp_path / "store", progress=False, workers=2)
     assert len(report.written) >= 1, report.summary()
     assert report.exit_code in (0, 1)
-    seen = {str(p) for p in folder.rglob("*") if p.is_file()}
-    accounted = (
-        {r["source"] for r in report.rejected_files}
-        | set(report.non_dicom)
-        | {f["sources"] for f in report.failed}
-    )
-    # every file is either in a written volume or reported with a reason
-    cat = voxelhub.open_catalog(tmp_path / "store")
-    assert seen - accounted, "the healthy series must have been written"
-    cat.close()
+    bad = {str(p) for p in (folder / "bad").iterdir()}
+    accounted = {r["source"] for r in report.rejected_files} | set(report.non_dicom)
+    written_from_bad = bad - accounted
+    # a damaged file is reported with a reason, or it was still readable and went into a
+    # volume; never silently dropped
+    if written_from_bad:
+        assert len(report.written) == 2 or report.failed, report.summary()
 
 
 def _cli(*args: object) -> subprocess.CompletedProcess[str]:
