@@ -73,6 +73,45 @@ def _fsck(args: argparse.Namespace) -> int:
     return 0 if check.consistent else 1
 
 
+def _audit_verify(args: argparse.Namespace) -> int:
+    from voxelhub.audit import checkpoints_path_from, log_path_from, verify
+
+    result = verify(log_path_from(args.log), checkpoints_path_from(args.checkpoints))
+    print(result.message)
+    return 0 if result.ok else 1
+
+
+def _audit_query(args: argparse.Namespace) -> int:
+    from voxelhub.audit import format_table, log_path_from, query
+
+    records = query(
+        log_path_from(args.log),
+        user=args.user,
+        patient=args.patient,
+        series=args.series,
+        project=args.project,
+        since=args.since,
+        action=args.action,
+        decision=args.decision,
+    )
+    if args.json:
+        for record in records:
+            print(record.to_json())
+    else:
+        print(format_table(records))
+    return 0
+
+
+def _audit_checkpoint(args: argparse.Namespace) -> int:
+    from voxelhub.audit import checkpoint, checkpoints_path_from, log_path_from
+
+    target = checkpoints_path_from(args.checkpoints, required=True)
+    assert target is not None
+    mark = checkpoint(log_path_from(args.log), target)
+    print(f"checkpoint: {mark.log} at seq {mark.seq}, hash {mark.hash} -> {target}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voxelhub", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
@@ -136,6 +175,51 @@ def build_parser() -> argparse.ArgumentParser:
         help="only remove leftovers older than this many seconds (default 3600)",
     )
     p.set_defaults(func=_fsck)
+
+    p = sub.add_parser(
+        "audit",
+        help="check and search the data service's audit log (admins)",
+        description="Check and search the data service's tamper-evident audit log. The log is "
+        "readable only by the data service account and root. Paths default to "
+        "$VOXELHUB_AUDIT_LOG and $VOXELHUB_AUDIT_CHECKPOINTS.",
+    )
+    audit = p.add_subparsers(dest="audit_command", required=True)
+    p = audit.add_parser(
+        "verify",
+        help="check the hash chain (and the checkpoints)",
+        epilog="exit status: 0 intact, 1 tampered or damaged (the message names the line and "
+        "seq), 2 the log could not be read",
+    )
+    p.add_argument("--log", default=None, help="audit log (default: $VOXELHUB_AUDIT_LOG)")
+    p.add_argument(
+        "--checkpoints",
+        default=None,
+        help="checkpoints file (default: $VOXELHUB_AUDIT_CHECKPOINTS; without one a cut-off "
+        "tail cannot be detected)",
+    )
+    p.set_defaults(func=_audit_verify)
+    p = audit.add_parser("query", help="print the records matching every filter given")
+    p.add_argument("--log", default=None, help="audit log (default: $VOXELHUB_AUDIT_LOG)")
+    p.add_argument("--user", default=None)
+    p.add_argument("--patient", default=None, help="patient pseudonym")
+    p.add_argument("--series", default=None, help="volume UID or series UID")
+    p.add_argument("--project", default=None)
+    p.add_argument("--since", default=None, help="ISO-8601 time (UTC unless an offset is given)")
+    p.add_argument("--action", default=None, help="e.g. volume.read, catalog.series")
+    p.add_argument("--decision", default=None, choices=["allow", "deny"])
+    p.add_argument("--json", action="store_true", help="one JSON record per line")
+    p.set_defaults(func=_audit_query)
+    p = audit.add_parser(
+        "checkpoint",
+        help="append the log's head (seq, hash) to the checkpoints file (run as root/the hub)",
+    )
+    p.add_argument("--log", default=None, help="audit log (default: $VOXELHUB_AUDIT_LOG)")
+    p.add_argument(
+        "--checkpoints",
+        default=None,
+        help="checkpoints file (default: $VOXELHUB_AUDIT_CHECKPOINTS)",
+    )
+    p.set_defaults(func=_audit_checkpoint)
     return parser
 
 

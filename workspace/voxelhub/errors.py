@@ -44,3 +44,7 @@ class NotFound(CatalogError):
 
 class AccessDenied(VoxelHubError):
     """The caller is not allowed to see or change the requested data."""
+
+
+class AuditError(VoxelHubError):
+    """The audit log cannot be written or read safely (damaged chain, no permission)."""
