@@ -39,6 +39,9 @@ choice is an explicit setting below; what differs between sites comes from envir
 ``VOXELHUB_STORE``               store every kernel opens with ``voxelhub.open_catalog()``; as
                                  root its ``projects/<p>`` folders are made readable by project
                                  ``p``'s members only (unix group ``vhp-<p>``, mode 2750).
+``VOXELHUB_DATA_PORT``           the data service's port on 127.0.0.1 [8020].
+``VOXELHUB_DATA_USER``           system account of the data service, the only one that may
+                                 read the store and the catalog [voxelhub-data].
 ``VOXELHUB_CATALOG_URL``         catalog URL given to kernels [unset: a local store's SQLite
                                  catalog, which other users open read-only by themselves].
 ===============================  ==========================================================
@@ -98,6 +101,8 @@ HUB_API_PORT = int(env("VOXELHUB_HUB_API_PORT", "8081"))
 PROXY_API_PORT = int(env("VOXELHUB_PROXY_API_PORT", "8001"))
 GATEWAY_PORT = int(env("VOXELHUB_GATEWAY_PORT", "8010"))
 GATEWAY_API_PORT = int(env("VOXELHUB_GATEWAY_API_PORT", "8011"))
+DATA_PORT = int(env("VOXELHUB_DATA_PORT", "8020"))
+DATA_USER = env("VOXELHUB_DATA_USER", "voxelhub-data")
 SSL_CERT, SSL_KEY = env("VOXELHUB_HUB_SSL_CERT"), env("VOXELHUB_HUB_SSL_KEY")
 SPAWNER = env("VOXELHUB_HUB_SPAWNER", "system")
 if SPAWNER not in ("system", "simple"):
@@ -180,6 +185,36 @@ PROCESS_MEM = env("VOXELHUB_HUB_PROCESS_MEM", "8G")
 c.ResourceLimits.process_memory_limit = None if PROCESS_MEM in ("", "0") else PROCESS_MEM
 c.ResourceLimits.max_processes = int(env("VOXELHUB_HUB_MAX_PROCESSES", "1024"))
 
+# ---- the data service: the one gate for every read of the store ----------------------------------
+# With a store and real unix users, the store belongs to the service's own account (mode 0700):
+# kernels and Dask workers read through the service with their hub token, which checks the
+# project (hub group) and audits every access (extensions/voxelhub_data).  The laptop spawner
+# keeps direct access (one unix user: nothing to protect from).
+DATA_SERVICE = bool(STORE) and SPAWNER == "system"
+DATA_PREFIX = "/services/voxelhub-data"
+AUDIT_DIR = os.path.join(STATE, "audit")
+if DATA_SERVICE:
+    from voxelhub_hub.data_service import (
+        ensure_service_account,
+        hand_over_store,
+        prepare_audit,
+    )
+
+    ensure_service_account(DATA_USER)
+    hand_over_store(STORE, DATA_USER)
+    AUDIT_LOG = str(prepare_audit(AUDIT_DIR, DATA_USER))
+    AUDIT_CHECKPOINTS = os.path.join(STATE, "audit-checkpoints.jsonl")  # root's, 0600
+
+    def _hand_over_then(hook):  # volumes ingested by root since: the service's
+        def pre_spawn(spawner):
+            hook(spawner)
+            hand_over_store(STORE, DATA_USER)
+
+        pre_spawn.__qualname__ = pre_spawn.__name__ = "voxelhub_pre_spawn_data"
+        return pre_spawn
+
+    c.Spawner.pre_spawn_hook = _hand_over_then(c.Spawner.pre_spawn_hook)
+
 # What a kernel needs to find the store, the catalog and the gateway (voxelhub.open_catalog() and
 # voxelhub.compute.client() with no arguments).  A local store's SQLite catalog needs no URL: users
 # who may not write it open it read-only (voxelhub.catalog.default_catalog_url).
@@ -190,7 +225,8 @@ c.Spawner.environment = {
     # hub_config/jupyter/: JupyterLab neither fetches news nor checks for updates on the internet
     # (not from a server holding patient data) and does not ask every user about it
     "JUPYTER_CONFIG_PATH": os.path.join(HERE, "jupyter"),
-    "VOXELHUB_STORE": STORE,
+    # the data service's URL on the hub (every read checked and audited), else the folder
+    "VOXELHUB_STORE": f"http://127.0.0.1:{DATA_PORT}{DATA_PREFIX}" if DATA_SERVICE else STORE,
     # read by dask_gateway.Gateway(): REST API, scheduler traffic (TLS, SNI-routed, not through the
     # hub's proxy), the dashboard link shown in notebooks, and auth with the server's hub token
     "DASK_GATEWAY__ADDRESS": f"http://127.0.0.1:{GATEWAY_PORT}{GATEWAY_PREFIX}",
@@ -208,6 +244,7 @@ c.Spawner.server_token_scopes = [
     "read:users:name!user",
     "read:users:groups!user",
     "access:services!service=dask-gateway",
+    "access:services!service=voxelhub-data",
 ]
 # A user's Gateway clusters stop when their server stops (also when the idle culler stops it).
 c.Spawner.post_stop_hook = make_cluster_cleanup(f"http://127.0.0.1:{GATEWAY_PORT}{GATEWAY_PREFIX}")
@@ -225,6 +262,17 @@ c.JupyterHub.load_roles = [
         "name": "voxelhub-project-member",
         "scopes": ["access:services!service=dask-gateway"],
         "groups": sorted(PROJECTS),
+    },
+    {
+        # every user may call the data service; what they may read is decided there, per project
+        "name": "user",
+        "scopes": ["self", "access:services!service=voxelhub-data"],
+    },
+    {
+        # the data service reads users' groups (= projects and roles) and admin flags
+        "name": "voxelhub-data",
+        "scopes": ["read:users", "read:groups"],
+        "services": ["voxelhub-data"],
     },
     {
         "name": "idle-culler",
@@ -269,3 +317,36 @@ c.JupyterHub.services = [
         "oauth_no_confirm": True,
     },
 ]
+if DATA_SERVICE:
+    c.JupyterHub.services += [
+        {
+            "name": "voxelhub-data",
+            "url": f"http://127.0.0.1:{DATA_PORT}",
+            "command": [sys.executable, "-m", "voxelhub_data"],
+            "user": DATA_USER,  # the hub starts it as this account, not as root
+            "environment": {
+                "PYTHONPATH": os.path.join(REPO, "extensions"),
+                "VOXELHUB_DATA_STORE": STORE,
+                "VOXELHUB_AUDIT_LOG": AUDIT_LOG,
+                "PATH": f"{VENV_BIN}:/usr/bin:/bin",
+            },
+            "cwd": AUDIT_DIR,
+            "display": False,
+            "oauth_no_confirm": True,
+        },
+        {
+            # root keeps the audit chain's head where the service account cannot rewrite it
+            "name": "voxelhub-audit-checkpoint",
+            "command": [
+                sys.executable,
+                "-m",
+                "voxelhub_hub.data_service",
+                AUDIT_LOG,
+                AUDIT_CHECKPOINTS,
+                "--every",
+                env("VOXELHUB_AUDIT_CHECKPOINT_SECONDS", "60"),
+            ],
+            "environment": {"PYTHONPATH": os.path.join(REPO, "extensions")},
+            "display": False,
+        },
+    ]

@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, text
 import voxelhub
 from tests.dicom_factory import write_series
 from voxelhub.catalog import Catalog
-from voxelhub.store.location import StoreLocation
+from voxelhub.store.location import open_location
 
 POSTGRES = os.environ.get("VOXELHUB_TEST_POSTGRES_URL")
 
@@ -69,7 +69,7 @@ def test_ingest_and_query(tmp_path: Path, catalog_url: str | None) -> None:
 
 
 def test_sqlite_uses_wal_inside_the_store(tmp_path: Path) -> None:
-    cat = Catalog(StoreLocation(tmp_path / "store"))
+    cat = Catalog(open_location(tmp_path / "store"))
     with cat.engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
     assert (tmp_path / "store" / "catalog.sqlite").exists()
@@ -77,7 +77,7 @@ def test_sqlite_uses_wal_inside_the_store(tmp_path: Path) -> None:
 
 
 def test_project_deidentification_never_flips(tmp_path: Path, catalog_url: str | None) -> None:
-    cat = Catalog(StoreLocation(tmp_path / "store"), catalog_url)
+    cat = Catalog(open_location(tmp_path / "store"), catalog_url)
     cat.ensure_project("open", deidentify=False)
     with pytest.raises(voxelhub.CatalogError, match="identifiable"):
         cat.ensure_project("open", deidentify=True)
@@ -89,7 +89,7 @@ def test_project_deidentification_never_flips(tmp_path: Path, catalog_url: str |
 
 def test_failed_volume_leaves_no_row(tmp_path: Path, catalog_url: str | None) -> None:
     """A record_volume that fails half-way (bad value) leaves no patient/study/volume row."""
-    cat = Catalog(StoreLocation(tmp_path / "store"), catalog_url)
+    cat = Catalog(open_location(tmp_path / "store"), catalog_url)
     project = cat.ensure_project("p", deidentify=False)
     with pytest.raises(Exception):  # noqa: B017 - any database error
         cat.record_volume(

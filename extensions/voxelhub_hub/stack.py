@@ -35,6 +35,7 @@ PORT_NAMES = (
     "VOXELHUB_PROXY_API_PORT",
     "VOXELHUB_GATEWAY_PORT",
     "VOXELHUB_GATEWAY_API_PORT",
+    "VOXELHUB_DATA_PORT",
 )
 
 
@@ -87,10 +88,22 @@ class HubStack:
         scheme = "https" if tls else "http"
         self.url = f"{scheme}://127.0.0.1:{self.ports['VOXELHUB_HUB_PORT']}"
         self.gateway_health = f"http://127.0.0.1:{self.ports['VOXELHUB_GATEWAY_PORT']}/services/dask-gateway/api/health"
+        self.data_url = (
+            f"http://127.0.0.1:{self.ports['VOXELHUB_DATA_PORT']}/services/voxelhub-data"
+        )
         self.cafile: str | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.state / "hub.log"
         self._tree: dict[int, psutil.Process] = {}
+
+    @property
+    def serves_data(self) -> bool:
+        """The hub runs the data service (a store, and a unix user per hub user)."""
+        return bool(self.store) and self.spawner == "system"
+
+    @property
+    def data_health(self) -> str:
+        return self.data_url + "/api/health"
 
     @property
     def verify(self) -> str | bool:
@@ -151,6 +164,7 @@ class HubStack:
                 if (
                     requests.get(self.url + "/hub/api/", verify=self.verify, timeout=3).ok
                     and requests.get(self.gateway_health, timeout=3).ok
+                    and (not self.serves_data or requests.get(self.data_health, timeout=3).ok)
                 ):
                     self.remember_processes()
                     return time.monotonic() - t0

@@ -4,7 +4,7 @@ Crashes are real: the ingest runs in a child process that is SIGKILLed at a chos
 either from outside (the parent polls the store and kills when the temporary tree reaches a
 given state) or from inside (a hook at an exact line of the write path kills its own process).
 After every crash the store and its catalog must agree, a re-run must complete and verify, and
-``StoreLocation.clean_temporary`` must remove what the crash left.
+``Location.clean_temporary`` must remove what the crash left.
 
 Memory is measured, not capped: the peak RSS of an ingest subprocess (``os.wait4``) minus the
 peak RSS of a subprocess that only imports voxelhub must stay well below the volume's size, and
@@ -34,7 +34,7 @@ import voxelhub
 from tests.dicom_factory import write_series
 from voxelhub.fsck import check_store
 from voxelhub.store import ngff
-from voxelhub.store.location import StoreLocation
+from voxelhub.store.location import open_location
 from voxelhub.store.writer import content_checksum
 
 pytestmark = pytest.mark.slow
@@ -92,7 +92,7 @@ def _leftovers(store: Path) -> set[str]:
 
 
 def _clean_temporary(store: Path) -> list[str]:
-    location = StoreLocation(store)
+    location = open_location(store)
     params = inspect.signature(location.clean_temporary).parameters
     # a minimum-age guard (if the API grows one) must not protect this test's fresh leftovers
     return location.clean_temporary(**{name: 0 for name in params if "age" in name})

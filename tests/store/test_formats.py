@@ -115,7 +115,7 @@ def test_simpleitk_round_trip(stored, tmp_path: Path) -> None:
 
 def test_missing_store_folder_is_a_clear_error(stored, tmp_path: Path) -> None:
     store = stored[1]
-    loc = voxelhub.StoreLocation(store)
+    loc = voxelhub.open_location(store)
     with pytest.raises(voxelhub.StoreError, match="no volume at"):
         loc.open_group("projects/default/absent.ome.zarr")
 
@@ -159,7 +159,7 @@ def test_store_on_object_storage(tmp_path: Path, s3_endpoint: str, monkeypatch) 
     s3fs.S3FileSystem(**options).mkdir(bucket)
     series = write_series(tmp_path / "in", slices=9, seed=3)
     url = f"s3://{bucket}/store"
-    location = voxelhub.StoreLocation(url, options)
+    location = voxelhub.open_location(url, options)
     catalog_url = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
     report = voxelhub.ingest(tmp_path / "in", location, catalog_url=catalog_url, progress=False)
     assert len(report.written) == 1, report.summary()

@@ -26,7 +26,9 @@ from voxelhub.errors import (
     VoxelHubError,
 )
 from voxelhub.ingest import IngestReport, ingest
-from voxelhub.store.location import StoreLocation
+from voxelhub.service_catalog import ServiceCatalog
+from voxelhub.store.location import Location, ServiceLocation, open_location
+from voxelhub.store.stored import Geometry, StoredVolume, VolumeFlag
 from voxelhub.widgets import browse, features_panel, view, view3d
 
 if TYPE_CHECKING:
@@ -40,11 +42,15 @@ __all__ = [
     "CatalogError",
     "DeidentificationError",
     "DicomError",
+    "Geometry",
     "GeometryError",
     "IngestReport",
+    "Location",
     "NotFound",
+    "ServiceCatalog",
     "StoreError",
-    "StoreLocation",
+    "StoredVolume",
+    "VolumeFlag",
     "VoxelHubError",
     "__version__",
     "browse",
@@ -52,6 +58,7 @@ __all__ = [
     "from_simpleitk",
     "ingest",
     "open_catalog",
+    "open_location",
     "open_series",
     "to_nifti",
     "to_simpleitk",
@@ -65,25 +72,32 @@ def open_catalog(
     *,
     catalog_url: str | None = None,
     storage_options: dict[str, Any] | None = None,
-) -> Catalog:
+) -> Catalog | ServiceCatalog:
     """Open the catalog of a store (default: ``$VOXELHUB_STORE``).
 
     Parameters
     ----------
     store
-        Local path or fsspec URL of the store.
+        Local path, fsspec URL, or the data service's URL (on the hub: every query and read
+        goes through it with your hub token, and you see your projects only).
     catalog_url
         SQLAlchemy URL; default SQLite inside a local store, or ``$VOXELHUB_CATALOG_URL``.
     storage_options
-        Passed to fsspec for remote stores (credentials, endpoint).
+        Passed to fsspec for remote stores (credentials, endpoint); for the data service
+        ``token`` (default ``$JUPYTERHUB_API_TOKEN``) and ``verify`` (a CA file).
     """
     store = store or config.default_store()
     if store is None:
         raise CatalogError("no store given: pass open_catalog(STORE) or set $VOXELHUB_STORE")
-    location = StoreLocation(store, storage_options)
-    if location.is_local and catalog_url is None and not os.path.isdir(location.root):
-        raise CatalogError(f"no store at {location.root}: run `voxelhub ingest … --store` first")
-    return Catalog(location, catalog_url, create=location.is_local)
+    location = open_location(store, storage_options)
+    if isinstance(location, ServiceLocation):  # the service holds the catalog
+        return ServiceCatalog(location)
+    embedded = location.catalog_file()
+    if embedded and catalog_url is None and not os.path.isdir(os.path.dirname(embedded)):
+        raise CatalogError(
+            f"no store at {os.path.dirname(embedded)}: run `voxelhub ingest … --store` first"
+        )
+    return Catalog(location, catalog_url, create=embedded is not None)
 
 
 def to_simpleitk(volume: xr.DataArray) -> Any:
@@ -107,13 +121,16 @@ def to_nifti(volume: xr.DataArray, path: str) -> str:
     return _to_nifti(volume, path)
 
 
-def open_series(uid_or_row: Any, level: int = 0, *, catalog: Catalog | None = None) -> xr.DataArray:
+def open_series(
+    uid_or_row: Any, level: int = 0, *, catalog: Catalog | ServiceCatalog | None = None
+) -> xr.DataArray:
     """Open a volume lazily as an ``xarray.DataArray`` with dims ``z, y, x`` in millimetres.
 
     Parameters
     ----------
     uid_or_row
-        A volume UID, an unsplit SeriesInstanceUID, or a row of ``Catalog.series()``.
+        A volume UID, an unsplit SeriesInstanceUID, a row of ``Catalog.series()`` or a
+        :class:`StoredVolume`.
     level
         Pyramid level (0 = full resolution).
     catalog

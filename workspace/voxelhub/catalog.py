@@ -35,10 +35,12 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 from sqlalchemy.pool import NullPool
 
 from voxelhub.errors import CatalogError, NotFound
-from voxelhub.store.location import StoreLocation
+from voxelhub.store.location import Location
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from voxelhub.store.stored import StoredVolume
 
 CATALOG_FILE = "catalog.sqlite"
 
@@ -147,19 +149,19 @@ class RejectedFile(Base):
     report: Mapped[IngestReport] = relationship(back_populates="rejected")
 
 
-def default_catalog_url(location: StoreLocation) -> str:
+def default_catalog_url(location: Location) -> str:
     """SQLite inside a local store; remote stores need an explicit catalog URL."""
     env = os.environ.get("VOXELHUB_CATALOG_URL")
     if env:
         return env
-    if not location.is_local:
+    path = location.catalog_file()
+    if path is None:
         raise CatalogError(
             f"store {location.url} is remote: give catalog_url= (e.g. postgresql+psycopg://…) "
             "or set VOXELHUB_CATALOG_URL"
         )
-    path = os.path.join(location.root, CATALOG_FILE)
     if os.path.exists(path) and not (
-        os.access(path, os.W_OK) and os.access(location.root, os.W_OK)
+        os.access(path, os.W_OK) and os.access(os.path.dirname(path), os.W_OK)
     ):
         return readonly_sqlite_url(path)
     return f"sqlite:///{path}"
@@ -232,7 +234,7 @@ class Catalog:
         Create the tables if missing (ingest does; readers need not).
     """
 
-    def __init__(self, location: StoreLocation, url: str | None = None, *, create: bool = True):
+    def __init__(self, location: Location, url: str | None = None, *, create: bool = True):
         self.location = location
         self.url = url or default_catalog_url(location)
         self.engine = make_engine(self.url)
@@ -347,8 +349,14 @@ class Catalog:
         project: str | None = None,
         patient: str | None = None,
         text: str | None = None,
+        projects: Sequence[str] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
     ) -> pd.DataFrame:
-        """Studies, with their patient, project, modalities and number of volumes."""
+        """Studies, with their patient, project, modalities and number of volumes.
+
+        ``projects`` keeps only those projects (the data service passes the caller's).
+        """
         stmt = (
             select(
                 Project.name.label("project"),
@@ -374,6 +382,10 @@ class Catalog:
             stmt = stmt.where(Patient.patient_key == patient)
         if text:
             stmt = stmt.where(Study.description.ilike(f"%{text}%"))
+        if projects is not None:
+            stmt = stmt.where(Project.name.in_(list(projects)))
+        if limit is not None:
+            stmt = stmt.limit(limit).offset(offset)
         return self._frame(stmt)
 
     def series(
@@ -387,8 +399,12 @@ class Catalog:
         uid: str | None = None,
         limit: int | None = None,
         offset: int = 0,
+        projects: Sequence[str] | None = None,
     ) -> pd.DataFrame:
-        """Volumes (series and their splits), filtered in SQL, paged with ``limit``/``offset``."""
+        """Volumes (series and their splits), filtered in SQL, paged with ``limit``/``offset``.
+
+        ``projects`` keeps only those projects (the data service passes the caller's).
+        """
         stmt = (
             select(
                 Volume.volume_uid,
@@ -435,6 +451,8 @@ class Catalog:
             stmt = stmt.where(Volume.reasons.ilike(f"%[{flag}]%"))
         if uid:
             stmt = stmt.where(or_(Volume.volume_uid == uid, Volume.series_uid == uid))
+        if projects is not None:
+            stmt = stmt.where(Project.name.in_(list(projects)))
         if limit is not None:
             stmt = stmt.limit(limit).offset(offset)
         return self._frame(stmt)
@@ -482,8 +500,17 @@ class Catalog:
 
     def open_series(self, uid_or_row: Any, level: int = 0) -> Any:
         """Open a volume lazily as an ``xarray.DataArray`` (see :func:`voxelhub.open_series`)."""
-        from voxelhub.store.volume import open_volume
+        return self.stored_volume(uid_or_row).open(level)
 
-        row = uid_or_row if not isinstance(uid_or_row, str) else self.volume_row(uid_or_row)
-        path = row["store_path"]
-        return open_volume(self.location, path, level=level)
+    def stored_volume(self, uid_or_row: Any) -> StoredVolume:
+        """The typed :class:`~voxelhub.store.stored.StoredVolume` of a UID or catalog row."""
+        from voxelhub.store.stored import StoredVolume
+
+        if isinstance(uid_or_row, StoredVolume):
+            return uid_or_row
+        row = uid_or_row
+        if isinstance(row, str):
+            row = self.volume_row(row)
+        elif hasattr(row, "to_dict"):
+            row = row.to_dict()
+        return StoredVolume.from_store(self.location, row)

@@ -60,9 +60,12 @@ def _export(args: argparse.Namespace) -> int:
 
 def _fsck(args: argparse.Namespace) -> int:
     from voxelhub import open_catalog
+    from voxelhub.catalog import Catalog
     from voxelhub.fsck import check_store
 
     cat = open_catalog(args.store, catalog_url=args.catalog_url)
+    if not isinstance(cat, Catalog):
+        raise VoxelHubError(f"fsck runs where the store is, not through {cat.url}")
     check = check_store(
         cat.location, cat, repair=args.repair, verify=args.verify, min_age_seconds=args.min_age
     )

@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass, field
 
 from voxelhub.catalog import Catalog
-from voxelhub.store.location import StoreLocation
+from voxelhub.store.location import Location
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class StoreCheck:
 
 
 def collect_garbage(
-    location: StoreLocation, catalog: Catalog, *, min_age_seconds: float = GRACE_SECONDS
+    location: Location, catalog: Catalog, *, min_age_seconds: float = GRACE_SECONDS
 ) -> list[str]:
     """Remove temporaries and unlisted volume trees older than ``min_age_seconds``."""
     removed = location.clean_temporary(min_age_seconds)
@@ -60,7 +60,7 @@ def collect_garbage(
 
 
 def check_store(
-    location: StoreLocation,
+    location: Location,
     catalog: Catalog,
     *,
     repair: bool = False,
@@ -80,9 +80,7 @@ def check_store(
     check = StoreCheck()
     listed = catalog.series()
     paths = set(listed["store_path"]) if not listed.empty else set()
-    tmp = location.full_path(".tmp")
-    if location.fs.exists(tmp):
-        check.temporaries = [str(p) for p in location.fs.ls(tmp, detail=False)]
+    check.temporaries = location.list_temporary()
     check.unlisted = [rel for rel in location.list_volumes() if rel not in paths]
     for rel, checksum in zip(listed.get("store_path", []), listed.get("checksum", []), strict=True):
         rel = str(rel)

@@ -34,7 +34,7 @@ from voxelhub.dicom.slabs import volume_shape
 from voxelhub.errors import DicomError, GeometryError, StoreError, VoxelHubError
 from voxelhub.fsck import collect_garbage
 from voxelhub.memory import limit_malloc_arenas, release_free_memory
-from voxelhub.store.location import StoreLocation
+from voxelhub.store.location import Location, open_location
 from voxelhub.store.writer import write_volume
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ class IngestReport:
 
 def ingest(
     paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str],
-    store: str | os.PathLike[str] | StoreLocation,
+    store: str | os.PathLike[str] | Location,
     *,
     project: str = "default",
     deidentify: bool | None = None,
@@ -131,7 +131,7 @@ def ingest(
     paths
         One or more folders, files or zip archives.
     store
-        Store URL (local path, ``s3://…``) or a StoreLocation.
+        Store URL (local path, ``s3://…``) or a Location.
     project
         Project the data belongs to (created on first use).
     deidentify
@@ -154,7 +154,7 @@ def ingest(
     # zarr's thread pool would otherwise give every thread a glibc arena holding freed slabs:
     # the cap keeps a notebook's ingest bounded by slabs too (see voxelhub.memory)
     limit_malloc_arenas()
-    location = store if isinstance(store, StoreLocation) else StoreLocation(store)
+    location = open_location(store)
     location.ensure_root()
     catalog = Catalog(location, catalog_url)
     try:
@@ -262,7 +262,7 @@ def _hash(*parts: str) -> str:
 
 def _ingest_volume(
     catalog: Catalog,
-    location: StoreLocation,
+    location: Location,
     project: Project,
     volume: VolumePlan,
     deid: Any,
@@ -276,7 +276,7 @@ def _ingest_volume(
     content_key = _hash(
         *(f"{_out_uid(deid, f.sop_instance_uid)}#{f.frame_index}" for f in volume.frames)
     )
-    # a fresh path per version: the catalog row is the commit point (see StoreLocation.commit)
+    # a fresh path per version: the catalog row is the commit point (see Location.commit)
     rel_path = f"projects/{project.name}/{volume_uid}/{uuid.uuid4().hex[:16]}.ome.zarr"
     n_slices = volume_shape(volume)[0] * volume.n_timepoints
     existing = catalog.find_volume(volume_uid)
@@ -379,7 +379,7 @@ def _ingest_volume(
 
 
 def _carry_labels(
-    location: StoreLocation, old_rel: str, new_rel: str, report: IngestReport
+    location: Location, old_rel: str, new_rel: str, report: IngestReport
 ) -> None:
     """Keep a replaced version's label images: copied when the grid is unchanged, else kept.
 

@@ -6,10 +6,10 @@ colour and a name per label value.  The ``labels`` group's ``ome.labels`` attrib
 label images; a name appears there only once its group is complete.
 
 Writes are atomic like volume writes: the label image is built under the store's temporary area
-(:meth:`~voxelhub.store.location.StoreLocation.new_temporary`), re-read and checksummed, and only
+(:meth:`~voxelhub.store.location.Location.new_temporary`), re-read and checksummed, and only
 then moved into the volume's tree.  A crash leaves a temporary tree that readers never see.
 
-Paths come from the catalog row and every byte goes through :class:`StoreLocation`.
+Paths come from the catalog row and every byte goes through :class:`Location`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import zarr
 from voxelhub.catalog import Catalog
 from voxelhub.errors import GeometryError, StoreError
 from voxelhub.store import ngff
-from voxelhub.store.location import StoreLocation
+from voxelhub.store.location import Location
 from voxelhub.store.volume import open_volume
 from voxelhub.store.writer import content_checksum
 
@@ -88,7 +88,7 @@ def list_labels(catalog: Catalog, row_or_uid: Any) -> list[str]:
     return _listed(catalog.location, volume_path(catalog, row_or_uid))
 
 
-def _listed(location: StoreLocation, vol_rel: str) -> list[str]:
+def _listed(location: Location, vol_rel: str) -> list[str]:
     rel = _labels_rel(vol_rel)
     if not location.exists(posixpath.join(rel, "zarr.json")):
         return []
@@ -268,7 +268,7 @@ def write_labels(
     return LabelImage(name, final, label_names, dtype.str, checksum)
 
 
-def _commit(location: StoreLocation, tmp: str, final: str, overwrite: bool) -> None:
+def _commit(location: Location, tmp: str, final: str, overwrite: bool) -> None:
     """Move the finished label image into place; an old one is moved aside first, then removed."""
     if not (overwrite and location.exists(final)):
         location.commit(tmp, final)
@@ -283,7 +283,7 @@ def _commit(location: StoreLocation, tmp: str, final: str, overwrite: bool) -> N
     location.remove(old)
 
 
-def _list_name(location: StoreLocation, vol_rel: str, name: str) -> None:
+def _list_name(location: Location, vol_rel: str, name: str) -> None:
     """Add ``name`` to the ``labels`` group's list (after its group is complete)."""
     rel = _labels_rel(vol_rel)
     group = zarr.open_group(location.zarr_store(rel), mode="a", zarr_format=3)

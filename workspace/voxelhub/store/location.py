@@ -1,8 +1,15 @@
-"""Where bytes live: the one module that knows a store URL is a folder, ``s3://…`` or ``https://…``.
+"""Where bytes live: one small class per place, chosen from the URL by :func:`open_location`.
 
-Everything else asks a :class:`StoreLocation` for a zarr store, and for the two operations that
-make writes atomic: a private temporary name to write under, and :meth:`StoreLocation.commit`
-to move a finished, verified volume into place.
+=====================  ==========================================================================
+``LocalLocation``      a folder on this machine (``/data/store``, ``file:///data/store``)
+``FsspecLocation``     anything fsspec opens (``s3://bucket/store``, ``gs://…``, ``memory://…``)
+``ServiceLocation``    the data service (``https://hub/services/voxelhub-data/``): every read goes
+                       through a server that checks the caller's project and audits it
+=====================  ==========================================================================
+
+Everything else asks a :class:`Location` for a zarr store, and for the operations that make
+writes atomic: a private temporary name to write under, and :meth:`Location.commit` to move a
+finished, verified volume into place.  No code outside ``store/`` asks which kind it holds.
 
 On a local file system ``commit`` is an ``os.rename`` (atomic).  On object storage there is no
 rename: the volume is copied under its final key and the catalog row — committed only after —
@@ -16,8 +23,8 @@ import posixpath
 import shutil
 import time
 import uuid
-from typing import Any, Literal
-from urllib.parse import urlparse
+from typing import Any, Literal, Protocol, runtime_checkable
+from urllib.parse import quote, urlparse
 
 import fsspec
 import zarr
@@ -29,84 +36,124 @@ from voxelhub.errors import AccessDenied, StoreError
 TMP_DIR = ".tmp"
 """Folder (prefix) inside the store where volumes are written before they are committed."""
 
+SERVICE_PREFIX = "/services/voxelhub-data"
+"""Path under which the hub's proxy routes the data service."""
 
-class StoreLocation:
-    """A store root given by URL (a local path or anything fsspec opens)."""
 
-    def __init__(self, url: str | os.PathLike[str], storage_options: dict[str, Any] | None = None):
-        raw = os.fspath(url)
-        parsed = urlparse(raw)
-        self.storage_options = dict(storage_options or {})
-        self.is_local = parsed.scheme in ("", "file")
-        if self.is_local:
-            self.root = os.path.abspath(parsed.path if parsed.scheme == "file" else raw)
-            self.url = self.root
-            self.fs = fsspec.filesystem("file")
-        else:
-            self.url = raw.rstrip("/")
-            self.fs, self.root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+@runtime_checkable
+class Location(Protocol):
+    """A store root: what readers and writers of volumes need from the place bytes live."""
 
-    def __repr__(self) -> str:
-        return f"StoreLocation({self.url!r})"
-
-    def full_path(self, rel: str) -> str:
-        """Path of ``rel`` inside the store, as the file system sees it."""
-        return os.path.join(self.root, rel) if self.is_local else posixpath.join(self.root, rel)
+    url: str
+    storage_options: dict[str, Any]
 
     def url_of(self, rel: str) -> str:
         """URL of ``rel`` inside the store, as a user or another process would open it."""
-        return self.full_path(rel) if self.is_local else posixpath.join(self.url, rel)
 
-    def ensure_root(self) -> None:
-        """Create the store's root (and temporary area) if missing."""
-        if self.is_local:
-            os.makedirs(os.path.join(self.root, TMP_DIR), exist_ok=True)
+    def catalog_file(self) -> str | None:
+        """Where an embedded (SQLite) catalog of this store lives; None: give a catalog URL."""
 
     def zarr_store(self, rel: str, *, read_only: bool = False) -> Store:
         """A zarr-python store for ``rel``."""
-        if self.is_local:
-            return LocalStore(self.full_path(rel), read_only=read_only)
+
+    def open_group(self, rel: str, mode: Literal["r", "r+"] = "r") -> zarr.Group:
+        """Open an existing zarr v3 group; a clear StoreError/AccessDenied if it cannot."""
+
+    def exists(self, rel: str) -> bool: ...
+
+    def ensure_root(self) -> None:
+        """Create the store's root (and temporary area) if missing."""
+
+    def ensure_private_dir(self, rel: str) -> None:
+        """Create a folder readable by its owner only (where the location has folders)."""
+
+    def new_temporary(self, suffix: str = ".ome.zarr") -> str: ...
+
+    def remove(self, rel: str) -> None: ...
+
+    def commit(self, tmp_rel: str, final_rel: str) -> None: ...
+
+    def copy_tree(self, src_rel: str, dst_rel: str) -> None: ...
+
+    def move_tree(self, src_rel: str, dst_rel: str) -> None: ...
+
+    def list_volumes(self, prefix: str = "projects") -> list[str]: ...
+
+    def list_temporary(self) -> list[str]: ...
+
+    def age_seconds(self, rel: str) -> float: ...
+
+    def clean_temporary(self, min_age_seconds: float = 3600.0) -> list[str]: ...
+
+
+def open_location(
+    url: str | os.PathLike[str] | Location, storage_options: dict[str, Any] | None = None
+) -> Location:
+    """The :class:`Location` for a store URL: the only place that looks at the scheme.
+
+    A path or ``file://`` URL is a local folder; ``http(s)://`` is the data service (plain
+    HTTP object stores are not supported: use their S3 API); everything else goes to fsspec.
+    """
+    if isinstance(url, Location):
+        return url
+    raw = os.fspath(url)
+    scheme = urlparse(raw).scheme
+    if scheme in ("", "file"):
+        return LocalLocation(raw)
+    if scheme in ("http", "https"):
+        return ServiceLocation(raw, storage_options)
+    return FsspecLocation(raw, storage_options)
+
+
+class _FsspecTree:
+    """Shared by the locations that hold a tree of files (local or object storage)."""
+
+    url: str
+    root: str
+    fs: Any
+    storage_options: dict[str, Any]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.url == self.url
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self.url))
+
+    def full_path(self, rel: str) -> str:
+        return posixpath.join(self.root, rel)
+
+    def url_of(self, rel: str) -> str:
+        return posixpath.join(self.url, rel)
+
+    def catalog_file(self) -> str | None:
+        return None
+
+    def exists(self, rel: str) -> bool:
+        return bool(self.fs.exists(self.full_path(rel)))
+
+    def zarr_store(self, rel: str, *, read_only: bool = False) -> Store:
         return FsspecStore.from_url(
             self.url_of(rel), storage_options=self.storage_options, read_only=read_only
         )
 
     def open_group(self, rel: str, mode: Literal["r", "r+"] = "r") -> zarr.Group:
-        """Open an existing zarr v3 group at ``rel``; a clear StoreError if it is not there."""
         if not self.exists(rel):
-            blocked = self._inaccessible_ancestor(rel)
-            if blocked:
-                raise AccessDenied(
-                    f"cannot read {self.url_of(rel)}: no access to {blocked} (a project folder "
-                    "readable only by its group); ask an admin to add you to the project"
-                )
-            raise StoreError(f"no volume at {self.url_of(rel)} (deleted, or never committed)")
+            self._raise_missing(rel)
         return zarr.open_group(
             self.zarr_store(rel, read_only=mode == "r"), mode=mode, zarr_format=3
         )
 
-    def _inaccessible_ancestor(self, rel: str) -> str | None:
-        """The first folder on the way to ``rel`` this process may not enter (local only)."""
-        if not self.is_local:
-            return None
-        path = self.root
-        for part in rel.split("/")[:-1]:
-            path = os.path.join(path, part)
-            if os.path.isdir(path) and not os.access(path, os.R_OK | os.X_OK):
-                return path
-            if not os.path.exists(path):
-                return None
-        return None
+    def _raise_missing(self, rel: str) -> None:
+        raise StoreError(f"no volume at {self.url_of(rel)} (deleted, or never committed)")
+
+    def ensure_root(self) -> None:
+        """Object stores have no folders to create."""
 
     def ensure_private_dir(self, rel: str) -> None:
-        """Create a folder readable by its owner only (the hub then opens it to a group)."""
-        if self.is_local:
-            path = self.full_path(rel)
-            if not os.path.isdir(path):
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                os.mkdir(path, 0o700)
-
-    def exists(self, rel: str) -> bool:
-        return bool(self.fs.exists(self.full_path(rel)))
+        """Object stores have no folders; access is the bucket policy's (or the service's)."""
 
     def new_temporary(self, suffix: str = ".ome.zarr") -> str:
         """A fresh relative name under the temporary area, never visible to readers."""
@@ -115,9 +162,7 @@ class StoreLocation:
     def remove(self, rel: str) -> None:
         """Delete ``rel`` (a volume or temporary tree) if it exists."""
         path = self.full_path(rel)
-        if self.is_local:
-            shutil.rmtree(path, ignore_errors=True)
-        elif self.fs.exists(path):
+        if self.fs.exists(path):
             self.fs.rm(path, recursive=True)
 
     def commit(self, tmp_rel: str, final_rel: str) -> None:
@@ -128,33 +173,19 @@ class StoreLocation:
         crash, never meets a half-moved volume; a crash between the move and the catalog row
         leaves a complete but unlisted tree that :func:`voxelhub.fsck.check_store` collects.
         """
-        src, dst = self.full_path(tmp_rel), self.full_path(final_rel)
-        if self.fs.exists(dst):
+        if self.exists(final_rel):
             raise StoreError(f"refusing to overwrite {self.url_of(final_rel)}: paths are unique")
-        if self.is_local:
-            os.makedirs(os.path.dirname(dst), exist_ok=True)
-            os.rename(src, dst)
-            return
-        self.fs.copy(src, dst, recursive=True)
-        self.fs.rm(src, recursive=True)
+        self.move_tree(tmp_rel, final_rel)
 
     def copy_tree(self, src_rel: str, dst_rel: str) -> None:
         """Copy a tree inside the store (label images carried to a new volume version)."""
-        src, dst = self.full_path(src_rel), self.full_path(dst_rel)
-        if self.is_local:
-            shutil.copytree(src, dst)
-        else:
-            self.fs.copy(src, dst, recursive=True)
+        self.fs.copy(self.full_path(src_rel), self.full_path(dst_rel), recursive=True)
 
     def move_tree(self, src_rel: str, dst_rel: str) -> None:
-        """Move a tree inside the store (a rename locally)."""
+        """Move a tree inside the store: copy, then delete (object stores cannot rename)."""
         src, dst = self.full_path(src_rel), self.full_path(dst_rel)
-        if self.is_local:
-            os.makedirs(os.path.dirname(dst), exist_ok=True)
-            os.rename(src, dst)
-        else:
-            self.fs.copy(src, dst, recursive=True)
-            self.fs.rm(src, recursive=True)
+        self.fs.copy(src, dst, recursive=True)
+        self.fs.rm(src, recursive=True)
 
     def list_volumes(self, prefix: str = "projects") -> list[str]:
         """Relative paths of every committed volume tree under ``prefix``."""
@@ -162,8 +193,17 @@ class StoreLocation:
         if not self.fs.exists(base):
             return []
         found = self.fs.glob(posixpath.join(base, "*", "*", "*.ome.zarr"))
-        root = self.full_path("")
-        return sorted(os.path.relpath(str(p), root).replace(os.sep, "/") for p in found)
+        root = self.full_path("").rstrip("/")
+        return sorted(
+            posixpath.relpath("/" + str(p).lstrip("/"), "/" + root.lstrip("/")) for p in found
+        )
+
+    def list_temporary(self) -> list[str]:
+        """What sits in the temporary area now (in-flight or crashed writes)."""
+        tmp = self.full_path(TMP_DIR)
+        if not self.fs.exists(tmp):
+            return []
+        return [str(p) for p in self.fs.ls(tmp, detail=False)]
 
     def age_seconds(self, rel: str) -> float:
         """Seconds since ``rel`` was last modified (0 when unknown)."""
@@ -190,6 +230,235 @@ class StoreLocation:
             self.fs.rm(name, recursive=True)
             removed.append(name)
         return removed
+
+
+class LocalLocation(_FsspecTree):
+    """A store folder on this machine; commits are ``os.rename`` (atomic)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        raw = os.fspath(path)
+        parsed = urlparse(raw)
+        self.root = os.path.abspath(parsed.path if parsed.scheme == "file" else raw)
+        self.url = self.root
+        self.storage_options: dict[str, Any] = {}
+        self.fs = fsspec.filesystem("file")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (LocalLocation, (self.root,))
+
+    def full_path(self, rel: str) -> str:
+        return os.path.join(self.root, rel)
+
+    def url_of(self, rel: str) -> str:
+        return self.full_path(rel)
+
+    def catalog_file(self) -> str | None:
+        from voxelhub.catalog import CATALOG_FILE
+
+        return os.path.join(self.root, CATALOG_FILE)
+
+    def zarr_store(self, rel: str, *, read_only: bool = False) -> Store:
+        return LocalStore(self.full_path(rel), read_only=read_only)
+
+    def _raise_missing(self, rel: str) -> None:
+        blocked = self._inaccessible_ancestor(rel)
+        if blocked:
+            raise AccessDenied(
+                f"cannot read {self.url_of(rel)}: no access to {blocked} (a project folder "
+                "readable only by its group, or the data service's store); ask an admin to add "
+                "you to the project"
+            )
+        super()._raise_missing(rel)
+
+    def _inaccessible_ancestor(self, rel: str) -> str | None:
+        """The first folder on the way to ``rel`` this process may not enter."""
+        path = self.root
+        if os.path.isdir(path) and not os.access(path, os.R_OK | os.X_OK):
+            return path
+        for part in rel.split("/")[:-1]:
+            path = os.path.join(path, part)
+            if os.path.isdir(path) and not os.access(path, os.R_OK | os.X_OK):
+                return path
+            if not os.path.exists(path):
+                return None
+        return None
+
+    def ensure_root(self) -> None:
+        os.makedirs(os.path.join(self.root, TMP_DIR), exist_ok=True)
+
+    def ensure_private_dir(self, rel: str) -> None:
+        path = self.full_path(rel)
+        if not os.path.isdir(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.mkdir(path, 0o700)
+
+    def remove(self, rel: str) -> None:
+        shutil.rmtree(self.full_path(rel), ignore_errors=True)
+
+    def copy_tree(self, src_rel: str, dst_rel: str) -> None:
+        shutil.copytree(self.full_path(src_rel), self.full_path(dst_rel))
+
+    def move_tree(self, src_rel: str, dst_rel: str) -> None:
+        dst = self.full_path(dst_rel)
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        os.rename(self.full_path(src_rel), dst)
+
+    def list_volumes(self, prefix: str = "projects") -> list[str]:
+        base = self.full_path(prefix)
+        if not os.path.isdir(base):
+            return []
+        found = self.fs.glob(posixpath.join(base, "*", "*", "*.ome.zarr"))
+        return sorted(os.path.relpath(str(p), self.root).replace(os.sep, "/") for p in found)
+
+
+class FsspecLocation(_FsspecTree):
+    """A store on object storage or any other fsspec file system (``s3://bucket/store``)."""
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.storage_options = dict(storage_options or {})
+        self.fs, self.root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FsspecLocation, (self.url, self.storage_options))
+
+
+class ServiceLocation:
+    """The store as the data service serves it: reads only, each one authorised and audited.
+
+    Keys are fetched over HTTP(S) with the caller's hub token (``$JUPYTERHUB_API_TOKEN`` in a
+    hub kernel, passed on to its Dask workers inside the task graph), by fsspec's HTTP file
+    system, so a sharded array's inner chunks arrive as range requests.  Writes (labels,
+    feature tables) go through the service's API, not through this location.
+    """
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
+        options = dict(storage_options or {})
+        self.token: str = str(
+            options.pop("token", "") or os.environ.get("JUPYTERHUB_API_TOKEN", "")
+        )
+        self.verify: str | bool = options.pop("verify", True)
+        self.url = url.rstrip("/")
+        self.storage_options = options
+
+    def __repr__(self) -> str:
+        return f"ServiceLocation({self.url!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            ServiceLocation,
+            (self.url, {**self.storage_options, "token": self.token, "verify": self.verify}),
+        )
+
+    def headers(self) -> dict[str, str]:
+        """What every request carries: the caller's hub token."""
+        return {"Authorization": f"token {self.token}"} if self.token else {}
+
+    def api_url(self, path: str) -> str:
+        return f"{self.url}/api/{path.lstrip('/')}"
+
+    def url_of(self, rel: str) -> str:
+        return self.api_url("store/" + quote(rel.strip("/")))
+
+    def catalog_file(self) -> str | None:
+        return None
+
+    def _ssl(self) -> Any:
+        """``ssl=`` for aiohttp and urllib: a CA file (the hub's own certificate), off, or default."""
+        import ssl
+
+        if self.verify is False:
+            return False
+        if isinstance(self.verify, str):
+            return ssl.create_default_context(cafile=self.verify)
+        return None
+
+    def zarr_store(self, rel: str, *, read_only: bool = False) -> Store:
+        if not read_only:
+            raise AccessDenied(
+                f"{self.url} serves volumes read-only; write labels and tables through its API"
+            )
+        options: dict[str, Any] = {"headers": self.headers(), **self.storage_options}
+        if self._ssl() is not None:
+            options["ssl"] = self._ssl()
+        return FsspecStore.from_url(self.url_of(rel), storage_options=options, read_only=True)
+
+    def open_group(self, rel: str, mode: Literal["r", "r+"] = "r") -> zarr.Group:
+        if mode != "r":
+            self.zarr_store(rel)  # raises: read-only
+        status, message = self._head(rel)
+        if status in (401, 403):
+            raise AccessDenied(f"{self.url} refused {rel}: {message}")
+        if status == 404:
+            raise StoreError(f"no volume at {self.url_of(rel)}: {message}")
+        if status >= 400:
+            raise StoreError(f"{self.url} answered {status} for {rel}: {message}")
+        return zarr.open_group(self.zarr_store(rel, read_only=True), mode="r", zarr_format=3)
+
+    def _head(self, rel: str) -> tuple[int, str]:
+        """Fetch ``rel`` (a key, or a group's metadata): (HTTP status, the service's message)."""
+        import json
+        import urllib.error
+        import urllib.request
+
+        key = rel if posixpath.basename(rel) == "zarr.json" else posixpath.join(rel, "zarr.json")
+        url = self.url_of(key)
+        request = urllib.request.Request(url, headers=self.headers())
+        ssl_context = self._ssl()
+        try:
+            with urllib.request.urlopen(
+                request, timeout=30, context=ssl_context if ssl_context else None
+            ) as response:
+                return int(response.status), "ok"
+        except urllib.error.HTTPError as exc:
+            try:
+                message = str(json.loads(exc.read()).get("message", exc.reason))
+            except ValueError:
+                message = str(exc.reason)
+            return int(exc.code), message
+        except urllib.error.URLError as exc:
+            raise StoreError(f"cannot reach the data service at {self.url}: {exc.reason}") from exc
+
+    def exists(self, rel: str) -> bool:
+        return self._head(rel)[0] == 200
+
+    def _refuse(self) -> AccessDenied:
+        return AccessDenied(
+            f"{self.url} is read-only for kernels: ingest, labels and fsck run at the server"
+        )
+
+    def ensure_root(self) -> None:
+        raise self._refuse()
+
+    def ensure_private_dir(self, rel: str) -> None:
+        raise self._refuse()
+
+    def new_temporary(self, suffix: str = ".ome.zarr") -> str:
+        raise self._refuse()
+
+    def remove(self, rel: str) -> None:
+        raise self._refuse()
+
+    def commit(self, tmp_rel: str, final_rel: str) -> None:
+        raise self._refuse()
+
+    def copy_tree(self, src_rel: str, dst_rel: str) -> None:
+        raise self._refuse()
+
+    def move_tree(self, src_rel: str, dst_rel: str) -> None:
+        raise self._refuse()
+
+    def list_volumes(self, prefix: str = "projects") -> list[str]:
+        raise self._refuse()
+
+    def list_temporary(self) -> list[str]:
+        return []
+
+    def age_seconds(self, rel: str) -> float:
+        return 0.0
+
+    def clean_temporary(self, min_age_seconds: float = 3600.0) -> list[str]:
+        raise self._refuse()
 
 
 def _mtime(entry: dict[str, Any]) -> float:

@@ -18,7 +18,7 @@ import zarr
 
 from voxelhub.errors import GeometryError, StoreError
 from voxelhub.store import ngff
-from voxelhub.store.location import StoreLocation
+from voxelhub.store.location import Location
 
 WINDOW_PRESETS: dict[str, dict[str, tuple[float, float]]] = {
     "CT": {
@@ -32,7 +32,7 @@ WINDOW_PRESETS: dict[str, dict[str, tuple[float, float]]] = {
 """(level/centre, width) pairs per modality; MR windows come from percentiles at view time."""
 
 
-def open_volume(location: StoreLocation, rel_path: str, *, level: int = 0) -> xr.DataArray:
+def open_volume(location: Location, rel_path: str, *, level: int = 0) -> xr.DataArray:
     """Open one pyramid level of a stored volume lazily.
 
     Parameters

@@ -5,7 +5,7 @@ written to level 0, downsampled into every pyramid level and hashed.  Memory is 
 of one slab whatever the volume size.  Everything is written under a temporary name, re-read and
 checked against the checksum computed while writing, and only then committed to its final name.
 A crash at any point leaves at most a temporary tree that readers never see and
-:meth:`~voxelhub.store.location.StoreLocation.clean_temporary` removes.
+:meth:`~voxelhub.store.location.Location.clean_temporary` removes.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from voxelhub.dicom.series import VolumePlan
 from voxelhub.dicom.slabs import read_slab, stored_shape, volume_shape
 from voxelhub.errors import StoreError
 from voxelhub.store import ngff
-from voxelhub.store.location import StoreLocation
+from voxelhub.store.location import Location
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def content_checksum(array: zarr.Array, slab_depth: int = ngff.SLAB_DEPTH) -> st
 
 
 def write_volume(
-    location: StoreLocation,
+    location: Location,
     final_rel: str,
     plan: VolumePlan,
     *,
@@ -113,7 +113,7 @@ def write_volume(
 
 
 def _write(
-    location: StoreLocation,
+    location: Location,
     final_rel: str,
     plan: VolumePlan,
     choice: DtypeChoice,
@@ -176,7 +176,7 @@ def _write(
     return WrittenVolume(final_rel, full_shape, choice.dtype.str, checksum, len(levels), nbytes)
 
 
-def _verify(location: StoreLocation, rel: str, expected: str) -> None:
+def _verify(location: Location, rel: str, expected: str) -> None:
     """Re-read level 0 from the store and compare its checksum with the one computed on write."""
     group = zarr.open_group(location.zarr_store(rel, read_only=True), mode="r", zarr_format=3)
     level0 = group["0"]

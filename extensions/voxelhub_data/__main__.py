@@ -1,0 +1,3 @@
+from voxelhub_data.app import main
+
+main()

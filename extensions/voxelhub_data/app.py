@@ -1,0 +1,545 @@
+"""The data service: the one gate for every read of the store on a multi-user hub.
+
+Kernels are user code, so access control inside them is no control.  This service runs as its
+own system account — the only one that can open the store and the catalog — and answers, for
+each request authenticated by JupyterHub (an API token from a kernel or a Dask worker, or the
+OAuth cookie of a browser):
+
+===============================================  ============================================
+``GET  api/``                                    who you are, your projects and roles
+``GET  api/projects``                            your projects
+``GET  api/series``, ``api/studies``             catalog queries, filtered to your projects,
+                                                 paged (``limit``, ``after``), JSON or Parquet
+``GET  api/volumes/<uid>``                       a volume's metadata (StoredVolume as JSON)
+``GET|HEAD api/store/<store path>/<key>``        Zarr keys, with HTTP ``Range`` (inner chunks
+                                                 of sharded arrays)
+``PUT  api/volumes/<uid>/labels/<name>``         write a label image (analysts, curators)
+``GET  api/audit``                               the audit trail (hub admins only)
+``GET  api/health``                              liveness, no authentication
+===============================================  ============================================
+
+Every decision, allowed or denied, goes to the hash-chained audit trail
+(:mod:`voxelhub.audit`); chunk reads are aggregated per (user, volume, minute).  Bad input is a
+4xx with a JSON message, never a traceback.  Configuration: traitlets on
+:class:`DataService` (``--DataService.store=…``) or the environment the hub gives a managed
+service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import io
+import json
+import logging
+import os
+import time
+from collections.abc import Awaitable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import quote, unquote
+
+from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated
+from tornado import httpclient, web
+from tornado.httpserver import HTTPServer
+from tornado.ioloop import IOLoop, PeriodicCallback
+from traitlets import Float, Integer, Unicode, default
+from traitlets.config import Application
+
+from voxelhub_data import paths
+from voxelhub_data.access import Caller, Role, roles_from_groups
+from voxelhub_data.audit_trail import AuditTrail
+from voxelhub_data.catalog_view import CatalogView, QueryError
+
+log = logging.getLogger("voxelhub.data")
+
+CHUNK = 1 << 20
+
+
+class DataService(Application):
+    """The VoxelHub data service (a JupyterHub managed service)."""
+
+    name = "voxelhub-data"
+    description = __doc__
+
+    store = Unicode(
+        help="Local folder of the store this service serves (it alone may read it: mode 0700)."
+    ).tag(config=True)
+
+    @default("store")
+    def _store_default(self) -> str:
+        return os.environ.get("VOXELHUB_DATA_STORE", "")
+
+    catalog_url = Unicode(
+        "", help="SQLAlchemy URL of the catalog; default the SQLite file inside the store."
+    ).tag(config=True)
+
+    audit_log = Unicode(
+        help="File of the hash-chained audit trail (0600, outside every user's reach)."
+    ).tag(config=True)
+
+    @default("audit_log")
+    def _audit_log_default(self) -> str:
+        return os.environ.get("VOXELHUB_AUDIT_LOG", "")
+
+    bind_url = Unicode(help="Where to listen (the hub sets $JUPYTERHUB_SERVICE_URL).").tag(
+        config=True
+    )
+
+    @default("bind_url")
+    def _bind_url_default(self) -> str:
+        return os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:8020")
+
+    prefix = Unicode(help="URL prefix the proxy routes to this service.").tag(config=True)
+
+    @default("prefix")
+    def _prefix_default(self) -> str:
+        return os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/voxelhub-data/")
+
+    membership_seconds = Float(
+        5.0,
+        help="How long a token's user and their groups are cached: the most a membership change "
+        "or a revoked token takes to apply.",
+    ).tag(config=True)
+
+    max_page = Integer(1000, help="Largest page of catalog rows one request may ask for.").tag(
+        config=True
+    )
+
+    read_threads = Integer(
+        16, help="Threads that read store files and run catalog queries, so reads overlap."
+    ).tag(config=True)
+
+    aliases = {  # noqa: RUF012 - traitlets' convention
+        "store": "DataService.store",
+        "catalog-url": "DataService.catalog_url",
+        "audit-log": "DataService.audit_log",
+        "bind-url": "DataService.bind_url",
+    }
+
+    def make_app(self) -> web.Application:
+        if not self.store:
+            raise SystemExit("voxelhub-data: no store: set --store or $VOXELHUB_DATA_STORE")
+        if not self.audit_log:
+            raise SystemExit("voxelhub-data: no audit log: set --audit-log or $VOXELHUB_AUDIT_LOG")
+        prefix = "/" + self.prefix.strip("/") + "/"
+        self.catalog = CatalogView(self.store, self.catalog_url or None)
+        self.audit = AuditTrail(self.audit_log)
+        self.pool = ThreadPoolExecutor(self.read_threads, thread_name_prefix="voxelhub-data")
+        # the singleton the HubOAuthenticated handlers and the OAuth callback all use
+        hub_auth = HubOAuth.instance(
+            api_token=os.environ.get("JUPYTERHUB_API_TOKEN", ""),
+            cache_max_age=int(max(1, self.membership_seconds)),
+            oauth_redirect_uri=os.environ.get("JUPYTERHUB_OAUTH_CALLBACK_URL", ""),
+        )
+        settings = {
+            "service": self,
+            "hub_auth": hub_auth,
+            "cookie_secret": os.urandom(32),
+            "xsrf_cookies": False,  # checked in BaseHandler.check_xsrf for cookie requests
+            "serve_traceback": False,
+        }
+        p = prefix
+        return web.Application(
+            [
+                (p + "api/health", HealthHandler),
+                (p + "api/?", WhoAmIHandler),
+                (p + "api/projects", ProjectsHandler),
+                (p + "api/series", SeriesHandler),
+                (p + "api/studies", StudiesHandler),
+                (p + r"api/volumes/([^/]+)", VolumeHandler),
+                (p + r"api/volumes/([^/]+)/labels/([^/]+)", LabelsHandler),
+                (p + r"api/store/(.*)", StoreHandler),
+                (p + "api/audit", AuditHandler),
+                (p + "oauth_callback", HubOAuthCallbackHandler),
+                (p + ".*", NotFoundHandler),
+            ],
+            **settings,
+        )
+
+    def start(self) -> None:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s voxelhub-data %(message)s")
+        app = self.make_app()
+        from urllib.parse import urlparse
+
+        url = urlparse(self.bind_url)
+        server = HTTPServer(app, xheaders=True, max_body_size=2 << 30)
+        server.listen(url.port or 80, url.hostname or "127.0.0.1")
+        PeriodicCallback(self.audit.flush_due, 5_000).start()
+        log.info("serving %s at %s%s", self.store, self.bind_url, self.prefix)
+        try:
+            IOLoop.current().start()
+        finally:
+            self.audit.close()
+
+
+class BaseHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc]
+    """Authentication, authorisation and JSON errors shared by every endpoint."""
+
+    caller: Caller
+
+    @property
+    def service(self) -> DataService:
+        return self.settings["service"]  # type: ignore[no-any-return]
+
+    def check_xsrf_cookie(self) -> None:
+        """Token requests cannot be forged by another site; cookie requests need the XSRF token."""
+        if self.request.headers.get("Authorization"):
+            return
+        self.hub_auth.check_xsrf_cookie(self)
+
+    async def prepare(self) -> None:  # type: ignore[override]
+        self.started = time.monotonic()
+        source = self.request.remote_ip or ""
+        try:
+            model = self.get_current_user()
+            if isinstance(model, Awaitable):
+                model = await model
+        except web.HTTPError:
+            model = None
+        except Exception as exc:  # the hub is down, a malformed cookie …
+            log.warning("authentication failed: %s", exc)
+            model = None
+        if not model:
+            self.audit_denied("auth", "no valid hub token or login", user="", source=source)
+            raise web.HTTPError(401, "a valid JupyterHub token or login is required")
+        name = str(model["name"])
+        info = await self.user_info(name)
+        self.caller = Caller(
+            name=name,
+            admin=bool(info.get("admin")),
+            roles=roles_from_groups(info.get("groups", [])),
+            client=self.request.headers.get("X-VoxelHub-Client", "")[:40],
+            source=source,
+        )
+        if self.request.method in ("POST", "PUT", "PATCH", "DELETE"):
+            try:
+                self.check_xsrf_cookie()
+            except web.HTTPError:
+                self.deny(self.request.method.lower(), "missing or wrong XSRF token", status=403)
+
+    async def user_info(self, name: str) -> dict[str, Any]:
+        """The user's groups and admin flag, asked of the hub with the service's own token."""
+        cache: dict[str, tuple[float, dict[str, Any]]] = self.settings.setdefault("users", {})
+        hit = cache.get(name)
+        if hit and time.monotonic() - hit[0] < self.service.membership_seconds:
+            return hit[1]
+        auth = self.hub_auth
+        url = f"{auth.api_url.rstrip('/')}/users/{quote(name)}"
+        client = httpclient.AsyncHTTPClient()
+        try:
+            response = await client.fetch(
+                url, headers={"Authorization": f"token {auth.api_token}"}, request_timeout=10
+            )
+        except httpclient.HTTPClientError as exc:
+            self.audit_denied("auth", f"the hub does not know user {name}", user=name)
+            raise web.HTTPError(403, "your hub account could not be checked") from exc
+        info = json.loads(response.body)
+        cache[name] = (time.monotonic(), info)
+        return info  # type: ignore[no-any-return]
+
+    # -- decisions --------------------------------------------------------------------------------
+    def audit_denied(self, action: str, reason: str, **fields: Any) -> None:
+        self.service.audit.decision(
+            action=action,
+            decision="deny",
+            reason=reason,
+            detail={"path": self.request.path[:300], "method": self.request.method},
+            **{"source": self.request.remote_ip or "", **fields},
+        )
+
+    def deny(self, action: str, reason: str, *, status: int = 403, **fields: Any) -> None:
+        detail = {"path": self.request.path[:300], "method": self.request.method}
+        self.service.audit.decision(
+            user=self.caller.name,
+            client=self.caller.client,
+            source=self.caller.source,
+            action=action,
+            decision="deny",
+            reason=reason,
+            detail={**detail, **fields.pop("detail", {})},
+            **fields,
+        )
+        raise web.HTTPError(status, reason)
+
+    def allow(self, action: str, **fields: Any) -> None:
+        self.service.audit.decision(
+            user=self.caller.name,
+            client=self.caller.client,
+            source=self.caller.source,
+            action=action,
+            decision="allow",
+            **fields,
+        )
+
+    def require(self, project: str, role: Role, action: str, **fields: Any) -> None:
+        if not self.caller.may(project, role):
+            have = self.caller.role_in(project)
+            reason = (
+                f"{self.caller.name} is not a member of project {project!r}"
+                if have is None
+                else f"{self.caller.name} is a {have.name.lower()} of {project!r}; "
+                f"{action} needs {role.name.lower()}"
+            )
+            self.deny(action, reason, project=project, **fields)
+
+    # -- output -------------------------------------------------------------------------------
+    def write_json(self, payload: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps(payload, default=_json_default))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        message = self._reason
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, web.HTTPError) and exc.log_message:
+            message = exc.log_message % exc.args if exc.args else exc.log_message
+        elif status_code >= 500:
+            message = "internal error (logged at the service)"
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps({"status": status_code, "message": message}))
+
+    def run(self, fn: Any, *args: Any) -> Awaitable[Any]:
+        return asyncio.get_running_loop().run_in_executor(self.service.pool, fn, *args)
+
+
+class HealthHandler(web.RequestHandler):
+    def get(self) -> None:
+        self.finish({"status": "ok"})
+
+
+class NotFoundHandler(BaseHandler):
+    def get(self) -> None:
+        self.deny("unknown", f"no endpoint {self.request.path[:200]}", status=404)
+
+    post = put = delete = head = patch = get  # type: ignore[assignment]
+
+
+class WhoAmIHandler(BaseHandler):
+    def get(self) -> None:
+        c = self.caller
+        self.write_json(
+            {
+                "name": c.name,
+                "admin": c.admin,
+                "projects": {p: r.name.lower() for p, r in sorted(c.roles.items())},
+            }
+        )
+
+
+class ProjectsHandler(BaseHandler):
+    async def get(self) -> None:
+        frame = await self.run(self.service.catalog.projects, self.caller.projects)
+        self.allow("catalog.projects", detail={"rows": len(frame)})
+        self.write_json({"projects": frame.to_dict(orient="records")})
+
+
+class _QueryHandler(BaseHandler):
+    """Catalog queries: parameters checked, filtered to the caller's projects, paged."""
+
+    kind = ""
+    allowed = frozenset[str]()
+
+    async def get(self) -> None:
+        args = {k: self.get_argument(k) for k in self.request.arguments}
+        fmt = args.pop("format", "json")
+        unknown = sorted(set(args) - self.allowed)
+        if unknown or fmt not in ("json", "parquet"):
+            self.deny(
+                f"catalog.{self.kind}", f"unknown parameter(s) {unknown or [fmt]}", status=400
+            )
+        args = {k: v for k, v in args.items() if v}  # tornado drops control characters
+        project = args.get("project")
+        if project and not self.caller.may(project, Role.VIEWER):
+            self.require(project, Role.VIEWER, f"catalog.{self.kind}", detail=args)
+        try:
+            frame = await self.run(
+                self.service.catalog.query,
+                self.kind,
+                args,
+                self.caller.projects,
+                self.service.max_page,
+            )
+        except QueryError as exc:
+            self.deny(f"catalog.{self.kind}", str(exc), status=400, detail=args)
+        self.allow(
+            f"catalog.{self.kind}", project=project or "", detail={**args, "rows": len(frame)}
+        )
+        cursor = frame.attrs.get("next_cursor")
+        if cursor:
+            self.set_header("X-Next-Cursor", cursor)
+        if fmt == "parquet":
+            buf = io.BytesIO()
+            frame.to_parquet(buf, index=False)
+            self.set_header("Content-Type", "application/vnd.apache.parquet")
+            self.set_header("Cache-Control", "no-store")
+            self.finish(buf.getvalue())
+            return
+        self.write_json({"rows": frame.to_dict(orient="records"), "next_cursor": cursor})
+
+
+class SeriesHandler(_QueryHandler):
+    kind = "series"
+    allowed = frozenset(
+        {"study_uid", "modality", "project", "text", "flag", "uid", "limit", "offset", "after"}
+    )
+
+
+class StudiesHandler(_QueryHandler):
+    kind = "studies"
+    allowed = frozenset({"modality", "project", "patient", "text", "limit", "offset", "after"})
+
+
+class VolumeHandler(BaseHandler):
+    async def get(self, uid: str) -> None:
+        found = await self.run(self.service.catalog.volume, unquote(uid))
+        if found is None:
+            self.deny("volume.metadata", f"no volume {uid[:80]!r} in your projects", status=404)
+        self.require(found.project, Role.VIEWER, "volume.metadata", volume=found.volume_uid)
+        stored = await self.run(self.service.catalog.stored, found.store_path)
+        self.allow(
+            "volume.metadata",
+            project=found.project,
+            patient=found.patient,
+            study=found.study_uid,
+            volume=found.volume_uid,
+        )
+        self.write_json(stored.to_json())
+
+
+class StoreHandler(BaseHandler):
+    """Zarr keys, whole or by one byte range; every read is checked and (aggregated) audited."""
+
+    async def head(self, raw: str) -> None:
+        await self.get(raw, body=False)
+
+    async def get(self, raw: str, body: bool = True) -> None:  # type: ignore[override]
+        action = "volume.read"
+        try:
+            key = paths.parse(raw)
+        except paths.BadPath as exc:
+            self.deny(action, f"bad store key: {exc}", status=400, detail={"key": raw[:200]})
+        found = await self.run(self.service.catalog.by_path, key.volume_path)
+        if not self.caller.may(key.project, Role.VIEWER):
+            self.require(key.project, Role.VIEWER, action, volume=key.volume_path)
+        if found is None:
+            self.deny(action, f"no volume at {key.volume_path}", status=404, project=key.project)
+        try:
+            fd = await self.run(paths.open_key, self.service.store, key)
+        except FileNotFoundError:
+            # zarr asks for keys that may not exist (e.g. a missing chunk): an ordinary 404
+            self.set_status(404)
+            self.finish(json.dumps({"status": 404, "message": f"no key {key.key!r}"}))
+            return
+        except (IsADirectoryError, NotADirectoryError):
+            self.deny(action, f"{key.key!r} is not a key", status=404, project=key.project)
+        except OSError as exc:  # ELOOP: a symbolic link planted in the store
+            self.deny(
+                action, f"refused {key.key!r}: {exc.strerror}", status=403, project=key.project
+            )
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                span = paths.byte_range(self.request.headers.get("Range"), size)
+            except paths.BadRange as exc:
+                self.set_header("Content-Range", f"bytes */{size}")
+                self.deny(action, str(exc), status=416, project=key.project)
+            start, stop = span if span else (0, size)
+            data = await self.run(os.pread, fd, stop - start, start) if body else b""
+        finally:
+            os.close(fd)
+        self.service.audit.read(
+            user=self.caller.name,
+            client=self.caller.client,
+            source=self.caller.source,
+            project=found.project,
+            patient=found.patient,
+            study=found.study_uid,
+            volume=found.volume_uid,
+            labels=key.key.split("/")[1] if key.is_labels and "/" in key.key else "",
+            nbytes=len(data),
+        )
+        if span:
+            self.set_status(206)
+            self.set_header("Content-Range", f"bytes {start}-{stop - 1}/{size}")
+        self.set_header("Content-Type", "application/octet-stream")
+        self.set_header("Accept-Ranges", "bytes")
+        self.set_header("Cache-Control", "private, no-store")
+        self.set_header("Content-Length", str(stop - start))
+        if body:
+            self.write(data)
+        await self.finish()
+
+
+class LabelsHandler(BaseHandler):
+    """Write a label image for a volume: the body is a NumPy ``.npy`` array of its shape."""
+
+    async def put(self, uid: str, name: str) -> None:
+        action = "labels.write"
+        found = await self.run(self.service.catalog.volume, unquote(uid))
+        if found is None:
+            self.deny(action, f"no volume {uid[:80]!r} in your projects", status=404)
+        self.require(found.project, Role.ANALYST, action, volume=found.volume_uid, labels=name)
+        try:
+            names = json.loads(self.get_argument("names", "{}"))
+            names = {int(k): str(v) for k, v in names.items()}
+            overwrite = self.get_argument("overwrite", "false") == "true"
+        except (ValueError, TypeError, AttributeError) as exc:
+            self.deny(action, f"bad names: {exc}", status=400, volume=found.volume_uid)
+        try:
+            written = await self.run(
+                self.service.catalog.write_labels,
+                found.volume_uid,
+                bytes(self.request.body),
+                name,
+                names,
+                overwrite,
+            )
+        except ValueError as exc:  # not an array, wrong shape, bad name (VoxelHubError included)
+            self.deny(action, str(exc), status=400, volume=found.volume_uid, labels=name)
+        self.allow(
+            action,
+            project=found.project,
+            patient=found.patient,
+            study=found.study_uid,
+            volume=found.volume_uid,
+            labels=name,
+            nbytes=len(self.request.body),
+        )
+        self.write_json({"name": written.name, "checksum": written.checksum}, status=201)
+
+
+class AuditHandler(BaseHandler):
+    """The audit trail, filtered; for hub admins only."""
+
+    async def get(self) -> None:
+        if not self.caller.admin:
+            self.deny("audit.query", f"{self.caller.name} is not a hub admin")
+        args = {k: self.get_argument(k) for k in self.request.arguments}
+        unknown = sorted(set(args) - {"user", "patient", "series", "project", "since", "action"})
+        if unknown:
+            self.deny("audit.query", f"unknown parameter(s) {unknown}", status=400)
+        try:
+            rows = await self.run(self.service.audit.query, args)
+        except ValueError as exc:
+            self.deny("audit.query", str(exc), status=400)
+        self.allow("audit.query", detail=args)
+        self.write_json({"records": rows})
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, frozenset | set | tuple):
+        return sorted(value) if isinstance(value, frozenset | set) else list(value)
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def main(argv: list[str] | None = None) -> None:
+    app = DataService()
+    app.initialize(argv)
+    app.start()

@@ -1,0 +1,157 @@
+"""The service's view of the catalog: queries with checked parameters, and volume lookups.
+
+Thin over :class:`voxelhub.catalog.Catalog`: it checks and converts query parameters (a bad
+``limit`` is a 400, never a 500), restricts every query to the caller's projects, and finds the
+volume a store key belongs to (cached briefly: a chunk read must not cost a catalog query).
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from voxelhub.catalog import Catalog, Patient, Project, Study, Volume
+from voxelhub.errors import CatalogError, VoxelHubError
+from voxelhub.store.location import open_location
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from voxelhub.roi.labels import LabelImage
+    from voxelhub.store.stored import StoredVolume
+
+_CACHE_SECONDS = 10.0
+_MAX_TEXT = 200
+
+
+class QueryError(ValueError):
+    """A query parameter the catalog cannot take (answered 400)."""
+
+
+@dataclass(frozen=True)
+class Found:
+    """What an access decision needs to know about a volume."""
+
+    volume_uid: str
+    store_path: str
+    project: str
+    patient: str
+    study_uid: str
+
+
+class CatalogView:
+    def __init__(self, store: str, catalog_url: str | None = None) -> None:
+        self.location = open_location(store)
+        self.catalog = Catalog(self.location, catalog_url)
+        self._paths: dict[str, tuple[float, Found | None]] = {}
+        self._lock = threading.Lock()
+
+    # -- queries -----------------------------------------------------------------------------------
+    def projects(self, allowed: list[str] | None) -> pd.DataFrame:
+        frame = self.catalog.projects()
+        if allowed is not None:
+            frame = frame[frame["name"].isin(allowed)].reset_index(drop=True)
+        return frame
+
+    def query(
+        self, kind: str, args: dict[str, str], allowed: list[str] | None, max_page: int
+    ) -> pd.DataFrame:
+        """``series`` or ``studies`` with the request's parameters, within ``allowed`` projects."""
+        kwargs: dict[str, Any] = {}
+        for name, value in args.items():
+            if len(value) > _MAX_TEXT:
+                raise QueryError(f"{name} is longer than {_MAX_TEXT} characters")
+            if name in ("limit", "offset"):
+                try:
+                    number = int(value)
+                except ValueError:
+                    raise QueryError(f"{name} must be an integer, not {value[:20]!r}") from None
+                if number < 0 or (name == "limit" and not 1 <= number <= max_page):
+                    raise QueryError(
+                        f"{name} must be between {int(name == 'limit')} and {max_page}"
+                    )
+                kwargs[name] = number
+            else:
+                kwargs[name] = value
+        kwargs.setdefault("limit", max_page)
+        if allowed is not None:  # always, whatever else the request filters on
+            kwargs["projects"] = allowed
+        method = self.catalog.series if kind == "series" else self.catalog.studies
+        accepted = inspect.signature(method).parameters
+        unknown = sorted(set(kwargs) - set(accepted))
+        if unknown:
+            raise QueryError(f"this catalog cannot filter {kind} by {', '.join(unknown)}")
+        try:
+            return method(**kwargs)
+        except CatalogError as exc:  # e.g. a tampered paging cursor
+            raise QueryError(str(exc)) from exc
+
+    # -- volumes -----------------------------------------------------------------------------------
+    def _found(self, where: Any) -> Found | None:
+        stmt = (
+            select(
+                Volume.volume_uid,
+                Volume.store_path,
+                Project.name,
+                Patient.patient_key,
+                Study.study_uid,
+            )
+            .join(Study, Volume.study_id == Study.id)
+            .join(Patient, Study.patient_id == Patient.id)
+            .join(Project, Patient.project_id == Project.id)
+            .where(where)
+        )
+        with self.catalog.engine.connect() as conn:
+            row = conn.execute(stmt).first()
+        return Found(*(str(v) for v in row)) if row is not None else None
+
+    def volume(self, uid: str) -> Found | None:
+        """A volume by volume UID (or its unsplit SeriesInstanceUID)."""
+        if len(uid) > 128:
+            return None
+        return self._found(Volume.volume_uid == uid) or self._found(Volume.series_uid == uid)
+
+    def by_path(self, store_path: str) -> Found | None:
+        """The volume stored at ``store_path`` (cached for a few seconds)."""
+        now = time.monotonic()
+        with self._lock:
+            hit = self._paths.get(store_path)
+        if hit and now - hit[0] < _CACHE_SECONDS:
+            return hit[1]
+        found = self._found(Volume.store_path == store_path)
+        with self._lock:
+            if len(self._paths) > 10_000:
+                self._paths.clear()
+            self._paths[store_path] = (now, found)
+        return found
+
+    def stored(self, store_path: str) -> StoredVolume:
+        found = self.by_path(store_path)
+        if found is None:
+            raise QueryError(f"no volume at {store_path}")
+        return self.catalog.stored_volume(self.catalog.volume_row(found.volume_uid))
+
+    def write_labels(
+        self, uid: str, body: bytes, name: str, names: dict[int, str], overwrite: bool
+    ) -> LabelImage:
+        """Store a label image sent as ``.npy`` bytes (no pickles: arrays only)."""
+        import numpy as np
+
+        from voxelhub.roi.labels import write_labels
+
+        try:
+            array = np.load(io.BytesIO(body), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise QueryError(f"the body is not a .npy array: {exc}") from None
+        try:
+            return write_labels(
+                self.catalog, uid, name, array, names=names or None, overwrite=overwrite
+            )
+        except VoxelHubError as exc:
+            raise QueryError(str(exc)) from None

@@ -1,0 +1,215 @@
+"""The catalog as the data service serves it: the same queries as :class:`~voxelhub.catalog.Catalog`.
+
+On the hub a kernel's ``voxelhub.open_catalog()`` returns this when ``$VOXELHUB_STORE`` is the
+service's URL: every query is answered by the service, filtered to the projects the user is a
+member of, with the user's hub token (``$JUPYTERHUB_API_TOKEN``).  Results are the same pandas
+DataFrames (sent as Parquet, so types survive the trip) and volumes open lazily through a
+:class:`~voxelhub.store.location.ServiceLocation`, so notebook code does not change.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import TYPE_CHECKING, Any
+
+from voxelhub.errors import AccessDenied, CatalogError, NotFound
+from voxelhub.store.location import ServiceLocation
+from voxelhub.store.stored import StoredVolume
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import xarray as xr
+
+_PAGE = 1000
+
+
+class ServiceCatalog:
+    """Read the catalog through the data service (reads only; ingest runs at the server)."""
+
+    read_only = True
+
+    def __init__(self, location: ServiceLocation) -> None:
+        self.location = location
+        self.url = location.url
+
+    def __repr__(self) -> str:
+        return f"ServiceCatalog({self.url!r})"
+
+    def close(self) -> None:
+        """Nothing to release: every request is its own connection."""
+
+    # -- transport -------------------------------------------------------------------------------
+    def _get(self, path: str, params: dict[str, Any] | None = None) -> tuple[bytes, dict[str, str]]:
+        query = {k: str(v) for k, v in (params or {}).items() if v is not None and v != ""}
+        url = self.location.api_url(path)
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
+        request = urllib.request.Request(url, headers=self.location.headers())
+        ssl_context = self.location._ssl()
+        try:
+            with urllib.request.urlopen(
+                request, timeout=120, context=ssl_context if ssl_context else None
+            ) as response:
+                return response.read(), dict(response.headers.items())
+        except urllib.error.HTTPError as exc:
+            raise _error(exc, self.url) from None
+        except urllib.error.URLError as exc:
+            raise CatalogError(
+                f"cannot reach the data service at {self.url}: {exc.reason}"
+            ) from exc
+
+    def _json(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        body, _ = self._get(path, params)
+        return json.loads(body)
+
+    def _frame(self, kind: str, params: dict[str, Any], limit: int | None) -> pd.DataFrame:
+        """One page (``limit`` given) or every page, followed by the service's cursor."""
+        import pandas as pd
+
+        params = dict(params)
+        if limit is not None:
+            return self._page(kind, {**params, "limit": limit})
+        pages = []
+        while True:
+            page = self._page(kind, {**params, "limit": _PAGE})
+            pages.append(page)
+            cursor = page.attrs.get("next_cursor")
+            if not cursor or len(page) < _PAGE:
+                break
+            params = {**params, "after": cursor, "offset": None}
+        frame = pd.concat(pages, ignore_index=True) if len(pages) > 1 else pages[0]
+        frame.attrs.pop("next_cursor", None)
+        return frame
+
+    def _page(self, kind: str, params: dict[str, Any]) -> pd.DataFrame:
+        import pandas as pd
+
+        body, headers = self._get(kind, {**params, "format": "parquet"})
+        frame = pd.read_parquet(io.BytesIO(body))
+        cursor = {k.lower(): v for k, v in headers.items()}.get("x-next-cursor")
+        frame.attrs["next_cursor"] = cursor or None
+        return frame
+
+    # -- the Catalog API -----------------------------------------------------------------------------
+    def whoami(self) -> dict[str, Any]:
+        """Your hub name, admin flag and ``{project: role}``, as the service sees them."""
+        return dict(self._json(""))
+
+    def projects(self) -> pd.DataFrame:
+        """The projects you are a member of."""
+        import pandas as pd
+
+        return pd.DataFrame(self._json("projects")["projects"])
+
+    def studies(
+        self,
+        modality: str | None = None,
+        *,
+        project: str | None = None,
+        patient: str | None = None,
+        text: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        after: str | None = None,
+    ) -> pd.DataFrame:
+        """Studies of your projects (see :meth:`voxelhub.catalog.Catalog.studies`)."""
+        params = {"modality": modality, "project": project, "patient": patient, "text": text}
+        return self._frame("studies", {**params, "offset": offset or None, "after": after}, limit)
+
+    def series(
+        self,
+        study_uid: str | None = None,
+        *,
+        modality: str | None = None,
+        project: str | None = None,
+        text: str | None = None,
+        flag: str | None = None,
+        uid: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        after: str | None = None,
+    ) -> pd.DataFrame:
+        """Volumes of your projects (see :meth:`voxelhub.catalog.Catalog.series`)."""
+        params = {
+            "study_uid": study_uid,
+            "modality": modality,
+            "project": project,
+            "text": text,
+            "flag": flag,
+            "uid": uid,
+        }
+        return self._frame("series", {**params, "offset": offset or None, "after": after}, limit)
+
+    def search(self, text: str, **filters: Any) -> pd.DataFrame:
+        return self.series(text=text, **filters)
+
+    def volume_row(self, uid: str) -> dict[str, Any]:
+        match = self.series(uid=uid)
+        if match.empty:
+            raise NotFound(f"no volume or series {uid!r} in your projects at {self.url}")
+        if len(match) > 1:
+            splits = ", ".join(f"{r.volume_uid} ({r.split})" for r in match.itertuples())
+            raise NotFound(f"series {uid!r} was split into {len(match)} volumes: {splits}")
+        return {str(k): v for k, v in match.iloc[0].to_dict().items()}
+
+    def stored_volume(self, uid_or_row: Any) -> StoredVolume:
+        if isinstance(uid_or_row, StoredVolume):
+            return uid_or_row
+        uid = uid_or_row if isinstance(uid_or_row, str) else uid_or_row["volume_uid"]
+        data = self._json("volumes/" + urllib.parse.quote(str(uid), safe=""))
+        return StoredVolume.from_json(data, self.location)
+
+    def open_series(self, uid_or_row: Any, level: int = 0) -> xr.DataArray:
+        return self.stored_volume(uid_or_row).open(level)
+
+    def reports(self) -> pd.DataFrame:
+        raise AccessDenied("ingest reports are read at the server (`voxelhub list` as an admin)")
+
+    def rejected(self, report_id: int | None = None) -> pd.DataFrame:
+        raise AccessDenied("rejected files are read at the server (`voxelhub list` as an admin)")
+
+    def put_labels(
+        self, uid: str, name: str, array: Any, names: dict[int, str] | None, overwrite: bool
+    ) -> dict[str, Any]:
+        """Send a label image to the service (analysts and curators of the volume's project)."""
+        import numpy as np
+
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(array), allow_pickle=False)
+        params = {"names": json.dumps({str(k): v for k, v in (names or {}).items()})}
+        if overwrite:
+            params["overwrite"] = "true"
+        url = self.location.api_url(
+            f"volumes/{urllib.parse.quote(uid, safe='')}/labels/{urllib.parse.quote(name, safe='')}"
+        )
+        request = urllib.request.Request(
+            url + "?" + urllib.parse.urlencode(params),
+            data=buf.getvalue(),
+            method="PUT",
+            headers={**self.location.headers(), "Content-Type": "application/octet-stream"},
+        )
+        ssl_context = self.location._ssl()
+        try:
+            with urllib.request.urlopen(
+                request, timeout=600, context=ssl_context if ssl_context else None
+            ) as response:
+                return dict(json.loads(response.read()))
+        except urllib.error.HTTPError as exc:
+            raise _error(exc, self.url) from None
+
+
+def _error(exc: urllib.error.HTTPError, url: str) -> Exception:
+    """The service's JSON message as the matching VoxelHub error."""
+    try:
+        message = str(json.loads(exc.read()).get("message") or exc.reason)
+    except ValueError:
+        message = str(exc.reason)
+    if exc.code in (401, 403):
+        return AccessDenied(f"the data service refused: {message}")
+    if exc.code == 404:
+        return NotFound(message)
+    return CatalogError(f"the data service at {url} answered {exc.code}: {message}")

@@ -1,0 +1,226 @@
+"""A stored volume as a typed object: what the catalog hands out instead of a row of strings.
+
+:class:`StoredVolume` joins the catalog row (project, patient, study, descriptions) with the
+volume's own attributes in the store (levels, geometry, flags, acquisition table, source UIDs,
+label images).  It is frozen and picklable: send it to a Dask worker and call :meth:`open`
+there; the :class:`~voxelhub.store.location.Location` it carries knows how to reach the bytes
+(a folder, object storage, or the data service with the user's token).
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from voxelhub.errors import StoreError
+from voxelhub.store.location import Location
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+LABELS_GROUP = "labels"
+"""Sub-group of a volume that holds its label images (OME-Zarr ``labels``)."""
+
+
+class VolumeFlag(StrEnum):
+    """Something about a volume a user must know; the reason text says why, per volume."""
+
+    NO_GEOMETRY = "no_geometry"
+    NO_PIXEL_SPACING = "no_pixel_spacing"
+    NO_SLICE_SPACING = "no_slice_spacing"
+    MISSING_SLICES = "missing_slices"
+    NON_UNIFORM_SPACING = "non_uniform_spacing"
+    GANTRY_TILT = "gantry_tilt"
+    MIXED_ORIENTATION = "mixed_orientation"
+    VOLUMES_BY_INSTANCE_ORDER = "volumes_by_instance_order"
+    GE_PEPOLAR_REVERSED = "ge_pepolar_reversed"
+    UIH_MOSAIC = "uih_mosaic"
+    UIH_GRADIENT_FRAME = "uih_gradient_frame"
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where every voxel is, in LPS millimetres (level 0)."""
+
+    spacing_zyx: tuple[float, float, float]
+    origin_lps: tuple[float, float, float]
+    direction_lps: tuple[tuple[float, float, float], ...]
+    affine_lps: tuple[tuple[float, float, float, float], ...]
+    tilt_degrees: float = 0.0
+    slice_offsets_mm: tuple[float, ...] | None = None
+    """Distances of each slice from the first, when they are not uniform."""
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> Geometry:
+        offsets = attrs.get("slice_offsets_mm")
+        return cls(
+            spacing_zyx=_floats3(attrs["spacing_zyx"]),
+            origin_lps=_floats3(attrs["origin_lps"]),
+            direction_lps=tuple(_floats3(row) for row in attrs["direction_lps"]),
+            affine_lps=tuple(
+                (float(r[0]), float(r[1]), float(r[2]), float(r[3])) for r in attrs["affine_lps"]
+            ),
+            tilt_degrees=float(attrs.get("tilt_degrees", 0.0)),
+            slice_offsets_mm=tuple(float(v) for v in offsets) if offsets is not None else None,
+        )
+
+
+@dataclass(frozen=True)
+class Level:
+    """One pyramid level: its array path in the group, shape and downsampling factor (z, y, x)."""
+
+    path: str
+    shape: tuple[int, ...]
+    factor: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class StoredVolume:
+    """One committed volume: catalog identity plus what the store says about it."""
+
+    volume_uid: str
+    series_uid: str
+    study_uid: str
+    patient_id: str
+    project: str
+    modality: str
+    description: str
+    split: str
+    store_path: str
+    checksum: str
+    dtype: str
+    levels: tuple[Level, ...]
+    geometry: Geometry
+    flags: frozenset[VolumeFlag]
+    flag_reasons: Mapping[str, str]
+    labels: tuple[str, ...]
+    source_instance_uids: tuple[str, ...]
+    acquisition: Mapping[str, Any]
+    timepoints: tuple[Mapping[str, Any], ...]
+    deidentified: bool
+    location: Location = field(compare=False, repr=False)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Full-resolution shape: ``(z, y, x)``, or ``(t, z, y, x)`` for 4-D volumes."""
+        return self.levels[0].shape
+
+    @property
+    def is_4d(self) -> bool:
+        return len(self.shape) == 4
+
+    def open(self, level: int = 0) -> xr.DataArray:
+        """The volume as a lazy ``xarray.DataArray`` (see :func:`voxelhub.open_series`)."""
+        from voxelhub.store.volume import open_volume
+
+        if not 0 <= level < len(self.levels):
+            raise StoreError(
+                f"level {level} out of range: {self.volume_uid} has levels 0..{len(self.levels) - 1}"
+            )
+        return open_volume(self.location, self.store_path, level=level)
+
+    def labels_path(self, name: str | None = None) -> str:
+        """Store path of the volume's label group, or of one label image in it."""
+        rel = posixpath.join(self.store_path, LABELS_GROUP)
+        return rel if name is None else posixpath.join(rel, name)
+
+    def level_for(self, max_side: int) -> int:
+        """The coarsest level whose in-plane side is still ≥ ``max_side`` (for previews)."""
+        best = 0
+        for i, lv in enumerate(self.levels):
+            if max(lv.shape[-2:]) >= max_side:
+                best = i
+        return best
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready fields (everything but the location), as the data service sends them."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "location"}
+        out["flags"] = sorted(str(f) for f in self.flags)
+        out["levels"] = [asdict(lv) for lv in self.levels]
+        out["geometry"] = asdict(self.geometry)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], location: Location) -> StoredVolume:
+        """The inverse of :meth:`to_json`, reading through ``location``."""
+        values = dict(data)
+        geometry = dict(values.pop("geometry"))
+        geometry["spacing_zyx"] = _floats3(geometry["spacing_zyx"])
+        geometry["origin_lps"] = _floats3(geometry["origin_lps"])
+        geometry["direction_lps"] = tuple(_floats3(r) for r in geometry["direction_lps"])
+        geometry["affine_lps"] = tuple(tuple(float(v) for v in r) for r in geometry["affine_lps"])
+        if geometry.get("slice_offsets_mm") is not None:
+            geometry["slice_offsets_mm"] = tuple(geometry["slice_offsets_mm"])
+        known = {f.name for f in fields(cls)}
+        return cls(
+            **{k: v for k, v in values.items() if k in known and k not in _TYPED},
+            geometry=Geometry(**geometry),
+            levels=tuple(
+                Level(str(lv["path"]), tuple(lv["shape"]), tuple(lv["factor"]))
+                for lv in values["levels"]
+            ),
+            flags=frozenset(VolumeFlag(f) for f in values.get("flags", [])),
+            labels=tuple(values.get("labels", [])),
+            source_instance_uids=tuple(values.get("source_instance_uids", [])),
+            timepoints=tuple(values.get("timepoints", [])),
+            location=location,
+        )
+
+    @classmethod
+    def from_store(cls, location: Location, row: Mapping[str, Any]) -> StoredVolume:
+        """Read the volume's attributes at ``row["store_path"]`` and join them with the row."""
+        rel = str(row["store_path"])
+        group = location.open_group(rel)
+        meta: dict[str, Any] = dict(group.attrs.get("voxelhub") or {})  # type: ignore[arg-type]
+        if not meta:
+            raise StoreError(f"{location.url_of(rel)} is not a VoxelHub volume (no attributes)")
+        geometry = dict(meta["geometry"])
+        flags = frozenset(VolumeFlag(f["code"]) for f in geometry.get("flags", []))
+        labels: tuple[str, ...] = ()
+        if LABELS_GROUP in group:
+            sub = group[LABELS_GROUP]
+            ome: dict[str, Any] = dict(sub.attrs.get("ome") or {})  # type: ignore[arg-type]
+            labels = tuple(str(n) for n in ome.get("labels", []))
+        return cls(
+            volume_uid=str(row.get("volume_uid") or meta.get("volume_uid", "")),
+            series_uid=str(row.get("series_uid") or meta.get("series_uid", "")),
+            study_uid=str(row.get("study_uid") or meta.get("study_uid", "")),
+            patient_id=str(row.get("patient_id") or meta.get("patient_id", "")),
+            project=str(row.get("project", "")),
+            modality=str(meta.get("modality", row.get("modality", ""))),
+            description=str(row.get("description") or meta.get("series_description", "")),
+            split=str(row.get("split") or meta.get("split", "")),
+            store_path=rel,
+            checksum=str(meta.get("checksum", "")),
+            dtype=str(meta.get("dtype", "")),
+            levels=tuple(
+                Level(
+                    str(lv["path"]),
+                    tuple(int(s) for s in lv["shape"]),
+                    (int(lv["factor"][0]), int(lv["factor"][1]), int(lv["factor"][2])),
+                )
+                for lv in meta["levels"]
+            ),
+            geometry=Geometry.from_attrs(geometry),
+            flags=flags,
+            flag_reasons={str(f["code"]): str(f["reason"]) for f in geometry.get("flags", [])},
+            labels=labels,
+            source_instance_uids=tuple(str(u) for u in meta.get("source_instance_uids", [])),
+            acquisition=dict(meta.get("acquisition") or {}),
+            timepoints=tuple(dict(t) for t in meta.get("timepoints") or []),
+            deidentified=bool(meta.get("deidentified", False)),
+            location=location,
+        )
+
+
+_TYPED = frozenset(
+    {"geometry", "levels", "flags", "labels", "source_instance_uids", "timepoints", "location"}
+)
+
+
+def _floats3(values: Any) -> tuple[float, float, float]:
+    a, b, c = (float(v) for v in values)
+    return (a, b, c)
