@@ -3,8 +3,9 @@
 One module-scoped stack on free ports with a throwaway state folder.  People sign up and log in
 through the forms, an admin approves them, their servers spawn as their own unix users, and code
 runs in a kernel of each (Jupyter Server REST + websocket): a Gateway cluster of 2 workers opens a
-volume of the user's project from the store and sums it, while the other user's project folder
-stays closed to them (unix group per project).  Sample notebook 2 runs, cell by cell, in a kernel
+volume of the user's project through the data service (with the server's hub token) and sums
+it; the other user's volume is refused by the service, and the store's files by the OS (they
+belong to the service's own account).  Sample notebook 2 runs, cell by cell, in a kernel
 of alice's server on the course's shared, de-identified data.  Afterwards nothing the stack
 started is left running, and the unix accounts and project groups the hub created are removed.
 
@@ -56,6 +57,7 @@ LUNG, BRAIN = f"lung{SUFFIX}", f"brain{SUFFIX}"
 COURSE, DEMO = f"course{SUFFIX}", f"demo{SUFFIX}"
 PROJECTS = {LUNG: [ALICE], BRAIN: [BOB], COURSE: [ALICE, BOB], DEMO: [ALICE]}
 PROJECT_OF = {ALICE: LUNG, BOB: BRAIN}
+DATA_ACCOUNT = f"vhdata{SUFFIX}"  # the data service's own unix account
 NOTEBOOK_1 = REPO / "sample_notebooks" / "01_explore_a_dataset.ipynb"
 NOTEBOOK = REPO / "sample_notebooks" / "02_teaching_exercise.ipynb"
 CHROMIUM = "/usr/bin/chromium"  # Debian's package; never `playwright install`
@@ -79,8 +81,10 @@ def password() -> str:
 class Site:
     """The running stack plus what the tests know about it."""
 
-    def __init__(self, stack: HubStack, store: Path, sums: dict[str, float]) -> None:
-        self.stack, self.store, self.sums = stack, store, sums
+    def __init__(
+        self, stack: HubStack, store: Path, sums: dict[str, float], uids: dict[str, str]
+    ) -> None:
+        self.stack, self.store, self.sums, self.uids = stack, store, sums, uids
         self.passwords = {name: password() for name in (ADMIN, ALICE, BOB)}
         self.browsers: dict[str, HubBrowser] = {}
         self.tokens: dict[str, str] = {}
@@ -98,14 +102,14 @@ def _group_exists(name: str) -> bool:
     return True
 
 
-def _ingest_store(state: Path, dicom_root: Path) -> tuple[Path, dict[str, float]]:
+def _ingest_store(state: Path, dicom_root: Path) -> tuple[Path, dict[str, float], dict[str, str]]:
     """The site's store: a synthetic CT per user project; the real phantom CT de-identified for
     the course (notebook 2), and as acquired for alice's demo project (notebook 1 in the browser).
-    Returns the store and each user project's voxel sum."""
+    Returns the store, each user project's voxel sum and the UID of the volume summed."""
     from voxelhub import ingest, open_catalog, open_series
 
     store = state / "store"
-    sums = {}
+    sums, uids = {}, {}
     for i, project in enumerate((LUNG, BRAIN)):
         dicom = state / "dicom" / project
         write_series(dicom, slices=10, rows=32, columns=32, seed=i, patient_id=f"PAT-{i}")
@@ -119,8 +123,9 @@ def _ingest_store(state: Path, dicom_root: Path) -> tuple[Path, dict[str, float]
     for project in (LUNG, BRAIN):
         row = cat.series(project=project).iloc[0]
         sums[project] = float(np.asarray(open_series(row, catalog=cat)).astype(np.float64).sum())
+        uids[project] = str(row.volume_uid)
     cat.close()
-    return store, sums
+    return store, sums, uids
 
 
 def _user_exists(name: str) -> bool:
@@ -154,12 +159,19 @@ def site(shared_dicom: Path) -> Iterator[Site]:
     started = time.time()
     state = Path(tempfile.mkdtemp(prefix="vhhubstate-"))
     os.chmod(state, 0o755)
-    stack = HubStack(state, admins=[ADMIN], projects=PROJECTS, spawner="system", tls=True)
+    stack = HubStack(
+        state,
+        admins=[ADMIN],
+        projects=PROJECTS,
+        spawner="system",
+        tls=True,
+        extra_env={"VOXELHUB_DATA_USER": DATA_ACCOUNT},
+    )
     site: Site | None = None
     try:
-        store, sums = _ingest_store(state, shared_dicom)
+        store, sums, uids = _ingest_store(state, shared_dicom)
         stack.store = str(store)
-        site = Site(stack, store, sums)
+        site = Site(stack, store, sums, uids)
         site.start_seconds = stack.start(timeout=180)
         yield site
     finally:
@@ -175,6 +187,13 @@ def site(shared_dicom: Path) -> Iterator[Site]:
                 p.kill()
         for name in users:
             remove_account(name)
+        if _user_exists(DATA_ACCOUNT):
+            for p in psutil.process_iter(["pid", "username"]):
+                if p.info["username"] == DATA_ACCOUNT:
+                    leftovers.append(f"{p.pid} {DATA_ACCOUNT} (data service)")
+                    p.kill()
+            subprocess.run(["userdel", DATA_ACCOUNT], check=True)
+            subprocess.run(["groupdel", DATA_ACCOUNT], check=False, capture_output=True)
         for project in PROJECTS:
             remove_group(project)
         shutil.rmtree(state, ignore_errors=True)
@@ -255,21 +274,22 @@ print("DASHBOARD", c.dashboard_link)
 print("KERNEL_GROUPS", ",".join(groups()))
 print("WORKER_GROUPS", sorted(set(",".join(g) for g in c.run(groups).values())))
 print("KERNEL_RLIMIT_AS", resource.getrlimit(resource.RLIMIT_AS)[1])
-cat = voxelhub.open_catalog()              # $VOXELHUB_STORE; the SQLite catalog read-only
+cat = voxelhub.open_catalog()              # $VOXELHUB_STORE: the data service, with the hub token
 print("CATALOG_READ_ONLY", cat.read_only)
+print("CATALOG_PROJECTS", ",".join(sorted(set(cat.series().project))))
 row = cat.series(project={project!r}).iloc[0]
 volume = voxelhub.open_series(row, catalog=cat)
-print("SUM", float(volume.astype("float64").sum().compute()))    # read by the workers
-projects = os.path.join(os.environ["VOXELHUB_STORE"], "projects")
-print("OWN_PROJECT", denied(os.path.join(projects, {project!r})))
-print("OTHER_PROJECT", denied(os.path.join(projects, {other_project!r})))
-other_row = cat.series(project={other_project!r}).iloc[0]
+print("SUM", float(volume.astype("float64").sum().compute()))    # read by the workers, via the service
+store = {store!r}
+print("OWN_PROJECT", denied(os.path.join(store, "projects", {project!r})))
+print("OTHER_PROJECT", denied(os.path.join(store, "projects", {other_project!r})))
+print("STORE_ROOT", denied(store))
 try:
-    voxelhub.open_series(other_row, catalog=cat).sum().compute()
+    voxelhub.open_series({other_uid!r}, catalog=cat).sum().compute()
     print("OTHER_VOLUME readable")
 except Exception as exc:
     print("OTHER_VOLUME", type(exc).__name__)
-print("STORE_TMP", denied(os.path.join(os.environ["VOXELHUB_STORE"], ".tmp")))
+print("STORE_TMP", denied(os.path.join(store, ".tmp")))
 print("OTHER_HOME", denied(os.path.expanduser("~{other}")))
 print("OWN_HOME_MODE", oct(os.stat(os.path.expanduser("~")).st_mode & 0o777))
 c.cluster.shutdown()
@@ -288,7 +308,11 @@ def test_both_users_compute_on_gateway_clusters_as_themselves(logged_in: Site) -
     def run(name: str) -> tuple[str, float, str]:
         t0 = time.monotonic()
         code = KERNEL_CODE.format(
-            project=PROJECT_OF[name], other_project=PROJECT_OF[other[name]], other=other[name]
+            project=PROJECT_OF[name],
+            other_project=PROJECT_OF[other[name]],
+            other=other[name],
+            other_uid=site.uids[PROJECT_OF[other[name]]],
+            store=str(site.store),
         )
         out = run_code(
             site.stack.url, name, site.tokens[name], code, cafile=site.stack.cafile, timeout=300
@@ -308,11 +332,15 @@ def test_both_users_compute_on_gateway_clusters_as_themselves(logged_in: Site) -
         groups = sorted(unix_group(p) for p, members in PROJECTS.items() if name in members)
         assert v.get("KERNEL_GROUPS") == ",".join(groups), out
         assert v.get("WORKER_GROUPS") == str([",".join(groups)]), out
-        assert v.get("OWN_PROJECT") == "readable", out
+        # the store is the data service's alone: not even a member opens its files directly
+        assert v.get("STORE_ROOT") == "denied", out
+        assert v.get("OWN_PROJECT") == "denied", out
         assert v.get("OTHER_PROJECT") == "denied", f"{name} could list another project: {out}"
-        assert v.get("OTHER_VOLUME") in ("StoreError", "PermissionError", "AccessDenied"), out
+        assert v.get("OTHER_VOLUME") in ("NotFound", "AccessDenied"), out
         assert v.get("STORE_TMP") == "denied", out
         assert v.get("CATALOG_READ_ONLY") == "True", out
+        visible = sorted(p for p, members in PROJECTS.items() if name in members)
+        assert v.get("CATALOG_PROJECTS") == ",".join(visible), out
         assert v.get("KERNEL_RLIMIT_AS") == str(8 * 2**30), out
         assert v.get("OTHER_HOME") == "denied", f"{name} could read {other[name]}'s home: {out}"
         assert v.get("OWN_HOME_MODE") == "0o700", out
