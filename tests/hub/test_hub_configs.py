@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +28,7 @@ def load(name: str) -> Config:
 
 
 @pytest.fixture
-def hub_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def hub_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     for key in (
         "VOXELHUB_HUB_IP",
         "VOXELHUB_CATALOG_URL",
@@ -41,7 +45,12 @@ def hub_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("VOXELHUB_HUB_SSL_CERT", "/etc/hub.crt")
     monkeypatch.setenv("VOXELHUB_HUB_SSL_KEY", "/etc/hub.key")
     monkeypatch.setenv("VOXELHUB_GATEWAY_PORT", "18010")
-    return tmp_path
+    # loading the config as root creates the data service's account: a throwaway one
+    account = f"vhdcfg{secrets.token_hex(3)}"
+    monkeypatch.setenv("VOXELHUB_DATA_USER", account)
+    yield tmp_path
+    subprocess.run(["userdel", account], capture_output=True, check=False)
+    subprocess.run(["groupdel", account], capture_output=True, check=False)
 
 
 def assert_settings_exist(config: Config, classes: dict[str, type]) -> None:
@@ -79,7 +88,8 @@ def test_jupyterhub_config(hub_env: Path) -> None:
     assert c.JupyterHub.ssl_cert == "/etc/hub.crt"
     assert c.JupyterHub.hub_bind_url.startswith("http://127.0.0.1:")
     assert c.JupyterHub.spawner_class == "voxelhub_hub.spawner.VoxelHubSpawner"
-    assert c.Spawner.pre_spawn_hook.__name__ == "voxelhub_pre_spawn"
+    # before every spawn: the user's account and groups, then the store handed to the service
+    assert c.Spawner.pre_spawn_hook.__name__ == "voxelhub_pre_spawn_data"
     assert c.ResourceLimits.process_memory_limit == "8G"
     assert "args" not in c.Spawner  # no --allow-root: servers run as their users
     assert c.ResourceLimits.max_processes == 1024
@@ -87,9 +97,16 @@ def test_jupyterhub_config(hub_env: Path) -> None:
     assert c.Authenticator.admin_users == {"boss"}
     assert c.NativeAuthenticator.open_signup is False
     env = c.Spawner.environment
-    assert env["VOXELHUB_STORE"] == str(hub_env / "store")
-    # a local store's SQLite catalog needs no URL (other users open it read-only by themselves)
+    # kernels reach the store through the data service, which runs as its own account
+    assert env["VOXELHUB_STORE"] == "http://127.0.0.1:8020/services/voxelhub-data"
     assert "VOXELHUB_CATALOG_URL" not in env
+    assert "access:services!service=voxelhub-data" in c.Spawner.server_token_scopes
+    data = next(s for s in c.JupyterHub.services if s["name"] == "voxelhub-data")
+    assert data["user"] == os.environ["VOXELHUB_DATA_USER"]
+    assert data["environment"]["VOXELHUB_DATA_STORE"] == str(hub_env / "store")
+    audit_dir = Path(data["environment"]["VOXELHUB_AUDIT_LOG"]).parent
+    assert audit_dir.stat().st_mode & 0o077 == 0
+    assert any(s["name"] == "voxelhub-audit-checkpoint" for s in c.JupyterHub.services)
     assert env["DASK_GATEWAY__ADDRESS"] == "http://127.0.0.1:18010/services/dask-gateway"
     # JupyterLab makes no internet requests (news, update checks) and does not offer them
     lab = Path(env["JUPYTER_CONFIG_PATH"])
@@ -106,7 +123,12 @@ def test_jupyterhub_config(hub_env: Path) -> None:
     roles = {r["name"]: r for r in c.JupyterHub.load_roles}
     assert roles["voxelhub-project-member"]["groups"] == ["brain", "lung"]
     services = {s["name"]: s for s in c.JupyterHub.services}
-    assert set(services) == {"idle-culler", "dask-gateway"}
+    assert set(services) == {
+        "idle-culler",
+        "dask-gateway",
+        "voxelhub-data",
+        "voxelhub-audit-checkpoint",
+    }
     assert services["dask-gateway"]["url"] == "http://127.0.0.1:18010"
     assert "--timeout=3600" in services["idle-culler"]["command"]
 
