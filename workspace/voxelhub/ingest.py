@@ -378,9 +378,7 @@ def _ingest_volume(
     report.written.append(volume_uid)
 
 
-def _carry_labels(
-    location: Location, old_rel: str, new_rel: str, report: IngestReport
-) -> None:
+def _carry_labels(location: Location, old_rel: str, new_rel: str, report: IngestReport) -> None:
     """Keep a replaced version's label images: copied when the grid is unchanged, else kept.
 
     Labels (segmentations people made) must never be lost with a re-ingest.  On an unchanged
