@@ -44,11 +44,11 @@ class _StoredVolume:
     store_path: str
 
     def open(self) -> Any:
-        from voxelhub.store.location import StoreLocation
+        from voxelhub.store.location import open_location
         from voxelhub.store.volume import open_volume
 
         return open_volume(
-            StoreLocation(self.store_url, dict(self.storage_options)), self.store_path
+            open_location(self.store_url, dict(self.storage_options)), self.store_path
         )
 
 
