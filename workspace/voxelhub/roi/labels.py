@@ -19,7 +19,7 @@ import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask.array as da
 import numpy as np
@@ -31,6 +31,9 @@ from voxelhub.errors import GeometryError, StoreError
 from voxelhub.store import ngff
 from voxelhub.store.location import Location
 from voxelhub.store.volume import open_volume
+
+if TYPE_CHECKING:
+    from voxelhub.service_catalog import ServiceCatalog
 from voxelhub.store.writer import content_checksum
 
 log = logging.getLogger(__name__)
@@ -68,7 +71,7 @@ class LabelImage:
     checksum: str
 
 
-def volume_path(catalog: Catalog, row_or_uid: Any) -> str:
+def volume_path(catalog: Catalog | ServiceCatalog, row_or_uid: Any) -> str:
     """The store path of a volume given by UID or catalog row."""
     row = row_or_uid
     if isinstance(row, str):
@@ -83,7 +86,7 @@ def _labels_rel(vol_rel: str, name: str | None = None) -> str:
     return rel if name is None else posixpath.join(rel, name)
 
 
-def list_labels(catalog: Catalog, row_or_uid: Any) -> list[str]:
+def list_labels(catalog: Catalog | ServiceCatalog, row_or_uid: Any) -> list[str]:
     """Names of the label images stored with a volume (complete ones only)."""
     return _listed(catalog.location, volume_path(catalog, row_or_uid))
 
@@ -294,7 +297,7 @@ def _list_name(location: Location, vol_rel: str, name: str) -> None:
     group.attrs["ome"] = {"version": ngff.NGFF_VERSION, "labels": listed}
 
 
-def read_labels(catalog: Catalog, row_or_uid: Any, name: str) -> xr.DataArray:
+def read_labels(catalog: Catalog | ServiceCatalog, row_or_uid: Any, name: str) -> xr.DataArray:
     """A stored label image as a lazy DataArray on its volume's coordinates.
 
     ``attrs`` carry the volume's geometry (``affine_lps``, ``spacing_zyx`` …) and
