@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,7 @@ from ibsi_report import phantom
 import voxelhub
 from tests.dicom_factory import write_series
 from voxelhub.features import Discretisation, ResultStore, Settings, extract, extract_many
+from voxelhub.features.cohort import CohortRun, Finished, StoredLabels, cases
 
 distributed = pytest.importorskip("distributed")
 
@@ -29,9 +31,9 @@ FAST = Settings(
 
 
 @pytest.fixture(scope="module")
-def client() -> Iterator[distributed.Client]:
+def client() -> Iterator[Any]:
     cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
     )
     client = distributed.Client(cluster)
     try:
@@ -160,7 +162,66 @@ def test_catalog_selection_runs_on_workers_is_stored_and_resumes(
     def never(volume: object) -> object:
         raise AssertionError("a stored case was computed again")
 
+    seen: list[Finished] = []
     resumed = extract_many(
-        rows, roi={"bright": never}, settings=FAST, catalog=cat, save_to=cat, progress=False
-    )
+        rows, roi={"bright": never}, settings=FAST, catalog=cat, save_to=cat, progress=False,
+        on_case=seen.append,
+    )  # fmt: skip
     pd.testing.assert_frame_equal(resumed, table, check_dtype=False)
+    assert [d.case.series for d in seen] == list(rows["volume_uid"])
+    assert all(d.stored and not d.failed for d in seen)
+
+
+def test_cancel_stops_before_the_next_case_and_keeps_what_finished() -> None:
+    items = _blob_cases(4, size=16)
+    run = CohortRun(cases(items, spacing=(1, 1, 1)), FAST)
+    finished = []
+    for done in run:
+        finished.append(done.case.series)
+        run.cancel()
+    # (the module's cluster may be the current client: then the first to finish is any case)
+    assert len(finished) == 1 and run.cancelled and run.finished == 1
+    assert set(run.table()["series"]) == set(finished)
+    with pytest.raises(RuntimeError, match="runs once"):
+        next(iter(run))
+
+
+def test_volume_uids_stored_labels_and_levels(tmp_path: Path) -> None:
+    from voxelhub.roi import write_labels
+
+    write_series(tmp_path / "in", slices=8, seed=4)
+    voxelhub.ingest(tmp_path / "in", tmp_path / "store", progress=False)
+    cat = voxelhub.open_catalog(tmp_path / "store")
+    assert isinstance(cat, voxelhub.Catalog)  # a local store's catalog, which labels are written to
+    uid = cat.series().iloc[0]["volume_uid"]
+    labels = np.zeros((8, 32, 40), dtype=np.uint8)
+    labels[2:6, 4:20, 4:20] = 1
+    labels[2:6, 22:30, 22:36] = 2
+    write_labels(cat, uid, "lesions", labels, names={1: "a", 2: "b"})
+    table = extract_many(
+        [uid, "no-such-volume"], StoredLabels("lesions"), FAST, catalog=cat,
+        labels={1: "a", 2: "b"}, progress=False,
+    )  # fmt: skip
+    keys = list(dict.fromkeys(zip(table["series"], table["roi"], strict=True)))
+    assert keys == [(uid, "a"), (uid, "b"), ("no-such-volume", "a"), ("no-such-volume", "b")]
+    missing = table[table["series"] == "no-such-volume"]
+    assert missing["error"].str.startswith("NotFound").all() and len(missing) == 2
+    volume = voxelhub.open_series(uid, catalog=cat)
+    for value, name in ((1, "a"), (2, "b")):
+        expected = extract(volume, labels == value, FAST)
+        got = table[(table["series"] == uid) & (table["roi"] == name)]
+        assert got["error"].isna().all()
+        np.testing.assert_array_equal(got["value"].to_numpy(), expected["value"].to_numpy())
+
+    coarse = extract_many(
+        [uid], {"lesions": StoredLabels("lesions"), "bright": bright}, FAST, catalog=cat,
+        level=1, progress=False,
+    )  # fmt: skip
+    assert coarse["roi"].tolist() == ["lesions@level1", "bright@level1"]
+    assert "full resolution only" in coarse["error"].iloc[0]
+    assert "level 1 out of range" in coarse["error"].iloc[1]  # this small volume has one level
+    with pytest.raises(ValueError, match="catalog selection"):
+        cases(_blob_cases(1), level=1)
+    with pytest.raises(TypeError, match="catalog volumes"):
+        StoredLabels("lesions").read(np.zeros((2, 2, 2)))
+    cat.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -414,30 +415,165 @@ def test_feature_panel_runs_sorts_exports_and_reports_errors(
         panel.export(str(tmp_path / "f.xlsx"))
 
 
-def test_feature_panel_cancel_stops_between_cases(
-    real_store: Path, monkeypatch: pytest.MonkeyPatch
+class CountingExtract:
+    """The real ``extract`` of the cohort engine, counted; ``hold`` keeps one call waiting.
+
+    ``hold = n`` makes the n-th call (1-based) signal ``entered`` and wait for ``release``
+    before computing, so a test can cancel while that case is running.
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        from voxelhub.features import cohort
+
+        self.real = cohort.extract
+        self.calls = 0
+        self.hold = 0
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self._lock = threading.Lock()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> pd.DataFrame:
+        with self._lock:
+            self.calls += 1
+            n = self.calls
+        if n == self.hold:
+            self.entered.set()
+            assert self.release.wait(60), "the test never released the held case"
+        return self.real(*args, **kwargs)
+
+
+@pytest.fixture
+def counted_extract(monkeypatch: pytest.MonkeyPatch) -> Iterator[CountingExtract]:
+    from voxelhub.features import cohort
+
+    counter = CountingExtract()
+    monkeypatch.setattr(cohort, "extract", counter)
+    yield counter
+    counter.release.set()  # never leave a held case (or a worker thread) waiting
+
+
+@pytest.fixture(scope="module")
+def three_series(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.dicom_factory import write_series
+
+    root = tmp_path_factory.mktemp("panel-cohort")
+    for i in range(3):
+        write_series(root / "in" / f"s{i}", slices=10, patient_id=f"P{i}", seed=20 + i)
+    voxelhub.ingest(root / "in", root / "store", project="panel", progress=False)
+    return root / "store"
+
+
+def _panel(cat: Any, uids: list[str], **kwargs: Any) -> FeaturePanel:
+    panel = FeaturePanel(cat, series=uids, **kwargs)
+    panel.series.options = [*panel.series.options, ("missing", "no-such-volume")]
+    panel.series.value = tuple(uids)
+    panel.level.value, panel.lower.value, panel.upper.value = 0, 1100.0, 3000.0
+    panel.families.value = ("intensity_statistics", "glcm")
+    return panel
+
+
+def _as_panel_results(table: pd.DataFrame) -> pd.DataFrame:
+    ok = table[table["error"].isna()].rename(columns={"series": "volume_uid"})
+    return ok.drop(columns=["error"]).reset_index(drop=True)
+
+
+def test_feature_panel_results_are_extract_many_results_and_failures_are_rows(
+    three_series: Path,
 ) -> None:
-    import voxelhub.widgets.feature_panel as fp
+    from voxelhub.features import extract, extract_many
+    from voxelhub.roi import threshold
 
-    cat = voxelhub.open_catalog(real_store)
-    uids = cat.series()["volume_uid"].tolist()[:3]
-    calls: list[str] = []
+    cat = voxelhub.open_catalog(three_series)
+    uids = cat.series(project="panel")["volume_uid"].tolist()
+    selection = [uids[0], "no-such-volume", uids[1]]
+    panel = _panel(cat, selection)
+    panel.run(wait=True)
+    assert panel.errors["volume_uid"].tolist() == ["no-such-volume"]
+    assert panel.errors["error"].iloc[0].startswith("NotFound")
+    assert list(dict.fromkeys(panel.results["volume_uid"])) == [uids[0], uids[1]]
+    assert panel.status.value.startswith("2 of 3 series done, 1 failed")
+    assert panel.progress.value == 3 and len(panel.table.rows) == 2
 
-    def slow_case(case: fp.Case) -> pd.DataFrame:
-        calls.append(case.volume_uid)
-        time.sleep(0.5)
-        return pd.DataFrame(
-            {"volume_uid": [case.volume_uid], "feature": ["f"], "family": ["x"], "value": [1.0]}
-        )
+    roi, labels = panel.roi_source()
+    cohort = extract_many(
+        selection, roi, panel.settings(), catalog=cat, labels=labels, progress=False
+    )
+    assert cohort.loc[cohort["series"] == "no-such-volume", "error"].tolist() == [
+        panel.errors["error"].iloc[0]
+    ]
+    pd.testing.assert_frame_equal(panel.results, _as_panel_results(cohort))
+    # and both are the features of the volume and its threshold, computed directly
+    volume = voxelhub.open_series(uids[1], catalog=cat)
+    direct = extract(volume, threshold(volume, 1100.0, 3000.0), panel.settings())
+    mine = panel.results[panel.results["volume_uid"] == uids[1]]
+    np.testing.assert_array_equal(mine["value"].to_numpy(), direct["value"].to_numpy())
+    assert mine["feature"].tolist() == direct["feature"].tolist()
+    cat.close()
 
-    monkeypatch.setattr(fp, "run_case", slow_case)
-    panel = FeaturePanel(cat, series=uids)
+
+def test_feature_panel_run_again_resumes_a_cancelled_run(
+    three_series: Path, counted_extract: CountingExtract
+) -> None:
+    cat = voxelhub.open_catalog(three_series)
+    uids = cat.series(project="panel")["volume_uid"].tolist()
+    panel = _panel(cat, uids)
+    counted_extract.hold = 2
     panel.run()
-    time.sleep(0.2)
-    panel.cancel()
-    panel.wait(10)
-    assert len(calls) == 1 and panel.status.value.startswith("cancelled")
-    assert panel.cancel_button.disabled and not panel.running
+    assert counted_extract.entered.wait(60), "the second case never started"
+    panel.cancel()  # while case 2 runs: it finishes, case 3 never starts
+    counted_extract.release.set()
+    panel.wait(60)
+    assert not panel.running and panel.cancel_button.disabled
+    assert counted_extract.calls == 2
+    assert panel.status.value.startswith("cancelled: 2 of 3 series done")
+    assert panel.progress.bar_style == "warning"
+    assert set(panel.results["volume_uid"]) == set(uids[:2])
+    first = panel.results.copy()
+
+    panel.run(wait=True)  # computes only the case the cancelled run did not reach
+    assert counted_extract.calls == 3
+    assert panel.status.value.startswith("3 of 3 series done, 0 failed")
+    assert "(2 reused)" in panel.status.value
+    assert panel.last_run is not None and len(panel.last_run.done) == 2
+    assert list(dict.fromkeys(panel.results["volume_uid"])) == uids
+    kept = panel.results[panel.results["volume_uid"].isin(uids[:2])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(kept, first)
+
+    panel.run(wait=True)  # everything is stored now: nothing is computed
+    assert counted_extract.calls == 3 and "(3 reused)" in panel.status.value
+    panel.lower.value = 1200.0  # another ROI is another case: computed again
+    panel.run(wait=True)
+    assert counted_extract.calls == 6 and "reused" not in panel.status.value
+    cat.close()
+
+
+def test_feature_panel_cancel_on_dask_does_not_wait_for_the_running_case(
+    three_series: Path, counted_extract: CountingExtract
+) -> None:
+    distributed = pytest.importorskip("distributed")
+    cat = voxelhub.open_catalog(three_series)
+    uids = cat.series(project="panel")["volume_uid"].tolist()
+    with distributed.Client(
+        processes=False, n_workers=1, threads_per_worker=1, dashboard_address=":0"
+    ) as client:
+        panel = _panel(cat, uids, client=client)
+        counted_extract.hold = 1
+        panel.run()
+        assert counted_extract.entered.wait(60), "the first case never started"
+        panel.cancel()
+        panel.wait(60)  # returns although the first case is still held on the worker
+        assert not panel.running and not counted_extract.release.is_set()
+        assert counted_extract.calls == 1
+        assert panel.status.value.startswith("cancelled: 0 of 3 series done")
+        assert panel.results.empty and panel.errors.empty
+        counted_extract.release.set()
+
+        panel.run(wait=True)  # nothing was stored: all three run, on the cluster
+        assert panel.errors.empty and panel.status.value.startswith("3 of 3 series done")
+        assert set(panel.results["volume_uid"]) == set(uids)
+    cat.close()
 
 
 def test_png_and_plot_helpers() -> None:
@@ -460,6 +596,7 @@ def test_feature_panel_uses_a_stored_label_as_roi(tmp_path: Path) -> None:
     write_series(tmp_path / "in", slices=8, seed=4)
     voxelhub.ingest(tmp_path / "in", tmp_path / "store", progress=False)
     cat = voxelhub.open_catalog(tmp_path / "store")
+    assert isinstance(cat, voxelhub.Catalog)  # a local store's catalog, which labels are written to
     uid = cat.series().iloc[0]["volume_uid"]
     labels = np.zeros((8, 32, 40), dtype=np.uint8)
     labels[2:6, 4:20, 4:20] = 1

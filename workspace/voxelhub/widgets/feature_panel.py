@@ -1,14 +1,16 @@
 """FeaturePanel: radiomics on a set of series, with progress, cancel, per-case errors and export.
 
-Each case (one series) is opened with :func:`voxelhub.open_series` at the chosen pyramid level,
-its ROI made by an intensity threshold or read from a label image stored with the volume
-(:func:`voxelhub.roi.read_labels`; labels exist at full resolution, so level 0), and :func:`voxelhub.features.extract` run on it; one
-failing case is reported in the errors table and never hides the others.  Cases run on the
-Dask client the caller passes (``voxelhub.compute.client()``: Gateway on the hub, LocalCluster
-elsewhere) or on the default ``distributed`` client when one exists, as one task per case;
-with no client they run one after the other in a background thread, so the notebook stays
-responsive and the cancel button works.  ``features.extract_many`` (the cohort API on Dask) was
-not there when this panel was written; per-case ``extract`` is what runs.
+The panel is a front end to the cohort engine of :func:`voxelhub.features.extract_many`
+(:class:`voxelhub.features.cohort.CohortRun`): each selected series is one case, read at the
+chosen pyramid level, its ROI an intensity threshold or a label image stored with the volume
+(:class:`~voxelhub.features.cohort.StoredLabels`).  The engine runs the cases on the Dask client
+the caller passes (``voxelhub.compute.client()``: Gateway on the hub, LocalCluster elsewhere) or
+the current ``distributed`` client, one task per case with retries, or one after the other
+without a client; the panel iterates it in a background thread, so the notebook stays
+responsive, the progress bar and table follow the cases as they finish, and the cancel button
+works.  A failing case is one error row and never hides the others.  Finished cases are stored
+(in memory for this panel by default, or in ``save_to``), so pressing Run again after a
+cancelled or partly failed run computes only what is missing.
 """
 
 from __future__ import annotations
@@ -19,60 +21,45 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import ipywidgets as w
 import numpy as np
 import pandas as pd
 
-from voxelhub.features import FAMILIES, Discretisation, Settings, extract
+from voxelhub.features import FAMILIES, Discretisation, Settings
+from voxelhub.features.cohort import Case, CohortRun, StoredLabels, cases
 from voxelhub.widgets.svgplot import scatter_svg
 from voxelhub.widgets.table import Table
 
 log = logging.getLogger(__name__)
 
 DEFAULT_FAMILIES = ("intensity_statistics", "intensity_histogram", "glcm")
+RESULT_COLUMNS = ["volume_uid", "roi", "feature", "family", "value", "ibsi_tag", "settings_hash"]
+REDRAW_SECONDS = 1.0
+"""Least time between two redraws of the table while a run goes on."""
 
 
-@dataclass(frozen=True)
-class Case:
-    """One unit of work: a series, its ROI threshold, the level and the settings."""
+def _memory_results() -> Any:
+    """A private in-memory database for the panel's finished cases (what Run resumes from)."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import StaticPool
 
-    volume_uid: str
-    store: str
-    catalog_url: str
-    level: int
-    lower: float
-    upper: float
-    settings_json: str
-    label: str = ""
-    """Name of a stored label image to use as the ROI instead of the threshold."""
-    label_value: int = 0
-    """Label value that is the ROI; 0 means every non-zero voxel."""
+    return create_engine(
+        "sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False}
+    )
 
 
-def run_case(case: Case) -> pd.DataFrame:
-    """Features of one series (tidy), with ``volume_uid`` added; runs on a worker or locally."""
-    from voxelhub import open_catalog, open_series
-
-    catalog = open_catalog(case.store, catalog_url=case.catalog_url)
-    try:
-        if case.label and case.level != 0:
-            raise ValueError(f"label {case.label!r} exists at full resolution only: set level to 0")
-        volume = open_series(case.volume_uid, level=case.level, catalog=catalog)
-        if case.label:
-            from voxelhub.roi import read_labels
-
-            labels = read_labels(catalog, case.volume_uid, case.label)
-            mask = labels == case.label_value if case.label_value else labels > 0
-        else:
-            mask = (volume >= case.lower) & (volume <= case.upper)
-        table = extract(volume, mask, Settings.from_json(case.settings_json))
-    finally:
-        catalog.close()
-    table.insert(0, "volume_uid", case.volume_uid)
-    return table
+def _set_options(dropdown: w.Dropdown, options: list[str], default: int) -> None:
+    """New options, keeping the user's choice when it is still there."""
+    keep = dropdown.value
+    if list(dropdown.options) != options:
+        dropdown.options = options
+    if keep in options:
+        dropdown.value = keep
+    else:
+        dropdown.value = options[min(default, len(options) - 1)] if options else None
 
 
 class FeaturePanel(w.VBox):
@@ -87,6 +74,11 @@ class FeaturePanel(w.VBox):
     client
         A ``distributed.Client``; default the current default client if there is one, else a
         local background thread.
+    save_to
+        Where finished cases are stored, so that Run computes only the cases not stored yet
+        for the same ROI, level and settings: a :class:`voxelhub.Catalog`, an SQLAlchemy URL
+        or Engine (:class:`voxelhub.features.ResultStore`).  Default: a private in-memory
+        database that lives as long as the panel.
     """
 
     def __init__(
@@ -95,17 +87,22 @@ class FeaturePanel(w.VBox):
         *,
         series: Sequence[str] = (),
         client: Any = None,
+        save_to: Any = None,
         **kwargs: Any,
     ) -> None:
         self.catalog = catalog
         self.client = client
-        self.results = pd.DataFrame(columns=["volume_uid", "feature", "family", "value"])
+        self.save_to = save_to if save_to is not None else _memory_results()
+        self.results = pd.DataFrame(columns=RESULT_COLUMNS)
         """Tidy results of the last run: one row per (series, feature)."""
         self.errors = pd.DataFrame(columns=["volume_uid", "error"])
         """One row per failed case, with the error message."""
+        self.last_run: CohortRun | None = None
+        """The engine of the current or last run (which cases were resumed, computed, …)."""
         self._cancel = threading.Event()
         self._thread: threading.Thread | None = None
-        self._futures: list[Any] = []
+        self._ending = False
+        self._status_lock = threading.Lock()
         self._descriptions: dict[str, str] = {}
 
         self.query = w.Text(placeholder="filter series…", continuous_update=False)
@@ -224,23 +221,35 @@ class FeaturePanel(w.VBox):
             families=tuple(self.families.value),
         )
 
+    def roi_source(self) -> tuple[dict[str, Any], dict[int, str] | None]:
+        """The ROI the controls describe, as ``roi=`` and ``labels=`` of ``extract_many``.
+
+        The ROI name carries the threshold or label, so results of other ROIs are never
+        resumed for this one (the engine adds the level).
+        """
+        if self.roi.value == "label":
+            name = self.label.value.strip()
+            value = int(self.label_value.value)
+            if value:
+                return {"label": StoredLabels(name)}, {value: f"label:{name}={value}"}
+            return {f"label:{name}": StoredLabels(name)}, None
+        from voxelhub.roi import threshold
+
+        lower, upper = float(self.lower.value), float(self.upper.value)
+        return {
+            f"threshold[{lower!r},{upper!r}]": partial(threshold, lower=lower, upper=upper)
+        }, None
+
     def cases(self) -> list[Case]:
-        """One :class:`Case` per selected series."""
-        settings = self.settings().to_json()
-        return [
-            Case(
-                volume_uid=uid,
-                store=self.catalog.location.url,
-                catalog_url=self.catalog.url,
-                level=int(self.level.value),
-                lower=float(self.lower.value),
-                upper=float(self.upper.value),
-                settings_json=settings,
-                label=self.label.value.strip() if self.roi.value == "label" else "",
-                label_value=int(self.label_value.value),
-            )
-            for uid in self.series.value
-        ]
+        """One engine :class:`~voxelhub.features.cohort.Case` per selected series."""
+        roi, labels = self.roi_source()
+        return cases(
+            list(self.series.value),
+            roi,
+            catalog=self.catalog,
+            labels=labels,
+            level=int(self.level.value),
+        )
 
     # -- running ----------------------------------------------------------------------------
     @property
@@ -251,16 +260,18 @@ class FeaturePanel(w.VBox):
         """Start the extraction in the background; ``wait=True`` blocks until it ends."""
         if self.running:
             return
-        cases = self.cases()
-        if not cases:
+        n = len(self.series.value)
+        if not n:
             self.status.value = "select at least one series"
             return
         self._cancel.clear()
-        self.progress.max, self.progress.value = len(cases), 0
+        self._ending = False
+        self.last_run = None
+        self.progress.max, self.progress.value = n, 0
         self.progress.bar_style = ""
         self.run_button.disabled, self.cancel_button.disabled = True, False
-        self.status.value = f"running 0/{len(cases)}…"
-        self._thread = threading.Thread(target=self._work, args=(cases,), daemon=True)
+        self.status.value = f"running 0/{n}…"
+        self._thread = threading.Thread(target=self._work, args=(self.settings(),), daemon=True)
         self._thread.start()
         if wait:
             self._thread.join()
@@ -271,94 +282,87 @@ class FeaturePanel(w.VBox):
             self._thread.join(timeout)
 
     def cancel(self) -> None:
-        """Stop after the case now running (local), or cancel the pending tasks (Dask)."""
-        self._cancel.set()
-        for future in self._futures:
-            future.cancel()
-        self.status.value = "cancelling…"
+        """Start no further case, and cancel the pending tasks (Dask); finished cases stay."""
+        with self._status_lock:  # never write "cancelling…" over the status of a finished run
+            if not self.running or self._ending:
+                return
+            self.status.value = "cancelling…"
+            self._cancel.set()
+        run = self.last_run
+        if run is not None:
+            run.cancel()
 
-    def _client(self) -> Any:
-        if self.client is not None:
-            return self.client
-        try:
-            from distributed import default_client
-
-            return default_client()
-        except (ImportError, ValueError):
-            return None
-
-    def _work(self, cases: list[Case]) -> None:
-        tables: list[pd.DataFrame] = []
-        errors: list[dict[str, str]] = []
+    def _work(self, settings: Settings) -> None:
         start = time.perf_counter()
-        done = 0
-
-        def finished(case: Case, table: pd.DataFrame | None, error: BaseException | None) -> None:
-            nonlocal done
-            done += 1
-            if table is not None:
-                tables.append(table)
-            if error is not None:
-                errors.append(
-                    {"volume_uid": case.volume_uid, "error": f"{type(error).__name__}: {error}"}
-                )
-                log.warning("features failed for %s: %s", case.volume_uid, error)
-            self.progress.value = done
-            self.status.value = f"running {done}/{len(cases)}… ({len(errors)} failed)"
-
-        client = self._client()
+        failure = ""
+        run: CohortRun | None = None
         try:
-            if client is not None:
-                from distributed import as_completed
-
-                self._futures = [client.submit(run_case, c, pure=False) for c in cases]
-                by_future = dict(zip(self._futures, cases, strict=True))
-                for future in as_completed(self._futures):
-                    if self._cancel.is_set():
-                        break
-                    try:
-                        finished(by_future[future], future.result(), None)
-                    except Exception as err:  # one case failing never stops the others
-                        finished(by_future[future], None, err)
-            else:
-                for case in cases:
-                    if self._cancel.is_set():
-                        break
-                    try:
-                        finished(case, run_case(case), None)
-                    except Exception as err:  # one case failing never stops the others
-                        finished(case, None, err)
+            run = CohortRun(self.cases(), settings, self.client, save_to=self.save_to)
+            self.last_run = run
+            if self._cancel.is_set():  # cancelled while the cases were being prepared
+                run.cancel()
+            failed = 0
+            drawn = time.monotonic()
+            for done in run:
+                failed += done.failed
+                self._progress(run, failed)
+                if run.finished < len(run.cases) and time.monotonic() - drawn >= REDRAW_SECONDS:
+                    self._publish(run.table())
+                    drawn = time.monotonic()
+        except Exception as err:  # the run itself could not go on (e.g. catalog unreachable)
+            log.exception("feature run failed")
+            failure = f"{type(err).__name__}: {err}"
         finally:
-            self._futures = []
-            self._finish(tables, errors, len(cases), time.perf_counter() - start)
+            self._finish(run, time.perf_counter() - start, failure)
 
-    def _finish(
-        self, tables: list[pd.DataFrame], errors: list[dict[str, str]], n: int, seconds: float
-    ) -> None:
-        self.results = (
-            pd.concat(tables, ignore_index=True)
-            if tables
-            else pd.DataFrame(columns=["volume_uid", "feature", "family", "value"])
-        )
-        self.errors = pd.DataFrame(errors, columns=["volume_uid", "error"])
-        ok = len(tables)
-        cancelled = self._cancel.is_set() and ok + len(errors) < n
+    def _progress(self, run: CohortRun, failed: int) -> None:
+        self.progress.value = run.finished
+        reused = f", {len(run.done)} reused" if run.done else ""
+        self.status.value = f"running {run.finished}/{len(run.cases)}… ({failed} failed{reused})"
+
+    def _finish(self, run: CohortRun | None, seconds: float, failure: str) -> None:
+        with self._status_lock:
+            self._ending = True
+        table = run.table() if run is not None else pd.DataFrame(columns=["error"])
+        self._publish(table)
+        n = len(run.cases) if run is not None else len(self.series.value)
+        failed = len(self.errors)
+        ok = (run.finished if run is not None else 0) - failed
+        cancelled = self._cancel.is_set() and ok + failed < n
+        reused = f" ({len(run.done)} reused)" if run is not None and run.done else ""
         self.status.value = (
-            f"{'cancelled: ' if cancelled else ''}{ok} of {n} series done, {len(errors)} failed "
-            f"in {seconds:.1f} s"
+            f"{'cancelled: ' if cancelled else ''}{ok} of {n} series done, {failed} failed "
+            f"in {seconds:.1f} s{reused}"
         )
-        self.progress.bar_style = "danger" if errors else ("warning" if cancelled else "success")
+        if failure:
+            self.status.value = f"run failed: {failure}"
+        bad = failed or failure
+        self.progress.bar_style = "danger" if bad else ("warning" if cancelled else "success")
         self.run_button.disabled, self.cancel_button.disabled = False, True
+
+    def _publish(self, table: pd.DataFrame) -> None:
+        """Show the engine's rows so far: results, errors, table, plot."""
+        bad = table["error"].notna()
+        self.results = (
+            table.loc[~bad]
+            .rename(columns={"series": "volume_uid"})
+            .reindex(columns=RESULT_COLUMNS)
+            .reset_index(drop=True)
+        )
+        self.errors = (
+            table.loc[bad, ["series", "error"]]
+            .rename(columns={"series": "volume_uid"})
+            .reset_index(drop=True)
+            if bad.any()
+            else pd.DataFrame(columns=["volume_uid", "error"])
+        )
         self.error_box.value = self._errors_html()
         present = set(self.results["family"])
         families = [f for f in (*FAMILIES, "diagnostics") if f in present]
-        self.table_family.options = families
-        self.table_family.value = families[0] if families else None
+        _set_options(self.table_family, families, 0)
         features = sorted(set(self.results.loc[self.results["family"] != "diagnostics", "feature"]))
-        self.plot_x.options = features
-        self.plot_y.options = features
-        self.plot_x.value = features[0] if features else None
-        self.plot_y.value = features[min(1, len(features) - 1)] if features else None
+        _set_options(self.plot_x, features, 0)
+        _set_options(self.plot_y, features, 1)
         self._draw_table()
         self._draw_plot()
 
