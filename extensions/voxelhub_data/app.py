@@ -39,7 +39,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import quote, unquote
 
-from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated
+from jupyterhub.services.auth import (
+    HubOAuth,
+    HubOAuthCallbackHandler,
+    HubOAuthenticated,
+    UserNotAllowed,
+)
 from tornado import httpclient, web
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop, PeriodicCallback
@@ -192,9 +197,13 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc]
         self.started = time.monotonic()
         source = self.request.remote_ip or ""
         try:
-            model = self.get_current_user()
-            if isinstance(model, Awaitable):
-                model = await model
+            # asynchronously: the synchronous get_current_user() blocks the event loop on the
+            # hub's API whenever the token cache expires (benchmarks/service.py found it)
+            model = await self.hub_auth.get_user(self, sync=False)
+            model = self.check_hub_user(model) if model else None
+            self._hub_auth_user_cache = model
+        except UserNotAllowed:
+            model = None
         except web.HTTPError:
             model = None
         except Exception as exc:  # the hub is down, a malformed cookie …
