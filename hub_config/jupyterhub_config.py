@@ -86,8 +86,8 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "extensions"))
 
 from voxelhub_hub.cluster_cleanup import make_cluster_cleanup  # noqa: E402
-from voxelhub_hub.project_groups import make_pre_spawn_hook, secure_store  # noqa: E402
-from voxelhub_hub.system_users import USERNAME_RE  # noqa: E402
+from voxelhub_hub.project_groups import make_pre_spawn_hook  # noqa: E402
+from voxelhub_hub.system_users import USERNAME_RE, unreachable_folder  # noqa: E402
 
 env = os.environ.get
 VENV_BIN = os.path.dirname(sys.executable)  # the hub, user servers and gateway share one venv
@@ -159,11 +159,18 @@ if SPAWNER == "system":
     # Each server runs as the unix user of the same name; accounts are created on first spawn
     # (home 0700, group voxelhub-users) and existing accounts the hub did not create are refused.
     # Before every spawn the hook also sets the user's project groups (vhp-<project>) to their hub
-    # groups and closes the store's project folders to everyone else (voxelhub_hub.project_groups).
+    # groups.  The store is the data service's (below), not the project groups'.
+    for needed in (VENV_BIN, os.path.join(REPO, "extensions")):
+        blocked = unreachable_folder(needed)
+        if blocked:
+            raise SystemExit(
+                f"{needed} is inside {blocked}, which other unix users cannot enter (its mode "
+                f"lacks o+x), so user servers and the data service could not start: clone "
+                f"VoxelHub where they can reach it (e.g. /opt or /srv) and run make there"
+            )
     c.JupyterHub.spawner_class = "voxelhub_hub.spawner.VoxelHubSpawner"
-    c.Spawner.pre_spawn_hook = make_pre_spawn_hook(STORE or None)
+    c.Spawner.pre_spawn_hook = make_pre_spawn_hook(None)
     c.Spawner.notebook_dir = "~"
-    secure_store(STORE or None)  # now, too: folders ingested while the hub was down
 else:
     # !!! LAPTOP WITHOUT ROOT ONLY: every user's server, kernel and Dask cluster runs as the hub's
     # own unix user, so any user can read every other user's files.  Never on a shared machine.

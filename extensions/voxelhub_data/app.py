@@ -361,7 +361,7 @@ class _QueryHandler(BaseHandler):
             )
         args = {k: v for k, v in args.items() if v}  # tornado drops control characters
         project = args.get("project")
-        if project and not self.caller.may(project, Role.VIEWER):
+        if project:
             self.require(project, Role.VIEWER, f"catalog.{self.kind}", detail=args)
         try:
             frame = await self.run(
@@ -430,9 +430,8 @@ class StoreHandler(BaseHandler):
             key = paths.parse(raw)
         except paths.BadPath as exc:
             self.deny(action, f"bad store key: {exc}", status=400, detail={"key": raw[:200]})
+        self.require(key.project, Role.VIEWER, action, volume=key.volume_path)
         found = await self.run(self.service.catalog.by_path, key.volume_path)
-        if not self.caller.may(key.project, Role.VIEWER):
-            self.require(key.project, Role.VIEWER, action, volume=key.volume_path)
         if found is None:
             self.deny(action, f"no volume at {key.volume_path}", status=404, project=key.project)
         try:

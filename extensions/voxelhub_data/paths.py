@@ -45,7 +45,7 @@ def parse(path: str) -> VolumeKey:
     if match is None:
         raise BadPath("a store key starts with projects/<project>/<group>/<volume>.ome.zarr")
     project, name, key = match.group(1), match.group(2), match.group(3) or ""
-    parts = [p for p in key.split("/")] if key else []
+    parts = key.split("/") if key else []
     if any(p in ("", ".", "..") or not _KEY_PART.match(p) for p in parts):
         raise BadPath("'.', '..' and empty parts are not allowed in a store key")
     return VolumeKey(project, f"projects/{project}/{name}", key)

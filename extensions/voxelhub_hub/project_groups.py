@@ -14,10 +14,10 @@ system so that the operating system, not the notebook, keeps projects apart:
   the Dask Gateway workers started for that user, get their groups when they start, so a change an
   admin makes applies from the user's next server start.
 
-What this does not do: the catalog (``catalog.sqlite`` at the store root, readable by every user)
-still *lists* every project's series.  Hiding them from ``open_catalog()`` needs the catalog to be
-served, not read as a file; that comes with the data service.  The volumes themselves are
-unreadable to non-members, and that is what these permissions guarantee.
+On the hub with a store, the data service now owns the store (mode 0700, see
+:mod:`voxelhub_hub.data_service`) and decides every read per project, so the hub no longer calls
+:func:`secure_store`; it stays for a store shared without the service (and its tests).  The
+memberships are still synced: Dask Gateway workers get the user's groups.
 
 Unix group names are derived from project names (``vhp-`` + the name when it is a valid,
 lower-case name of at most 28 characters, else a sanitised prefix plus 8 hex digits of its

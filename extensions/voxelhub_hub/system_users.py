@@ -92,6 +92,23 @@ def ensure_account(username: str, *, shell: str = "/bin/bash") -> pwd.struct_pas
     return entry
 
 
+def unreachable_folder(path: str | os.PathLike[str]) -> str | None:
+    """The first folder on the way to ``path`` that other unix users cannot enter (no ``o+x``).
+
+    A checkout under ``/root`` (mode 0700) is such a place: servers running as hub users, and
+    the data service's account, could not execute the venv's Python there.
+    """
+    folder = os.path.realpath(path)
+    blocked = None
+    while True:
+        if os.path.isdir(folder) and not os.stat(folder).st_mode & 0o001:
+            blocked = folder
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return blocked
+        folder = parent
+
+
 def ensure_system_user(spawner: Any) -> None:
     """``Spawner.pre_spawn_hook``: make sure the user's unix account exists and is private."""
     ensure_account(spawner.user.name)

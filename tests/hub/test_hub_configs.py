@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -186,3 +187,22 @@ def test_a_site_catalog_url_reaches_kernels_and_limits_can_be_lifted(
     c = load("jupyterhub_config.py")
     assert c.Spawner.environment["VOXELHUB_CATALOG_URL"].startswith("postgresql+psycopg://")
     assert c.ResourceLimits.process_memory_limit is None
+
+
+def test_hub_stops_at_once_in_a_checkout_other_users_cannot_enter(
+    hub_env: Path, tmp_path: Path
+) -> None:
+    """A checkout under a mode-0700 folder (like /root): user servers and the data service could
+    not run its code, so loading the hub config stops with a message naming the folder."""
+    private = tmp_path / "private"
+    (private / "checkout").mkdir(parents=True)
+    for part in ("hub_config", "extensions"):
+        shutil.copytree(HUB_CONFIG.parent / part, private / "checkout" / part)
+    private.chmod(0o700)
+    loader = PyFileConfigLoader(
+        "jupyterhub_config.py", path=str(private / "checkout" / "hub_config")
+    )
+    with pytest.raises(
+        SystemExit, match=r"extensions is inside .*, which other unix users cannot enter"
+    ):
+        loader.load_config()

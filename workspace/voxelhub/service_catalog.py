@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import io
 import json
-import urllib.error
-import urllib.parse
-import urllib.request
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from voxelhub.errors import AccessDenied, CatalogError, NotFound
-from voxelhub.store.location import ServiceLocation
+from voxelhub.store.location import ServiceLocation, service_message
 from voxelhub.store.stored import StoredVolume
 
 if TYPE_CHECKING:
@@ -45,22 +43,10 @@ class ServiceCatalog:
     # -- transport -------------------------------------------------------------------------------
     def _get(self, path: str, params: dict[str, Any] | None = None) -> tuple[bytes, dict[str, str]]:
         query = {k: str(v) for k, v in (params or {}).items() if v is not None and v != ""}
-        url = self.location.api_url(path)
-        if query:
-            url += "?" + urllib.parse.urlencode(query)
-        request = urllib.request.Request(url, headers=self.location.headers())
-        ssl_context = self.location._ssl()
-        try:
-            with urllib.request.urlopen(
-                request, timeout=120, context=ssl_context if ssl_context else None
-            ) as response:
-                return response.read(), dict(response.headers.items())
-        except urllib.error.HTTPError as exc:
-            raise _error(exc, self.url) from None
-        except urllib.error.URLError as exc:
-            raise CatalogError(
-                f"cannot reach the data service at {self.url}: {exc.reason}"
-            ) from exc
+        status, body, headers = self.location.request(path, params=query)
+        if status >= 400:
+            raise _error(status, body, self.url)
+        return body, headers
 
     def _json(self, path: str, params: dict[str, Any] | None = None) -> Any:
         body, _ = self._get(path, params)
@@ -90,7 +76,7 @@ class ServiceCatalog:
 
         body, headers = self._get(kind, {**params, "format": "parquet"})
         frame = pd.read_parquet(io.BytesIO(body))
-        cursor = {k.lower(): v for k, v in headers.items()}.get("x-next-cursor")
+        cursor = headers.get("x-next-cursor")
         frame.attrs["next_cursor"] = cursor or None
         return frame
 
@@ -160,7 +146,7 @@ class ServiceCatalog:
         if isinstance(uid_or_row, StoredVolume):
             return uid_or_row
         uid = uid_or_row if isinstance(uid_or_row, str) else uid_or_row["volume_uid"]
-        data = self._json("volumes/" + urllib.parse.quote(str(uid), safe=""))
+        data = self._json("volumes/" + quote(str(uid), safe=""))
         return StoredVolume.from_json(data, self.location)
 
     def open_series(self, uid_or_row: Any, level: int = 0) -> xr.DataArray:
@@ -183,33 +169,20 @@ class ServiceCatalog:
         params = {"names": json.dumps({str(k): v for k, v in (names or {}).items()})}
         if overwrite:
             params["overwrite"] = "true"
-        url = self.location.api_url(
-            f"volumes/{urllib.parse.quote(uid, safe='')}/labels/{urllib.parse.quote(name, safe='')}"
+        path = f"volumes/{quote(uid, safe='')}/labels/{quote(name, safe='')}"
+        status, body, _ = self.location.request(
+            path, params=params, method="PUT", data=buf.getvalue(), timeout=600
         )
-        request = urllib.request.Request(
-            url + "?" + urllib.parse.urlencode(params),
-            data=buf.getvalue(),
-            method="PUT",
-            headers={**self.location.headers(), "Content-Type": "application/octet-stream"},
-        )
-        ssl_context = self.location._ssl()
-        try:
-            with urllib.request.urlopen(
-                request, timeout=600, context=ssl_context if ssl_context else None
-            ) as response:
-                return dict(json.loads(response.read()))
-        except urllib.error.HTTPError as exc:
-            raise _error(exc, self.url) from None
+        if status >= 400:
+            raise _error(status, body, self.url)
+        return dict(json.loads(body))
 
 
-def _error(exc: urllib.error.HTTPError, url: str) -> Exception:
+def _error(status: int, body: bytes, url: str) -> Exception:
     """The service's JSON message as the matching VoxelHub error."""
-    try:
-        message = str(json.loads(exc.read()).get("message") or exc.reason)
-    except ValueError:
-        message = str(exc.reason)
-    if exc.code in (401, 403):
+    message = service_message(body, status)
+    if status in (401, 403):
         return AccessDenied(f"the data service refused: {message}")
-    if exc.code == 404:
+    if status == 404:
         return NotFound(message)
-    return CatalogError(f"the data service at {url} answered {exc.code}: {message}")
+    return CatalogError(f"the data service at {url} answered {status}: {message}")

@@ -18,10 +18,15 @@ is what makes it visible; readers find volumes through the catalog, never by lis
 
 from __future__ import annotations
 
+import json
 import os
 import posixpath
 import shutil
+import ssl
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 from typing import Any, Literal, Protocol, runtime_checkable
 from urllib.parse import quote, urlparse
@@ -363,15 +368,41 @@ class ServiceLocation:
     def catalog_file(self) -> str | None:
         return None
 
-    def _ssl(self) -> Any:
-        """``ssl=`` for aiohttp and urllib: a CA file (the hub's own certificate), off, or default."""
-        import ssl
-
+    def _ssl(self) -> ssl.SSLContext | None:
+        """TLS for aiohttp and urllib: the hub's own CA file, no verification, or the default."""
         if self.verify is False:
-            return False
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            return context
         if isinstance(self.verify, str):
             return ssl.create_default_context(cafile=self.verify)
         return None
+
+    def request(
+        self,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        method: str = "GET",
+        data: bytes | None = None,
+        timeout: float = 120,
+    ) -> tuple[int, bytes, dict[str, str]]:
+        """One call to the service's API: (status, body, lower-case headers); never raises on
+        an HTTP error status, only when the service cannot be reached."""
+        url = self.api_url(path) + ("?" + urllib.parse.urlencode(params) if params else "")
+        headers = self.headers()
+        if data is not None:
+            headers["Content-Type"] = "application/octet-stream"
+        req = urllib.request.Request(url, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout, context=self._ssl()) as response:
+                head = {k.lower(): v for k, v in response.headers.items()}
+                return int(response.status), response.read(), head
+        except urllib.error.HTTPError as exc:
+            return int(exc.code), exc.read(), {k.lower(): v for k, v in exc.headers.items()}
+        except urllib.error.URLError as exc:
+            raise StoreError(f"cannot reach the data service at {self.url}: {exc.reason}") from exc
 
     def zarr_store(self, rel: str, *, read_only: bool = False) -> Store:
         if not read_only:
@@ -379,8 +410,9 @@ class ServiceLocation:
                 f"{self.url} serves volumes read-only; write labels and tables through its API"
             )
         options: dict[str, Any] = {"headers": self.headers(), **self.storage_options}
-        if self._ssl() is not None:
-            options["ssl"] = self._ssl()
+        context = self._ssl()
+        if context is not None:
+            options["ssl"] = context
         return FsspecStore.from_url(self.url_of(rel), storage_options=options, read_only=True)
 
     def open_group(self, rel: str, mode: Literal["r", "r+"] = "r") -> zarr.Group:
@@ -397,27 +429,9 @@ class ServiceLocation:
 
     def _head(self, rel: str) -> tuple[int, str]:
         """Fetch ``rel`` (a key, or a group's metadata): (HTTP status, the service's message)."""
-        import json
-        import urllib.error
-        import urllib.request
-
         key = rel if posixpath.basename(rel) == "zarr.json" else posixpath.join(rel, "zarr.json")
-        url = self.url_of(key)
-        request = urllib.request.Request(url, headers=self.headers())
-        ssl_context = self._ssl()
-        try:
-            with urllib.request.urlopen(
-                request, timeout=30, context=ssl_context if ssl_context else None
-            ) as response:
-                return int(response.status), "ok"
-        except urllib.error.HTTPError as exc:
-            try:
-                message = str(json.loads(exc.read()).get("message", exc.reason))
-            except ValueError:
-                message = str(exc.reason)
-            return int(exc.code), message
-        except urllib.error.URLError as exc:
-            raise StoreError(f"cannot reach the data service at {self.url}: {exc.reason}") from exc
+        status, body, _ = self.request("store/" + quote(key.strip("/")), timeout=30)
+        return status, "ok" if status < 400 else service_message(body, status)
 
     def exists(self, rel: str) -> bool:
         return self._head(rel)[0] == 200
@@ -459,6 +473,14 @@ class ServiceLocation:
 
     def clean_temporary(self, min_age_seconds: float = 3600.0) -> list[str]:
         raise self._refuse()
+
+
+def service_message(body: bytes, status: int) -> str:
+    """The data service's JSON ``message`` of an error answer (or a plain description)."""
+    try:
+        return str(json.loads(body).get("message") or f"HTTP {status}")
+    except (ValueError, AttributeError):
+        return f"HTTP {status}"
 
 
 def _mtime(entry: dict[str, Any]) -> float:
