@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
-import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,7 +26,7 @@ def load(name: str) -> Config:
 
 
 @pytest.fixture
-def hub_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def hub_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_account: str) -> Path:
     for key in (
         "VOXELHUB_HUB_IP",
         "VOXELHUB_CATALOG_URL",
@@ -46,12 +43,7 @@ def hub_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("VOXELHUB_HUB_SSL_CERT", "/etc/hub.crt")
     monkeypatch.setenv("VOXELHUB_HUB_SSL_KEY", "/etc/hub.key")
     monkeypatch.setenv("VOXELHUB_GATEWAY_PORT", "18010")
-    # loading the config as root creates the data service's account: a throwaway one
-    account = f"vhdcfg{secrets.token_hex(3)}"
-    monkeypatch.setenv("VOXELHUB_DATA_USER", account)
-    yield tmp_path
-    subprocess.run(["userdel", account], capture_output=True, check=False)
-    subprocess.run(["groupdel", account], capture_output=True, check=False)
+    return tmp_path
 
 
 def assert_settings_exist(config: Config, classes: dict[str, type]) -> None:

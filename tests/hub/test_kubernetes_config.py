@@ -296,7 +296,7 @@ def test_gateway_extra_config_sets_real_cluster_config_traits() -> None:
 
 @pytest.mark.filterwarnings("ignore:Use setlocale:DeprecationWarning")  # nativeauthenticator
 def test_hub_and_gateway_agree_with_each_other_and_with_one_machine(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, data_account: str
 ) -> None:
     hub, gateway = load("jupyterhub.values.yaml"), load("dask-gateway.values.yaml")["gateway"]
     env = hub["singleuser"]["extraEnv"]
