@@ -20,7 +20,6 @@ from sqlalchemy import inspect, text
 import voxelhub
 from voxelhub.dicom.deid import Deidentifier
 
-INPUT_PATH_COLUMNS = {"source", "paths", "non_dicom"}
 NOT_IMAGES = {"DIRFILE", "SHA256SUMS", "LICENSE.txt", "PROVENANCE.md", "README.md"}
 
 
@@ -68,9 +67,8 @@ def _written_text(store: Path) -> str:
     with cat.engine.connect() as conn:
         for table in inspect(conn).get_table_names():
             for row in conn.execute(text(f"SELECT * FROM {table}")).mappings():
-                # file paths are the user's own input (the shared folder names say "phantom"),
-                # not values read from DICOM; every other column is searched
-                values = [str(v) for k, v in row.items() if k not in INPUT_PATH_COLUMNS]
+                # every column, the input paths too: a de-identified project stores labels
+                values = [str(v) for v in row.values()]
                 parts.append(json.dumps(values))
     cat.close()
     return "\n".join(parts)

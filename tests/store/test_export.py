@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
+import tempfile
 from pathlib import Path
 
 import dask
@@ -371,3 +373,105 @@ def test_refuses_what_nifti_cannot_hold(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"\.nii or \.nii\.gz"):
         export_nifti(_dwi(np.eye(4)), tmp_path / "x.mgz")
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------
+# private files, in the user's own folder
+
+
+def _modes(folder: Path) -> dict[str, int]:
+    return {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()}
+
+
+@pytest.fixture
+def loose_umask():
+    """The umask most accounts have (022): files would be world-readable unless made private."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def test_exported_files_are_not_readable_by_others(tmp_path: Path, loose_umask) -> None:
+    affine = _affine_lps(_rotation(3), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0))
+    volume = _dwi(
+        affine, b_value=("t", [0.0, 1000.0, 1000.0, 1000.0]), **_gradients(_unit_rows(4, 1))
+    )
+    mine = tmp_path / "mine"
+    mine.mkdir(mode=0o755)
+    (mine / "a.json").write_text("{}")  # an older export, world-readable
+    (mine / "a.json").chmod(0o644)
+    out = export_nifti(volume, mine / "a.nii.gz")
+    assert _modes(mine) == dict.fromkeys(["a.nii.gz", "a.json", "a.bval", "a.bvec"], 0o600)
+    np.testing.assert_array_equal(
+        np.asarray(nib.load(out.image).dataobj), volume.transpose("x", "y", "z", "t").values
+    )
+
+    # a setgid folder is shared with its group (a project folder): group may read, others not
+    shared = tmp_path / "project"
+    shared.mkdir()
+    shared.chmod(0o2770)
+    if not shared.stat().st_mode & stat.S_ISGID:
+        pytest.skip("this file system drops the setgid bit")
+    export_nifti(volume, shared / "b.nii")
+    assert _modes(shared) == dict.fromkeys(["b.nii", "b.json", "b.bval", "b.bvec"], 0o640)
+
+
+def test_umask_can_only_take_more_away(tmp_path: Path) -> None:
+    old = os.umask(0o077)
+    try:
+        shared = tmp_path / "project"
+        shared.mkdir()
+        shared.chmod(0o2770)
+        export_nifti(_dwi(np.eye(4)), shared / "c.nii.gz")
+    finally:
+        os.umask(old)
+    assert set(_modes(shared).values()) == {0o600}
+
+
+def test_cli_export_writes_into_the_users_folder_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loose_umask
+) -> None:
+    from tests.dicom_factory import write_series
+    from voxelhub import config, ingest
+    from voxelhub.cli import build_parser, main
+
+    write_series(tmp_path / "in", slices=4, seed=3)
+    report = ingest(tmp_path / "in", tmp_path / "store", progress=False, workers=1)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv(config.EXPORT_ENV, raising=False)
+    uid = report.written[0]
+
+    assert main(["export", uid, "--store", str(tmp_path / "store")]) == 0
+    folder = home / "voxelhub-exports"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert _modes(folder) == {f"{uid}.nii.gz": 0o600, f"{uid}.json": 0o600}
+
+    # a folder given: the file goes in it under the volume's UID
+    target = tmp_path / "out"
+    target.mkdir()
+    assert main(["export", uid, str(target), "--store", str(tmp_path / "store")]) == 0
+    assert sorted(_modes(target)) == [f"{uid}.json", f"{uid}.nii.gz"]
+
+    args = build_parser().parse_args(["export", uid, "--store", "s"])
+    assert args.output is None
+    monkeypatch.setenv("HOME", os.path.expanduser("~root") if os.geteuid() == 0 else str(home))
+    assert not config.export_dir().is_relative_to(tempfile.gettempdir())
+    assert not config.export_dir().is_relative_to("/tmp")
+
+
+def test_no_default_output_in_a_shared_temporary_folder() -> None:
+    """No writer of user outputs points at /tmp (or the system's temporary folder)."""
+    import voxelhub
+
+    package = Path(voxelhub.__file__).parent
+    offenders = [
+        f"{path.relative_to(package)}:{n}"
+        for path in package.rglob("*.py")
+        for n, line in enumerate(path.read_text().splitlines(), start=1)
+        if "/tmp" in line.split("#")[0] or "gettempdir" in line or "mkstemp" in line
+    ]
+    assert offenders == []

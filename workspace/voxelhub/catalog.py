@@ -41,6 +41,7 @@ from sqlalchemy import (
     create_engine,
     event,
     exists,
+    false,
     func,
     literal_column,
     or_,
@@ -178,6 +179,10 @@ class IngestReport(Base):
     volumes_failed: Mapped[int] = mapped_column(Integer, default=0)
     duplicates: Mapped[int] = mapped_column(Integer, default=0)
     non_dicom: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # a de-identified project's report: paths, non_dicom and rejected sources are labels
+    paths_withheld: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false(), nullable=False
+    )
     rejected: Mapped[list[RejectedFile]] = relationship(back_populates="report")
 
 
@@ -247,7 +252,10 @@ def readonly_sqlite_url(path: str) -> str:
     return f"sqlite:///file:{path}?mode=ro&immutable=1&uri=true"
 
 
-_ADDED_COLUMNS = {"volumes": {"timepoints": "INTEGER NOT NULL DEFAULT 1"}}
+_ADDED_COLUMNS = {
+    "volumes": {"timepoints": "INTEGER NOT NULL DEFAULT 1"},
+    "ingest_reports": {"paths_withheld": "BOOLEAN NOT NULL DEFAULT FALSE"},
+}
 """Columns added after a catalog may have been created: (table → column → SQL type)."""
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from voxelhub.errors import VoxelHubError
 
@@ -45,17 +46,41 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def export_path(uid: str, output: str | None) -> Path:
+    """Where ``voxelhub export`` writes: ``output``, ``output/<uid>.nii.gz`` for a folder, or
+    ``<export_dir>/<uid>.nii.gz`` (the user's own folder, created 0700) when none is given."""
+    from voxelhub import config
+
+    if output is None:
+        folder = config.export_dir()
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return folder / f"{uid}.nii.gz"
+    path = Path(output).expanduser()
+    return path / f"{uid}.nii.gz" if path.is_dir() else path
+
+
 def _export(args: argparse.Namespace) -> int:
     from voxelhub import open_catalog
     from voxelhub.store.export import export_nifti
 
     cat = open_catalog(args.store, catalog_url=args.catalog_url)
     volume = cat.open_series(args.uid)
-    done = export_nifti(volume, args.output)
+    done = export_nifti(volume, export_path(args.uid, args.output))
     for path in (done.image, done.sidecar, done.bval, done.bvec):
         if path is not None:
             print(path)
     return 0
+
+
+def _locate(args: argparse.Namespace) -> int:
+    from voxelhub.source_names import locate
+
+    found = locate(args.paths, args.project, args.ref)
+    for item in found:
+        print(f"ref {item.ref}: file {item.position} of {item.total}: {item.path}")
+    if not found:
+        print("no file under the given paths has these references", file=sys.stderr)
+    return 0 if found else 1
 
 
 def _fsck(args: argparse.Namespace) -> int:
@@ -161,10 +186,35 @@ def build_parser() -> argparse.ArgumentParser:
         "diffusion, .bval/.bvec in FSL's convention",
     )
     p.add_argument("uid", help="volume UID (or an unsplit SeriesInstanceUID)")
-    p.add_argument("output", help="output .nii or .nii.gz")
+    p.add_argument(
+        "output",
+        nargs="?",
+        default=None,
+        help="output .nii or .nii.gz, or a folder (default: $VOXELHUB_EXPORT_DIR or "
+        "~/voxelhub-exports/UID.nii.gz; files are created readable by you only, or by the "
+        "folder's group in a setgid project folder)",
+    )
     p.add_argument("--store", required=True)
     p.add_argument("--catalog-url", default=None)
     p.set_defaults(func=_export)
+
+    p = sub.add_parser(
+        "locate",
+        help="find the input files behind the labels of a de-identified ingest report",
+        description="A de-identified project's ingest report names files by position and a "
+        "keyed reference ('file 17 of 240, ref 3f9a...'), never by path. Run this on the "
+        "folders given to the ingest, where the project's secret is, to get the paths back.",
+        epilog="exit status: 0 some file found, 1 none, 2 no secret for the project",
+    )
+    p.add_argument("paths", nargs="+", help="the folders, files or .zip archives ingested")
+    p.add_argument("--project", required=True, help="the de-identified project")
+    p.add_argument(
+        "--ref",
+        action="append",
+        required=True,
+        help="a reference (16 hex digits) or a whole label; may be repeated",
+    )
+    p.set_defaults(func=_locate)
 
     p = sub.add_parser("fsck", help="check a store against its catalog; --repair collects garbage")
     p.add_argument("--store", required=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 STORE_ENV = "VOXELHUB_STORE"
 CATALOG_ENV = "VOXELHUB_CATALOG_URL"
 SECRETS_ENV = "VOXELHUB_SECRETS_DIR"
+EXPORT_ENV = "VOXELHUB_EXPORT_DIR"
 
 
 def default_store() -> str | None:
@@ -30,3 +31,15 @@ def secrets_dir() -> Path:
         return Path(env)
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     return Path(base) / "voxelhub" / "secrets"
+
+
+def export_dir() -> Path:
+    """Where ``voxelhub export`` writes when no path is given: the user's own folder.
+
+    ``$VOXELHUB_EXPORT_DIR``, else ``~/voxelhub-exports``; never the system's shared
+    temporary folder, where other users could list (and, with a loose umask, read) the files.
+    """
+    env = os.environ.get(EXPORT_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path(os.path.expanduser("~")) / "voxelhub-exports"

@@ -34,6 +34,7 @@ from voxelhub.dicom.slabs import volume_shape
 from voxelhub.errors import DicomError, GeometryError, StoreError, VoxelHubError
 from voxelhub.fsck import collect_garbage
 from voxelhub.memory import limit_malloc_arenas, release_free_memory
+from voxelhub.source_names import SourceNames, withheld_note
 from voxelhub.store.location import Location, open_location
 from voxelhub.store.writer import write_volume
 
@@ -61,6 +62,10 @@ class IngestReport:
     non_dicom: list[str] = field(default_factory=list)
     superseded: dict[str, str] = field(default_factory=dict)
     report_id: int | None = None
+    paths_withheld: bool = False
+    """True in a de-identified project: ``paths``, ``non_dicom`` and every ``source`` hold
+    labels (position, keyed reference, SOPInstanceUID pseudonym), never a path or file name
+    (see :mod:`voxelhub.source_names`)."""
 
     @property
     def exit_code(self) -> int:
@@ -89,6 +94,11 @@ class IngestReport:
             f"{len(self.non_dicom)} non-DICOM file(s) skipped, "
             f"{len(self.rejected_files)} DICOM file(s) rejected"
         ]
+        if self.paths_withheld:
+            lines.append(
+                f"  {withheld_note(self.project)}: files are named by position and keyed ref "
+                f"(`voxelhub locate FOLDER --project {self.project} --ref REF` finds one)"
+            )
         groups: dict[tuple[str, str, str], list[str]] = {}
         for item in self.rejected_files:
             key = (item.get("series_uid", ""), item["reason"], item.get("tag", ""))
@@ -163,9 +173,13 @@ def ingest(
         proj = catalog.ensure_project(project, deidentify=deidentify)
         # a new project's folder starts private; the hub opens it to the project's unix group
         location.ensure_private_dir(f"projects/{project}")
-        report = IngestReport(project=project, paths=path_list)
         started = dt.datetime.now(dt.UTC)
         deid = _deidentifier(proj) if proj.deidentify else None
+        # a de-identified project never stores a path: sites name folders after the patient
+        names = SourceNames(path_list, project, deid)
+        report = IngestReport(
+            project=project, paths=names.ingest_roots(), paths_withheld=names.withheld
+        )
         workers = (os.cpu_count() or 1) if workers is None else workers
         found = index(path_list, workers=workers, progress=progress)
         report.frames = len(found.frames)
@@ -196,17 +210,20 @@ def ingest(
         bar = tqdm(total=total, desc="converting", unit="slice", disable=not progress)
         try:
             for volume in plan.volumes:
-                _ingest_volume(catalog, location, proj, volume, deid, report, pool, bar)
+                _ingest_volume(catalog, location, proj, volume, deid, names, report, pool, bar)
                 release_free_memory()
         finally:
             bar.close()
             if pool is not None:
                 pool.shutdown()
+        if names.withheld:
+            _name_sources(report, names, found)
         report.report_id = catalog.record_report(
             proj,
             {
                 "started_at": started,
-                "paths": path_list,
+                "paths": report.paths,
+                "paths_withheld": report.paths_withheld,
                 "files_seen": report.files_seen,
                 "frames": report.frames,
                 "volumes_written": len(report.written),
@@ -230,6 +247,24 @@ def ingest(
         return report
     finally:
         catalog.close()
+
+
+def _name_sources(report: IngestReport, names: SourceNames, found: Any) -> None:
+    """Replace every source path in ``report`` by its label, and withhold paths in reasons."""
+    rejected = report.rejected_files
+    failed = report.failed
+    wanted = {r["source"] for r in rejected} | set(report.non_dicom)
+    wanted |= {f["sources"] for f in failed}
+    sop_uids = {r.source: r.sop_instance_uid for r in found.rejected if r.sop_instance_uid}
+    sop_uids.update({f.source: f.sop_instance_uid for f in found.frames if f.source in wanted})
+    names.prepare(wanted, sop_uids)
+    for item in rejected:
+        item["reason"] = names.reason(item["reason"], item["source"])
+        item["source"] = names.name(item["source"])
+    for item in failed:
+        item["reason"] = names.reason(item["reason"], item["sources"])
+        item["sources"] = names.name(item["sources"])
+    report.non_dicom = [names.name(s) for s in report.non_dicom]
 
 
 def _decode_is_costly(volume: VolumePlan) -> bool:
@@ -266,6 +301,7 @@ def _ingest_volume(
     project: Project,
     volume: VolumePlan,
     deid: Any,
+    names: SourceNames,
     report: IngestReport,
     pool: Executor | None,
     bar: Any,
@@ -320,14 +356,16 @@ def _ingest_volume(
     except Exception as exc:  # whatever one volume raises (MemoryError too) fails it alone
         if not isinstance(exc, DicomError | GeometryError | StoreError | OSError | ValueError):
             exc = StoreError(f"{type(exc).__name__}: {exc}")
-        log.warning("series %s (%s) failed: %s", series_uid, volume.split_label, exc)
+        source = getattr(exc, "path", None) or volume.frames[0].source
+        reason = names.reason(str(exc), source)  # a message may quote the file's path
+        log.warning("series %s (%s) failed: %s", series_uid, volume.split_label, reason)
         report.failed.append(
             {
                 "series_uid": series_uid,
                 "split": volume.split_label,
-                "reason": str(exc),
+                "reason": reason,
                 "tag": getattr(exc, "tag", None) or "",
-                "sources": getattr(exc, "path", None) or volume.frames[0].source,
+                "sources": source,
             }
         )
         return

@@ -367,6 +367,27 @@ class Deidentifier:
         """
         return "VH" + self._mac(b"pid:" + patient_id.encode()).hex()[:16]
 
+    def source_ref(self, relative_path: str) -> str:
+        """The keyed reference that stands for an input file's name in a de-identified project.
+
+        Folder and file names often name the patient, so a de-identified project never stores
+        them; reports and the catalog carry this reference instead.  Whoever holds the secret
+        finds the file again by computing it for every file of the same folder
+        (``voxelhub locate``); without the secret it reveals nothing about the name.
+
+        Parameters
+        ----------
+        relative_path : str
+            The file's path relative to the folder given to the ingest (a zip member as
+            ``archive.zip!/member``), with ``/`` separators.
+
+        Returns
+        -------
+        str
+            16 hex digits of HMAC-SHA256(secret, ``b"src:"`` + path).
+        """
+        return self._mac(b"src:" + relative_path.encode()).hex()[:16]
+
     def date_offset_days(self, patient_id: str) -> int:
         """Days added to every date of one patient under the modified-dates option.
 

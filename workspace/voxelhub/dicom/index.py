@@ -14,7 +14,7 @@ import re
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing import get_all_start_methods, get_context
 from multiprocessing.context import BaseContext
 from typing import IO, Any
@@ -105,6 +105,8 @@ class Rejected:
     source: str
     reason: str
     tag: str | None = None
+    sop_instance_uid: str | None = None
+    """The file's SOPInstanceUID when its header could be read that far (None otherwise)."""
 
 
 @dataclass
@@ -255,7 +257,18 @@ def read_frames(source: str) -> IndexResult:
         result.rejected.append(
             Rejected(source, f"invalid image header: {_describe(exc)}", _tag_of(exc))
         )
+    if result.rejected:  # lets a report name the file by its (pseudonymised) UID
+        uid = _sop_instance_uid(ds)
+        result.rejected = [replace(r, sop_instance_uid=uid) for r in result.rejected]
     return result
+
+
+def _sop_instance_uid(ds: Dataset) -> str | None:
+    try:
+        uid = str(ds.get("SOPInstanceUID", "") or "").strip(" \x00")
+    except Exception:  # a damaged value: the file is rejected anyway
+        return None
+    return uid or None
 
 
 def _describe(exc: BaseException) -> str:

@@ -36,6 +36,11 @@ Every file is written under a temporary name in the destination folder, flushed 
 renamed over the final name (``os.replace``), sidecars first and the image last, so a crash
 never leaves a partly written file under a final name and an image is never newer than the
 sidecars it was exported with.
+
+Files are private: each is created (exclusively, never through a link) with mode 0600, or 0640
+in a setgid folder (a project folder shared with its group), and the umask may only take more
+away; other users can never read an export.  With no path, ``voxelhub export`` writes into
+:func:`voxelhub.config.export_dir` (the user's own folder), never the shared temporary folder.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import json
 import logging
 import math
 import os
+import stat
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -444,9 +450,30 @@ def _g(value: float) -> str:
 # atomic writing
 
 
+PRIVATE_MODE = 0o600
+"""Mode an exported file is created with (before the umask)."""
+GROUP_SHARED_MODE = 0o640
+"""Mode in a setgid folder: the folder's group (a project's members) may read, others never."""
+
+
+def file_mode(folder: str | os.PathLike[str]) -> int:
+    """The mode exports are created with in ``folder``: 0640 if it is setgid, else 0600."""
+    try:
+        setgid = bool(os.stat(folder).st_mode & stat.S_ISGID)
+    except OSError:
+        setgid = False
+    return GROUP_SHARED_MODE if setgid else PRIVATE_MODE
+
+
+def _create_private(path: Path) -> int:
+    """Create ``path`` exclusively (never following a link) with a private mode; its fd."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    return os.open(path, flags, file_mode(path.parent))
+
+
 def _text_writer(text: str) -> Callable[[Path], None]:
     def write(path: Path) -> None:
-        with open(path, "x", encoding="utf-8") as f:
+        with os.fdopen(_create_private(path), "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -458,6 +485,7 @@ def _image_writer(image: Any) -> Callable[[Path], None]:
     def write(path: Path) -> None:
         import nibabel as nib
 
+        os.close(_create_private(path))  # nibabel then writes into it, keeping its mode
         nib.save(image, path)
         fd = os.open(path, os.O_RDONLY)
         try:
