@@ -536,7 +536,7 @@ def part_volume(site: Site, repeat: int) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- part 2: slices
 
 
-def part_slices(site: Site, n_slices: int, seed: int) -> dict[str, Any]:
+def part_slices(site: Site, n_slices: int, seed: int, variant_slices: int) -> dict[str, Any]:
     from voxelhub.widgets.slices import CACHE_BYTES, SliceViewer
 
     viewers = {
@@ -572,6 +572,7 @@ def part_slices(site: Site, n_slices: int, seed: int) -> dict[str, Any]:
             random_s[name][axis].append(ask(viewer, axis, index))
             cold(viewer)
             preview_s[name].append(ask(viewer, axis, index, full=False, preview=True))
+    out["shard_reads"] = _shard_read_variants(viewers["service"], shape, variant_slices, rng)
     scroll_s: dict[str, list[float]] = {}
     for name, viewer in viewers.items():
         viewer.prefetch = True
@@ -600,6 +601,49 @@ def part_slices(site: Site, n_slices: int, seed: int) -> dict[str, Any]:
     for viewer in viewers.values():
         viewer.close()
     return out
+
+
+SHARD_READS = {
+    # ServiceStore settings (voxelhub.store.service_store); {} = the defaults ServiceLocation uses
+    "sequential": {"max_gap": -1, "concurrency": 1},
+    "concurrent": {"max_gap": -1},
+    "merged": {},
+    "merged_256k": {"max_gap": 256 * 1024},
+    "merged_16": {"concurrency": 16},
+    "span": {"max_gap": 1 << 40, "max_request": 1 << 40},
+}
+"""How the inner chunks of a partly read shard are fetched through the service: one request
+after the other (zarr 3.1.6 alone), one request each but 8 at a time, merged when at most 64 KiB
+apart and 8 at a time (the default; also 256 KiB apart, and 16 at a time), or the whole span of the needed chunks in one request (for
+a band, nearly the whole shard: what fetching whole shards into a cache costs on a cold band)."""
+
+
+def _shard_read_variants(
+    viewer: Any, shape: tuple[int, ...], n: int, rng: random.Random
+) -> dict[str, Any]:
+    """Cold random slices through the service under each of :data:`SHARD_READS`, interleaved."""
+    from voxelhub.store.service_store import ServiceStore
+
+    defaults = {k: getattr(ServiceStore, k) for k in ("max_gap", "max_request", "concurrency")}
+    times: dict[str, list[float]] = {k: [] for k in SHARD_READS}
+    try:
+        for k in range(n):
+            axis = k % 3
+            index = rng.randrange(shape[axis])
+            for name, settings in SHARD_READS.items():
+                for attr, value in {**defaults, **settings}.items():
+                    setattr(ServiceStore, attr, value)
+                viewer.wait_prefetch()
+                viewer.cache.resize(0)
+                viewer.cache.resize(viewer.cache_bytes)
+                message = {"type": "slice", "axis": axis, "index": index, "full": True}
+                t0 = time.perf_counter()
+                viewer._on_msg(viewer, {**message, "preview": False}, [])
+                times[name].append(time.perf_counter() - t0)
+    finally:
+        for attr, value in defaults.items():
+            setattr(ServiceStore, attr, value)
+    return {name: ms_summary(values) for name, values in times.items()}
 
 
 # ----------------------------------------------------------------------------- part 3: catalog
@@ -1075,7 +1119,7 @@ def run(parts: list[str], args: argparse.Namespace) -> dict[str, Any]:
         results["hub_start_s"] = site.hub_start_s
         steps: dict[str, Callable[[], dict[str, Any]]] = {
             "volume": lambda: part_volume(site, args.repeat),
-            "slices": lambda: part_slices(site, args.slices, args.seed),
+            "slices": lambda: part_slices(site, args.slices, args.seed, args.variant_slices),
             "catalog": lambda: part_catalog(site, args.query_runs),
             "concurrent": lambda: part_concurrent(site, args.seconds, args.profile),
         }
@@ -1145,6 +1189,19 @@ def table(data: dict[str, Any]) -> str:
                 f"| {label}, n={sv['n']} | p50 {_ms(sv['p50_ms'])} / p95 {_ms(sv['p95_ms'])} ms | "
                 f"p50 {_ms(dv['p50_ms'])} / p95 {_ms(dv['p95_ms'])} ms | {target} | {met} |"
             )
+        labels = {
+            "sequential": "one request after the other (zarr 3.1.6 alone)",
+            "concurrent": "one request per chunk, 8 at a time",
+            "merged": "merged when ≤ 64 KiB apart, 8 at a time (the default)",
+            "merged_256k": "merged when ≤ 256 KiB apart, 8 at a time",
+            "merged_16": "merged when ≤ 64 KiB apart, 16 at a time",
+            "span": "one request for the span of the chunks (≈ whole shard)",
+        }
+        for name, sv in s.get("shard_reads", {}).items():
+            lines.append(
+                f"| … cold random slice, a shard's chunks fetched {labels.get(name, name)}, "
+                f"n={sv['n']} | p50 {_ms(sv['p50_ms'])} / p95 {_ms(sv['p95_ms'])} ms | - |  |  |"
+            )
         for label, part in (
             ("preview slice (coarse level, cold)", "preview"),
             ("axial scroll, 100 slices, cache + prefetch", "scroll_axial"),
@@ -1200,6 +1257,12 @@ def main(argv: list[str] | None = None) -> int:
         "--repeat", type=int, default=5, help="timed whole-volume reads per side [5]"
     )
     parser.add_argument("--slices", type=int, default=120, help="random slices per side [120]")
+    parser.add_argument(
+        "--variant-slices",
+        type=int,
+        default=45,
+        help="cold random slices per way of fetching a shard's chunks [45]",
+    )
     parser.add_argument("--query-runs", type=int, default=30, help="timed runs per query [30]")
     parser.add_argument("--seconds", type=float, default=60.0, help="each concurrent run [60]")
     parser.add_argument("--seed", type=int, default=10)

@@ -36,6 +36,7 @@ import os
 import time
 from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -54,7 +55,7 @@ from traitlets.config import Application
 from voxelhub_data import paths
 from voxelhub_data.access import Caller, Role, roles_from_groups
 from voxelhub_data.audit_trail import AuditTrail
-from voxelhub_data.catalog_view import CatalogView, QueryError
+from voxelhub_data.catalog_view import CatalogView, Found, QueryError
 
 log = logging.getLogger("voxelhub.data")
 
@@ -431,11 +432,17 @@ class StoreHandler(BaseHandler):
         except paths.BadPath as exc:
             self.deny(action, f"bad store key: {exc}", status=400, detail={"key": raw[:200]})
         self.require(key.project, Role.VIEWER, action, volume=key.volume_path)
-        found = await self.run(self.service.catalog.by_path, key.volume_path)
-        if found is None:
-            self.deny(action, f"no volume at {key.volume_path}", status=404, project=key.project)
+        # one trip to the thread pool per read: the volume lookup (cached), the checked open,
+        # the range and the read together (each hop is a GIL hand-off and a loop wake-up)
         try:
-            fd = await self.run(paths.open_key, self.service.store, key)
+            found, read = await self.run(
+                _read_key,
+                self.service.catalog,
+                self.service.store,
+                key,
+                self.request.headers.get("Range"),
+                body,
+            )
         except FileNotFoundError:
             # zarr asks for keys that may not exist (e.g. a missing chunk): an ordinary 404
             self.set_status(404)
@@ -443,21 +450,15 @@ class StoreHandler(BaseHandler):
             return
         except (IsADirectoryError, NotADirectoryError):
             self.deny(action, f"{key.key!r} is not a key", status=404, project=key.project)
+        except _RangeRefused as exc:
+            self.set_header("Content-Range", f"bytes */{exc.size}")
+            self.deny(action, str(exc), status=416, project=key.project)
         except OSError as exc:  # ELOOP: a symbolic link planted in the store
             self.deny(
                 action, f"refused {key.key!r}: {exc.strerror}", status=403, project=key.project
             )
-        try:
-            size = os.fstat(fd).st_size
-            try:
-                span = paths.byte_range(self.request.headers.get("Range"), size)
-            except paths.BadRange as exc:
-                self.set_header("Content-Range", f"bytes */{size}")
-                self.deny(action, str(exc), status=416, project=key.project)
-            start, stop = span if span else (0, size)
-            data = await self.run(os.pread, fd, stop - start, start) if body else b""
-        finally:
-            os.close(fd)
+        if found is None:
+            self.deny(action, f"no volume at {key.volume_path}", status=404, project=key.project)
         self.service.audit.read(
             user=self.caller.name,
             client=self.caller.client,
@@ -467,18 +468,59 @@ class StoreHandler(BaseHandler):
             study=found.study_uid,
             volume=found.volume_uid,
             labels=key.key.split("/")[1] if key.is_labels and "/" in key.key else "",
-            nbytes=len(data),
+            nbytes=len(read.data),
         )
-        if span:
+        if read.partial:
             self.set_status(206)
-            self.set_header("Content-Range", f"bytes {start}-{stop - 1}/{size}")
+            self.set_header("Content-Range", f"bytes {read.start}-{read.stop - 1}/{read.size}")
         self.set_header("Content-Type", "application/octet-stream")
         self.set_header("Accept-Ranges", "bytes")
         self.set_header("Cache-Control", "private, no-store")
-        self.set_header("Content-Length", str(stop - start))
+        self.set_header("Content-Length", str(read.stop - read.start))
         if body:
-            self.write(data)
+            self.write(read.data)
         await self.finish()
+
+
+class _RangeRefused(paths.BadRange):
+    """A Range the key's size cannot satisfy; carries the size for ``Content-Range``."""
+
+    def __init__(self, message: str, size: int) -> None:
+        super().__init__(message)
+        self.size = size
+
+
+@dataclass(frozen=True)
+class _Read:
+    data: bytes
+    start: int
+    stop: int
+    size: int
+    partial: bool
+
+
+def _read_key(
+    catalog: CatalogView, store: str, key: paths.VolumeKey, header: str | None, body: bool
+) -> tuple[Found | None, _Read]:
+    """In a pool thread: the volume ``key`` belongs to, then the key's bytes (or its range).
+
+    Nothing is opened for a path the catalog does not know (``found`` None, no read).
+    """
+    found = catalog.by_path(key.volume_path)
+    if found is None:
+        return None, _Read(b"", 0, 0, 0, False)
+    fd = paths.open_key(store, key)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            span = paths.byte_range(header, size)
+        except paths.BadRange as exc:
+            raise _RangeRefused(str(exc), size) from None
+        start, stop = span if span else (0, size)
+        data = os.pread(fd, stop - start, start) if body else b""
+    finally:
+        os.close(fd)
+    return found, _Read(data, start, stop, size, span is not None)
 
 
 class LabelsHandler(BaseHandler):

@@ -333,7 +333,8 @@ class ServiceLocation:
 
     Keys are fetched over HTTP(S) with the caller's hub token (``$JUPYTERHUB_API_TOKEN`` in a
     hub kernel, passed on to its Dask workers inside the task graph), by fsspec's HTTP file
-    system, so a sharded array's inner chunks arrive as range requests.  Writes (labels,
+    system, so a sharded array's inner chunks arrive as range requests: those of one partial
+    shard read merged and concurrent (:mod:`voxelhub.store.service_store`).  Writes (labels,
     feature tables) go through the service's API, not through this location.
     """
 
@@ -409,11 +410,16 @@ class ServiceLocation:
             raise AccessDenied(
                 f"{self.url} serves volumes read-only; write labels and tables through its API"
             )
+        from voxelhub.store.service_store import ServiceStore, install
+
+        install()  # a partly read shard's inner chunks in a few concurrent requests, not one each
         options: dict[str, Any] = {"headers": self.headers(), **self.storage_options}
         context = self._ssl()
         if context is not None:
             options["ssl"] = context
-        return FsspecStore.from_url(self.url_of(rel), storage_options=options, read_only=True)
+        return ServiceStore(
+            FsspecStore.from_url(self.url_of(rel), storage_options=options, read_only=True)
+        )
 
     def open_group(self, rel: str, mode: Literal["r", "r+"] = "r") -> zarr.Group:
         if mode != "r":
