@@ -1,7 +1,7 @@
 """Drive the hub over HTTP the way a person with a browser does (tests, demo, benchmarks).
 
 :class:`HubBrowser` keeps cookies like a browser: sign up, log in through the form, approve
-accounts as an admin (NativeAuthenticator's ``/hub/authorize``), call the hub's REST API with the
+accounts as an admin (the POST forms of ``/hub/authorize``), call the hub's REST API with the
 login cookie plus the ``X-XSRFToken`` header the hub requires, wait for one's server, and make an
 API token.  :class:`KernelSession` drives a kernel of a user's server through the Jupyter Server
 REST API and its websocket; :func:`run_code` runs one piece of code in a new kernel and
@@ -10,6 +10,7 @@ REST API and its websocket; :func:`run_code` runs one piece of code in a new ker
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -30,18 +31,22 @@ class HubError(RuntimeError):
 class HubBrowser:
     """A cookie-keeping HTTP session against one hub (``url`` = the public proxy URL)."""
 
-    def __init__(self, url: str, verify: str | bool = True) -> None:
+    def __init__(self, url: str, verify: str | bool = True, *, source: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.session = requests.Session()
         # REQUESTS_CA_BUNDLE in the environment would silently override session.verify
         self.session.trust_env = False
         self.session.verify = verify
+        if source:  # connect from this local address (e.g. 127.0.0.2: another client on loopback)
+            for prefix in ("http://", "https://"):
+                self.session.mount(prefix, _SourceAddressAdapter(source))
         self.name: str | None = None
 
     def _xsrf(self) -> str:
-        if not self.session.cookies.get("_xsrf"):
+        # the hub's (path /hub/); a user's server sets its own on /user/<name>/
+        if not self.session.cookies.get("_xsrf", path="/hub/"):
             self.session.get(self.url + "/hub/login", timeout=30)
-        return self.session.cookies.get("_xsrf") or ""
+        return self.session.cookies.get("_xsrf", path="/hub/") or ""
 
     def _form(self, path: str, data: dict[str, str]) -> requests.Response:
         data = {**data, "_xsrf": self._xsrf()}
@@ -92,14 +97,45 @@ class HubBrowser:
             raise HubError(f"{method} /hub/api{path}: {r.status_code} {r.text[:300]}")
         return r.json() if r.content else None
 
-    def approve(self, username: str) -> None:
-        """As an admin: authorize a signed-up account (NativeAuthenticator toggles it)."""
+    def admin_forms(self) -> dict[tuple[str, str], dict[str, str]]:
+        """As an admin: the forms of the authorization area (``/hub/authorize``), as a browser
+        sees them: ``{(action URL path, action): {field: value}}``, action being ``authorize``,
+        ``unauthorize`` or ``discard``; the fields include the page's ``_xsrf`` token."""
         page = self.session.get(self.url + "/hub/authorize", timeout=30)
         if page.status_code != 200:
             raise HubError(f"/hub/authorize: {page.status_code} (not logged in as an admin?)")
-        r = self.session.get(self.url + f"/hub/authorize/{username}", timeout=30)
-        if r.status_code != 200:
-            raise HubError(f"approving {username!r}: {r.status_code}")
+        forms = {}
+        for attrs, body in re.findall(r"<form([^>]*)>(.*?)</form>", page.text, re.S):
+            if not re.search(r'method="post"', attrs, re.I):
+                continue
+            target = re.search(r'action="([^"]*)"', attrs)
+            fields = {
+                name: html.unescape(value)
+                for name, value in re.findall(
+                    r'<input type="hidden" name="([^"]+)" value="([^"]*)"\s*/?>', body
+                )
+            }
+            if target:
+                path = html.unescape(target.group(1))
+                action = fields.get("action") or path.rstrip("/").split("/")[-2]
+                forms[(path, action)] = fields
+        return forms
+
+    def admin_action(self, action: str, username: str) -> requests.Response:
+        """As an admin: press a button of the authorization area (``authorize``,
+        ``unauthorize`` or ``discard``) for ``username``: a POST with the form's XSRF token."""
+        path = f"/hub/{'discard' if action == 'discard' else 'authorize'}/{quote(username)}"
+        fields = self.admin_forms().get((path, action))
+        if fields is None:
+            raise HubError(f"no {action!r} button for {username!r} at /hub/authorize")
+        r = self.session.post(self.url + path, data=fields, timeout=30)
+        if r.status_code != 200 or not r.url.split("#")[0].endswith("/hub/authorize"):
+            raise HubError(f"{action} {username!r}: {r.status_code} at {r.url}")
+        return r
+
+    def approve(self, username: str) -> None:
+        """As an admin: authorize a signed-up account (the Authorize button of /hub/authorize)."""
+        self.admin_action("authorize", username)
 
     def add_to_project(self, project: str, *users: str) -> None:
         """As an admin: add users to a project (hub group)."""
@@ -133,8 +169,20 @@ class HubBrowser:
         return str(self.api("POST", f"/users/{self.name}/tokens", json=body)["token"])
 
 
-def _alert(html: str) -> str:
-    m = re.search(r'<div class="alert[^"]*"[^>]*>(.*?)</div>', html, re.S)
+class _SourceAddressAdapter(requests.adapters.HTTPAdapter):
+    """Opens connections from a given local address."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["source_address"] = (self.source, 0)
+        super().init_poolmanager(*args, **kwargs)
+
+
+def _alert(page: str) -> str:
+    m = re.search(r'<div class="alert[^"]*"[^>]*>(.*?)</div>', page, re.S)
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", m.group(1))).strip() if m else ""
 
 
