@@ -17,6 +17,7 @@ from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage, generate_
 import voxelhub
 from tests.dicom_factory import random_orientation, write_series
 from voxelhub.roi import imports, read_labels
+from voxelhub.roi.errors import NotLabels
 from voxelhub.store.volume import nifti_affine
 
 SHAPE = (14, 30, 26)
@@ -128,7 +129,7 @@ def test_seg_matched_by_referenced_instances(oblique) -> None:
     root, series, cat, row, _ = oblique
     path = root / "seg.dcm"
     _write_seg(path, series.files, _box(), new_uids=False)
-    got = imports.import_seg(cat, row, path, name="seg")
+    got = imports.import_seg(cat, row, path, name="seg")["seg"]
     assert not got.resampled
     assert "by referenced SOP Instance UID" in got.notes[0]
     assert got.names == {1: "liver", 2: "lesion"}
@@ -139,8 +140,9 @@ def test_seg_of_another_copy_is_placed_by_frame_positions(oblique) -> None:
     root, series, cat, row, _ = oblique
     path = root / "seg_other_uids.dcm"
     _write_seg(path, series.files, _box(), new_uids=True)
-    got = imports.import_seg(cat, row, path)
-    assert "frame positions" in got.notes[0]
+    got = imports.import_seg(cat, row, path)["seg"]
+    assert "position along the slice normal" in got.notes[0]
+    assert not got.resampled
     np.testing.assert_array_equal(got.labels.values, _box())
 
 
@@ -227,5 +229,5 @@ def test_fractional_masks_are_refused(oblique) -> None:
     path = root / "prob.nii.gz"
     data = np.full(SHAPE[::-1], 0.5, dtype=np.float32)
     nib.save(nib.Nifti1Image(data, nifti_affine(volume)), path)
-    with pytest.raises(ValueError, match="fractional"):
+    with pytest.raises(NotLabels, match="fractional"):
         imports.import_mask(cat, row, Path(path))
