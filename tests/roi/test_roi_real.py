@@ -260,3 +260,54 @@ def test_intensity_image_is_not_taken_for_labels(rtutils_ct, tmp_path) -> None:
     with pytest.raises(NotLabels, match="intensity image"):
         imports.import_mask(cat, row, shifted, name="hu")
     assert "hu" not in list_labels(cat, row)
+
+
+def test_fractional_seg_is_thresholded_at_the_stated_default(dcmqi_ct) -> None:
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    root, cat, row = dcmqi_ct
+    sources = [pydicom.dcmread(p) for p in sorted((DCMQI / "image").iterdir())]
+    for ds in sources:
+        if not ds.get("SpecificCharacterSet"):  # dcmqi's CT has an empty one
+            del ds.SpecificCharacterSet
+    rng = np.random.default_rng(4)
+    probability = np.zeros((len(sources), 512, 512), dtype=np.float32)
+    probability[:, 200:300, 150:260] = rng.random((len(sources), 100, 110), dtype=np.float32)
+    seg = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=probability,
+        segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
+        segment_descriptions=[
+            hd.seg.SegmentDescription(
+                segment_number=1,
+                segment_label="tumour probability",
+                segmented_property_category=codes.SCT.Tissue,
+                segmented_property_type=codes.SCT.Tissue,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=hd.AlgorithmIdentificationSequence(
+                    name="test", version="1", family=codes.DCM.ArtificialIntelligence
+                ),
+            )
+        ],
+        series_instance_uid=generate_uid(),
+        series_number=101,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="VoxelHub tests",
+        manufacturer_model_name="test_roi_real",
+        software_versions="0",
+        device_serial_number="1",
+        max_fractional_value=255,
+    )
+    path = root / "fractional.dcm"
+    seg.save_as(path)
+    stored = np.rint(probability * 255) / 255  # what the SEG holds
+    volume = voxelhub.open_series(row, catalog=cat)
+    assert np.asarray(volume.attrs["affine_lps"])[2, 2] > 0  # axial, slices going up
+    order = np.argsort([float(d.ImagePositionPatient[2]) for d in sources])
+    for threshold in (0.5, 0.8):
+        got = imports.import_seg(cat, row, path, threshold=threshold)["seg"]
+        assert any("FRACTIONAL" in n and f"{threshold:g}" in n for n in got.notes)
+        expected = stored[order] >= threshold - 1e-6
+        np.testing.assert_array_equal(got.labels.values.astype(bool), expected)
