@@ -8,8 +8,10 @@ two users' 2-worker clusters).
 ===================================  ======================================================
 ``VOXELHUB_HUB_STATE``               clusters' working folders go below ``<state>/dask-clusters``
 ``VOXELHUB_HUB_SPAWNER``             ``system``: schedulers and workers run as the requesting
-                                     unix user (gateway runs as root); ``simple``: as the
-                                     gateway's user (laptop without root only)
+                                     unix user (gateway runs as root), without dashboards, in
+                                     the user's cgroup; ``simple``: as the gateway's user
+                                     (laptop without root only)
+``VOXELHUB_HUB_SESSIONS``            the hub's folder of running users' limits (``system``)
 ``VOXELHUB_GATEWAY_PORT``            public HTTP + scheduler proxy port [8010]
 ``VOXELHUB_GATEWAY_API_PORT``        private API port [8011]
 ``VOXELHUB_GATEWAY_WORKER_CORES``    cores per worker [1]
@@ -60,6 +62,10 @@ clusters = os.path.join(STATE, "dask-clusters")
 os.makedirs(clusters, exist_ok=True)
 os.chmod(clusters, 0o711)  # users reach their own cluster folder (0700, theirs) but list nothing
 c[backend].clusters_directory = clusters
+if SPAWNER == "system":
+    # workers join their user's cgroup with their server's rlimits (written there by the hub);
+    # a user without a running server gets no cluster
+    c[backend].session_dir = env("VOXELHUB_HUB_SESSIONS", "")
 c[backend].max_clusters_per_user = int(env("VOXELHUB_GATEWAY_MAX_CLUSTERS", "2"))
 # stop processes gently: SIGINT, then SIGTERM, then SIGKILL, each after a timeout
 c[backend].sigint_timeout = 10

@@ -5,10 +5,10 @@ choice is an explicit setting below; what differs between sites comes from envir
 (all optional, defaults in brackets):
 
 ===============================  ==========================================================
-``VOXELHUB_HUB_STATE``           folder for the hub database, cookie secret, proxy pid and
-                                 gateway cluster folders [``<repo>/.demo/hub``]; created 0755
-                                 (users must reach their cluster folder below it); the secrets
-                                 in it are 0600.
+``VOXELHUB_HUB_STATE``           folder for the hub database, cookie secret, proxy pid, logs
+                                 and gateway cluster folders [``<repo>/.demo/hub``]; mode
+                                 0711 (passable, not listable) and every file in it 0600
+                                 (the hub runs with umask 077).
 ``VOXELHUB_HUB_IP``              public bind address [127.0.0.1]; ``0.0.0.0`` only with TLS.
 ``VOXELHUB_HUB_PORT``            public (proxy) port [8000].
 ``VOXELHUB_HUB_API_PORT``        hub's internal API port on 127.0.0.1 [8081].
@@ -30,12 +30,18 @@ choice is an explicit setting below; what differs between sites comes from envir
 ``VOXELHUB_CHP``                 configurable-http-proxy executable
                                  [``<repo>/.node/node_modules/.bin/configurable-http-proxy``,
                                  installed by ``make hub-deps``].
-``VOXELHUB_HUB_SERVER_MEM``      ``Spawner.mem_limit``, advertised to servers as MEM_LIMIT [4G]
-                                 (enforced by KubeSpawner, advisory on one machine).
+``VOXELHUB_HUB_SERVER_MEM``      ``Spawner.mem_limit`` [8G]: memory of everything one user runs
+                                 (server, kernels, terminals, Dask workers, ``/dev/shm``)
+                                 together, enforced by a per-user cgroup where the machine has
+                                 cgroups (and by KubeSpawner on Kubernetes).
 ``VOXELHUB_HUB_SERVER_CPU``      ``Spawner.cpu_limit``, advertised as CPU_LIMIT [2] (same).
 ``VOXELHUB_HUB_PROCESS_MEM``     enforced: address space of each process of a user's server,
                                  kernels included (RLIMIT_AS) [8G]; ``0`` = none.
-``VOXELHUB_HUB_MAX_PROCESSES``   enforced: processes + threads of a user (RLIMIT_NPROC) [1024].
+``VOXELHUB_HUB_MAX_PROCESSES``   enforced: processes + threads of a user (RLIMIT_NPROC, and the
+                                 cgroup's pids.max) [1024].
+``VOXELHUB_HUB_GROUP_LIMITS``    JSON ``{"group": {"mem_limit": "2G", "max_processes": 256,
+                                 "process_memory_limit": "2G"}}``: other limits for members of
+                                 a hub group (e.g. a course) [none].
 ``VOXELHUB_STORE``               store every kernel opens with ``voxelhub.open_catalog()``; as
                                  root its ``projects/<p>`` folders are made readable by project
                                  ``p``'s members only (unix group ``vhp-<p>``, mode 2750).
@@ -73,6 +79,8 @@ Sites with an identity provider replace the authenticator section, e.g.::
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import json
 import os
 import sys
@@ -92,8 +100,14 @@ from voxelhub_hub.system_users import USERNAME_RE, unreachable_folder  # noqa: E
 env = os.environ.get
 VENV_BIN = os.path.dirname(sys.executable)  # the hub, user servers and gateway share one venv
 STATE = os.path.abspath(env("VOXELHUB_HUB_STATE") or os.path.join(REPO, ".demo", "hub"))
+# Every file the hub, its proxy and its services create is private from the start (the database
+# with password hashes, logs, pid files); user servers inherit it, so users' new files are private
+# too.  The state folder can be passed through (0711: users reach their own cluster folder and the
+# data service its audit folder below it) but not listed; nothing in it is readable by others.
+os.umask(0o077)
 os.makedirs(STATE, exist_ok=True)
-os.chmod(STATE, 0o755)
+os.chmod(STATE, 0o711)
+SESSIONS = os.path.join(STATE, "sessions")  # root's: each running user's limits, for the gateway
 
 IP = env("VOXELHUB_HUB_IP", "127.0.0.1")
 PORT = int(env("VOXELHUB_HUB_PORT", "8000"))
@@ -126,25 +140,36 @@ c.ConfigurableHTTPProxy.should_start = True  # the hub starts the proxy and stop
 c.JupyterHub.cleanup_servers = True  # stopping the hub stops every user server
 c.JupyterHub.cleanup_proxy = True
 
+# hub cookies (login, session, _xsrf) are not sent with cross-site requests, and only over TLS
+# when the hub serves TLS (the user servers' cookies: HubOAuth in hub_config/jupyter/)
+c.JupyterHub.tornado_settings = {
+    "cookie_options": {"samesite": "Lax", **({"secure": True} if SSL_CERT else {})}
+}
+
 # ---- state (secrets are 0600; JupyterHub refuses a cookie secret file readable by others) ---------
 c.JupyterHub.db_url = f"sqlite:///{os.path.join(STATE, 'jupyterhub.sqlite')}"
 c.JupyterHub.cookie_secret_file = os.path.join(STATE, "jupyterhub_cookie_secret")
 c.JupyterHub.pid_file = os.path.join(STATE, "jupyterhub.pid")
 c.ConfigurableHTTPProxy.pid_file = os.path.join(STATE, "jupyterhub-proxy.pid")
-if os.path.exists(os.path.join(STATE, "jupyterhub.sqlite")):
-    os.chmod(os.path.join(STATE, "jupyterhub.sqlite"), 0o600)  # holds password hashes
+for _private in ("jupyterhub.sqlite", "jupyterhub_cookie_secret", "hub.log"):
+    # created 0600 by the umask; files an older version left 0644 are closed here
+    if os.path.exists(os.path.join(STATE, _private)):
+        os.chmod(os.path.join(STATE, _private), 0o600)  # password hashes, secrets, users' output
 
 # ---- authentication: sign-up + admin approval --------------------------------------------------
 # NativeAuthenticator with its JupyterHub 6 login fix (see voxelhub_hub/native_auth.py)
 c.JupyterHub.authenticator_class = "voxelhub_hub.native_auth.VoxelHubNativeAuthenticator"
+# ours first: the authorization area with its actions as POST forms carrying the XSRF token
 c.JupyterHub.template_paths = [
-    os.path.join(os.path.dirname(nativeauthenticator.__file__), "templates")
+    os.path.join(REPO, "extensions", "voxelhub_hub", "templates"),
+    os.path.join(os.path.dirname(nativeauthenticator.__file__), "templates"),
 ]
 c.NativeAuthenticator.open_signup = False  # an admin approves every account
 c.NativeAuthenticator.minimum_password_length = 10
 c.NativeAuthenticator.check_common_password = True
-c.NativeAuthenticator.allowed_failed_logins = 5  # then blocked for seconds_before_next_try
-c.NativeAuthenticator.seconds_before_next_try = 600
+# no lockout per account (anyone could lock the admin out); a client address that failed 5 times
+# in 10 minutes waits instead (VoxelHubNativeAuthenticator.failed_logins_per_source/_window)
+c.NativeAuthenticator.allowed_failed_logins = 0
 c.Authenticator.admin_users = {
     u.strip() for u in env("VOXELHUB_HUB_ADMINS", "").split(",") if u.strip()
 }
@@ -171,6 +196,10 @@ if SPAWNER == "system":
     c.JupyterHub.spawner_class = "voxelhub_hub.spawner.VoxelHubSpawner"
     c.Spawner.pre_spawn_hook = make_pre_spawn_hook(None)
     c.Spawner.notebook_dir = "~"
+    # Kernels talk to their server over unix sockets in the user's runtime folder (inside the
+    # 0700 home), not TCP on 127.0.0.1, where any local user could subscribe to another user's
+    # kernel output (ZeroMQ's PUB socket checks no key on subscribers).
+    c.Spawner.args = ["--KernelManager.transport=ipc"]
 else:
     # !!! LAPTOP WITHOUT ROOT ONLY: every user's server, kernel and Dask cluster runs as the hub's
     # own unix user, so any user can read every other user's files.  Never on a shared machine.
@@ -182,15 +211,29 @@ c.Spawner.cmd = [os.path.join(VENV_BIN, "jupyterhub-singleuser")]
 c.Spawner.default_url = "/lab"
 c.Spawner.start_timeout = 120  # generous: 20 concurrent spawns on 2 cores take ~60 s
 c.Spawner.http_timeout = 120
-# Advertised to the server (JupyterHub's MEM_LIMIT/CPU_LIMIT); LocalProcessSpawner cannot enforce
-# them (KubeSpawner does, as container limits); Dask clusters are limited by the gateway.
-c.Spawner.mem_limit = env("VOXELHUB_HUB_SERVER_MEM", "4G")
+# mem_limit: enforced per user by a cgroup where the machine has cgroups (voxelhub_hub/cgroups.py),
+# as KubeSpawner does with container limits; cpu_limit is advertised only (CPU_LIMIT).
+c.Spawner.mem_limit = env("VOXELHUB_HUB_SERVER_MEM", "8G")
 c.Spawner.cpu_limit = float(env("VOXELHUB_HUB_SERVER_CPU", "2"))
 # Enforced on one machine (hard rlimits, inherited by kernels; see voxelhub_hub/spawner.py): a
 # runaway kernel gets MemoryError rather than taking the machine down; fork bombs stop.
 PROCESS_MEM = env("VOXELHUB_HUB_PROCESS_MEM", "8G")
 c.ResourceLimits.process_memory_limit = None if PROCESS_MEM in ("", "0") else PROCESS_MEM
 c.ResourceLimits.max_processes = int(env("VOXELHUB_HUB_MAX_PROCESSES", "1024"))
+# Limits by hub group (a course gets less than a research project), JSON:
+# {"course-x": {"mem_limit": "2G", "max_processes": 256}}
+if env("VOXELHUB_HUB_GROUP_LIMITS"):
+    c.ResourceLimits.group_limits = json.loads(env("VOXELHUB_HUB_GROUP_LIMITS", "{}"))
+# One cgroup per user where the machine has them (voxelhub_hub/cgroups.py): mem_limit is then
+# enforced for the server, kernels, terminals and Dask workers together, and stopping a server
+# stops every process of that user.  Named after the state folder: hubs on one machine differ.
+CGROUP_NAME = "voxelhub-" + hashlib.sha256(STATE.encode()).hexdigest()[:8]
+c.UserSession.cgroup_name = CGROUP_NAME
+c.UserSession.session_dir = SESSIONS
+if SPAWNER == "system" and os.geteuid() == 0:
+    from voxelhub_hub.spawner import remove_user_cgroups
+
+    atexit.register(remove_user_cgroups, CGROUP_NAME)  # the hub's own cgroup folders, at exit
 
 # ---- the data service: the one gate for every read of the store ----------------------------------
 # With a store and real unix users, the store belongs to the service's own account (mode 0700):
@@ -276,17 +319,20 @@ c.JupyterHub.load_roles = [
         "scopes": ["self", "access:services!service=voxelhub-data"],
     },
     {
-        # the data service reads users' groups (= projects and roles) and admin flags
-        "name": "voxelhub-data",
-        "scopes": ["read:users", "read:groups"],
-        "services": ["voxelhub-data"],
-    },
-    {
         "name": "idle-culler",
         "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
         "services": ["idle-culler"],
     },
 ]
+if DATA_SERVICE:
+    c.JupyterHub.load_roles.append(
+        {
+            # the data service reads users' groups (= projects and roles) and admin flags
+            "name": "voxelhub-data",
+            "scopes": ["read:users", "read:groups"],
+            "services": ["voxelhub-data"],
+        }
+    )
 
 # ---- services -----------------------------------------------------------------------------------
 CULL_TIMEOUT = int(env("VOXELHUB_HUB_CULL_TIMEOUT", "3600"))
@@ -314,6 +360,7 @@ c.JupyterHub.services = [
         ],
         "environment": {
             "VOXELHUB_HUB_STATE": STATE,
+            "VOXELHUB_HUB_SESSIONS": SESSIONS if SPAWNER == "system" else "",
             "VOXELHUB_HUB_SPAWNER": SPAWNER,
             "VOXELHUB_GATEWAY_PORT": str(GATEWAY_PORT),
             "VOXELHUB_GATEWAY_API_PORT": str(GATEWAY_API_PORT),

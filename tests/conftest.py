@@ -37,6 +37,16 @@ def _secrets_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
             yield
 
 
+@pytest.fixture(autouse=True)
+def _keep_umask() -> Iterator[None]:
+    """Loading the hub's configuration sets umask 077 (meant for the hub's process); no test
+    leaks that into the ones after it."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    yield
+    os.umask(mask)
+
+
 @pytest.fixture(scope="session")
 def real_store(tmp_path_factory: pytest.TempPathFactory, shared_dicom: Path) -> Path:
     """All of ../shared/data/dicom ingested once (identifiable project) for read-only tests."""

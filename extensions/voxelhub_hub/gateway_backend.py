@@ -10,17 +10,30 @@ refuses to chown anything that is not inside the cluster's own working directory
 It also adds a per-user limit on the number of active clusters, which dask-gateway-server no
 longer has (``c.UserLimits`` was removed upstream; per-cluster cores/memory/workers limits live in
 ``c.ClusterConfig``).
+
+On a shared machine (:class:`SafeLocalBackend`) schedulers and workers also
+
+- join the user's cgroup and get the user's rlimits, as the hub decided them for the user's
+  server (``<session_dir>/<user>.json``, written by ``VoxelHubSpawner``): kernels and workers
+  share one budget, and a user with no running server gets no cluster;
+- run without dashboards: dask-gateway serves them on the public port with no authentication
+  and the processes would bind them on 127.0.0.1, where every local user could read another
+  user's task names and logs.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import resource
 from typing import Any
 
 from dask_gateway_server.backends.base import PublicException
 from dask_gateway_server.backends.local import LocalBackend, UnsafeLocalBackend, getpwnam
-from traitlets import Integer
+from traitlets import Integer, Unicode
 from traitlets.config import Configurable
+
+from voxelhub_hub import cgroups
 
 
 class UnsafeChown(RuntimeError):
@@ -71,7 +84,90 @@ class ScratchInWorkdirMixin:
         return env
 
 
-class SafeLocalBackend(ScratchInWorkdirMixin, ClusterCountLimitMixin, LocalBackend):
+class NoDashboardMixin:
+    """Start schedulers and workers with ``--no-dashboard`` (nothing to proxy, nothing to bind)."""
+
+    def get_scheduler_command(self, cluster: Any) -> list[str]:
+        return _without_dashboard(super().get_scheduler_command(cluster))  # type: ignore[misc]
+
+    def get_worker_command(self, cluster: Any, worker_name: str, *args: Any) -> list[str]:
+        cmd = super().get_worker_command(cluster, worker_name, *args)  # type: ignore[misc]
+        return _without_dashboard(cmd)
+
+
+def _without_dashboard(cmd: list[str]) -> list[str]:
+    out: list[str] = []
+    skip = False
+    for arg in cmd:
+        if skip:
+            skip = False
+        elif arg == "--dashboard-address":
+            skip = True
+        else:
+            out.append(arg)
+    return [*out, "--no-dashboard"]
+
+
+class NoSession(RuntimeError):
+    """The user has no running server, so there is no budget to run their cluster in."""
+
+
+class UserSessionMixin(Configurable):
+    """Run schedulers and workers inside the user's session: same cgroup, same rlimits."""
+
+    session_dir = Unicode(
+        "",
+        config=True,
+        help="""
+        Folder where the hub writes each running user's limits and cgroup folders
+        (``<user>.json``; ``c.UserSession.session_dir`` of the hub).  Set: a cluster starts only
+        for a user whose server runs, and its processes join that server's cgroup and rlimits.
+        Empty: no such coupling (laptop).
+        """,
+    )
+
+    def user_session(self, username: str) -> dict[str, Any]:
+        """``{"rlimits": [[resource, value], ...], "cgroups": [folder, ...]}`` of ``username``."""
+        if not self.session_dir:
+            return {"rlimits": [], "cgroups": []}
+        path = os.path.join(self.session_dir, f"{username}.json")
+        try:
+            with open(path) as f:
+                session: dict[str, Any] = json.load(f)
+        except FileNotFoundError:
+            raise NoSession(
+                f"user {username} has no running JupyterLab server: start it first (Dask "
+                f"clusters run inside the server's memory and process budget)"
+            ) from None
+        return session
+
+    async def start_cluster(self, user: Any, cluster_options: Any) -> Any:
+        try:
+            self.user_session(user.name)
+        except NoSession as e:
+            raise PublicException(str(e)) from None
+        return await super().start_cluster(user, cluster_options)  # type: ignore[misc]
+
+    def make_preexec_fn(self, cluster: Any) -> Any:
+        setuid = super().make_preexec_fn(cluster)  # type: ignore[misc]
+        session = self.user_session(cluster.username)
+        roots = list(session.get("cgroups", []))
+        limits = [(int(which), int(value)) for which, value in session.get("rlimits", [])]
+        username = cluster.username
+
+        def preexec() -> None:
+            if roots:
+                cgroups.join(roots, username)  # as root, before the uid changes
+            for which, value in limits:
+                resource.setrlimit(which, (value, value))
+            setuid()
+
+        return preexec
+
+
+class SafeLocalBackend(
+    UserSessionMixin, NoDashboardMixin, ScratchInWorkdirMixin, ClusterCountLimitMixin, LocalBackend
+):
     """``LocalBackend`` (schedulers and workers run as the requesting unix user), fixed.
 
     Needs ``clusters_directory`` (an absolute folder the gateway owns, traversable by users); each

@@ -31,6 +31,7 @@ import grp
 import hashlib
 import logging
 import os
+import pwd
 import re
 import stat
 import subprocess
@@ -73,12 +74,45 @@ def _gid(name: str) -> int | None:
         return None
 
 
+class ForeignGroup(PermissionError):
+    """A ``vhp-*`` group exists that the hub did not create; it is never adopted as a project's."""
+
+    @property
+    def jupyterhub_message(self) -> str:
+        return f"Your server cannot start: {self}"
+
+
+def adoptable(name: str) -> bool:
+    """True if group ``name`` looks like one :func:`ensure_group` made: a system group (gid below
+    ``UID_MIN``, as ``groupadd --system`` allocates) that is nobody's primary group and not
+    named after an account (a personal group)."""
+    from voxelhub_hub.system_users import _uid_min
+
+    try:
+        group = grp.getgrnam(name)
+    except KeyError:
+        return False
+    if group.gr_gid >= _uid_min() or group.gr_gid == 0:
+        return False
+    accounts = pwd.getpwall()
+    return not any(a.pw_name == name or a.pw_gid == group.gr_gid for a in accounts)
+
+
 def ensure_group(project: str) -> int:
-    """Create the unix group of ``project`` if missing; return its gid."""
+    """Create the unix group of ``project`` if missing; return its gid.
+
+    An existing group of that name is used only if :func:`adoptable` (else :class:`ForeignGroup`).
+    """
     name = unix_group(project)
     gid = _gid(name)
+    if gid is not None and not adoptable(name):
+        raise ForeignGroup(
+            f"unix group {name} (for project {project!r}) exists but was not created by the hub "
+            f"(it is a personal group, someone's primary group, or not a system group): remove "
+            f"or rename it (groupdel {name}) and start again"
+        )
     if gid is None:
-        _run(["groupadd", name])
+        _run(["groupadd", "--system", name])
         gid = _gid(name)
         if gid is None:  # pragma: no cover - groupadd succeeded but NSS does not see it
             raise RuntimeError(f"groupadd {name} succeeded but the group is not visible")

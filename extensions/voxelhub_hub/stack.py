@@ -51,8 +51,8 @@ class HubStack:
     Parameters
     ----------
     state
-        Folder for the hub's database, secrets, logs and cluster folders (made 0755: users must
-        reach their cluster folders below it).
+        Folder for the hub's database, secrets, logs and cluster folders (made 0711: users must
+        reach their cluster folders below it, but may list nothing; every file in it is 0600).
     store
         The VoxelHub store every kernel opens by default.
     admins, projects
@@ -79,7 +79,7 @@ class HubStack:
     ) -> None:
         self.state = Path(state).resolve()
         self.state.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.state, 0o755)
+        os.chmod(self.state, 0o711)  # passable (cluster folders below), not listable
         self.store = str(store) if store else ""
         self.admins, self.projects = list(admins), dict(projects or {})
         self.spawner, self.tls = spawner, tls
@@ -122,7 +122,9 @@ class HubStack:
         )
         if self.projects:
             path = self.state / "projects.json"
-            path.write_text(json.dumps(self.projects, indent=2))
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as f:  # who is in which project: root's
+                json.dump(self.projects, f, indent=2)
             env["VOXELHUB_HUB_PROJECTS"] = str(path)
         if self.tls:
             sys.path.insert(0, str(REPO / "extensions"))
@@ -143,7 +145,10 @@ class HubStack:
                 f"{chp} is missing: run `make hub-deps` (npm install of the proxy)"
             )
         t0 = time.monotonic()
-        log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        # the hub's log is root's alone (users' server output goes to their own homes)
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        os.fchmod(fd, 0o600)
+        log = os.fdopen(fd, "ab")
         self._log = log
         self.proc = subprocess.Popen(
             [str(VENV_BIN / "jupyterhub"), "-f", str(CONFIG)],

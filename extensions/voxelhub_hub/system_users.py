@@ -7,7 +7,12 @@ membership of :data:`MANAGED_GROUP`.
 
 Safety rules, because a hub username becomes a uid the hub (running as root) switches to:
 
-- the name must match :data:`USERNAME_RE` (also set as ``Authenticator.username_pattern``);
+- the name must match :data:`USERNAME_RE` (also set as ``Authenticator.username_pattern``), which
+  reserves the prefixes of project groups (``vhp-``) and of VoxelHub's own accounts
+  (``voxelhub``): a user named ``vhp-lung`` could otherwise own a group the hub later adopts as
+  project ``lung``'s;
+- accounts get no personal group (``useradd --no-user-group``: their primary group is the system's
+  ``users``), so no user name ever creates a group at all;
 - an *existing* account is used only if it is a member of :data:`MANAGED_GROUP`, i.e. one this hook
   created; ``root``, ``daemon``, an operator's own login, … are refused, even if an admin
   approved a hub user of that name;
@@ -28,12 +33,22 @@ log = logging.getLogger(__name__)
 
 #: unix group every hub-created account belongs to; marks accounts the hub may spawn as
 MANAGED_GROUP = "voxelhub-users"
-#: portable unix user names (POSIX, lower case, no leading digit or dash), at most 32 characters
-USERNAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+#: name prefixes a hub user may not take: project groups and VoxelHub's own accounts and groups
+RESERVED_PREFIXES = ("vhp-", "voxelhub")
+#: portable unix user names (POSIX, lower case, no leading digit or dash), at most 32 characters,
+#: none starting with a reserved prefix
+USERNAME_RE = re.compile(
+    r"^(?!" + "|".join(re.escape(p) for p in RESERVED_PREFIXES) + r")[a-z_][a-z0-9_-]{0,31}$"
+)
 
 
 class UnsafeUsername(PermissionError):
     """A hub user must not map onto this unix account."""
+
+    @property
+    def jupyterhub_message(self) -> str:
+        """What JupyterHub shows the user on a failed spawn (instead of a bare error 500)."""
+        return f"Your server cannot start: {self}. Ask an administrator."
 
 
 def _uid_min() -> int:
@@ -58,7 +73,9 @@ def _ensure_group(name: str) -> None:
 def ensure_account(username: str, *, shell: str = "/bin/bash") -> pwd.struct_passwd:
     """Create (or check) the unix account of hub user ``username``; return its passwd entry."""
     if not USERNAME_RE.match(username):
-        raise UnsafeUsername(f"hub user {username!r} is not a valid unix user name")
+        reserved = [p for p in RESERVED_PREFIXES if username.startswith(p)]
+        why = f"names starting with {reserved[0]!r} are reserved" if reserved else "not valid"
+        raise UnsafeUsername(f"hub user {username!r} cannot be a unix user name ({why})")
     _ensure_group(MANAGED_GROUP)
     try:
         entry = pwd.getpwnam(username)
@@ -67,6 +84,7 @@ def ensure_account(username: str, *, shell: str = "/bin/bash") -> pwd.struct_pas
             [
                 "useradd",
                 "--create-home",
+                "--no-user-group",
                 "--shell",
                 shell,
                 "--groups",
@@ -107,6 +125,18 @@ def unreachable_folder(path: str | os.PathLike[str]) -> str | None:
         if parent == folder:
             return blocked
         folder = parent
+
+
+def managed_uid(username: str) -> int | None:
+    """The uid of ``username`` if the hub created that account (never root or a daemon)."""
+    try:
+        entry = pwd.getpwnam(username)
+        members = grp.getgrnam(MANAGED_GROUP).gr_mem
+    except KeyError:
+        return None
+    if username not in members or entry.pw_uid < _uid_min():
+        return None
+    return entry.pw_uid
 
 
 def ensure_system_user(spawner: Any) -> None:

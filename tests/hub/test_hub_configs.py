@@ -61,7 +61,7 @@ def test_jupyterhub_config(hub_env: Path) -> None:
     from jupyterhub.proxy import ConfigurableHTTPProxy
     from jupyterhub.spawner import LocalProcessSpawner, SimpleLocalProcessSpawner, Spawner
     from voxelhub_hub.native_auth import VoxelHubNativeAuthenticator
-    from voxelhub_hub.spawner import ResourceLimits
+    from voxelhub_hub.spawner import ResourceLimits, UserSession
 
     c = load("jupyterhub_config.py")
     assert_settings_exist(
@@ -75,6 +75,7 @@ def test_jupyterhub_config(hub_env: Path) -> None:
             "LocalProcessSpawner": LocalProcessSpawner,
             "SimpleLocalProcessSpawner": SimpleLocalProcessSpawner,
             "ResourceLimits": ResourceLimits,
+            "UserSession": UserSession,
         },
     )
     assert c.JupyterHub.bind_url == "https://127.0.0.1:8000"
@@ -84,7 +85,9 @@ def test_jupyterhub_config(hub_env: Path) -> None:
     # before every spawn: the user's account and groups, then the store handed to the service
     assert c.Spawner.pre_spawn_hook.__name__ == "voxelhub_pre_spawn_data"
     assert c.ResourceLimits.process_memory_limit == "8G"
-    assert "args" not in c.Spawner  # no --allow-root: servers run as their users
+    # no --allow-root (servers run as their users); kernels on unix sockets, not TCP
+    assert c.Spawner.args == ["--KernelManager.transport=ipc"]
+    assert c.UserSession.session_dir == str(hub_env / "state" / "sessions")
     assert c.ResourceLimits.max_processes == 1024
     assert c.JupyterHub.cookie_secret_file.startswith(str(hub_env / "state"))
     assert c.Authenticator.admin_users == {"boss"}

@@ -101,17 +101,27 @@ def _gateway_client(minimum: int, maximum: int | None, options: dict[str, Any]) 
     return cluster.get_client(set_as_default=True)
 
 
+def shared_machine() -> bool:
+    """True in a server the hub started (other unix users share this machine's loopback)."""
+    return bool(os.environ.get("JUPYTERHUB_USER"))
+
+
 def _local_client(minimum: int, maximum: int | None) -> Client:
     from distributed import Client, LocalCluster
 
     cores = machine_cores()
     upper = maximum if maximum is not None else min(cores, 8)
+    shared = shared_machine()
     cluster = LocalCluster(
         n_workers=max(minimum, 1),
         threads_per_worker=max(1, cores // max(upper, 1)),
         processes=True,
         host="127.0.0.1",
-        dashboard_address="127.0.0.1:0",  # any free port: several kernels may run at once
+        # On a shared machine every local user can connect to 127.0.0.1: a scheduler without
+        # TLS would run their tasks as you, and a dashboard would show them your work.  Mutual
+        # TLS with throw-away certificates (only this kernel holds them) and no dashboard there.
+        security=True if shared else None,
+        dashboard_address=None if shared else "127.0.0.1:0",  # any free port on a laptop
     )
     cluster.adapt(minimum=minimum, maximum=upper)
     return Client(cluster, set_as_default=True)

@@ -1,0 +1,558 @@
+"""The attack suite: an ordinary hub user attacks another one on the real stack, as real unix users.
+
+One module-scoped hub (HTTPS proxy, the system spawner, Dask Gateway): ``victim`` is in project
+``A``, ``attacker`` in project ``B`` (a course-like group with small limits).  Both have running
+servers.  Each test is one kind of attack and fails if the attack gets anything: it runs either
+as the attacker's unix user (``runuser``, what a JupyterLab terminal can do), in the attacker's
+own kernel, or over HTTP with the attacker's hub token.  Request loops are bounded and stay on
+loopback.  The data service's own attack suite (store, catalog, audit) is
+``tests/hub/test_data_service.py``; admin CSRF and lockout are ``test_admin_csrf.py`` here.
+
+Needs root (unix accounts, cgroups); about two minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "extensions"))
+
+from voxelhub_hub import cgroups  # noqa: E402
+from voxelhub_hub.client import HubBrowser, HubError, KernelSession  # noqa: E402
+from voxelhub_hub.project_groups import ForeignGroup, ensure_group, remove_group  # noqa: E402
+from voxelhub_hub.stack import HubStack  # noqa: E402
+from voxelhub_hub.system_users import (  # noqa: E402
+    UnsafeUsername,
+    ensure_account,
+    remove_account,
+    remove_managed_group_if_unused,
+)
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(900),
+    pytest.mark.skipif(os.geteuid() != 0, reason="unix accounts need root"),
+]
+
+S = secrets.token_hex(3)
+ADMIN, VICTIM, ATTACKER = f"sadm{S}", f"svic{S}", f"satk{S}"
+PROJECT_A, PROJECT_B = f"proja{S}", f"projb{S}"
+SERVICE_ACCOUNT = f"vhsec{S}"
+ATTACKER_MEMORY = 1 << 30  # the attacker's group limit: everything of theirs in 1 GiB
+ATTACKER_PIDS = 250
+SECRET = f"MRN-{secrets.token_hex(6)}"
+
+
+class Site:
+    def __init__(self, stack: HubStack, state: Path) -> None:
+        self.stack, self.state = stack, state
+        self.admin: HubBrowser | None = None
+        self.tokens: dict[str, str] = {}
+
+    def kernel(self, user: str) -> KernelSession:
+        return KernelSession(self.stack.url, user, self.tokens[user], cafile=self.stack.cafile)
+
+    def get(self, path: str, token: str | None = None, **kw: Any) -> requests.Response:
+        headers = dict(kw.pop("headers", {}))
+        if token:
+            headers["Authorization"] = f"token {token}"
+        return requests.get(
+            self.stack.url + path,
+            headers=headers,
+            verify=self.stack.verify,
+            timeout=30,
+            allow_redirects=False,
+            **kw,
+        )
+
+    def request(self, method: str, path: str, token: str, **kw: Any) -> requests.Response:
+        return requests.request(
+            method,
+            self.stack.url + path,
+            headers={"Authorization": f"token {token}"},
+            verify=self.stack.verify,
+            timeout=30,
+            allow_redirects=False,
+            **kw,
+        )
+
+    def start_server(self, user: str, timeout: float = 180) -> None:
+        assert self.admin is not None
+        self.admin.api("POST", f"/users/{user}/server", ok=(201, 202, 400))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            server = self.admin.api("GET", f"/users/{user}")["servers"].get("")
+            if server and server["ready"]:
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"server of {user} not ready; hub log: {self.stack.tail()}")
+
+    def stop_server(self, user: str, timeout: float = 60) -> None:
+        assert self.admin is not None
+        self.admin.api("DELETE", f"/users/{user}/server", ok=(202, 204, 400))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "" not in self.admin.api("GET", f"/users/{user}")["servers"]:
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"server of {user} still running")
+
+
+def as_user(user: str, code: str, timeout: float = 90) -> Any:
+    """Run Python ``code`` as unix user ``user`` (a terminal of theirs); return what it prints
+    as JSON on its last line."""
+    r = subprocess.run(
+        ["runuser", "-u", user, "--", sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd="/",
+    )
+    assert r.returncode == 0, f"attack code failed as {user}: {r.stderr[-2000:]}"
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[Site]:
+    state = Path(tempfile.mkdtemp(prefix="vhsecstate-"))
+    limits = {PROJECT_B: {"mem_limit": ATTACKER_MEMORY, "max_processes": ATTACKER_PIDS}}
+    stack = HubStack(
+        state,
+        admins=[ADMIN],
+        projects={PROJECT_A: [VICTIM], PROJECT_B: [ATTACKER]},
+        spawner="system",
+        tls=True,
+        extra_env={
+            "VOXELHUB_DATA_USER": SERVICE_ACCOUNT,
+            "VOXELHUB_HUB_GROUP_LIMITS": json.dumps(limits),
+        },
+    )
+    try:
+        stack.start(timeout=180)
+        site = Site(stack, state)
+        admin = HubBrowser(stack.url, stack.verify)
+        password = secrets.token_urlsafe(18)
+        admin.signup(ADMIN, password)
+        admin.login(ADMIN, password, next_url="/hub/home")
+        site.admin = admin
+        for name in (ADMIN, VICTIM, ATTACKER):
+            body = {"note": "security suite", "expires_in": 3600}
+            site.tokens[name] = admin.api("POST", f"/users/{name}/tokens", json=body)["token"]
+        for name in (VICTIM, ATTACKER):
+            site.start_server(name)
+        yield site
+    finally:
+        stack.stop()
+        for name in (ADMIN, VICTIM, ATTACKER):
+            remove_account(name)
+        remove_managed_group_if_unused()
+        subprocess.run(["userdel", SERVICE_ACCOUNT], capture_output=True, check=False)
+        subprocess.run(["groupdel", SERVICE_ACCOUNT], capture_output=True, check=False)
+        for project in (PROJECT_A, PROJECT_B):
+            remove_group(project)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+# ---- 1. kernels: nothing of one user's session reaches another -----------------------------------
+
+LISTEN_AND_SUBSCRIBE = """
+import json, pwd, zmq
+victim = pwd.getpwnam({victim!r}).pw_uid
+ports = set()
+for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    for line in open(table).read().splitlines()[1:]:
+        f = line.split()
+        if f[3] == "0A" and int(f[7]) == victim:  # LISTEN sockets of the victim's uid
+            ports.add(int(f[1].rsplit(":", 1)[1], 16))
+ctx = zmq.Context()
+heard = []
+for port in sorted(ports):
+    s = ctx.socket(zmq.SUB)
+    s.setsockopt(zmq.SUBSCRIBE, b"")
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(f"tcp://127.0.0.1:{{port}}")
+    if s.poll(1500):
+        heard.append([port, repr(s.recv_multipart()[:3])[:200]])
+    s.close()
+try:
+    import os
+    os.listdir({runtime!r})
+    runtime = "listed"
+except PermissionError:
+    runtime = "denied"
+print(json.dumps({{"ports": sorted(ports), "heard": heard, "runtime": runtime}}))
+"""
+
+
+def test_another_users_kernel_output_cannot_be_heard(site: Site) -> None:
+    home = pwd.getpwnam(VICTIM).pw_dir
+    runtime = f"{home}/.local/share/jupyter/runtime"
+    with site.kernel(VICTIM) as kernel:
+        kernel.execute(
+            "import threading, time\n"
+            "def talk():\n"
+            "    for _ in range(600):\n"
+            f"        print({SECRET!r}, flush=True); time.sleep(0.05)\n"
+            "threading.Thread(target=talk, daemon=True).start()"
+        )
+        connections = [json.loads(p.read_text()) for p in Path(runtime).glob("kernel-*.json")]
+        assert connections and {c["transport"] for c in connections} == {"ipc"}, connections
+        result = as_user(ATTACKER, LISTEN_AND_SUBSCRIBE.format(victim=VICTIM, runtime=runtime))
+    assert result["heard"] == [], result
+    assert result["runtime"] == "denied"
+    # what the victim still listens on over TCP is the server itself, which wants a token
+    # over TCP the victim keeps the server (token-protected: see test_tokens_servers_...) and
+    # each kernel's IOPub pipe inlet (ipykernel binds a ZeroMQ PULL socket on 127.0.0.1 for
+    # forked children's output: write-only, messages need a 16-byte random key): nothing readable
+    owners = _listeners(set(result["ports"]))
+    assert len(owners) <= 1 and all("jupyterhub-singleuser" in o for o in owners.values()), owners
+
+
+def _listeners(ports: set[int]) -> dict[int, str]:
+    """``{port: command line}`` of the processes listening on ``ports`` (as root)."""
+    inodes = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            f = line.split()
+            port = int(f[1].rsplit(":", 1)[1], 16)
+            if f[3] == "0A" and port in ports:
+                inodes[f"socket:[{f[9]}]"] = port
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                port = inodes.get(os.readlink(f"/proc/{pid}/fd/{fd}"))
+                if port is not None:
+                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                    found[port] = cmd.decode(errors="replace")[:200]
+        except OSError:
+            continue
+    return found
+
+
+# ---- 3, 4. hub state and logs ------------------------------------------------------------------
+
+
+def test_the_hubs_files_are_private_from_the_start(site: Site) -> None:
+    # the victim's server output (here: a kernel writing to its stderr) stays out of the hub log
+    with site.kernel(VICTIM) as kernel:
+        kernel.execute(f"import os; os.write(2, b'patient {SECRET}\\n')")
+    time.sleep(1)
+    assert SECRET not in (site.state / "hub.log").read_text(errors="replace")
+    own_log = Path(pwd.getpwnam(VICTIM).pw_dir) / ".local/state/voxelhub/server.log"
+    assert SECRET in own_log.read_text(errors="replace")
+    assert own_log.stat().st_mode & 0o077 == 0
+    assert own_log.stat().st_uid == pwd.getpwnam(VICTIM).pw_uid
+
+    exposed = []
+    for folder, dirs, files in os.walk(site.state):
+        for name in files:
+            path = Path(folder) / name
+            if path.name.endswith(".crt") or path.name == "cert.pem":
+                continue  # the public certificate
+            if path.lstat().st_mode & 0o044:
+                exposed.append(f"{oct(path.lstat().st_mode & 0o777)} {path}")
+        for name in dirs:
+            path = Path(folder) / name
+            if path.lstat().st_mode & 0o004:
+                exposed.append(f"{oct(path.lstat().st_mode & 0o777)} {path}/")
+    assert exposed == [], "readable by other users:\n" + "\n".join(exposed)
+    # the database (password hashes) was created private on this first run
+    assert (site.state / "jupyterhub.sqlite").stat().st_mode & 0o077 == 0
+
+    targets = [
+        str(site.state),
+        str(site.state / "hub.log"),
+        str(site.state / "jupyterhub.sqlite"),
+        str(site.state / "jupyterhub_cookie_secret"),
+        str(site.state / "sessions"),
+        str(own_log),
+        pwd.getpwnam(VICTIM).pw_dir,
+    ]
+    code = (
+        "import json, os\nout = {}\n"
+        f"for p in {targets!r}:\n"
+        "    try:\n"
+        "        os.listdir(p) if os.path.isdir(p) else open(p, 'rb').read(1)\n"
+        "        out[p] = 'read'\n"
+        "    except PermissionError:\n"
+        "        out[p] = 'denied'\n"
+        "    except FileNotFoundError:\n"
+        "        out[p] = 'missing'\n"
+        "print(json.dumps(out))"
+    )
+    result = as_user(ATTACKER, code)
+    assert set(result.values()) == {"denied"}, result
+
+
+# ---- 5. user names cannot capture project groups -------------------------------------------------
+
+
+def test_a_username_cannot_capture_a_future_project(site: Site) -> None:
+    future = f"fut{S}"
+    squatter = HubBrowser(site.stack.url, site.stack.verify)
+    with pytest.raises(HubError):
+        squatter.signup(f"vhp-{future}", secrets.token_urlsafe(18))
+    with pytest.raises(UnsafeUsername, match="reserved"):
+        ensure_account(f"vhp-{future}")
+    with pytest.raises(UnsafeUsername, match="reserved"):
+        ensure_account(SERVICE_ACCOUNT.replace("vhsec", "voxelhub-"))
+    # hub accounts get no personal group that a project could later adopt
+    for user in (VICTIM, ATTACKER):
+        assert subprocess.run(["getent", "group", user], capture_output=True).returncode == 2
+    # a group of that name made outside the hub (a personal group) is never adopted
+    subprocess.run(["useradd", "--user-group", f"vhp-{future}"], check=True, capture_output=True)
+    try:
+        with pytest.raises(ForeignGroup, match=f"vhp-{future}"):
+            ensure_group(future)
+        # and a member's spawn says why instead of a bare error 500
+        assert site.admin is not None
+        site.admin.api("POST", "/groups/" + future, ok=(201, 409))
+        site.admin.api("POST", f"/groups/{future}/users", json={"users": [ADMIN]})
+        r = site.request("POST", f"/hub/api/users/{ADMIN}/server", site.tokens[ADMIN])
+        message = r.text
+        if r.status_code in (201, 202):  # the failure comes while it starts
+            for _ in range(60):
+                status = site.get(f"/hub/api/users/{ADMIN}/server/progress", site.tokens[ADMIN])
+                message = status.text
+                if "failed" in message.lower() or "cannot start" in message:
+                    break
+                time.sleep(1)
+        assert "was not created by the hub" in message, (r.status_code, message[:500])
+    finally:
+        subprocess.run(["userdel", f"vhp-{future}"], capture_output=True, check=False)
+        subprocess.run(["groupdel", f"vhp-{future}"], capture_output=True, check=False)
+        if site.admin is not None:
+            site.admin.api("DELETE", f"/groups/{future}", ok=(200, 204, 404))
+
+
+# ---- 6. one user cannot exhaust the machine ------------------------------------------------------
+
+EXHAUST = """
+import json, os, subprocess, sys
+out = {"cgroup": open("/proc/self/cgroup").read()}
+# three processes of 450 MiB each (pages touched), against a 1 GiB budget for everything
+hog = "import os; open('/proc/self/oom_score_adj','w').write('1000'); b = bytearray(450 * 2**20); b[::4096] = b'x' * len(b[::4096]); import time; time.sleep(3)"
+procs = [subprocess.Popen([sys.executable, "-c", hog]) for _ in range(3)]
+out["hogs"] = [p.wait() for p in procs]
+# /dev/shm is memory too
+shm = "/dev/shm/" + os.environ["JUPYTERHUB_USER"] + "-attack"
+fill = f"import os; open('/proc/self/oom_score_adj','w').write('1000')\\nwith open({shm!r}, 'wb') as f:\\n    for _ in range(150): f.write(b'x' * 2**23); f.flush()"
+out["shm"] = subprocess.run([sys.executable, "-c", fill], capture_output=True).returncode
+out["shm_left"] = os.path.getsize(shm) if os.path.exists(shm) else 0
+if os.path.exists(shm):
+    os.remove(shm)
+# a fork bomb, bounded: how many of 400 sleeping children start
+started, kids = 0, []
+for _ in range(400):
+    try:
+        kids.append(subprocess.Popen(["sleep", "30"]))
+        started += 1
+    except OSError:
+        break
+for k in kids:
+    k.kill(); k.wait()
+out["forks"] = started
+print(json.dumps(out))
+"""
+
+
+def test_one_user_cannot_exhaust_the_machine(site: Site) -> None:
+    with site.kernel(ATTACKER) as kernel:
+        result = json.loads(kernel.execute(EXHAUST, timeout=240).strip().splitlines()[-1])
+    assert result["forks"] < ATTACKER_PIDS, result  # the fork bomb stops at the user's budget
+    tree = cgroups.detect(_cgroup_name(site))
+    if tree is None:
+        pytest.skip("no usable cgroups on this machine: memory is bounded per process only")
+    assert f"/{_cgroup_name(site)}/{ATTACKER}" in result["cgroup"], result["cgroup"]
+    assert -9 in result["hogs"], f"1.35 GiB of processes ran in a 1 GiB budget: {result}"
+    assert result["shm"] == -9 and result["shm_left"] <= ATTACKER_MEMORY, result
+
+
+def _cgroup_name(site: Site) -> str:
+    import hashlib
+
+    return "voxelhub-" + hashlib.sha256(str(site.state).encode()).hexdigest()[:8]
+
+
+# ---- 6, 7. Gateway workers: in the user's budget, no dashboards, not another user's --------------
+
+
+def test_gateway_workers_share_the_budget_and_expose_no_dashboard(site: Site) -> None:
+    from dask_gateway import Gateway
+    from dask_gateway.auth import JupyterHubAuth
+
+    gw_port = site.stack.ports["VOXELHUB_GATEWAY_PORT"]
+    address = f"http://127.0.0.1:{gw_port}/services/dask-gateway"
+
+    def gateway(user: str) -> Gateway:
+        return Gateway(
+            address=address,
+            proxy_address=f"gateway://127.0.0.1:{gw_port}",
+            auth=JupyterHubAuth(api_token=site.tokens[user]),
+        )
+
+    mine, theirs = gateway(ATTACKER), gateway(VICTIM)
+    try:
+        cluster = mine.new_cluster()
+        cluster.scale(1)
+        client = cluster.get_client()
+        client.wait_for_workers(1, timeout=120)
+        # the victim neither sees nor stops the attacker's cluster (and vice versa)
+        assert theirs.list_clusters() == []
+        r = requests.delete(
+            f"{address}/api/v1/clusters/{cluster.name}",
+            headers={"Authorization": f"jupyterhub {site.tokens[VICTIM]}"},
+            timeout=30,
+        )
+        assert r.status_code in (403, 404), r.status_code
+        assert [c.name for c in mine.list_clusters()] == [cluster.name]
+        # no dashboard behind the public port, for anyone
+        dash = site.get(f"/services/dask-gateway/clusters/{cluster.name}/status")
+        assert dash.status_code == 404, dash.status_code
+        owned = cgroups.processes_of_uid(pwd.getpwnam(ATTACKER).pw_uid)
+        dask = [p for p in owned if b"dask" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        assert len(dask) >= 2, "scheduler and worker processes"
+        for pid in dask:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            assert b"--no-dashboard" in cmdline and b"--dashboard-address" not in cmdline
+            limits = Path(f"/proc/{pid}/limits").read_text()
+            assert f"Max processes             {ATTACKER_PIDS}" in limits, limits
+            if cgroups.detect(_cgroup_name(site)) is not None:
+                own = Path(f"/proc/{pid}/cgroup").read_text()
+                assert f"/{_cgroup_name(site)}/{ATTACKER}" in own, own
+        client.close()
+        cluster.shutdown()
+    finally:
+        mine.close()
+        theirs.close()
+
+
+# ---- the ones that held: tokens, other users' servers, the hub API, traversal --------------------
+
+
+def test_tokens_servers_and_the_hub_api_hold(site: Site) -> None:
+    mine, theirs = site.tokens[ATTACKER], site.tokens[VICTIM]
+    assert site.get("/hub/api/user", mine).json()["name"] == ATTACKER
+    for token in ("", "nonsense", "0" * 32, mine[:-1] + ("a" if mine[-1] != "a" else "b")):
+        r = site.get("/hub/api/user", token or None)
+        assert r.status_code == 403, (token, r.status_code)
+    assert site.admin is not None
+    short = site.admin.api(
+        "POST", f"/users/{ATTACKER}/tokens", json={"note": "expiring", "expires_in": 1}
+    )["token"]
+    time.sleep(2.5)
+    assert site.get("/hub/api/user", short).status_code == 403
+    # the hub API: only oneself
+    for method, path in [
+        ("GET", "/hub/api/users"),
+        ("GET", f"/hub/api/users/{VICTIM}"),
+        ("POST", f"/hub/api/users/{VICTIM}/tokens"),
+        ("DELETE", f"/hub/api/users/{VICTIM}/server"),
+        ("POST", f"/hub/api/groups/{PROJECT_A}/users"),
+        ("GET", "/hub/api/proxy"),
+    ]:
+        r = site.request(method, path, mine, json={"users": [ATTACKER]})
+        assert r.status_code in (403, 404), (method, path, r.status_code)
+    # the victim's server, with the attacker's token and with none, by every spelling
+    for path in [
+        f"/user/{VICTIM}/api/contents",
+        f"/user/{VICTIM}/api/kernels",
+        f"/user/{ATTACKER}/../{VICTIM}/api/contents",
+        f"/user/{ATTACKER}/%2e%2e/{VICTIM}/api/contents",
+        f"/user/{VICTIM.upper()}/api/contents",
+    ]:
+        for token in (mine, None):
+            r = site.get(path, token)
+            assert r.status_code in (302, 400, 403, 404), (path, token is None, r.status_code)
+            assert SECRET not in r.text
+    # the attacker's own server cannot be talked into the victim's files
+    for path in [
+        f"/user/{ATTACKER}/api/contents/..%2f{VICTIM}",
+        f"/user/{ATTACKER}/api/contents/%2e%2e/%2e%2e/home/{VICTIM}",
+        f"/user/{ATTACKER}/files/..%2f..%2fhome%2f{VICTIM}%2f.bash_history",
+    ]:
+        r = site.get(path, mine)
+        assert r.status_code in (400, 403, 404), (path, r.status_code)
+    assert site.get(f"/user/{VICTIM}/api/contents", theirs).status_code == 200
+
+
+# ---- 8. nothing of a user outlives their server ---------------------------------------------------
+
+
+def test_stopping_a_server_stops_every_process_of_the_user(site: Site) -> None:
+    uid = pwd.getpwnam(ATTACKER).pw_uid
+    with site.kernel(ATTACKER) as kernel:
+        kernel.execute(
+            "import subprocess\n"
+            "subprocess.Popen(['setsid', 'nohup', 'sleep', '100000'], start_new_session=True,"
+            " stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+            "subprocess.Popen(['sh', '-c', '(sleep 100000 &) ; exit 0'], start_new_session=True)"
+        )
+    time.sleep(1)
+    sleepers = [
+        p
+        for p in cgroups.processes_of_uid(uid)
+        if b"sleep" in Path(f"/proc/{p}/cmdline").read_bytes()
+    ]
+    assert len(sleepers) >= 2, "the detached jobs started"
+    site.stop_server(ATTACKER)
+    deadline = time.monotonic() + 30
+    while cgroups.processes_of_uid(uid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = cgroups.processes_of_uid(uid)
+    assert not left, [Path(f"/proc/{p}/cmdline").read_bytes() for p in left]
+    tree = cgroups.detect(_cgroup_name(site))
+    if tree is not None:
+        assert all(not (base / ATTACKER).exists() for base in tree.bases)
+    # and with no server, no Dask cluster either (its budget is the server's)
+    from dask_gateway import Gateway
+    from dask_gateway.auth import JupyterHubAuth
+
+    gw_port = site.stack.ports["VOXELHUB_GATEWAY_PORT"]
+    gateway = Gateway(
+        address=f"http://127.0.0.1:{gw_port}/services/dask-gateway",
+        proxy_address=f"gateway://127.0.0.1:{gw_port}",
+        auth=JupyterHubAuth(api_token=site.tokens[ATTACKER]),
+    )
+    try:
+        with pytest.raises(Exception, match="no running JupyterLab server"):
+            gateway.new_cluster()
+    finally:
+        gateway.close()
+    site.start_server(ATTACKER)  # for any test after this one
+
+
+# ---- 10. /proc --------------------------------------------------------------------------------
+
+
+def test_other_users_processes_are_hidden_where_proc_allows_it(site: Site) -> None:
+    options = next(
+        line.split()[3]
+        for line in Path("/proc/mounts").read_text().splitlines()
+        if line.split()[1] == "/proc"
+    )
+    if "hidepid=2" not in options and "hidepid=invisible" not in options:
+        pytest.skip(f"/proc is mounted {options} here (no hidepid): see README, Security model")
+    victim = pwd.getpwnam(VICTIM).pw_uid
+    seen = as_user(
+        ATTACKER,
+        "import json, os\n"
+        f"print(json.dumps([p for p in os.listdir('/proc') if p.isdigit() and os.stat('/proc/'+p).st_uid == {victim}]))",
+    )
+    assert seen == []
