@@ -272,16 +272,18 @@ def test_store_pyramid_and_real_slices(real_store: Path) -> None:
 def test_browser_pages_filters_thumbnails_and_opens_viewer(
     real_store: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from voxelhub.store.stored import StoredVolume
+
     cat = voxelhub.open_catalog(real_store)
     total = len(cat.series())
     levels_read: list[int] = []
-    real_open = voxelhub.open_series
+    real_open = StoredVolume.open
 
-    def spy(row: Any, level: int = 0, **kw: Any) -> Any:
+    def spy(self: StoredVolume, level: int = 0) -> Any:
         levels_read.append(level)
-        return real_open(row, level, **kw)
+        return real_open(self, level)
 
-    monkeypatch.setattr(voxelhub, "open_series", spy)
+    monkeypatch.setattr(StoredVolume, "open", spy)
     browser = StudyBrowser(cat, page_size=3)
     assert len(browser.table.rows) == 3 and not browser.next_button.disabled
     assert len(browser.table.thumbnails) == 3
@@ -289,9 +291,11 @@ def test_browser_pages_filters_thumbnails_and_opens_viewer(
     # thumbnails come from each series' smallest level (≤ 64 px), never from full resolution
     thumbnail_levels, smallest = list(levels_read), []
     for row in browser.rows:
-        n_levels = len(levels_of(real_open(row, catalog=cat), cat))
-        smallest.append(n_levels - 1)
-    assert thumbnail_levels == smallest
+        levels = cat.stored_volume(row).levels
+        assert max(levels[-1].shape[-2:]) <= 64
+        smallest.append(len(levels) - 1)
+    assert thumbnail_levels == smallest and any(n > 0 for n in smallest)
+    monkeypatch.undo()
     browser.go(1)
     assert browser.page == 1 and browser.prev_button.disabled is False
     browser.go(99)  # past the end: back to the last page
@@ -312,11 +316,12 @@ def test_browser_pages_filters_thumbnails_and_opens_viewer(
     assert browser.rows == [] and browser.next_button.disabled
 
 
-def test_browser_pages_ten_thousand_series_in_sql(tmp_path: Path) -> None:
+def _many_series(folder: Path, n: int) -> Any:
+    """A catalog of ``n`` series rows (no pixels behind them), every 100th flagged."""
     from voxelhub.catalog import Patient, Project, Study, Volume
 
-    (tmp_path / "big").mkdir()
-    cat = voxelhub.open_catalog(tmp_path / "big")
+    folder.mkdir()
+    cat = voxelhub.open_catalog(folder)
     with cat.session() as s:
         project = Project(name="big")
         s.add(project)
@@ -349,8 +354,13 @@ def test_browser_pages_ten_thousand_series_in_sql(tmp_path: Path) -> None:
                 content_key="",
                 n_instances=1,
             )
-            for i in range(10_000)
+            for i in range(n)
         )
+    return cat
+
+
+def test_browser_pages_ten_thousand_series_in_sql(tmp_path: Path) -> None:
+    cat = _many_series(tmp_path / "big", 10_000)
     start = time.perf_counter()
     browser = StudyBrowser(cat, page_size=25, thumbnails=False, viewer=None)
     browser.go(200)
@@ -360,6 +370,53 @@ def test_browser_pages_ten_thousand_series_in_sql(tmp_path: Path) -> None:
     assert len(browser.table.rows) == 25 and elapsed < 3.0, elapsed
     assert all(r["flags"] == ["gantry_tilt"] for r in browser.table.rows)
     assert browser.next_button.disabled  # 100 flagged series: page 4 of 4
+
+
+class _Recording:
+    """A real catalog whose ``series`` calls are written down."""
+
+    def __init__(self, catalog: Any) -> None:
+        self.catalog = catalog
+        self.calls: list[dict[str, Any]] = []
+
+    def series(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls.append(kwargs)
+        return self.catalog.series(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.catalog, name)
+
+
+def test_browser_pages_by_cursor(tmp_path: Path) -> None:
+    cat = _many_series(tmp_path / "cat", 310)
+    recording = _Recording(cat)
+    browser = StudyBrowser(recording, page_size=25, thumbnails=False, viewer=None)
+    for page in range(1, 4):  # the ▶ button, page after page
+        browser.next_button.click()
+        assert browser.page == page
+        assert recording.calls[-1].get("after") and not recording.calls[-1].get("offset")
+        expected = cat.series(limit=25, offset=25 * page)["volume_uid"].tolist()
+        assert [r["volume_uid"] for r in browser.rows] == expected
+    browser.prev_button.click()  # back: the cursor kept for page 2
+    assert browser.page == 2 and recording.calls[-1].get("after")
+    assert [r["volume_uid"] for r in browser.rows] == cat.series(limit=25, offset=50)[
+        "volume_uid"
+    ].tolist()
+    browser.go(40)  # past the end: one query by offset, then on by cursors to the last page
+    assert browser.page == 12 and len(browser.rows) == 10 and browser.next_button.disabled
+    assert [r["volume_uid"] for r in browser.rows] == cat.series(limit=25, offset=300)[
+        "volume_uid"
+    ].tolist()
+    offsets = [c for c in recording.calls if c.get("offset")]
+    assert [c["offset"] for c in offsets] == [1000]
+    browser.modality.value = "CT"  # new filters: cursors start again
+    assert browser.page == 0 and recording.calls[-1].get("after") is None
+    browser.next_button.click()
+    assert {r["modality"] for r in browser.rows} == {"CT"} and recording.calls[-1]["after"]
+    assert [r["volume_uid"] for r in browser.rows] == cat.series(
+        modality="CT", limit=25, offset=25
+    )["volume_uid"].tolist()
+    cat.close()
 
 
 def test_volume_viewer_level_affine_and_mask(real_store: Path) -> None:
@@ -613,4 +670,83 @@ def test_feature_panel_uses_a_stored_label_as_roi(tmp_path: Path) -> None:
     panel.level.value = 2
     panel.run(wait=True)
     assert "full resolution only" in panel.errors.iloc[0]["error"]
+    cat.close()
+
+
+def test_viewers_take_levels_and_label_levels_from_the_store(tmp_path: Path) -> None:
+    """Pyramid levels, factors and label levels are the store's; labels without stored levels
+    are sampled by one rule (the store's), the same in the slice viewer and the 3-D view."""
+    import zarr
+
+    from tests.dicom_factory import write_series
+    from voxelhub.roi import read_labels, write_labels
+    from voxelhub.store import ngff
+
+    write_series(tmp_path / "in", slices=20, rows=150, columns=134, seed=5)
+    voxelhub.ingest(tmp_path / "in", tmp_path / "store", progress=False)
+    cat = voxelhub.open_catalog(tmp_path / "store")
+    uid = str(cat.series().iloc[0]["volume_uid"])
+    stored = cat.stored_volume(uid)
+    assert len(stored.levels) >= 3
+    labels = np.random.default_rng(3).integers(0, 4, size=stored.shape, dtype=np.uint8)
+    write_labels(cat, uid, "seg", labels)
+    stored = cat.stored_volume(uid)
+    assert [lv.path for lv in stored.label_levels("seg")] == ["0"]
+    volume = voxelhub.open_series(uid, catalog=cat)
+    viewer = SliceViewer.from_volume(volume, mask=read_labels(cat, uid, "seg"), catalog=cat)
+    assert [lv.factor for lv in viewer._levels] == [lv.factor for lv in stored.levels]
+    assert [lv.shape for lv in viewer._levels] == [lv.shape for lv in stored.levels]
+    k = len(stored.levels) - 1
+    coarse = stored.levels[k]
+    sampled = np.asarray(ngff.sample_labels(labels, coarse.factor, coarse.shape))
+    assert sampled.shape == coarse.shape
+    index = (13, 101, 77)
+    for axis in range(3):
+        i = min(index[axis] // coarse.factor[axis], coarse.shape[axis] - 1)
+        np.testing.assert_array_equal(
+            viewer.mask_slice(axis, index[axis], k), np.take(sampled, i, axis=axis)
+        )
+        assert (
+            viewer.mask_slice(axis, index[axis], k).shape
+            == viewer.slice(axis, index[axis], k).shape
+        )
+    view3d = VolumeViewer.from_volume(
+        volume,
+        mask=read_labels(cat, uid, "seg"),
+        catalog=cat,
+        max_voxels=int(np.prod(coarse.shape)),
+    )
+    assert view3d.level_index == k and view3d.mask_level is not None
+    np.testing.assert_array_equal(view3d.mask_level.values, sampled)
+
+    # a label image that stores the image's levels (as label pyramids will): those are shown
+    group = zarr.open_group(str(tmp_path / "store" / stored.labels_path("seg")), mode="a")
+    ome = dict(group.attrs["ome"])  # type: ignore[arg-type]
+    own = {}
+    for lv in stored.levels[1:]:
+        level = ngff.Level(lv.path, lv.shape, lv.factor)  # type: ignore[arg-type]
+        array = ngff.create_level_array(group, level, np.dtype(np.uint8))
+        # another rule than the sampling above, so the test tells them apart
+        own[lv.path] = (3 - np.asarray(ngff.sample_labels(labels, lv.factor, lv.shape))).astype(
+            np.uint8
+        )
+        array[:] = own[lv.path]
+    levels = [ngff.Level(lv.path, lv.shape, lv.factor) for lv in stored.levels]  # type: ignore[arg-type]
+    ngff.write_metadata(group, levels, tuple(stored.geometry.spacing_zyx), "seg")
+    group.attrs["ome"] = {**dict(group.attrs["ome"]), "image-label": ome["image-label"]}  # type: ignore[arg-type]
+    assert cat.stored_volume(uid).label_levels("seg") == stored.levels
+    viewer = SliceViewer.from_volume(volume, mask=read_labels(cat, uid, "seg"), catalog=cat)
+    for axis in range(3):
+        i = min(index[axis] // coarse.factor[axis], coarse.shape[axis] - 1)
+        np.testing.assert_array_equal(
+            viewer.mask_slice(axis, index[axis], k), np.take(own[coarse.path], i, axis=axis)
+        )
+    assert any(r[0] == "mask" and r[1] == k for r in viewer.reads)  # read from the stored level
+    view3d = VolumeViewer.from_volume(
+        volume,
+        mask=read_labels(cat, uid, "seg"),
+        catalog=cat,
+        max_voxels=int(np.prod(coarse.shape)),
+    )
+    np.testing.assert_array_equal(view3d.mask_level.values, own[coarse.path])  # type: ignore[union-attr]
     cat.close()

@@ -193,3 +193,28 @@ def downsample(block: np.ndarray, factor: tuple[int, int, int]) -> np.ndarray:
     if block.dtype.kind in "iu":
         return np.rint(out).astype(block.dtype)
     return out.astype(block.dtype)
+
+
+def label_indices(n: int, factor: int, size: int) -> np.ndarray:
+    """Level-0 indices along one axis of the voxels a coarser label level shows.
+
+    Labels are not averaged: a level voxel takes the label at the centre of the block of
+    ``factor`` level-0 voxels it covers (the voxel just past the centre for an even factor),
+    the last block clamped to the volume, so the result has the image level's ``size``.
+    """
+    return np.minimum(np.arange(size) * factor + factor // 2, max(0, n - 1))
+
+
+def sample_labels(labels: Any, factor: tuple[int, ...], shape: tuple[int, ...]) -> Any:
+    """Labels on a coarser level's grid (``shape``, ``factor`` per axis), by :func:`label_indices`.
+
+    The rule for label images that have no stored level of their own (written before label
+    pyramids); numpy and dask arrays alike, lazily for dask.
+    """
+    out = labels
+    for axis, (f, size) in enumerate(zip(factor, shape, strict=True)):
+        if f == 1 and int(out.shape[axis]) == size:
+            continue
+        index = label_indices(int(labels.shape[axis]), int(f), int(size))
+        out = out[(slice(None),) * axis + (index,)]
+    return out

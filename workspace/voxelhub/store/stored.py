@@ -127,6 +127,57 @@ class StoredVolume:
         rel = posixpath.join(self.store_path, LABELS_GROUP)
         return rel if name is None else posixpath.join(rel, name)
 
+    def label_levels(self, name: str) -> tuple[Level, ...]:
+        """The pyramid levels stored for label image ``name``, level 0 first.
+
+        A label image's levels are the image's own (same path, shape and factor); the list
+        ends at the first image level the label image does not store.  A label image written
+        before label pyramids has level 0 only (a coarser view samples it with
+        :func:`voxelhub.store.ngff.sample_labels`).
+        """
+        return self._label_group(name)[1]
+
+    def open_labels(self, name: str, level: int = 0) -> Any:
+        """Label image ``name`` at a level it stores (see :meth:`label_levels`), as a lazy dask
+        array chunked by the store's shards."""
+        import dask.array as da
+        import zarr
+
+        group, levels = self._label_group(name)
+        if not 0 <= level < len(levels):
+            raise StoreError(
+                f"label image {name!r} of {self.volume_uid} stores levels 0..{len(levels) - 1}"
+                f", not {level}"
+            )
+        array = group[levels[level].path]
+        assert isinstance(array, zarr.Array)
+        shards = array.shards or array.chunks
+        return da.from_zarr(array, chunks=(int(shards[0]), *(int(n) for n in array.shape[1:])))
+
+    def _label_group(self, name: str) -> tuple[Any, tuple[Level, ...]]:
+        import zarr
+
+        from voxelhub.store import ngff
+
+        if name not in self.labels:
+            raise StoreError(
+                f"no label image {name!r} for {self.volume_uid}; stored: "
+                f"{', '.join(self.labels) or 'none'}"
+            )
+        group = self.location.open_group(self.labels_path(name))
+        stored = [str(d["path"]) for d in ngff.read_levels(group)]
+        out: list[Level] = []
+        for level, path in zip(self.levels, stored, strict=False):
+            array = group.get(path)
+            if (
+                level.path != path
+                or not isinstance(array, zarr.Array)
+                or tuple(array.shape) != level.shape[-3:]
+            ):
+                break
+            out.append(level)
+        return group, tuple(out)
+
     def level_for(self, max_side: int) -> int:
         """The coarsest level whose in-plane side is still ≥ ``max_side`` (for previews)."""
         best = 0

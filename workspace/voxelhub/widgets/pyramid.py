@@ -1,21 +1,25 @@
 """The pyramid levels of a volume, opened lazily through the catalog, and choosing among them.
 
-A volume from :func:`voxelhub.open_series` knows its ``volume_uid`` and level; the coarser
-levels are opened through the same public call.  A volume that did not come from a store (an
-in-memory array, ``from_simpleitk``) has only itself.
+A volume from :func:`voxelhub.open_series` knows its ``volume_uid`` and level; its coarser
+levels, their factors and its label images' levels are what the store says
+(:class:`~voxelhub.store.stored.StoredVolume`), never worked out here.  A volume that did not
+come from a store (an in-memory array, ``from_simpleitk``) has only itself.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
 
 from voxelhub.errors import VoxelHubError
+
+if TYPE_CHECKING:
+    from voxelhub.store.stored import Level, StoredVolume
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +30,10 @@ class PyramidLevel:
 
     data: xr.DataArray
     factor: tuple[int, int, int]
+    stored: Level | None = None
+    """The store's level this is (None for an array that did not come from a store)."""
+    volume: StoredVolume | None = field(default=None, compare=False, repr=False)
+    """The stored volume the level belongs to."""
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -110,31 +118,70 @@ def resolve(
 def levels_of(volume: xr.DataArray, catalog: Any = None) -> list[PyramidLevel]:
     """``volume`` itself first, then every coarser stored level of the same volume.
 
-    Coarser levels are opened with :func:`voxelhub.open_series` (``catalog`` given, or the
-    default catalog when ``$VOXELHUB_STORE`` is set); without a catalog, only ``volume``.
+    The levels and their factors are the store's (:attr:`StoredVolume.levels`, from the
+    volume's metadata, one catalog lookup), opened lazily; ``catalog`` given, or the default
+    catalog when ``$VOXELHUB_STORE`` is set.  Without a catalog, or for an array that is not a
+    whole stored level, only ``volume``.
     """
-    out = [PyramidLevel(volume, (1, 1, 1))]
     uid = volume.attrs.get("volume_uid")
     if not uid or catalog is None:
-        return out
-    from voxelhub import open_series
-
-    base = np.asarray(volume.attrs["spacing_zyx"], dtype=float)
-    level = int(volume.attrs.get("level", 0)) + 1
-    while level < 16:
-        try:
-            coarser = first_timepoint(
-                open_series(uid, level=level, catalog=catalog),
-                int(volume.attrs.get("timepoint", 0)),
-            )
-        except VoxelHubError:
-            break
-        ratio = np.asarray(coarser.attrs["spacing_zyx"], dtype=float) / base
-        factor = tuple(max(1, round(float(r))) for r in ratio)
-        out.append(PyramidLevel(coarser, (factor[0], factor[1], factor[2])))
-        level += 1
+        return [PyramidLevel(volume, (1, 1, 1))]
+    try:
+        stored = catalog.stored_volume(str(uid))
+    except VoxelHubError as err:
+        log.debug("volume %s: no stored pyramid (%s)", uid, err)
+        return [PyramidLevel(volume, (1, 1, 1))]
+    here = int(volume.attrs.get("level", 0))
+    if not 0 <= here < len(stored.levels) or stored.levels[here].shape[-3:] != tuple(
+        int(s) for s in volume.shape
+    ):
+        return [PyramidLevel(volume, (1, 1, 1))]  # a part of a level, or another version
+    base = stored.levels[here].factor
+    timepoint = int(volume.attrs.get("timepoint", 0))
+    out = [PyramidLevel(volume, (1, 1, 1), stored.levels[here], stored)]
+    for index in range(here + 1, len(stored.levels)):
+        level = stored.levels[index]
+        fz, fy, fx = (max(1, a // b) for a, b in zip(level.factor, base, strict=True))
+        data = first_timepoint(stored.open(index), timepoint)
+        out.append(PyramidLevel(data, (fz, fy, fx), level, stored))
     log.debug("volume %s: %d pyramid levels", uid, len(out))
     return out
+
+
+def mask_levels(mask: Any, levels: list[PyramidLevel]) -> list[Any]:
+    """The mask's array at each of ``levels``: the mask as given at the first, and at a coarser
+    level the label image's own stored level when ``mask`` is a label image of the viewed
+    volume (:func:`voxelhub.roi.read_labels`) that stores it; None where it does not (sample
+    the first with :func:`label_level`)."""
+    raw = mask.data if isinstance(mask, xr.DataArray) else mask
+    out: list[Any] = [raw] + [None] * (len(levels) - 1)
+    stored = levels[0].volume
+    name = str(mask.name) if isinstance(mask, xr.DataArray) and mask.name else ""
+    if (
+        stored is None
+        or name not in stored.labels
+        or mask.attrs.get("volume_uid") != stored.volume_uid
+    ):
+        return out
+    try:
+        paths = [lv.path for lv in stored.label_levels(name)]
+    except (VoxelHubError, KeyError, ValueError) as err:
+        log.debug("label image %s: no stored levels (%s)", name, err)
+        return out
+    for k, level in enumerate(levels[1:], start=1):
+        if level.stored is not None and level.stored.path in paths:
+            out[k] = stored.open_labels(name, paths.index(level.stored.path))
+    return out
+
+
+def label_level(masks: list[Any], levels: list[PyramidLevel], k: int) -> Any:
+    """The mask at level ``k`` (lazy): its stored level, or the first sampled by the store's
+    rule for labels (:func:`voxelhub.store.ngff.sample_labels`)."""
+    from voxelhub.store.ngff import sample_labels
+
+    if masks[k] is not None:
+        return masks[k]
+    return sample_labels(masks[0], levels[k].factor, levels[k].shape)
 
 
 def finest_fitting(levels: list[PyramidLevel], max_side: int, axes: tuple[int, ...]) -> int:

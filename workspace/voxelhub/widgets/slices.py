@@ -58,7 +58,14 @@ import numpy as np
 import traitlets as t
 import xarray as xr
 
-from voxelhub.widgets.pyramid import PyramidLevel, finest_fitting, levels_of, resolve
+from voxelhub.store.ngff import label_indices, sample_labels
+from voxelhub.widgets.pyramid import (
+    PyramidLevel,
+    finest_fitting,
+    levels_of,
+    mask_levels,
+    resolve,
+)
 
 log = logging.getLogger(__name__)
 
@@ -343,6 +350,8 @@ class SliceViewer(anywidget.AnyWidget):
             raise ValueError(
                 f"mask shape {tuple(self._mask.shape)} differs from volume {(nz, ny, nx)}"
             )
+        self._masks = [] if mask is None else mask_levels(mask, levels)
+        """The mask's stored array per level (None: sampled from the first, the store's rule)."""
         self._sources: dict[tuple[str, int], _Source] = {}
         self.cache = BandCache(self.cache_bytes)
         """The decoded bands, shared by the three planes (and the mask)."""
@@ -435,10 +444,17 @@ class SliceViewer(anywidget.AnyWidget):
         if self._mask is None:
             return None
         a = _axis(axis)
-        m = self._cut("mask", 0, a, int(index))
-        rows, cols = _IN_PLANE[a]
-        f = self._levels[level].factor
-        m = m[:: f[rows], :: f[cols]]
+        lvl = self._levels[level]
+        i = min(int(index) // lvl.factor[a], lvl.shape[a] - 1)
+        if self._masks[level] is not None:  # the label image's own level
+            m = self._cut("mask", level, a, i)
+        else:  # sampled from the full-resolution labels as the store samples labels
+            full = int(label_indices(self.shape[a], lvl.factor[a], lvl.shape[a])[i])
+            m = self._cut("mask", 0, a, full)
+            rows, cols = _IN_PLANE[a]
+            m = sample_labels(
+                m, (lvl.factor[rows], lvl.factor[cols]), (lvl.shape[rows], lvl.shape[cols])
+            )
         top = int(m.max()) if m.size else 0
         return np.ascontiguousarray(m, dtype=np.uint8 if top < 256 else np.uint16)
 
@@ -460,7 +476,7 @@ class SliceViewer(anywidget.AnyWidget):
         key = (name, level)
         src = self._sources.get(key)
         if src is None:
-            data = self._mask if name == "mask" else self._levels[level].data.data
+            data = self._masks[level] if name == "mask" else self._levels[level].data.data
             src = self._sources[key] = _source_of(data)
         return src
 

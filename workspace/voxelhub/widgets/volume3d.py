@@ -7,8 +7,9 @@ IPFS gateway at run time (``../shared/notes/viewers.md``), so there is no itkwid
 
 The volume goes to the browser as NIfTI bytes written by :func:`voxelhub.to_nifti`, so its RAS
 affine is ``diag(-1, -1, 1, 1) @ affine_lps`` exactly (sheared under gantry tilt); the level sent
-is the finest one with at most ``max_voxels`` voxels.  A label mask follows the same level
-(nearest neighbour at block centres) and is drawn as an overlay.
+is the finest one with at most ``max_voxels`` voxels.  A label mask follows the same level (the
+label image's own stored level, or sampled by the store's rule for labels) and is drawn as an
+overlay.
 """
 
 from __future__ import annotations
@@ -22,7 +23,15 @@ import ipywidgets as w
 import numpy as np
 import xarray as xr
 
-from voxelhub.widgets.pyramid import PyramidLevel, fitting_voxels, levels_of, resolve
+from voxelhub.store.ngff import sample_labels
+from voxelhub.widgets.pyramid import (
+    PyramidLevel,
+    fitting_voxels,
+    label_level,
+    levels_of,
+    mask_levels,
+    resolve,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +51,15 @@ def nifti_bytes(volume: xr.DataArray) -> bytes:
 
 
 def labels_at(mask: Any, factor: tuple[int, int, int], shape: tuple[int, int, int]) -> np.ndarray:
-    """A label volume downsampled by ``factor`` (nearest neighbour at block centres)."""
+    """Labels on a level's grid: ``mask`` as it is when it already has ``shape``, else
+    sampled from full resolution by the store's rule (:func:`voxelhub.store.ngff.sample_labels`:
+    nearest neighbour at block centres)."""
     raw = mask.data if isinstance(mask, xr.DataArray) else mask
-    sel = tuple(slice(f // 2, None, f) for f in factor)
-    part = raw[sel]
+    part = raw if tuple(raw.shape) == tuple(shape) else sample_labels(raw, factor, shape)
     if hasattr(part, "compute"):
         part = part.compute()
     part = np.asarray(part)
-    out = np.zeros(shape, dtype=np.uint8 if part.size == 0 or part.max() < 256 else np.uint16)
-    n = tuple(min(a, b) for a, b in zip(shape, part.shape, strict=True))
-    out[: n[0], : n[1], : n[2]] = part[: n[0], : n[1], : n[2]]
-    return out
+    return part.astype(np.uint8 if part.size == 0 or part.max() < 256 else np.uint16)
 
 
 class VolumeViewer(w.VBox):
@@ -152,6 +159,8 @@ class VolumeViewer(w.VBox):
         levels = levels_of(vol, catalog)
         index = fitting_voxels(levels, max_voxels)
         log.info("3-D view of %s at level %d %s", vol.name, index, levels[index].shape)
+        if mask is not None:  # the label image's stored level, or sampled as the store says
+            mask = label_level(mask_levels(mask, levels), levels, index)
         return cls(levels[index], mask, level_index=index, height=height)
 
     def _mode_changed(self, change: dict[str, Any]) -> None:
