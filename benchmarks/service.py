@@ -1339,6 +1339,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     if previous and args.case:
         data["parts_rerun"] = {p: data["date"] for p in parts}
+        # the run the other parts come from: its date, code and machine load stay on record
+        data["other_parts_from"] = previous.get("other_parts_from") or {
+            k: previous.get(k) for k in ("date", "command", "wall_s", "machine", "code")
+        }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(data, indent=2) + "\n")
     print()
