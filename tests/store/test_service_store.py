@@ -178,3 +178,19 @@ def test_local_arrays_keep_zarrs_reading(tmp_path: Path) -> None:
     again = zarr.open_array(str(tmp_path / "l.zarr"), mode="r")
     assert isinstance(again.metadata.codecs[0], CoalescingShardingCodec)
     np.testing.assert_array_equal(again[8:16, :, 40:90], data[8:16, :, 40:90])
+
+
+def test_an_array_read_through_the_service_survives_pickling(
+    served: tuple[_Server, np.ndarray],
+) -> None:
+    """What a Dask worker gets in its task graph: the array, its ServiceStore and the codec."""
+    import pickle
+
+    server, data = served
+    arr, _ = _open(server)
+    again = pickle.loads(pickle.dumps(arr))
+    assert isinstance(again.store, ServiceStore)
+    assert isinstance(again.metadata.codecs[0], CoalescingShardingCodec)
+    server.log.clear()
+    np.testing.assert_array_equal(again[8:16, 32:96], data[8:16, 32:96])
+    assert len(server.ranged("v.zarr/c/0/0/0")) == 2  # the index, then one merged request
