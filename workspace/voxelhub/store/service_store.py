@@ -83,12 +83,6 @@ class ServiceStore(WrapperStore[Store]):
     def __repr__(self) -> str:
         return f"ServiceStore({self._store!r})"
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, ServiceStore) and other._store == self._store
-
-    def __hash__(self) -> int:
-        return hash((ServiceStore, id(self._store)))
-
     def plan(self, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """The requests that cover ``ranges`` (``(start, stop)``, stop exclusive), merged."""
         merged: list[tuple[int, int]] = []
