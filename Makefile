@@ -6,7 +6,13 @@ PYTHON      ?= /usr/bin/python3
 VENV        := .venv
 BIN         := $(VENV)/bin
 SHARED      ?= $(abspath ../shared)
-DEMO_STATE  ?= $(abspath .demo)
+# A checkout inside a folder other users cannot enter (no o+x, as under /root): hub users and the
+# data service could not run a venv or read a store inside it, so as root the venv and the demo's
+# state live under /opt/voxelhub/<hash of this path>/ (.venv links there); the hub publishes the
+# code users import itself (extensions/voxelhub_hub/runtime.py).
+PRIVATE_DIR := $(shell $(PYTHON) -c "import os; d = [os.path.realpath('.')]; [d.append(os.path.dirname(d[-1])) for _ in range(64) if d[-1] != '/']; print(next((x for x in d if not os.stat(x).st_mode & 1), ''))")
+OUTSIDE     := $(if $(and $(PRIVATE_DIR),$(filter 0,$(shell id -u))),/opt/voxelhub/$(shell printf %s "$(CURDIR)" | sha256sum | cut -c1-12))
+DEMO_STATE  ?= $(if $(OUTSIDE),$(OUTSIDE)/demo,$(abspath .demo))
 APT_STAMP   := $(VENV)/.apt-installed
 VENV_STAMP  := $(VENV)/.installed
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -15,11 +21,18 @@ SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 install: $(VENV_STAMP)
 
+# the venv's folder, here or (private checkout, as root) under $(OUTSIDE) with .venv linking to it
+VENV_DIR = test -e $(VENV) || { \
+	  if [ -n "$(OUTSIDE)" ]; then \
+	    echo "$(PRIVATE_DIR) is private (no o+x): the venv goes to $(OUTSIDE)/venv, where hub users can run it"; \
+	    mkdir -p $(OUTSIDE)/venv && chmod 755 /opt/voxelhub $(OUTSIDE) && ln -s $(OUTSIDE)/venv $(VENV); \
+	  else mkdir -p $(VENV); fi; }
+
 # Debian packages the tests and the demo need: PostgreSQL (catalog tests), Chromium (browser
 # tests; Playwright drives /usr/bin/chromium, never `playwright install`), Node.js + npm
 # (configurable-http-proxy).  One `apt-get update`, and only when something is missing.
 $(APT_STAMP):
-	@mkdir -p $(VENV)
+	@$(VENV_DIR)
 	@missing=""; \
 	  ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	  [ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
@@ -31,7 +44,8 @@ $(APT_STAMP):
 	@touch $@
 
 $(VENV_STAMP): pyproject.toml requirements/lock.txt $(APT_STAMP)
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(VENV_DIR)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $$(realpath $(VENV))
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=26"
 	$(BIN)/python -m pip install --quiet -c requirements/lock.txt -e ".[test,dev,hub]"
 	@touch $@
@@ -71,6 +85,6 @@ bench: install hub-deps
 	$(BIN)/python benchmarks/radiomics.py
 
 clean:
-	rm -rf $(VENV) .node .demo tests/artifacts
+	rm -rf $(VENV) .node .demo tests/artifacts $(OUTSIDE)
 
 include hub_config/hub.mk

@@ -92,6 +92,7 @@ c = get_config()  # type: ignore[name-defined]  # noqa: F821
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "extensions"))
+CODE = REPO  # where users' processes import VoxelHub from (a published copy if REPO is private)
 
 from voxelhub_hub.cluster_cleanup import make_cluster_cleanup  # noqa: E402
 from voxelhub_hub.project_groups import make_pre_spawn_hook  # noqa: E402
@@ -185,14 +186,20 @@ if SPAWNER == "system":
     # (home 0700, group voxelhub-users) and existing accounts the hub did not create are refused.
     # Before every spawn the hook also sets the user's project groups (vhp-<project>) to their hub
     # groups.  The store is the data service's (below), not the project groups'.
-    for needed in (VENV_BIN, os.path.join(REPO, "extensions")):
-        blocked = unreachable_folder(needed)
-        if blocked:
-            raise SystemExit(
-                f"{needed} is inside {blocked}, which other unix users cannot enter (its mode "
-                f"lacks o+x), so user servers and the data service could not start: clone "
-                f"VoxelHub where they can reach it (e.g. /opt or /srv) and run make there"
-            )
+    blocked = unreachable_folder(VENV_BIN)
+    if blocked:
+        raise SystemExit(
+            f"the venv {VENV_BIN} is inside {blocked}, which other unix users cannot enter (its "
+            f"mode lacks o+x), so user servers and the data service could not run its Python: "
+            f"run `make install` again (for a checkout in a private folder it builds the venv "
+            f"under /opt/voxelhub/), or clone VoxelHub where users can reach it (/opt, /srv)"
+        )
+    if unreachable_folder(REPO):
+        # a private checkout (e.g. under /root): what users' processes import is published
+        # where they can read it (voxelhub_hub/runtime.py), before any server starts
+        from voxelhub_hub.runtime import publish
+
+        CODE = str(publish(REPO, os.path.join(STATE, "runtime")))
     c.JupyterHub.spawner_class = "voxelhub_hub.spawner.VoxelHubSpawner"
     c.Spawner.pre_spawn_hook = make_pre_spawn_hook(None)
     c.Spawner.notebook_dir = "~"
@@ -274,7 +281,7 @@ c.Spawner.environment = {
     "PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin",
     # hub_config/jupyter/: JupyterLab neither fetches news nor checks for updates on the internet
     # (not from a server holding patient data) and does not ask every user about it
-    "JUPYTER_CONFIG_PATH": os.path.join(HERE, "jupyter"),
+    "JUPYTER_CONFIG_PATH": os.path.join(CODE, "hub_config", "jupyter"),
     # the data service's URL on the hub (every read checked and audited), else the folder
     "VOXELHUB_STORE": f"http://127.0.0.1:{DATA_PORT}{DATA_PREFIX}" if DATA_SERVICE else STORE,
     # read by dask_gateway.Gateway(): REST API, scheduler traffic (TLS, SNI-routed, not through the
@@ -284,6 +291,8 @@ c.Spawner.environment = {
     "DASK_GATEWAY__PUBLIC_ADDRESS": f"{GATEWAY_PREFIX}/",
     "DASK_GATEWAY__AUTH__TYPE": "jupyterhub",
 }
+if CODE != REPO:  # the published copy comes before the venv's editable path into the checkout
+    c.Spawner.environment["PYTHONPATH"] = os.path.join(CODE, "workspace")
 if CATALOG_URL:  # e.g. PostgreSQL; never a password here: use ~/.pgpass or the data service
     c.Spawner.environment["VOXELHUB_CATALOG_URL"] = CATALOG_URL
 # The server's $JUPYTERHUB_API_TOKEN must be accepted by the gateway (a token only gets the scopes
@@ -365,6 +374,8 @@ c.JupyterHub.services = [
             "VOXELHUB_GATEWAY_PORT": str(GATEWAY_PORT),
             "VOXELHUB_GATEWAY_API_PORT": str(GATEWAY_API_PORT),
             "PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin",
+            # passed on to schedulers and workers (they unpickle VoxelHub objects as the user)
+            **({"PYTHONPATH": os.path.join(CODE, "workspace")} if CODE != REPO else {}),
         },
         "cwd": STATE,
         "display": False,
@@ -379,7 +390,9 @@ if DATA_SERVICE:
             "command": [sys.executable, "-m", "voxelhub_data"],
             "user": DATA_USER,  # the hub starts it as this account, not as root
             "environment": {
-                "PYTHONPATH": os.path.join(REPO, "extensions"),
+                "PYTHONPATH": os.pathsep.join(
+                    [os.path.join(CODE, "extensions"), os.path.join(CODE, "workspace")]
+                ),
                 "VOXELHUB_DATA_STORE": STORE,
                 "VOXELHUB_AUDIT_LOG": AUDIT_LOG,
                 "PATH": f"{VENV_BIN}:/usr/bin:/bin",

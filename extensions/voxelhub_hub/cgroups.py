@@ -49,6 +49,7 @@ class Hierarchy:
     memory_file: str | None  # "memory.max" (v2), "memory.limit_in_bytes" (v1), or None
     swap_file: str | None  # swap counted with memory where the kernel offers it
     pids_file: str | None  # "pids.max" (v1 and v2)
+    enable: str = ""  # v2: controllers the base hands on to the user cgroups ("+memory +pids")
 
 
 class UserCgroups:
@@ -68,8 +69,12 @@ class UserCgroups:
         """Make (or update) ``user``'s cgroup with ``budget``."""
         _check_name(user)
         for h in self.hierarchies:
+            if not h.base.is_dir():
+                h.base.mkdir()
+                if h.enable:
+                    _write(h.base / "cgroup.subtree_control", h.enable)
             folder = h.base / user
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(exist_ok=True)
             if h.memory_file:
                 limit = "max" if budget.memory is None else str(budget.memory)
                 if h.memory_file.endswith("limit_in_bytes") and budget.memory is None:
@@ -163,9 +168,7 @@ def _detect_v2(own: str | None, name: str) -> Hierarchy | None:
     base = here / name
     if not _writable_here(base):
         return None
-    with contextlib.suppress(OSError):
-        _write(base / "cgroup.subtree_control", "+memory +pids")
-    return Hierarchy(base, "memory.max", "memory.swap.max", "pids.max")
+    return Hierarchy(base, "memory.max", "memory.swap.max", "pids.max", "+memory +pids")
 
 
 def _own_cgroups() -> dict[str, str]:
@@ -180,12 +183,19 @@ def _own_cgroups() -> dict[str, str]:
 
 
 def _writable_here(base: Path) -> bool:
-    """Can we make ``base`` (and did it work)?  Read-only cgroupfs in containers says no."""
+    """Can we make ``base`` (a read-only cgroupfs in a container says no)?  Leaves nothing
+    behind: :meth:`UserCgroups.create` makes it when a user first needs it."""
+    if base.is_dir():
+        return (base / "cgroup.procs").exists()
     try:
-        base.mkdir(exist_ok=True)
+        base.mkdir()
     except OSError:
         return False
-    return (base / "cgroup.procs").exists()
+    try:
+        return (base / "cgroup.procs").exists()
+    finally:
+        with contextlib.suppress(OSError):
+            base.rmdir()
 
 
 def kill_until_gone(pids_now: Callable[[], set[int]], timeout: float) -> int:

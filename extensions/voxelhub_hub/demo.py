@@ -1,7 +1,7 @@
 """``make hub-demo``: the multi-user workspace on this machine, over HTTPS on 127.0.0.1.
 
-1. ingests ``<shared>/data/dicom`` into ``<state>/store`` (project ``demo``; a re-run changes
-   nothing);
+1. ingests ``<shared>/data/dicom`` into ``<state>/store`` (project ``demo``, de-identified at
+   ingest: the demo user never sees the sample data's real headers; a re-run changes nothing);
 2. on first run generates passwords for an admin and a demo user (kept in
    ``<state>/credentials.json``, mode 0600; nothing is in the repository) and a self-signed
    certificate (``<state>/hub/tls``);
@@ -88,7 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     from voxelhub import ingest
 
     store = state / "store"
-    report = ingest(args.shared / "data" / "dicom", store, project=PROJECT)
+    from voxelhub.errors import CatalogError
+
+    try:
+        # de-identified: the demo user works on pseudonyms, never the sample data's real headers
+        report = ingest(args.shared / "data" / "dicom", store, project=PROJECT, deidentify=True)
+    except CatalogError as e:
+        print(f"{e}\n(a demo store from an older version: `make hub-demo-clean`, then again)")
+        return 2
     print(report.summary())
 
     creds, first_run = _credentials(state)

@@ -63,6 +63,8 @@ class HubStack:
         Serve the public port over HTTPS with a self-signed certificate kept in ``state/tls``.
     ports
         Fixed ports by variable name (``VOXELHUB_HUB_PORT`` ...); the others are free ports.
+    config
+        The hub configuration file (default: this checkout's ``hub_config/jupyterhub_config.py``).
     """
 
     def __init__(
@@ -76,6 +78,7 @@ class HubStack:
         tls: bool = True,
         ports: dict[str, int] | None = None,
         extra_env: dict[str, str] | None = None,
+        config: str | os.PathLike[str] = CONFIG,
     ) -> None:
         self.state = Path(state).resolve()
         self.state.mkdir(parents=True, exist_ok=True)
@@ -85,6 +88,7 @@ class HubStack:
         self.spawner, self.tls = spawner, tls
         self.ports = {name: (ports or {}).get(name) or free_port() for name in PORT_NAMES}
         self.extra_env = dict(extra_env or {})
+        self.config = Path(config)
         scheme = "https" if tls else "http"
         self.url = f"{scheme}://127.0.0.1:{self.ports['VOXELHUB_HUB_PORT']}"
         self.gateway_health = f"http://127.0.0.1:{self.ports['VOXELHUB_GATEWAY_PORT']}/services/dask-gateway/api/health"
@@ -151,7 +155,7 @@ class HubStack:
         log = os.fdopen(fd, "ab")
         self._log = log
         self.proc = subprocess.Popen(
-            [str(VENV_BIN / "jupyterhub"), "-f", str(CONFIG)],
+            [str(VENV_BIN / "jupyterhub"), "-f", str(self.config)],
             cwd=self.state,
             env=env,
             stdout=log,

@@ -238,7 +238,17 @@ def test_the_os_refuses_the_store_files_to_a_member(site: Site) -> None:
         "        print('DENIED', p)\n"
     )
     out = subprocess.run(
-        ["runuser", "-u", ALICE, "--", sys.executable, "-c", code, *map(str, targets)],
+        # the venv's Python by its real path: a checkout in a private folder links .venv elsewhere
+        [
+            "runuser",
+            "-u",
+            ALICE,
+            "--",
+            str(Path(sys.executable).parent.resolve() / "python"),
+            "-c",
+            code,
+            *map(str, targets),
+        ],
         capture_output=True,
         text=True,
         check=True,

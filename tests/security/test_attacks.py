@@ -41,6 +41,7 @@ from voxelhub_hub.system_users import (  # noqa: E402
     ensure_account,
     remove_account,
     remove_managed_group_if_unused,
+    unreachable_folder,
 )
 
 pytestmark = [
@@ -56,6 +57,8 @@ SERVICE_ACCOUNT = f"vhsec{S}"
 ATTACKER_MEMORY = 1 << 30  # the attacker's group limit: everything of theirs in 1 GiB
 ATTACKER_PIDS = 250
 SECRET = f"MRN-{secrets.token_hex(6)}"
+#: the venv's Python by its real path (a private checkout's .venv links to where users reach it)
+USER_PYTHON = str(Path(sys.executable).parent.resolve() / "python")
 
 
 class Site:
@@ -117,7 +120,7 @@ def as_user(user: str, code: str, timeout: float = 90) -> Any:
     """Run Python ``code`` as unix user ``user`` (a terminal of theirs); return what it prints
     as JSON on its last line."""
     r = subprocess.run(
-        ["runuser", "-u", user, "--", sys.executable, "-c", code],
+        ["runuser", "-u", user, "--", USER_PYTHON, "-c", code],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -127,8 +130,26 @@ def as_user(user: str, code: str, timeout: float = 90) -> Any:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-@pytest.fixture(scope="module")
-def site() -> Iterator[Site]:
+def private_checkout() -> tuple[Path, Path]:
+    """A checkout inside a mode-0700 folder (as one under /root): what ``make install`` leaves
+    there is a ``.venv`` link to a venv users can reach, and the proxy in ``.node``."""
+    outer = Path(tempfile.mkdtemp(prefix="vhprivate-"))  # 0700
+    checkout = outer / "voxelhub"
+    for part in ("hub_config", "extensions", "workspace"):
+        shutil.copytree(REPO / part, checkout / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for link in (".venv", ".node"):
+        (checkout / link).symlink_to((REPO / link).resolve())
+    assert unreachable_folder(checkout) == str(outer)
+    return outer, checkout
+
+
+@pytest.fixture(scope="module", params=["checkout", "private-checkout"])
+def site(request: pytest.FixtureRequest) -> Iterator[Site]:
+    outer: Path | None = None
+    config = REPO / "hub_config" / "jupyterhub_config.py"
+    if request.param == "private-checkout":
+        outer, checkout = private_checkout()
+        config = checkout / "hub_config" / "jupyterhub_config.py"
     state = Path(tempfile.mkdtemp(prefix="vhsecstate-"))
     limits = {PROJECT_B: {"mem_limit": ATTACKER_MEMORY, "max_processes": ATTACKER_PIDS}}
     stack = HubStack(
@@ -141,6 +162,7 @@ def site() -> Iterator[Site]:
             "VOXELHUB_DATA_USER": SERVICE_ACCOUNT,
             "VOXELHUB_HUB_GROUP_LIMITS": json.dumps(limits),
         },
+        config=config,
     )
     try:
         stack.start(timeout=180)
@@ -166,6 +188,8 @@ def site() -> Iterator[Site]:
         for project in (PROJECT_A, PROJECT_B):
             remove_group(project)
         shutil.rmtree(state, ignore_errors=True)
+        if outer is not None:
+            shutil.rmtree(outer, ignore_errors=True)
 
 
 # ---- 1. kernels: nothing of one user's session reaches another -----------------------------------
@@ -213,14 +237,23 @@ def test_another_users_kernel_output_cannot_be_heard(site: Site) -> None:
         connections = [json.loads(p.read_text()) for p in Path(runtime).glob("kernel-*.json")]
         assert connections and {c["transport"] for c in connections} == {"ipc"}, connections
         result = as_user(ATTACKER, LISTEN_AND_SUBSCRIBE.format(victim=VICTIM, runtime=runtime))
+        owners = _listeners(set(result["ports"]))
+        said = kernel.execute("import voxelhub; print('FILE', voxelhub.__file__)")
+        where = next(line[5:] for line in said.splitlines() if line.startswith("FILE "))
     assert result["heard"] == [], result
     assert result["runtime"] == "denied"
-    # what the victim still listens on over TCP is the server itself, which wants a token
     # over TCP the victim keeps the server (token-protected: see test_tokens_servers_...) and
-    # each kernel's IOPub pipe inlet (ipykernel binds a ZeroMQ PULL socket on 127.0.0.1 for
-    # forked children's output: write-only, messages need a 16-byte random key): nothing readable
-    owners = _listeners(set(result["ports"]))
-    assert len(owners) <= 1 and all("jupyterhub-singleuser" in o for o in owners.values()), owners
+    # the kernel's IOPub pipe inlet (ipykernel binds a ZeroMQ PULL socket on 127.0.0.1 for
+    # forked children's output: write-only, messages need a 16-byte random key), not the five
+    # channels a TCP kernel listens on
+    kernel_ports = [port for port, cmd in owners.items() if "ipykernel" in cmd]
+    server_ports = [port for port, cmd in owners.items() if "jupyterhub-singleuser" in cmd]
+    assert len(kernel_ports) <= 1 and len(server_ports) == 1, owners
+    assert set(owners) == set(result["ports"]), owners
+    # from a private checkout, users' processes import the copy the hub published for them
+    private = not site.stack.config.is_relative_to(REPO)
+    expected = site.state / "runtime" / "workspace" if private else REPO / "workspace"
+    assert where.startswith(str(expected)), where
 
 
 def _listeners(ports: set[int]) -> dict[int, str]:
@@ -260,7 +293,16 @@ def test_the_hubs_files_are_private_from_the_start(site: Site) -> None:
     assert own_log.stat().st_uid == pwd.getpwnam(VICTIM).pw_uid
 
     exposed = []
+    runtime = site.state / "runtime"  # a private checkout's code, published for users to import
+    if runtime.exists():
+        assert sorted(p.name for p in runtime.iterdir()) == [
+            "extensions",
+            "hub_config",
+            "workspace",
+        ]
     for folder, dirs, files in os.walk(site.state):
+        if Path(folder) == site.state and "runtime" in dirs:
+            dirs.remove("runtime")
         for name in files:
             path = Path(folder) / name
             if path.name.endswith(".crt") or path.name == "cert.pem":
