@@ -691,7 +691,16 @@ def test_viewers_take_levels_and_label_levels_from_the_store(tmp_path: Path) -> 
     labels = np.random.default_rng(3).integers(0, 4, size=stored.shape, dtype=np.uint8)
     write_labels(cat, uid, "seg", labels)
     stored = cat.stored_volume(uid)
-    assert [lv.path for lv in stored.label_levels("seg")] == ["0"]
+    assert stored.label_levels("seg") == stored.levels  # label pyramids: the image's levels
+    # a label image written before label pyramids (level 0 only) is sampled by the store's rule
+    legacy = zarr.open_group(str(tmp_path / "store" / stored.labels_path("seg")), mode="a")
+    image_label = dict(legacy.attrs["ome"])["image-label"]  # type: ignore[arg-type]
+    for lv in stored.levels[1:]:
+        del legacy[lv.path]
+    level0 = ngff.Level("0", stored.levels[0].shape, (1, 1, 1))  # type: ignore[arg-type]
+    ngff.write_metadata(legacy, [level0], tuple(stored.geometry.spacing_zyx), "seg")
+    legacy.attrs["ome"] = {**dict(legacy.attrs["ome"]), "image-label": image_label}  # type: ignore[arg-type]
+    assert [lv.path for lv in cat.stored_volume(uid).label_levels("seg")] == ["0"]
     volume = voxelhub.open_series(uid, catalog=cat)
     viewer = SliceViewer.from_volume(volume, mask=read_labels(cat, uid, "seg"), catalog=cat)
     assert [lv.factor for lv in viewer._levels] == [lv.factor for lv in stored.levels]

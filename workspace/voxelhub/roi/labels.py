@@ -1,8 +1,10 @@
 """Label images in the store, next to their volume, as OME-Zarr (NGFF 0.5) labels.
 
-A label image lives at ``<volume>.ome.zarr/labels/<name>/``: a multiscale group on exactly the
-volume's level-0 grid (same shape, scale and chunking), with ``image-label`` metadata giving a
-colour and a name per label value.  The ``labels`` group's ``ome.labels`` attribute lists the
+A label image lives at ``<volume>.ome.zarr/labels/<name>/``: a multiscale group with exactly the
+volume's pyramid (the same levels, each with the image level's path, shape, scale and chunking,
+as NGFF 0.5 requires), with ``image-label`` metadata giving a colour and a name per label value.
+Coarser levels take the most frequent label of each block (:func:`downsample_labels`), so
+viewers show labels at every level.  The ``labels`` group's ``ome.labels`` attribute lists the
 label images; a name appears there only once its group is complete.
 
 Writes are atomic like volume writes: the label image is built under the store's temporary area
@@ -230,20 +232,26 @@ def write_labels(
     vol_group = location.open_group(vol_rel)
     scale = ngff.read_levels(vol_group)[0]["coordinateTransformations"][0]["scale"]
     shape = tuple(int(s) for s in volume.shape)
-    level = ngff.Level("0", shape, (1, 1, 1))  # type: ignore[arg-type]
+    levels = _image_levels(vol_group, shape)
     tmp = location.new_temporary(suffix="")
     try:
         group = zarr.open_group(location.zarr_store(tmp), mode="w-", zarr_format=3)
-        array = ngff.create_level_array(group, level, dtype)
+        arrays = [ngff.create_level_array(group, level, dtype) for level in levels]
+        array = arrays[0]
         slab = int((array.shards or array.chunks)[0])
         present: set[int] = set()
         for z0 in range(0, shape[0], slab):
             block = np.asarray(data[z0 : z0 + slab].compute()).astype(dtype)
             array[z0 : z0 + block.shape[0]] = block
             present.update(int(v) for v in np.unique(block))
+            for level, coarse in zip(levels[1:], arrays[1:], strict=True):
+                small = downsample_labels(block, level.factor)
+                start = z0 // level.factor[0]
+                stop = min(level.shape[0], start + small.shape[0])
+                coarse[start:stop] = small[: stop - start]
         values = sorted(present - {0})
         label_names = _names(values, names, name, is_mask)
-        ngff.write_metadata(group, [level], tuple(scale), name)
+        ngff.write_metadata(group, levels, tuple(scale), name)
         ome = dict(group.attrs["ome"])  # type: ignore[arg-type]
         ome["image-label"] = {
             "colors": _colors(values, colors),
@@ -269,6 +277,60 @@ def write_labels(
     _list_name(location, vol_rel, name)
     log.info("stored label image %s (%d values) at %s", name, len(values), location.url_of(final))
     return LabelImage(name, final, label_names, dtype.str, checksum)
+
+
+def _image_levels(vol_group: Any, shape: tuple[int, ...]) -> list[ngff.Level]:
+    """The image's pyramid levels (path, shape, factor): a label image stores the same ones.
+
+    NGFF 0.5 requires a label image to have as many levels as its image; each level here has
+    the image level's path, shape and factor, so a viewer shows labels at every level.
+    """
+    meta: dict[str, Any] = dict(vol_group.attrs.get("voxelhub") or {})
+    paths = [str(d["path"]) for d in ngff.read_levels(vol_group)]
+    levels = [ngff.Level("0", shape, (1, 1, 1))]  # type: ignore[arg-type]
+    for entry in meta.get("levels", [])[1:]:
+        factor = tuple(int(f) for f in entry["factor"])
+        level_shape = tuple(int(n) for n in entry["shape"])[-3:]
+        if str(entry["path"]) not in paths or any(f & (f - 1) for f in factor):
+            break
+        levels.append(ngff.Level(str(entry["path"]), level_shape, factor))  # type: ignore[arg-type]
+    return levels
+
+
+def downsample_labels(block: np.ndarray, factor: tuple[int, int, int]) -> np.ndarray:
+    """Labels on a coarser grid: the most frequent value of each block of ``factor`` voxels.
+
+    Ties go to a label over background, then to the smaller label value, so a structure that
+    fills half a block survives.  The last, partial block of each axis counts only the voxels
+    the volume has.  Label images with more than 32 values in a slab take
+    the value at the block centre instead (the rule of :func:`voxelhub.store.ngff.label_indices`):
+    counting each of many labels would cost too much.
+    """
+    if factor == (1, 1, 1):
+        return block
+    shape = block.shape
+    out_shape = tuple(-(-n // f) for n, f in zip(shape, factor, strict=True))
+    values = np.unique(block)
+    if len(values) > 32:
+        return np.asarray(ngff.sample_labels(block, factor, out_shape))
+    split = (out_shape[0], factor[0], out_shape[1], factor[1], out_shape[2], factor[2])
+    pad = [(0, o * f - n) for o, f, n in zip(out_shape, factor, shape, strict=True)]
+    blocks = np.pad(block, pad).reshape(split)
+    real = (
+        np.pad(np.ones(shape, dtype=bool), pad).reshape(split) if any(p for _, p in pad) else None
+    )
+    best = np.zeros(out_shape, dtype=block.dtype)
+    best_key = np.full(out_shape, -1, dtype=np.int64)
+    for value in values:  # ascending: on equal keys the smaller label stays
+        hit = blocks == value
+        if real is not None:
+            hit &= real
+        count = hit.sum(axis=(1, 3, 5), dtype=np.int64)
+        key = count * 2 + int(value != 0)
+        better = key > best_key
+        best[better] = value
+        best_key[better] = key[better]
+    return best
 
 
 def _commit(location: Location, tmp: str, final: str, overwrite: bool) -> None:
@@ -297,8 +359,13 @@ def _list_name(location: Location, vol_rel: str, name: str) -> None:
     group.attrs["ome"] = {"version": ngff.NGFF_VERSION, "labels": listed}
 
 
-def read_labels(catalog: Catalog | ServiceCatalog, row_or_uid: Any, name: str) -> xr.DataArray:
+def read_labels(
+    catalog: Catalog | ServiceCatalog, row_or_uid: Any, name: str, level: int = 0
+) -> xr.DataArray:
     """A stored label image as a lazy DataArray on its volume's coordinates.
+
+    ``level`` picks a pyramid level (the volume's at that level: coordinates, affine, spacing);
+    label images written before label pyramids store level 0 only.
 
     ``attrs`` carry the volume's geometry (``affine_lps``, ``spacing_zyx`` …) and
     ``label_names`` / ``label_colors`` per value, so the result goes straight into
@@ -312,10 +379,21 @@ def read_labels(catalog: Catalog | ServiceCatalog, row_or_uid: Any, name: str) -
             f"no label image {name!r} for {location.url_of(vol_rel)}; "
             f"stored: {', '.join(listed) or 'none'}"
         )
-    volume = open_volume(location, vol_rel)
+    volume = open_volume(location, vol_rel, level=level)
     group = location.open_group(_labels_rel(vol_rel, name))
-    array = group["0"]
+    paths = [str(d["path"]) for d in ngff.read_levels(group)]
+    if not 0 <= level < len(paths):
+        raise StoreError(
+            f"label image {name!r} stores levels 0..{len(paths) - 1}, not {level}"
+            + ("; it was written before label pyramids: write it again" if len(paths) == 1 else "")
+        )
+    array = group[paths[level]]
     assert isinstance(array, zarr.Array)
+    if tuple(array.shape) != tuple(volume.shape):
+        raise StoreError(
+            f"label image {name!r} level {level} has shape {tuple(array.shape)}, the volume's "
+            f"{tuple(volume.shape)}: write it again"
+        )
     shards = array.shards or array.chunks
     data = da.from_zarr(array, chunks=(int(shards[0]), *(int(s) for s in array.shape[1:])))
     ome: dict[str, Any] = dict(group.attrs["ome"])  # type: ignore[arg-type]

@@ -21,8 +21,9 @@ Boundary rule (``boundary=``):
     voxel).  This is the sampling definition pyradiomics and most planning systems use; it
     leaves out boundary voxels whose centre is just outside.
 ``"overlap"``
-    A voxel is in the ROI when the contour's filled area touches its pixel square: every voxel
-    the centre rule keeps, plus every voxel an edge passes through.  This is close to what
+    A voxel is in the ROI when the contour's filled area overlaps its pixel square: every voxel
+    the centre rule keeps, plus every voxel whose square an edge passes through (an edge only
+    touching a square's corner does not count).  This is close to what
     rt-utils (``cv2.fillPoly`` on rounded vertices) and DicomRTTool draw, and keeps the whole ring
     of a contour traced through pixel centres; inner contours lose their boundary ring too
     (holes shrink).
@@ -275,7 +276,9 @@ def _edge_pixels(
     edge = np.concatenate(parts_e)
     order = np.lexsort((t, edge))
     t, edge = t[order], edge[order]
-    same = edge[1:] == edge[:-1]
+    # pieces of an edge between consecutive border crossings; a zero-length piece is the edge
+    # going through a pixel corner, which touches those pixels at one point only: not overlap
+    same = (edge[1:] == edge[:-1]) & (np.diff(t) > 1e-9)
     mid = (t[1:] + t[:-1])[same] / 2
     e = edge[1:][same]
     # each edge's end points too (a zero-length edge still touches its pixel)
