@@ -231,3 +231,32 @@ def test_fractional_masks_are_refused(oblique) -> None:
     nib.save(nib.Nifti1Image(data, nifti_affine(volume)), path)
     with pytest.raises(NotLabels, match="fractional"):
         imports.import_mask(cat, row, Path(path))
+
+
+def test_contours_through_voxel_centres_boundary_rules(oblique) -> None:
+    """Contours traced through voxel centres (as rt-utils and most exporters write them): the
+    overlap rule keeps the whole boundary ring, the centre rule only the interior for sure."""
+    from voxelhub.roi.rtstruct import rasterise
+
+    _, series, _, _, volume = oblique
+    affine = series.affine
+
+    def lps(points_xy: list[tuple[float, float]], z: int) -> np.ndarray:
+        xyz = np.array([[x, y, z, 1.0] for x, y in points_xy])
+        return (affine @ xyz.T)[:3].T
+
+    square = lps([(4, 5), (15, 5), (15, 20), (4, 20)], 6)
+    diamond = lps([(13, 8), (20, 15), (13, 22), (6, 15)], 9)  # R = 7 about (13, 15)
+    centre, _ = rasterise([square, diamond], volume, boundary="centre")
+    overlap, _ = rasterise([square, diamond], volume, boundary="overlap")
+    z, y, x = np.indices(SHAPE)
+    inside_square = (z == 6) & (x >= 4) & (x <= 15) & (y >= 5) & (y <= 20)
+    inside_diamond = (z == 9) & (np.abs(x - 13) + np.abs(y - 15) <= 7)
+    np.testing.assert_array_equal(overlap, inside_square | inside_diamond)
+    # centres exactly on a contour fall on either side with the rounding of the oblique
+    # transform: the centre rule keeps every centre strictly inside, never one outside
+    strictly = ((z == 6) & (x > 4) & (x < 15) & (y > 5) & (y < 20)) | (
+        (z == 9) & (np.abs(x - 13) + np.abs(y - 15) < 7)
+    )
+    assert (centre >= strictly).all() and (centre <= overlap).all()
+    assert centre.sum() < overlap.sum()

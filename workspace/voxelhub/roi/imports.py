@@ -391,6 +391,7 @@ def import_seg(
     overlaps: str = "split",
     threshold: float = 0.5,
     check_reference: bool = True,
+    source_name: str | None = None,
     overwrite: bool = False,
 ) -> dict[str, ImportedLabels]:
     """A DICOM SEG on a volume's grid: one label image, or one mask per segment if they overlap.
@@ -414,6 +415,9 @@ def import_seg(
         ``threshold`` (default 0.5); the probabilities are not kept.
     check_reference
         Refuse a SEG of another frame of reference or patient (default).
+    source_name
+        What the stored label image records as its source instead of the path (ingest of a
+        de-identified project never stores a path).
 
     Returns
     -------
@@ -447,7 +451,11 @@ def import_seg(
     placed, sampled, notes = place_frames(seg, volume, uids)
     notes = [*notes, *seg.notes, *ref_notes]
     shape = tuple(int(s) for s in volume.shape)
-    source = {"importer": "seg", "path": where, "sop_instance_uid": seg.sop_instance_uid}
+    source = {
+        "importer": "seg",
+        "path": where if source_name is None else source_name,
+        "sop_instance_uid": seg.sop_instance_uid,
+    }
     base = name or "seg"
     masks: dict[int, NDArray[np.bool_]] = {}
     if seg.seg_type == "LABELMAP":
@@ -550,6 +558,7 @@ def import_rtstruct(
     name: str | None = None,
     boundary: str = "centre",
     check_reference: bool = True,
+    source_name: str | None = None,
     overwrite: bool = False,
 ) -> dict[str, ImportedLabels]:
     """Each ROI of an RTSTRUCT as a mask on the volume's exact grid (oblique included).
@@ -567,6 +576,8 @@ def import_rtstruct(
         :mod:`voxelhub.roi.rtstruct`.
     check_reference
         Refuse an RTSTRUCT of another frame of reference or patient (default).
+    source_name
+        What the stored label images record as their source instead of the path.
 
     Raises
     ------
@@ -642,7 +653,7 @@ def import_rtstruct(
             notes=[*notes, *roi_notes],
             source={
                 "importer": "rtstruct",
-                "path": where,
+                "path": where if source_name is None else source_name,
                 "roi": roi_name,
                 "boundary": boundary,
             },
