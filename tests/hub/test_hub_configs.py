@@ -184,20 +184,45 @@ def test_a_site_catalog_url_reaches_kernels_and_limits_can_be_lifted(
     assert c.ResourceLimits.process_memory_limit is None
 
 
-def test_hub_stops_at_once_in_a_checkout_other_users_cannot_enter(
-    hub_env: Path, tmp_path: Path
-) -> None:
-    """A checkout under a mode-0700 folder (like /root): user servers and the data service could
-    not run its code, so loading the hub config stops with a message naming the folder."""
+def _private_checkout(tmp_path: Path) -> Path:
     private = tmp_path / "private"
     (private / "checkout").mkdir(parents=True)
-    for part in ("hub_config", "extensions"):
-        shutil.copytree(HUB_CONFIG.parent / part, private / "checkout" / part)
+    for part in ("hub_config", "extensions", "workspace"):
+        shutil.copytree(
+            HUB_CONFIG.parent / part,
+            private / "checkout" / part,
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
     private.chmod(0o700)
-    loader = PyFileConfigLoader(
-        "jupyterhub_config.py", path=str(private / "checkout" / "hub_config")
-    )
+    return private / "checkout"
+
+
+def test_a_private_checkout_publishes_what_users_import(hub_env: Path, tmp_path: Path) -> None:
+    """A checkout under a mode-0700 folder (like /root): the hub copies the code users' servers,
+    Gateway workers and the data service import to <state>/runtime, readable by all."""
+    checkout = _private_checkout(tmp_path)
+    c = PyFileConfigLoader("jupyterhub_config.py", path=str(checkout / "hub_config")).load_config()
+    runtime = hub_env / "state" / "runtime"
+    assert (runtime / "workspace" / "voxelhub" / "__init__.py").is_file()
+    assert c.Spawner.environment["PYTHONPATH"] == str(runtime / "workspace")
+    assert c.Spawner.environment["JUPYTER_CONFIG_PATH"] == str(runtime / "hub_config" / "jupyter")
+    gateway = next(s for s in c.JupyterHub.services if s["name"] == "dask-gateway")
+    assert gateway["environment"]["PYTHONPATH"] == str(runtime / "workspace")
+    for folder, _dirs, files in os.walk(runtime):
+        assert os.stat(folder).st_mode & 0o755 == 0o755
+        for name in files:
+            assert os.stat(os.path.join(folder, name)).st_mode & 0o777 == 0o644
+
+
+def test_hub_stops_at_once_when_its_venv_is_private(
+    hub_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A venv users cannot enter (``make install`` puts it under /opt/voxelhub/ for a private
+    checkout; this one was made by hand): loading the config stops, naming the folder and the fix."""
+    checkout = _private_checkout(tmp_path)
+    monkeypatch.setattr(sys, "executable", str(checkout / ".venv" / "bin" / "python"))
+    loader = PyFileConfigLoader("jupyterhub_config.py", path=str(checkout / "hub_config"))
     with pytest.raises(
-        SystemExit, match=r"extensions is inside .*, which other unix users cannot enter"
+        SystemExit, match=r"the venv .* is inside .*, which other unix users cannot"
     ):
         loader.load_config()

@@ -13,6 +13,7 @@ Needs root (unix accounts, cgroups); about two minutes on 2 cores.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pwd
@@ -179,7 +180,10 @@ def site(request: pytest.FixtureRequest) -> Iterator[Site]:
             site.start_server(name)
         yield site
     finally:
-        stack.stop()
+        survivors = stack.stop()
+        # the hub removed its user cgroups at exit (nothing left below its own cgroup)
+        tree = cgroups.detect(_cgroup_name_of(state))
+        left = [str(base) for base in tree.bases if base.exists()] if tree is not None else []
         for name in (ADMIN, VICTIM, ATTACKER):
             remove_account(name)
         remove_managed_group_if_unused()
@@ -190,6 +194,8 @@ def site(request: pytest.FixtureRequest) -> Iterator[Site]:
         shutil.rmtree(state, ignore_errors=True)
         if outer is not None:
             shutil.rmtree(outer, ignore_errors=True)
+    assert not survivors, f"processes outlived the hub: {survivors}"
+    assert not left, f"cgroups left behind: {left}"
 
 
 # ---- 1. kernels: nothing of one user's session reaches another -----------------------------------
@@ -427,48 +433,77 @@ def test_one_user_cannot_exhaust_the_machine(site: Site) -> None:
 
 
 def _cgroup_name(site: Site) -> str:
-    import hashlib
+    return _cgroup_name_of(site.state)
 
-    return "voxelhub-" + hashlib.sha256(str(site.state).encode()).hexdigest()[:8]
+
+def _cgroup_name_of(state: Path) -> str:
+    """The hub's cgroup folder name (hub_config/jupyterhub_config.py: from the state folder)."""
+    return "voxelhub-" + hashlib.sha256(str(state).encode()).hexdigest()[:8]
 
 
 # ---- 6, 7. Gateway workers: in the user's budget, no dashboards, not another user's --------------
 
 
-def test_gateway_workers_share_the_budget_and_expose_no_dashboard(site: Site) -> None:
-    from dask_gateway import Gateway
-    from dask_gateway.auth import JupyterHubAuth
+ATTACKER_CLUSTER = """
+import json, sys
+from dask_gateway import Gateway
+from dask_gateway.auth import JupyterHubAuth
+gateway = Gateway(address=sys.argv[1], proxy_address=sys.argv[2], auth=JupyterHubAuth(api_token=sys.argv[3]))
+cluster = gateway.new_cluster()
+cluster.scale(1)
+client = cluster.get_client()
+client.wait_for_workers(1, timeout=120)
+print(json.dumps({"name": cluster.name}), flush=True)
+sys.stdin.readline()  # until the test has looked
+client.close()
+cluster.shutdown()
+gateway.close()
+"""
 
+
+def test_gateway_workers_share_the_budget_and_expose_no_dashboard(site: Site) -> None:
     gw_port = site.stack.ports["VOXELHUB_GATEWAY_PORT"]
     address = f"http://127.0.0.1:{gw_port}/services/dask-gateway"
+    api = f"{address}/api/v1/clusters/"
 
-    def gateway(user: str) -> Gateway:
-        return Gateway(
-            address=address,
-            proxy_address=f"gateway://127.0.0.1:{gw_port}",
-            auth=JupyterHubAuth(api_token=site.tokens[user]),
-        )
+    def clusters(user: str) -> dict[str, Any]:
+        headers = {"Authorization": f"jupyterhub {site.tokens[user]}"}
+        listing: dict[str, Any] = requests.get(api, headers=headers, timeout=30).json()
+        return listing
 
-    mine, theirs = gateway(ATTACKER), gateway(VICTIM)
+    # the attacker's cluster, made from their own terminal (a separate process: dask_gateway's
+    # client leaves this interpreter's recursion counter off, which breaks a later ast.parse)
+    proc = subprocess.Popen(
+        [
+            *("runuser", "-u", ATTACKER, "--", USER_PYTHON, "-c", ATTACKER_CLUSTER),
+            *(address, f"gateway://127.0.0.1:{gw_port}", site.tokens[ATTACKER]),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd="/",
+    )
     try:
-        cluster = mine.new_cluster()
-        cluster.scale(1)
-        client = cluster.get_client()
-        client.wait_for_workers(1, timeout=120)
-        # the victim neither sees nor stops the attacker's cluster (and vice versa)
-        assert theirs.list_clusters() == []
+        assert proc.stdout is not None and proc.stdin is not None
+        line = proc.stdout.readline()
+        assert line, f"no cluster: {proc.stderr.read() if proc.stderr else ''}"
+        name = json.loads(line)["name"]
+        # the victim neither sees nor stops the attacker's cluster
+        assert clusters(VICTIM) == {}
         r = requests.delete(
-            f"{address}/api/v1/clusters/{cluster.name}",
+            api + name,
             headers={"Authorization": f"jupyterhub {site.tokens[VICTIM]}"},
             timeout=30,
         )
         assert r.status_code in (403, 404), r.status_code
-        assert [c.name for c in mine.list_clusters()] == [cluster.name]
+        assert list(clusters(ATTACKER)) == [name]
         # no dashboard behind the public port, for anyone
-        dash = site.get(f"/services/dask-gateway/clusters/{cluster.name}/status")
+        dash = site.get(f"/services/dask-gateway/clusters/{name}/status")
         assert dash.status_code == 404, dash.status_code
         owned = cgroups.processes_of_uid(pwd.getpwnam(ATTACKER).pw_uid)
         dask = [p for p in owned if b"dask" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        dask = [p for p in dask if b"JupyterHubAuth" not in Path(f"/proc/{p}/cmdline").read_bytes()]
         assert len(dask) >= 2, "scheduler and worker processes"
         for pid in dask:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -478,11 +513,13 @@ def test_gateway_workers_share_the_budget_and_expose_no_dashboard(site: Site) ->
             if cgroups.detect(_cgroup_name(site)) is not None:
                 own = Path(f"/proc/{pid}/cgroup").read_text()
                 assert f"/{_cgroup_name(site)}/{ATTACKER}" in own, own
-        client.close()
-        cluster.shutdown()
+        proc.stdin.write("done\n")
+        proc.stdin.flush()
+        assert proc.wait(timeout=120) == 0, proc.stderr.read() if proc.stderr else ""
     finally:
-        mine.close()
-        theirs.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 # ---- the ones that held: tokens, other users' servers, the hub API, traversal --------------------
@@ -563,20 +600,17 @@ def test_stopping_a_server_stops_every_process_of_the_user(site: Site) -> None:
     if tree is not None:
         assert all(not (base / ATTACKER).exists() for base in tree.bases)
     # and with no server, no Dask cluster either (its budget is the server's)
-    from dask_gateway import Gateway
-    from dask_gateway.auth import JupyterHubAuth
-
     gw_port = site.stack.ports["VOXELHUB_GATEWAY_PORT"]
-    gateway = Gateway(
-        address=f"http://127.0.0.1:{gw_port}/services/dask-gateway",
-        proxy_address=f"gateway://127.0.0.1:{gw_port}",
-        auth=JupyterHubAuth(api_token=site.tokens[ATTACKER]),
+    r = requests.post(
+        f"http://127.0.0.1:{gw_port}/services/dask-gateway/api/v1/clusters/",
+        headers={"Authorization": f"jupyterhub {site.tokens[ATTACKER]}"},
+        json={"cluster_options": {}},
+        timeout=30,
     )
-    try:
-        with pytest.raises(Exception, match="no running JupyterLab server"):
-            gateway.new_cluster()
-    finally:
-        gateway.close()
+    assert r.status_code >= 400 and "no running JupyterLab server" in r.text, (
+        r.status_code,
+        r.text,
+    )
     site.start_server(ATTACKER)  # for any test after this one
 
 
