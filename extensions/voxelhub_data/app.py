@@ -14,6 +14,12 @@ OAuth cookie of a browser):
 ``GET|HEAD api/store/<store path>/<key>``        Zarr keys, with HTTP ``Range`` (inner chunks
                                                  of sharded arrays)
 ``PUT  api/volumes/<uid>/labels/<name>``         write a label image (analysts, curators)
+``GET  api/volumes/<uid>/thumbnail``             a small PNG slice (``z``, ``axis``)
+``PUT|POST api/features``                        store cohort feature rows, a Parquet body
+                                                 (analysts, curators of every volume's project)
+``GET  api/features``                            stored feature rows of your projects
+                                                 (``settings_hash``, ``series``), Parquet/JSON
+``GET  api/features/settings/<hash>``            the settings a stored hash stands for
 ``GET  api/audit``                               the audit trail (hub admins only)
 ``GET  api/health``                              liveness, no authentication
 ===============================================  ============================================
@@ -55,7 +61,7 @@ from traitlets.config import Application
 from voxelhub_data import paths
 from voxelhub_data.access import Caller, Role, roles_from_groups
 from voxelhub_data.audit_trail import AuditTrail
-from voxelhub_data.catalog_view import CatalogView, Found, QueryError
+from voxelhub_data.catalog_view import CatalogView, Found, NotInCatalog, QueryError
 
 log = logging.getLogger("voxelhub.data")
 
@@ -155,6 +161,9 @@ class DataService(Application):
                 (p + "api/studies", StudiesHandler),
                 (p + r"api/volumes/([^/]+)", VolumeHandler),
                 (p + r"api/volumes/([^/]+)/labels/([^/]+)", LabelsHandler),
+                (p + r"api/volumes/([^/]+)/thumbnail", ThumbnailHandler),
+                (p + "api/features", FeaturesHandler),
+                (p + r"api/features/settings/([^/]+)", FeatureSettingsHandler),
                 (p + r"api/store/(.*)", StoreHandler),
                 (p + "api/audit", AuditHandler),
                 (p + "oauth_callback", HubOAuthCallbackHandler),
@@ -419,6 +428,48 @@ class VolumeHandler(BaseHandler):
         self.write_json(stored.to_json())
 
 
+class ThumbnailHandler(BaseHandler):
+    """A small grey PNG of one slice of the smallest stored level (checked like a volume read).
+
+    ``z``: the slice, in full-resolution voxels along ``axis`` (default the middle);
+    ``axis``: ``z`` (axial, default), ``y`` (coronal) or ``x`` (sagittal).
+    """
+
+    async def get(self, uid: str) -> None:
+        action = "volume.thumbnail"
+        unknown = sorted(set(self.request.arguments) - {"z", "axis"})
+        if unknown:
+            self.deny(action, f"unknown parameter(s) {unknown}", status=400)
+        axis = self.get_argument("axis", "z")
+        raw = self.get_argument("z", "")
+        try:
+            index = int(raw) if raw else None
+        except ValueError:
+            self.deny(action, f"z must be an integer, not {raw[:20]!r}", status=400)
+        if axis not in ("z", "y", "x"):
+            self.deny(action, f"axis must be z, y or x, not {axis[:20]!r}", status=400)
+        found = await self.run(self.service.catalog.volume, unquote(uid))
+        if found is None:
+            self.deny(action, f"no volume {uid[:80]!r} in your projects", status=404)
+        self.require(found.project, Role.VIEWER, action, volume=found.volume_uid)
+        try:
+            png = await self.run(self.service.catalog.thumbnail, found.store_path, index, axis)
+        except ValueError as exc:  # a slice outside the volume
+            self.deny(action, str(exc), status=400, project=found.project)
+        self.allow(
+            action,
+            project=found.project,
+            patient=found.patient,
+            study=found.study_uid,
+            volume=found.volume_uid,
+            nbytes=len(png),
+            detail={"axis": axis, "z": index},
+        )
+        self.set_header("Content-Type", "image/png")
+        self.set_header("Cache-Control", "private, no-store")
+        self.finish(png)
+
+
 class StoreHandler(BaseHandler):
     """Zarr keys, whole or by one byte range; every read is checked and (aggregated) audited."""
 
@@ -559,6 +610,96 @@ class LabelsHandler(BaseHandler):
             nbytes=len(self.request.body),
         )
         self.write_json({"name": written.name, "checksum": written.checksum}, status=201)
+
+
+class FeaturesHandler(BaseHandler):
+    """Cohort feature tables (``voxelhub.features`` result rows) in the catalog's database.
+
+    A write is a Parquet table with :data:`~voxelhub.features.results.COLUMNS` and the
+    settings' JSON in its schema metadata; every row's ``series`` is a volume UID, and the
+    caller must be an analyst (or curator) of every project those volumes belong to, or
+    nothing is stored.  Rows replace earlier ones of the same (series, ROI, settings).
+    """
+
+    async def put(self) -> None:
+        action = "features.write"
+        body = bytes(self.request.body)
+        try:
+            table = await self.run(self.service.catalog.read_feature_table, body)
+        except NotInCatalog as exc:
+            self.deny(action, str(exc), status=404)
+        except QueryError as exc:
+            self.deny(action, str(exc), status=400)
+        for found in {f.project: f for f in table.volumes.values()}.values():
+            self.require(found.project, Role.ANALYST, action, volume=found.volume_uid)
+        await self.run(self.service.catalog.save_features, table)
+        rows = table.frame.groupby("series").size().to_dict()
+        for series, found in table.volumes.items():
+            self.allow(
+                action,
+                project=found.project,
+                patient=found.patient,
+                study=found.study_uid,
+                volume=found.volume_uid,
+                nbytes=len(body) if len(table.volumes) == 1 else 0,
+                detail={"rows": int(rows[series]), "settings_hash": table.settings.hash},
+            )
+        self.write_json(
+            {
+                "rows": len(table.frame),
+                "volumes": sorted(table.volumes),
+                "settings_hash": table.settings.hash,
+            },
+            status=201,
+        )
+
+    post = put
+
+    async def get(self) -> None:
+        action = "features.read"
+        unknown = sorted(set(self.request.arguments) - {"settings_hash", "series", "format"})
+        fmt = self.get_argument("format", "json")
+        if unknown or fmt not in ("json", "parquet"):
+            self.deny(action, f"unknown parameter(s) {unknown or [fmt]}", status=400)
+        settings_hash = self.get_argument("settings_hash", "")
+        series = [s for s in self.get_arguments("series") if s]
+        if len(settings_hash) > 64 or len(series) > 1000 or any(len(s) > 128 for s in series):
+            self.deny(action, "settings_hash, series: too long or too many", status=400)
+        frame, volumes = await self.run(
+            self.service.catalog.features, settings_hash, series, self.caller.projects
+        )
+        # one record per volume whose rows were given: "who saw this patient's results"
+        rows = frame.groupby("series").size().to_dict()
+        for series_name, found in volumes.items():
+            self.allow(
+                action,
+                project=found.project,
+                patient=found.patient,
+                study=found.study_uid,
+                volume=found.volume_uid,
+                detail={"rows": int(rows.get(series_name, 0)), "settings_hash": settings_hash},
+            )
+        if not volumes:
+            self.allow(action, detail={"settings_hash": settings_hash, "rows": 0})
+        if fmt == "parquet":
+            buf = io.BytesIO()
+            frame.to_parquet(buf, index=False)
+            self.set_header("Content-Type", "application/vnd.apache.parquet")
+            self.set_header("Cache-Control", "no-store")
+            self.finish(buf.getvalue())
+            return
+        self.write_json({"rows": frame.to_dict(orient="records")})
+
+
+class FeatureSettingsHandler(BaseHandler):
+    """The settings JSON of a stored hash (settings carry no patient data)."""
+
+    async def get(self, settings_hash: str) -> None:
+        text = await self.run(self.service.catalog.feature_settings, settings_hash[:64])
+        if text is None:
+            self.deny("features.settings", f"no settings {settings_hash[:64]!r}", status=404)
+        self.allow("features.settings", detail={"settings_hash": settings_hash[:64]})
+        self.write_json({"settings_hash": settings_hash, "settings": text})
 
 
 class AuditHandler(BaseHandler):

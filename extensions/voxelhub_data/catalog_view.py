@@ -17,6 +17,8 @@ from sqlalchemy import select
 
 from voxelhub.catalog import Catalog, Patient, Project, Study, Volume
 from voxelhub.errors import CatalogError, VoxelHubError
+from voxelhub.features.results import COLUMNS, SETTINGS_METADATA, ResultStore
+from voxelhub.features.settings import Settings
 from voxelhub.store.location import open_location
 
 if TYPE_CHECKING:
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 
 _CACHE_SECONDS = 10.0
 _MAX_TEXT = 200
+_MAX_FEATURE_ROWS = 1_000_000
 
 
 class QueryError(ValueError):
@@ -50,6 +53,7 @@ class CatalogView:
         self.catalog = Catalog(self.location, catalog_url)
         self._paths: dict[str, tuple[float, Found | None]] = {}
         self._lock = threading.Lock()
+        self._result_store: ResultStore | None = None
 
     # -- queries -----------------------------------------------------------------------------------
     def projects(self, allowed: list[str] | None) -> pd.DataFrame:
@@ -132,6 +136,14 @@ class CatalogView:
             raise QueryError(f"no volume at {store_path}")
         return self.catalog.stored_volume(self.catalog.volume_row(found.volume_uid))
 
+    def thumbnail(self, store_path: str, index: int | None, axis: str) -> bytes:
+        from voxelhub.store.thumbnail import thumbnail_png
+
+        try:
+            return thumbnail_png(self.stored(store_path), index, axis)
+        except VoxelHubError as exc:
+            raise QueryError(str(exc)) from None
+
     def write_labels(
         self, uid: str, body: bytes, name: str, names: dict[int, str], overwrite: bool
     ) -> LabelImage:
@@ -150,3 +162,99 @@ class CatalogView:
             )
         except VoxelHubError as exc:
             raise QueryError(str(exc)) from None
+
+    # -- feature tables ----------------------------------------------------------------------------
+    def _results(self) -> ResultStore:
+        with self._lock:
+            if self._result_store is None:
+                self._result_store = ResultStore(self.catalog)
+            return self._result_store
+
+    def read_feature_table(self, body: bytes) -> FeatureTable:
+        """A result table sent as Parquet: checked, its settings, and the volume of each series.
+
+        Nothing is stored here: the handler decides first whether the caller may write to
+        every project the table touches.
+        """
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            arrow = pq.read_table(pa.BufferReader(body))
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise QueryError(f"the body is not a Parquet table: {str(exc)[:200]}") from None
+        text = (arrow.schema.metadata or {}).get(SETTINGS_METADATA)
+        if text is None:
+            raise QueryError("the table carries no settings (voxelhub.settings metadata)")
+        try:
+            settings = Settings.from_json(text.decode())
+        except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
+            raise QueryError(f"the table's settings cannot be read: {str(exc)[:200]}") from None
+        missing = [c for c in COLUMNS if c not in arrow.column_names]
+        if missing:
+            raise QueryError(f"the table lacks column(s) {missing}")
+        if arrow.num_rows == 0:
+            raise QueryError("the table has no rows")
+        if arrow.num_rows > _MAX_FEATURE_ROWS:
+            raise QueryError(f"more than {_MAX_FEATURE_ROWS} rows in one write")
+        frame = arrow.select(COLUMNS).to_pandas()
+        hashes = set(frame["settings_hash"])
+        if hashes != {settings.hash}:
+            raise QueryError(
+                f"rows carry settings_hash {sorted(map(str, hashes))[:3]}, the table's settings "
+                f"hash to {settings.hash}"
+            )
+        for column in ("series", "roi"):
+            values = frame[column]
+            if values.isna().any() or not all(isinstance(v, str) and v for v in values):
+                raise QueryError(f"every row needs a {column} name")
+            if values.str.len().max() > 128:
+                raise QueryError(f"a {column} name is longer than 128 characters")
+        try:
+            frame["value"] = frame["value"].astype(float)
+        except (ValueError, TypeError) as exc:
+            raise QueryError(f"values must be numbers: {str(exc)[:200]}") from None
+        volumes: dict[str, Found] = {}
+        for series in sorted(set(frame["series"])):
+            found = self.volume(series)
+            if found is None:
+                raise NotInCatalog(f"no volume {series[:80]!r} in your projects")
+            volumes[series] = found
+        return FeatureTable(frame, settings, volumes)
+
+    def save_features(self, table: FeatureTable) -> None:
+        self._results().save(table.frame, table.settings)
+
+    def features(
+        self, settings_hash: str | None, series: list[str], allowed: list[str] | None
+    ) -> tuple[pd.DataFrame, dict[str, Found]]:
+        """Stored result rows of volumes in the ``allowed`` projects (all for None), and the
+        volume of each series given."""
+        frame = self._results().load(settings_hash or None, series or None)
+        found = {s: self.volume(s) for s in sorted(set(frame["series"]))}
+        visible = {
+            s: f
+            for s, f in found.items()
+            if f is not None and (allowed is None or f.project in allowed)
+        }
+        frame = frame[frame["series"].isin(visible)].reset_index(drop=True)
+        return frame, visible
+
+    def feature_settings(self, settings_hash: str) -> str | None:
+        try:
+            return self._results().settings(settings_hash).to_json()
+        except KeyError:
+            return None
+
+
+class NotInCatalog(QueryError):
+    """A feature row names a volume the catalog does not have (answered 404)."""
+
+
+@dataclass(frozen=True)
+class FeatureTable:
+    """A checked result table, its settings and the volume each of its series is."""
+
+    frame: pd.DataFrame
+    settings: Settings
+    volumes: dict[str, Found]

@@ -221,6 +221,170 @@ def test_roles_decide_who_writes_labels(site: Site) -> None:
     assert site.catalog(CAROL).put_labels(lung, "seg", np.ones(shape, np.uint8), None, False)
 
 
+def _settings() -> Any:
+    from voxelhub.features import Discretisation, Settings
+
+    return Settings(
+        discretisation=Discretisation("fbs", bin_width=50.0),
+        families=("intensity_statistics",),
+        aggregations=("3D_avg",),
+    )
+
+
+def above_mean(volume: Any) -> Any:
+    """An ROI made from the volume itself."""
+    return volume > float(volume.mean())
+
+
+def _feature_body(
+    uid: str, settings: Any, *, meta: dict[bytes, bytes] | None = None, row_hash: str = ""
+) -> bytes:
+    """A result table for one volume as the client sends it (Parquet, settings in metadata)."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from voxelhub.features.results import COLUMNS, SETTINGS_METADATA
+
+    row = [uid, "roi", "mean", "stat", 1.5, "Q4LE", row_hash or settings.hash, None]
+    arrow = pa.Table.from_pandas(pd.DataFrame([row], columns=COLUMNS), preserve_index=False)
+    metadata = {SETTINGS_METADATA: settings.to_json().encode()} if meta is None else meta
+    buf = io.BytesIO()
+    pq.write_table(arrow.replace_schema_metadata(metadata), buf)
+    return buf.getvalue()
+
+
+def _audit(site: Site, **params: str) -> list[dict[str, Any]]:
+    r = site.get("/api/audit", site.tokens[ADMIN], params=params)
+    assert r.status_code == 200, r.text
+    return list(r.json()["records"])
+
+
+def test_analysts_write_feature_tables_viewers_read_them(site: Site) -> None:
+    import pandas as pd
+
+    import voxelhub
+    from voxelhub.errors import AccessDenied, NotFound
+    from voxelhub.features import extract, extract_many
+
+    settings = _settings()
+    bob = site.catalog(BOB)
+    rows = bob.series(project=BRAIN)
+    table = extract_many(
+        rows, roi={"bright": above_mean}, settings=settings, catalog=bob, save_to=bob,
+        progress=False,
+    )  # fmt: skip
+    assert table["error"].isna().all() and set(table.series) == set(site.volumes[BRAIN])
+    # the same numbers as an extraction straight from the store (read here as root)
+    local = voxelhub.open_catalog(site.store)
+    uid = site.volumes[BRAIN][0]
+    volume = local.open_series(uid)
+    direct = extract(volume, above_mean(volume), settings)
+    got = table[table.series == uid]
+    np.testing.assert_allclose(got["value"].to_numpy(), direct["value"].to_numpy())
+    local.close()
+
+    def key(frame: Any) -> Any:
+        return frame.sort_values(["series", "feature"]).reset_index(drop=True)[
+            ["series", "roi", "feature", "value", "settings_hash"]
+        ]
+
+    # stored at the hub: a viewer of brain reads them, a non-member sees none
+    pd.testing.assert_frame_equal(key(site.catalog(CAROL).features(settings)), key(table))
+    assert site.catalog(ALICE).features(settings).empty
+    assert site.catalog(CAROL).feature_settings(settings.hash) == settings
+
+    def never(volume: Any) -> Any:
+        raise AssertionError("a stored case was computed again")
+
+    resumed = extract_many(
+        rows, roi={"bright": never}, settings=settings, catalog=bob, save_to=bob, progress=False
+    )
+    pd.testing.assert_frame_equal(key(resumed), key(table))
+
+    # a viewer and a non-member are refused, and nothing of a refused table is stored
+    with pytest.raises(AccessDenied, match="viewer"):
+        site.catalog(CAROL).put_features(table, settings)
+    with pytest.raises(AccessDenied, match="not a member"):
+        site.catalog(ALICE).put_features(table, settings)
+    carol = site.catalog(CAROL)
+    lung_uid = site.volumes[LUNG][0]
+    lung_rows = table[table.series == uid].assign(series=lung_uid, roi="mixed")
+    mixed = pd.concat([lung_rows, table[table.series == uid].assign(roi="mixed")])
+    with pytest.raises(AccessDenied, match="viewer"):
+        carol.put_features(mixed, settings)  # a curator of lung, a viewer of brain
+    assert carol.features(settings, series=[lung_uid]).empty
+    written = carol.put_features(lung_rows, settings)  # lung alone: she curates it
+    assert written["volumes"] == [lung_uid] and written["rows"] == len(lung_rows)
+    assert len(site.catalog(ALICE).features(settings, series=[lung_uid])) == len(lung_rows)
+    with pytest.raises(AccessDenied, match="viewer"):  # extract_many as a viewer: refused
+        extract_many(
+            [uid], roi={"other": above_mean}, settings=settings, catalog=carol, save_to=carol,
+            progress=False,
+        )  # fmt: skip
+    with pytest.raises(NotFound):
+        bob.put_features(table.assign(series="1.2.3.no.such.volume"), settings)
+
+    # malformed tables: a clear 400
+    token = {"Authorization": f"token {site.tokens[BOB]}"}
+    url = site.stack.data_url + "/api/features"
+    bad = {
+        "not parquet": b"PAR1 not really",
+        "no settings": _feature_body(uid, settings, meta={}),
+        "broken settings": _feature_body(uid, settings, meta={b"voxelhub.settings": b"{"}),
+        "other hash": _feature_body(uid, settings, row_hash="0" * 64),
+    }
+    for label, body in bad.items():
+        r = requests.put(url, data=body, headers=token, timeout=30)
+        assert r.status_code == 400, (label, r.status_code, r.text)
+        assert r.json()["message"], label
+    assert (
+        requests.put(url, data=_feature_body(uid, settings), headers=token, timeout=30).status_code
+        == 201
+    )  # the same body with its own settings is taken
+
+    # audited: each allowed write per volume (with its patient), each refusal
+    writes = _audit(site, action="features.write")
+    allowed = [r for r in writes if r["decision"] == "allow" and r["user"] == BOB]
+    assert {r["volume"] for r in allowed} == set(site.volumes[BRAIN])
+    assert all(r["project"] == BRAIN and r["patient"] for r in allowed)
+    denied = {(r["user"], r["decision"]) for r in writes if r["decision"] == "deny"}
+    assert {(CAROL, "deny"), (ALICE, "deny"), (BOB, "deny")} <= denied
+    reads = _audit(site, action="features.read", user=CAROL, series=uid)
+    assert reads and reads[0]["project"] == BRAIN
+
+
+def test_thumbnails_are_checked_and_audited_like_reads(site: Site) -> None:
+    from PIL import Image
+
+    import voxelhub
+    from voxelhub.errors import AccessDenied, NotFound
+
+    uid = site.volumes[LUNG][0]
+    local = voxelhub.open_catalog(site.store)  # the store itself, read here as root
+    for params in ({}, {"z": "7", "axis": "z"}, {"z": "3", "axis": "y"}, {"axis": "x"}):
+        r = site.get(f"/api/volumes/{uid}/thumbnail", site.tokens[ALICE], params=params)
+        assert r.status_code == 200 and r.headers["Content-Type"] == "image/png", r.text
+        index = int(params["z"]) if "z" in params else None
+        assert r.content == local.thumbnail(uid, index, params.get("axis", "z"))
+    local.close()
+    image = Image.open(io.BytesIO(site.catalog(ALICE).thumbnail(uid)))
+    assert image.mode == "L" and max(image.size) <= 64
+    with pytest.raises((AccessDenied, NotFound)):
+        site.catalog(BOB).thumbnail(uid)
+    assert site.get(f"/api/volumes/{uid}/thumbnail", None).status_code == 401
+    alice = site.tokens[ALICE]
+    for params in ({"axis": "t"}, {"z": "abc"}, {"z": "8"}, {"z": "-1"}, {"size": "9"}):
+        r = site.get(f"/api/volumes/{uid}/thumbnail", alice, params=params)
+        assert r.status_code == 400 and r.json()["message"], (params, r.text)
+    records = _audit(site, action="volume.thumbnail", series=uid)
+    assert any(
+        r["user"] == ALICE and r["decision"] == "allow" and r["patient"] and r["nbytes"] > 0
+        for r in records
+    )
+    assert any(r["user"] == BOB and r["decision"] == "deny" for r in records)
+
+
 def test_the_os_refuses_the_store_files_to_a_member(site: Site) -> None:
     """alice is a member of lung, but as her own unix user she cannot open the store at all."""
     targets = [
@@ -282,6 +446,8 @@ def _attacks(site: Site) -> list[tuple[str, str, str | None, dict[str, str], byt
     brain_uid = site.volumes[BRAIN][0]
     brain_path = site.paths[brain_uid]
     alice = site.tokens[ALICE]
+    lung_features = _feature_body(site.volumes[LUNG][0], _settings())
+    brain_features = _feature_body(brain_uid, _settings())
     bad_tokens = {
         "none": None,
         "empty": "",
@@ -391,6 +557,11 @@ def _attacks(site: Site) -> list[tuple[str, str, str | None, dict[str, str], byt
         )
         out.append(("outsider write", f"PUT /api/volumes/{brain_uid}/labels/x", alice, {}, b"x"))
         out.append(("no-token write", f"PUT /api/volumes/{brain_uid}/labels/x", None, {}, b"x"))
+        out.append(("viewer features", "PUT /api/features", alice, {}, lung_features))
+        out.append(("outsider features", "PUT /api/features", alice, {}, brain_features))
+        out.append(("no-token features", "PUT /api/features", None, {}, lung_features))
+    for _ in range(20):
+        out.append(("outsider thumbnail", f"/api/volumes/{brain_uid}/thumbnail", alice, {}, None))
     for _ in range(30):
         out.append(("unknown param", "/api/series?password=1", alice, {}, None))
         out.append(("unknown endpoint", "/api/admin/users", alice, {}, None))

@@ -1147,3 +1147,9 @@ class Catalog:
         elif hasattr(row, "to_dict"):
             row = row.to_dict()
         return StoredVolume.from_store(self.location, row)
+
+    def thumbnail(self, uid_or_row: Any, index: int | None = None, axis: str = "z") -> bytes:
+        """A small grey PNG of slice ``index`` along ``axis`` (see :mod:`voxelhub.store.thumbnail`)."""
+        from voxelhub.store.thumbnail import thumbnail_png
+
+        return thumbnail_png(self.stored_volume(uid_or_row), index, axis)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -22,7 +23,12 @@ if TYPE_CHECKING:
     import pandas as pd
     import xarray as xr
 
+    from voxelhub.features.settings import Settings
+
+log = logging.getLogger(__name__)
+
 _PAGE = 1000
+_SERIES_PER_REQUEST = 100
 
 
 class ServiceCatalog:
@@ -152,6 +158,14 @@ class ServiceCatalog:
     def open_series(self, uid_or_row: Any, level: int = 0) -> xr.DataArray:
         return self.stored_volume(uid_or_row).open(level)
 
+    def thumbnail(self, uid_or_row: Any, index: int | None = None, axis: str = "z") -> bytes:
+        """A small grey PNG of slice ``index`` along ``axis``, made by the service in one request
+        (see :mod:`voxelhub.store.thumbnail`)."""
+        uid = uid_or_row if isinstance(uid_or_row, str) else uid_or_row["volume_uid"]
+        params = {"axis": axis, **({"z": str(index)} if index is not None else {})}
+        body, _ = self._get(f"volumes/{quote(str(uid), safe='')}/thumbnail", params)
+        return body
+
     def reports(self) -> pd.DataFrame:
         raise AccessDenied("ingest reports are read at the server (`voxelhub list` as an admin)")
 
@@ -176,6 +190,115 @@ class ServiceCatalog:
         if status >= 400:
             raise _error(status, body, self.url)
         return dict(json.loads(body))
+
+    # -- feature tables ------------------------------------------------------------------------
+    def put_features(self, table: pd.DataFrame, settings: Settings) -> dict[str, Any]:
+        """Store cohort result rows (``extract_many``'s columns) for ``settings`` at the hub.
+
+        Every row's ``series`` must be a volume of the catalog, and you an analyst or curator
+        of each volume's project; rows replace earlier ones of the same (series, ROI,
+        settings).  Sent as Parquet with the settings in its metadata.
+        """
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from voxelhub.features.results import COLUMNS, SETTINGS_METADATA
+
+        frame = table.reindex(columns=COLUMNS)
+        arrow = pa.Table.from_pandas(frame, preserve_index=False)
+        metadata = {**(arrow.schema.metadata or {}), SETTINGS_METADATA: settings.to_json()}
+        buf = io.BytesIO()
+        pq.write_table(arrow.replace_schema_metadata(metadata), buf)
+        status, body, _ = self.location.request(
+            "features", method="PUT", data=buf.getvalue(), timeout=600
+        )
+        if status >= 400:
+            raise _error(status, body, self.url)
+        return dict(json.loads(body))
+
+    def features(
+        self, settings: Settings | None = None, series: list[str] | None = None
+    ) -> pd.DataFrame:
+        """Stored result rows of your projects' volumes, for one setting and/or some series."""
+        import pandas as pd
+
+        from voxelhub.features.results import COLUMNS
+
+        base = {"settings_hash": settings.hash if settings is not None else None}
+        batches = (
+            [None]
+            if series is None
+            else [
+                series[i : i + _SERIES_PER_REQUEST]
+                for i in range(0, len(series), _SERIES_PER_REQUEST)
+            ]
+        )
+        frames = []
+        for batch in batches:
+            params: dict[str, Any] = {**base, "format": "parquet"}
+            query = {k: str(v) for k, v in params.items() if v is not None}
+            status, body, _ = self.location.request(
+                "features", params={**query, **({"series": batch} if batch else {})}
+            )
+            if status >= 400:
+                raise _error(status, body, self.url)
+            frames.append(pd.read_parquet(io.BytesIO(body)))
+        if not frames:
+            return pd.DataFrame(columns=COLUMNS)
+        frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+        frame["value"] = frame["value"].astype(float)
+        return frame
+
+    def feature_settings(self, settings_hash: str) -> Settings:
+        """The settings a stored hash stands for."""
+        from voxelhub.features.settings import Settings
+
+        data = self._json("features/settings/" + quote(settings_hash, safe=""))
+        return Settings.from_json(str(data["settings"]))
+
+    def results(self) -> ServiceResults:
+        """Cohort results stored through the service (what ``extract_many(save_to=…)`` uses)."""
+        return ServiceResults(self)
+
+
+class ServiceResults:
+    """:class:`voxelhub.features.results.ResultStore`'s interface over the data service.
+
+    ``extract_many(..., catalog=cat, save_to=cat)`` with the hub's catalog stores each finished
+    case through the service and resumes from what it stored.
+    """
+
+    def __init__(self, catalog: ServiceCatalog) -> None:
+        self.catalog = catalog
+
+    def done(self, settings: Settings) -> set[tuple[str, str]]:
+        """(series, roi) pairs of your projects already computed without error."""
+        frame = self.catalog.features(settings)
+        ok = frame[frame["error"].isna()]
+        return {(str(s), str(r)) for s, r in zip(ok["series"], ok["roi"], strict=True)}
+
+    def save(self, table: pd.DataFrame, settings: Settings) -> None:
+        if table.empty:
+            return
+        try:
+            self.catalog.put_features(table, settings)
+        except NotFound:
+            if not table["error"].notna().all():
+                raise
+            # a failed case of a volume the service does not show you (an unknown UID): there
+            # is nothing to resume from it, and nowhere it may be stored
+            log.warning(
+                "not stored: failed case(s) of %s (no such volume in your projects)",
+                ", ".join(sorted(map(str, set(table["series"])))),
+            )
+
+    def load(
+        self, settings: Settings | None = None, series: list[str] | None = None
+    ) -> pd.DataFrame:
+        return self.catalog.features(settings, series)
+
+    def settings(self, settings_hash: str) -> Settings:
+        return self.catalog.feature_settings(settings_hash)
 
 
 def _error(status: int, body: bytes, url: str) -> Exception:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from voxelhub.features.cohort import extract_many
 from voxelhub.features.extract import extract, prepare, wide
-from voxelhub.features.results import ResultStore
+from voxelhub.features.results import ResultStore, open_results
 from voxelhub.features.settings import (
     AGGREGATIONS,
     FAMILIES,
@@ -31,6 +31,7 @@ __all__ = [
     "Settings",
     "extract",
     "extract_many",
+    "open_results",
     "prepare",
     "wide",
 ]

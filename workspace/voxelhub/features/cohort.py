@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from voxelhub.features.extract import extract
-from voxelhub.features.results import COLUMNS, ResultStore
+from voxelhub.features.results import COLUMNS, open_results
 from voxelhub.features.settings import Settings
 
 if TYPE_CHECKING:
@@ -313,7 +313,7 @@ class CohortRun:
         self.settings = settings or Settings()
         self.client = client
         self.retries = retries
-        self.store = None if save_to is None else ResultStore(save_to)
+        self.store = None if save_to is None else open_results(save_to)
         self._order = {c.key: i for i, c in enumerate(self.cases)}
         self._parts: list[pd.DataFrame] = []
         self._cancel = threading.Event()
@@ -483,7 +483,9 @@ def extract_many(
         full-resolution ones.
     save_to
         Store rows as each case finishes (a Catalog, an SQLAlchemy URL or Engine;
-        :class:`voxelhub.features.results.ResultStore`).
+        :class:`voxelhub.features.results.ResultStore`), or, on the hub, the data service's
+        catalog (``voxelhub.open_catalog()`` there): the service stores them for analysts and
+        curators of each volume's project (a viewer's save is refused).
     resume
         With ``save_to``: skip cases already stored without error for these settings, and
         return their stored rows.

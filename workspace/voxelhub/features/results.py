@@ -10,7 +10,7 @@ with an old one.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, Protocol
 
 import pandas as pd
 from sqlalchemy import (
@@ -31,7 +31,7 @@ from sqlalchemy.engine import Engine
 
 from voxelhub.features.settings import Settings
 
-__all__ = ["ResultStore"]
+__all__ = ["ResultStore", "Results", "open_results"]
 
 _metadata = MetaData()
 
@@ -60,6 +60,35 @@ _features_table = Table(
 COLUMNS = ["series", "roi", "feature", "family", "value", "ibsi_tag", "settings_hash", "error"]
 """Columns of a cohort result table (``extract_many``) and of the stored rows."""
 
+SETTINGS_METADATA = b"voxelhub.settings"
+"""Key of the settings JSON in the schema metadata of a result table sent as Parquet."""
+
+
+class Results(Protocol):
+    """Where cohort results are stored: a database (:class:`ResultStore`) or the data service
+    (:class:`voxelhub.service_catalog.ServiceResults`)."""
+
+    def done(self, settings: Settings) -> set[tuple[str, str]]: ...
+
+    def save(self, table: pd.DataFrame, settings: Settings) -> None: ...
+
+    def load(
+        self, settings: Settings | None = None, series: list[str] | None = None
+    ) -> pd.DataFrame: ...
+
+    def settings(self, settings_hash: str) -> Settings: ...
+
+
+def open_results(target: Any) -> Results:
+    """The result store of ``target``: a Catalog, URL or Engine (its database), a
+    :class:`~voxelhub.service_catalog.ServiceCatalog` (the data service stores them, for the
+    analysts of each volume's project), or a :class:`Results` object itself."""
+    if hasattr(target, "results") and callable(target.results):
+        return target.results()
+    if all(hasattr(target, m) for m in ("done", "save", "load", "settings")):
+        return target
+    return ResultStore(target)
+
 
 class ResultStore:
     """Read and write cohort results in a database.
@@ -82,7 +111,8 @@ class ResultStore:
             self.engine = target.engine
         else:
             raise TypeError(
-                f"cannot store results in {target!r}: give a Catalog, a URL or an Engine"
+                f"cannot store results in {target!r}: give a Catalog, a URL or an Engine "
+                "(open_results also takes the data service's catalog)"
             )
         _metadata.create_all(self.engine)
 
@@ -135,12 +165,13 @@ class ResultStore:
             conn.execute(insert(_features_table), rows)
 
     def load(
-        self, settings: Settings | None = None, series: list[str] | None = None
+        self, settings: Settings | str | None = None, series: list[str] | None = None
     ) -> pd.DataFrame:
-        """Stored rows as a tidy table, optionally for one setting and some series."""
+        """Stored rows as a tidy table, optionally for one setting (or its hash) and some series."""
         stmt = select(*(_features_table.c[c] for c in COLUMNS))
         if settings is not None:
-            stmt = stmt.where(_features_table.c.settings_hash == settings.hash)
+            wanted = settings if isinstance(settings, str) else settings.hash
+            stmt = stmt.where(_features_table.c.settings_hash == wanted)
         if series is not None:
             stmt = stmt.where(_features_table.c.series.in_(series))
         with self.engine.connect() as conn:

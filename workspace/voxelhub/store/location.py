@@ -28,6 +28,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Mapping
 from typing import Any, Literal, Protocol, runtime_checkable
 from urllib.parse import quote, urlparse
 
@@ -384,14 +385,16 @@ class ServiceLocation:
         self,
         path: str,
         *,
-        params: dict[str, str] | None = None,
+        params: Mapping[str, str | list[str]] | None = None,
         method: str = "GET",
         data: bytes | None = None,
         timeout: float = 120,
     ) -> tuple[int, bytes, dict[str, str]]:
         """One call to the service's API: (status, body, lower-case headers); never raises on
-        an HTTP error status, only when the service cannot be reached."""
-        url = self.api_url(path) + ("?" + urllib.parse.urlencode(params) if params else "")
+        an HTTP error status, only when the service cannot be reached.  A list parameter is
+        sent once per value."""
+        query = urllib.parse.urlencode(params, doseq=True) if params else ""
+        url = self.api_url(path) + ("?" + query if query else "")
         headers = self.headers()
         if data is not None:
             headers["Content-Type"] = "application/octet-stream"

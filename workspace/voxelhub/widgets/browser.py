@@ -17,7 +17,7 @@ import ipywidgets as w
 import numpy as np
 
 from voxelhub.errors import VoxelHubError
-from voxelhub.widgets.table import Table, png_data_uri
+from voxelhub.widgets.table import Table, png_uri
 
 log = logging.getLogger(__name__)
 
@@ -211,22 +211,13 @@ class StudyBrowser(w.HBox):
         return out
 
     def _thumbnail(self, row: dict[str, Any]) -> str:
-        """PNG of the middle slice of the smallest pyramid level ('' if it cannot be read)."""
-        from voxelhub.widgets.pyramid import first_timepoint
-        from voxelhub.widgets.slices import auto_window
-
+        """PNG of the middle slice of the smallest pyramid level ('' if it cannot be read): made
+        by the catalog (on the hub, by the data service in one request)."""
         try:
-            stored = self.catalog.stored_volume(row)  # the store's levels, not a guess
-            smallest = first_timepoint(stored.open(len(stored.levels) - 1))
-            mid = smallest.data[smallest.shape[0] // 2]
-            plane = np.asarray(mid.compute(scheduler="sync") if hasattr(mid, "compute") else mid)
+            return png_uri(self.catalog.thumbnail(row))
         except (OSError, ValueError, KeyError, VoxelHubError) as err:
             log.debug("no thumbnail for %s: %s", row.get("volume_uid"), err)
             return ""
-        presets = smallest.attrs.get("window_presets") or {}
-        center, width = presets.get("abdomen") or auto_window(plane)
-        grey = np.clip((plane.astype(np.float64) - (center - width / 2)) / width * 255, 0, 255)
-        return png_data_uri(grey.astype(np.uint8))
 
     # -- selection --------------------------------------------------------------------------
     def _selected(self, change: dict[str, Any]) -> None:

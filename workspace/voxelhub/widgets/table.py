@@ -9,14 +9,12 @@ extension; this one is forty lines of ES module shipped in the package.  Rows ar
 from __future__ import annotations
 
 import base64
-import struct
-import zlib
 from typing import Any
 
 import anywidget
-import numpy as np
 import traitlets as t
 
+from voxelhub.store.thumbnail import png_bytes
 from voxelhub.widgets.slices import STATIC
 
 
@@ -42,22 +40,9 @@ class Table(anywidget.AnyWidget):
 
 def png_data_uri(image: Any) -> str:
     """A grey 8-bit PNG of a 2-D uint8 array, as a ``data:`` URI (no imaging library needed)."""
-    arr = np.ascontiguousarray(image, dtype=np.uint8)
-    h, w = arr.shape
-    raw = b"".join(b"\x00" + arr[r].tobytes() for r in range(h))
+    return png_uri(png_bytes(image))
 
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data))
-            + kind
-            + data
-            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-        )
 
-    png = (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
-        + chunk(b"IDAT", zlib.compress(raw, 6))
-        + chunk(b"IEND", b"")
-    )
+def png_uri(png: bytes) -> str:
+    """PNG bytes as a ``data:`` URI."""
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
