@@ -6,6 +6,10 @@ What is checked, honestly:
   installed here; :data:`Z2JH_KEYS` and :data:`GATEWAY_KEYS` are allow-lists written from the
   charts' ``values.yaml`` / ``values.schema.yaml`` (Zero to JupyterHub 3.x/4.x, dask-gateway
   2026.3.0) for the parts of the charts VoxelHub uses;
+- both values files, merged over each chart's defaults, validate against the chart's own
+  ``values.schema.yaml`` (offline copies in ``../shared/data/helm``), as ``helm lint`` does;
+- the data service's manifests (``voxelhub-data.yaml``) agree with the hub's values: service
+  name, generated token's Secret key, URL and port, prefix, roles; one audit file per replica;
 - ``hub.config.<Class>.<trait>``: each trait exists on the class.  ``JupyterHub``,
   ``Authenticator`` and ``Spawner`` are the installed classes.  ``KubeSpawner`` and
   ``GenericOAuthenticator`` are checked against the installed class when their package is
@@ -14,7 +18,8 @@ What is checked, honestly:
 - the gateway's ``extraConfig`` is executed; it may only set traits of ``ClusterConfig``
   (installed; values validated by instantiating it) or ``KubeClusterConfig`` (trait names read
   from the installed source file, which needs ``kubernetes_asyncio`` to import);
-- kernels get the same variables as on one machine; fsspec reads the ``FSSPEC_S3_*`` variables;
+- kernels get the same variables as on one machine, and (as there) reach the store only through
+  the data service: no storage or database credentials in user or worker pods;
 - the Dockerfile: pinned base image, only existing files copied, non-root at the end, and its
   ``sed`` of environment.yml drops exactly the editable install.
 
@@ -24,6 +29,8 @@ Not checked: ``helm template``, ``docker build``, a real cluster.
 from __future__ import annotations
 
 import ast
+import copy
+import os
 import re
 import shlex
 from pathlib import Path
@@ -36,6 +43,11 @@ from traitlets.config.loader import PyFileConfigLoader
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "hub_config" / "kubernetes"
+HELM = Path(os.environ.get("VOXELHUB_SHARED", REPO.parent / "shared")) / "data" / "helm"
+CHARTS = {
+    "jupyterhub.values.yaml": "zero-to-jupyterhub",
+    "dask-gateway.values.yaml": "dask-gateway",
+}
 ANY = "*"  # any key at this level (names of env vars, roles, services, config snippets)
 
 #: Zero to JupyterHub keys VoxelHub may set (from the chart's values.yaml / values.schema.yaml).
@@ -321,18 +333,25 @@ def test_hub_and_gateway_agree_with_each_other_and_with_one_machine(
     for key in local:
         if key.startswith(("DASK_GATEWAY__", "VOXELHUB_")):
             assert key in env, f"{key} is set on one machine but not on Kubernetes"
-    assert env["VOXELHUB_STORE"].startswith("s3://")
-    assert env["VOXELHUB_CATALOG_URL"].startswith("postgresql+psycopg://")
-    # fsspec turns FSSPEC_S3_<KWARG> into s3fs arguments, in notebooks and on workers
-    from fsspec.config import set_conf_env
+    # as on one machine, the store is the data service's URL, for kernels and workers alike
+    service = hub["hub"]["services"]["voxelhub-data"]["url"]
+    store = env["VOXELHUB_STORE"]
+    assert store == gateway["backend"]["environment"]["VOXELHUB_STORE"]
+    assert store == service + "/services/voxelhub-data"
+    from voxelhub.store.location import ServiceLocation, open_location
 
-    for source in (env, gateway["backend"]["environment"]):
-        conf: dict[str, dict[str, Any]] = {}
-        set_conf_env(conf, {k: v for k, v in source.items() if isinstance(v, str)})
-        assert conf["s3"]["endpoint_url"].startswith("https://")
+    assert isinstance(open_location(store), ServiceLocation)
+    # and nothing that would open the store or the catalog directly
+    leaked = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "PGPASSWORD", "VOXELHUB_CATALOG_URL"}
+    assert not leaked & set(env), leaked & set(env)
+    assert not any(k.startswith("FSSPEC_") for k in env)
+    assert "extraContainerConfig" not in gateway["backend"]["worker"]
+    assert (
+        "access:services!service=voxelhub-data"
+        in (hub["hub"]["config"]["KubeSpawner"]["server_token_scopes"])
+    )
     # no secret in the values files: secret env vars come from k8s Secrets
-    for name in ("AWS_SECRET_ACCESS_KEY", "PGPASSWORD"):
-        assert "secretKeyRef" in env[name]["valueFrom"]
+    assert "secretKeyRef" in hub["hub"]["extraEnv"]["OAUTH_CLIENT_SECRET"]["valueFrom"]
     assert "password" not in hub["hub"]["db"]
 
 
@@ -368,3 +387,115 @@ def test_dockerfile_builds_from_environment_yml() -> None:
     assert len(original) - len(kept) == 1 and "-e ." not in "\n".join(kept)
     env = yaml.safe_load("\n".join(kept))
     assert any(isinstance(d, dict) and "pip" in d for d in env["dependencies"])
+
+
+def _merged(defaults: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` over the chart's defaults, as Helm merges them (maps merge, the rest replace)."""
+    out = copy.deepcopy(defaults)
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _schema_errors(values_file: str, values: dict[str, Any] | None = None) -> list[str]:
+    import jsonschema
+
+    chart = HELM / CHARTS[values_file]
+    if not (chart / "values.schema.yaml").exists():
+        pytest.fail(f"chart schema missing: {chart} (clone the repo next to shared/)")
+    schema = yaml.safe_load((chart / "values.schema.yaml").read_text())
+    defaults = yaml.safe_load((chart / "values.yaml").read_text())
+    merged = _merged(defaults, load(values_file) if values is None else values)
+    validator = jsonschema.Draft7Validator(schema)
+    return [
+        f"{'.'.join(map(str, e.absolute_path))}: {e.message[:200]}"
+        for e in validator.iter_errors(merged)
+    ]
+
+
+@pytest.mark.parametrize("values_file", sorted(CHARTS))
+def test_values_validate_against_the_charts_schema(values_file: str) -> None:
+    assert _schema_errors(values_file) == []
+    # the schema is strict where it matters: a misspelt key or a wrong type is caught
+    wrong = load(values_file)
+    wrong["hub" if "hub" in wrong else "gateway"]["prefixx"] = "/x"
+    assert any("prefixx" in e for e in _schema_errors(values_file, wrong))
+    if values_file == "jupyterhub.values.yaml":
+        typed = load(values_file)
+        typed["singleuser"]["startTimeout"] = "ten minutes"
+        assert any("startTimeout" in e for e in _schema_errors(values_file, typed))
+
+
+def _manifests() -> dict[str, dict[str, Any]]:
+    docs = [d for d in yaml.safe_load_all((K8S / "voxelhub-data.yaml").read_text()) if d]
+    return {d["kind"]: d for d in docs}
+
+
+def test_data_service_manifests_match_the_hub_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(REPO / "extensions"))
+    from voxelhub_data.app import DataService
+
+    hub = load("jupyterhub.values.yaml")["hub"]
+    manifests = _manifests()
+    assert set(manifests) == {"Service", "StatefulSet"}
+    svc, sts = manifests["Service"], manifests["StatefulSet"]
+    assert sts["spec"]["replicas"] >= 2  # stateless but for the audit trail: see the note
+    assert sts["spec"]["selector"]["matchLabels"] == svc["spec"]["selector"]
+    assert sts["spec"]["template"]["metadata"]["labels"].items() >= svc["spec"]["selector"].items()
+    port = svc["spec"]["ports"][0]["port"]
+    name = svc["metadata"]["name"]
+    assert (
+        hub["services"]["voxelhub-data"]["url"]
+        == f"http://{name}.voxelhub.svc.cluster.local:{port}"
+    )
+    containers = {c["name"]: c for c in sts["spec"]["template"]["spec"]["containers"]}
+    service = containers["voxelhub-data"]
+    env = {e["name"]: e for e in service["env"]}
+    token = env["JUPYTERHUB_API_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert token == {"name": "hub", "key": "hub.services.voxelhub-data.apiToken"}  # Z2JH's key
+    assert env["JUPYTERHUB_SERVICE_NAME"]["value"] == "voxelhub-data"
+    assert env["JUPYTERHUB_SERVICE_URL"]["value"].endswith(f":{port}")
+    assert env["JUPYTERHUB_CLIENT_ID"]["value"] == "service-voxelhub-data"
+    assert (
+        env["JUPYTERHUB_API_URL"]["value"]
+        == load("dask-gateway.values.yaml")["gateway"]["auth"]["jupyterhub"]["apiUrl"]
+    )
+    prefix = env["JUPYTERHUB_SERVICE_PREFIX"]["value"]
+    assert prefix == "/services/voxelhub-data/"
+    assert service["readinessProbe"]["httpGet"]["path"] == prefix + "api/health"
+    # one audit chain per replica: the pod's name in the file name, from the downward API
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["VOXELHUB_AUDIT_LOG"]["value"] == "/audit/audit-$(POD_NAME).log"
+    names = [e["name"] for e in service["env"]]
+    assert names.index("POD_NAME") < names.index("VOXELHUB_AUDIT_LOG")  # k8s expands only earlier
+    # the environment and arguments are the service's own settings
+    app = DataService()
+    app.parse_command_line(service["args"])
+    assert app.catalog_url.startswith("postgresql+psycopg://")
+    for key in ("VOXELHUB_DATA_STORE", "VOXELHUB_AUDIT_LOG", "JUPYTERHUB_SERVICE_PREFIX"):
+        assert key in env
+    # the checkpointer: another account, the audit read-only, its own volume the service lacks
+    checkpoint = containers["audit-checkpoint"]
+    mounts = {m["name"]: m for m in checkpoint["volumeMounts"]}
+    assert mounts["audit"]["readOnly"] is True and "checkpoints" in mounts
+    assert "checkpoints" not in {m["name"] for m in service["volumeMounts"]}
+    assert checkpoint["securityContext"]["runAsUser"] != service["securityContext"]["runAsUser"]
+    assert "audit-$(POD_NAME).log" in " ".join(checkpoint["command"])
+    # both run code the image copies to the folder on their PYTHONPATH
+    copies = {
+        rest.split()[-1]
+        for word, rest in _dockerfile()
+        if word == "COPY" and rest.split()[0].startswith("extensions/")
+    }
+    for container in (service, checkpoint):
+        path = {e["name"]: e.get("value") for e in container["env"]}["PYTHONPATH"]
+        packages = {"voxelhub_data"} if container is service else {"voxelhub_hub"}
+        assert {f"{path}/{p}" for p in packages} <= copies, (path, copies)
+    # the roles the service needs, and every user may call it (decided per project there)
+    roles = hub["loadRoles"]
+    assert roles["voxelhub-data"]["services"] == ["voxelhub-data"]
+    assert set(roles["voxelhub-data"]["scopes"]) == {"read:users", "read:groups"}
+    assert "access:services!service=voxelhub-data" in roles["user"]["scopes"]
