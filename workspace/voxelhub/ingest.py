@@ -61,6 +61,9 @@ class IngestReport:
     rejected_files: list[dict[str, str]] = field(default_factory=list)
     non_dicom: list[str] = field(default_factory=list)
     superseded: dict[str, str] = field(default_factory=dict)
+    labels: list[dict[str, Any]] = field(default_factory=list)
+    """SEG and RTSTRUCT files found: attached to their series' volumes as label images, pending
+    (their series is not stored yet) or failed (see :mod:`voxelhub.roi.attach`)."""
     report_id: int | None = None
     paths_withheld: bool = False
     """True in a de-identified project: ``paths``, ``non_dicom`` and every ``source`` hold
@@ -75,7 +78,8 @@ class IngestReport:
         or volumes were rejected or failed and the rest was written; 2: nothing was written or
         found unchanged although DICOM files were found (or no DICOM file was found at all).
         """
-        done = len(self.written) + len(self.unchanged)
+        attached = sum(item["status"] == "attached" for item in self.labels)
+        done = len(self.written) + len(self.unchanged) + attached
         if done == 0:
             return 2
         return 1 if self.failed or self.rejected_files else 0
@@ -117,6 +121,12 @@ class IngestReport:
                 f"  failed volume of series {item['series_uid']} ({item['split'] or 'whole'}): "
                 f"{item['reason']}"
             )
+        for item in self.labels:
+            what = f"{item['kind']} {item['source']}"
+            if item["status"] == "attached":
+                lines.append(f"  attached {what} as label image(s) {item['labels']}")
+            else:
+                lines.append(f"  {item['status']} {what}: {item['reason']}")
         for old, kept in self.superseded.items():
             lines.append(f"  labels of replaced {old} kept with it at {kept} (grid changed)")
         if self.exit_code == 2 and not self.failed:
@@ -189,7 +199,10 @@ def ingest(
             for r in found.rejected
         ]
         report.files_seen = (
-            len({f.source for f in found.frames}) + len(found.rejected) + len(found.skipped)
+            len({f.source for f in found.frames})
+            + len(found.rejected)
+            + len(found.skipped)
+            + len(found.rois)
         )
         plan = plan_volumes(found.frames)
         report.duplicates = plan.duplicates
@@ -216,8 +229,12 @@ def ingest(
             bar.close()
             if pool is not None:
                 pool.shutdown()
+        if found.rois:  # SEG / RTSTRUCT: label images of the series they reference
+            _attach_labels(catalog, project, found.rois, deid, names, report)
         if names.withheld:
             _name_sources(report, names, found)
+            for item in report.labels:
+                item["source"] = names.name(item["source"])
         report.report_id = catalog.record_report(
             proj,
             {
@@ -247,6 +264,34 @@ def ingest(
         return report
     finally:
         catalog.close()
+
+
+def _attach_labels(
+    catalog: Catalog,
+    project: str,
+    rois: list[Any],
+    deid: Any,
+    names: SourceNames,
+    report: IngestReport,
+) -> None:
+    from voxelhub.roi.attach import attach_rois
+
+    report.labels = attach_rois(
+        catalog,
+        project,
+        rois,
+        out_uid=lambda uid: _out_uid(deid, uid),
+        deidentified=deid is not None,
+        name_of=names.name,
+        reason_of=names.reason,
+    )
+    for item, obj in zip(report.labels, rois, strict=True):
+        item["source"] = obj.source  # named with the rest once the report is complete
+        if item["status"] == "failed":
+            reason = f"{obj.kind} not attached: {item['reason']}"
+            report.rejected_files.append(
+                {"source": obj.source, "reason": reason, "tag": "", "series_uid": ""}
+            )
 
 
 def _name_sources(report: IngestReport, names: SourceNames, found: Any) -> None:

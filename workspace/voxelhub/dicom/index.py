@@ -4,6 +4,8 @@ The index never reads pixel data (``stop_before_pixels``); it turns every image 
 small :class:`Frame` record that the grouping step sorts into volumes.  Files that are not DICOM
 are *skipped* (listed, not errors); DICOM files that cannot become image frames (corrupt,
 truncated, no pixel data, not an image) are *rejected* with the reason and the tag at fault.
+DICOM SEG and RTSTRUCT files are neither: they are listed as ROI objects
+(:class:`~voxelhub.dicom.roi_objects.RoiObject`) for ingest to attach to the series they reference.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from tqdm.auto import tqdm
 
 from voxelhub.dicom import acquisition, multiframe
 from voxelhub.dicom.acquisition import Diffusion
+from voxelhub.dicom.roi_objects import RoiObject, roi_object
 
 log = logging.getLogger(__name__)
 
@@ -116,11 +119,14 @@ class IndexResult:
     frames: list[Frame] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    rois: list[RoiObject] = field(default_factory=list)
+    """SEG and RTSTRUCT files: ROIs to attach to the series they reference, not images."""
 
     def extend(self, other: IndexResult) -> None:
         self.frames.extend(other.frames)
         self.rejected.extend(other.rejected)
         self.skipped.extend(other.skipped)
+        self.rois.extend(other.rois)
 
 
 def iter_sources(paths: Iterable[str | os.PathLike[str]]) -> Iterator[str]:
@@ -286,6 +292,10 @@ def _tag_of(exc: BaseException) -> str | None:
 
 
 def _frames_of(ds: Dataset, source: str, remaining: int, result: IndexResult) -> None:
+    found = roi_object(ds, source)
+    if found is not None:
+        result.rois.append(found)
+        return
     sop_class = str(ds.get("SOPClassUID", ""))
     if "Rows" not in ds or "Columns" not in ds:
         name = pydicom.uid.UID(sop_class).name if sop_class else "no SOP class"

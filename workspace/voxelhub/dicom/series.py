@@ -210,14 +210,16 @@ def plan_volumes(frames: Iterable[Frame]) -> Plan:
     exception escapes for one group: a damaged group is a rejected volume, the rest goes on.
     """
     unique, dropped = deduplicate(frames)
-    by_series: dict[tuple[str, str], list[Frame]] = defaultdict(list)
-    for f in unique:
-        by_series[(f.study_instance_uid, f.series_instance_uid)].append(f)
+    by_series = _by_series(unique)
+    in_studies = Counter(series_uid for _, series_uid in by_series)
     plans: list[VolumePlan] = []
     rejected: list[RejectedVolume] = []
     for (study_uid, series_uid), members in sorted(by_series.items()):
         n_orientations = len({_round(f.image_orientation, 4) for f in members})
+        studies = sorted({f.study_instance_uid for f in members})
         for split, group in _split(members, _ALWAYS_SPLIT):
+            if in_studies[series_uid] > 1:  # one series UID, several patients: never merged
+                split = {**split, "study": study_uid}
             parts = [(split, group)]
             if not group[0].is_mosaic and _has_repeated_positions(group):
                 parts = []
@@ -241,6 +243,15 @@ def plan_volumes(frames: Iterable[Frame]) -> Plan:
                     )
                     continue
                 for plan in new:
+                    if len(studies) > 1:
+                        plan.geometry.flags.append(
+                            Flag(
+                                "mixed_study_uids",
+                                f"the series' slices carry {len(studies)} StudyInstanceUIDs "
+                                f"({', '.join(studies)}) for one patient: kept as one volume, "
+                                "as dcm2niix reads them, listed under its first slice's study",
+                            )
+                        )
                     if n_orientations > 1:
                         plan.geometry.flags.append(
                             Flag(
@@ -251,6 +262,31 @@ def plan_volumes(frames: Iterable[Frame]) -> Plan:
                         )
                     plans.append(plan)
     return Plan(plans, rejected, dropped)
+
+
+def _by_series(frames: list[Frame]) -> dict[tuple[str, str], list[Frame]]:
+    """Frames by (study, series) UID, never losing slices that share a SeriesInstanceUID.
+
+    A SeriesInstanceUID names one series of one study, yet real files break that: an anonymiser
+    that makes a new StudyInstanceUID per file (rt-utils' oblique test data), or two exports
+    merged.  Slices of one series and one patient stay one series, under the study UID most of
+    them carry (the volume is flagged ``mixed_study_uids``), as dcm2niix reads them.  Slices of
+    one series UID from different patients stay apart by study: :func:`plan_volumes` adds the
+    study to their split, so each becomes its own volume and none overwrites another.
+    """
+    by_series: dict[str, list[Frame]] = defaultdict(list)
+    for f in frames:
+        by_series[f.series_instance_uid].append(f)
+    out: dict[tuple[str, str], list[Frame]] = {}
+    for series_uid, members in by_series.items():
+        if len({f.patient_id for f in members}) > 1:
+            for f in members:
+                out.setdefault((f.study_instance_uid, series_uid), []).append(f)
+            continue
+        counts = Counter(f.study_instance_uid for f in members)
+        study = max(sorted(counts), key=lambda u: counts[u])
+        out[(study, series_uid)] = members
+    return out
 
 
 def _position_key(f: Frame) -> tuple[float, ...] | None:

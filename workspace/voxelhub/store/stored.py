@@ -35,6 +35,7 @@ class VolumeFlag(StrEnum):
     NON_UNIFORM_SPACING = "non_uniform_spacing"
     GANTRY_TILT = "gantry_tilt"
     MIXED_ORIENTATION = "mixed_orientation"
+    MIXED_STUDY_UIDS = "mixed_study_uids"
     VOLUMES_BY_INSTANCE_ORDER = "volumes_by_instance_order"
     GE_PEPOLAR_REVERSED = "ge_pepolar_reversed"
     UIH_MOSAIC = "uih_mosaic"
