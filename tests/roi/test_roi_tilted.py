@@ -221,3 +221,57 @@ def test_rtstruct_on_real_tilted_and_oblique_series(series) -> None:
             ring[1] = True
             grown = binary_dilation(expected, ring) | binary_dilation(~expected, ring)
             assert (mask <= (expected | grown)).all()
+
+
+def _descriptions(n: int):
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    return [
+        hd.seg.SegmentDescription(
+            segment_number=i,
+            segment_label=f"part-{i}",
+            segmented_property_category=codes.SCT.Tissue,
+            segmented_property_type=codes.SCT.Tissue,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+        )
+        for i in range(1, n + 1)
+    ]
+
+
+def test_labelmap_seg(series) -> None:
+    """A LABELMAP SEG (frame values are segment numbers) on the real tilted series."""
+    import highdicom as hd
+
+    root, cat, row, headers = series
+    expected = _pattern(headers)
+    sources = []
+    for ds in headers:
+        full = pydicom.dcmread(ds.filename)
+        for keyword in ("PatientName", "PatientBirthDate", "PatientSex", "StudyDate"):
+            if keyword not in full:
+                setattr(full, keyword, "")
+        for keyword in ("StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber"):
+            if keyword not in full:
+                setattr(full, keyword, "")
+        full.ImageOrientationPatient = headers[0].ImageOrientationPatient
+        sources.append(full)
+    seg = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=expected,
+        segmentation_type=hd.seg.SegmentationTypeValues.LABELMAP,
+        segment_descriptions=_descriptions(2),
+        series_instance_uid=generate_uid(),
+        series_number=101,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="VoxelHub tests",
+        manufacturer_model_name="test_roi_tilted",
+        software_versions="0",
+        device_serial_number="1",
+    )
+    path = root / "labelmap.dcm"
+    seg.save_as(path)
+    got = imports.import_seg(cat, row, path)["seg"]
+    assert got.names == {1: "part-1", 2: "part-2"}
+    np.testing.assert_array_equal(got.labels.values, expected)
