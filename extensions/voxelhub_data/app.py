@@ -221,6 +221,9 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc]
             model = None
         if not model:
             self.audit_denied("auth", "no valid hub token or login", user="", source=source)
+            if self._browser_navigation():
+                self.redirect(self.get_login_url())  # OAuth with the hub, then back here
+                return
             raise web.HTTPError(401, "a valid JupyterHub token or login is required")
         name = str(model["name"])
         info = await self.user_info(name)
@@ -236,6 +239,15 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc]
                 self.check_xsrf_cookie()
             except web.HTTPError:
                 self.deny(self.request.method.lower(), "missing or wrong XSRF token", status=403)
+
+    def _browser_navigation(self) -> bool:
+        """A browser opening a page (GET, asks for HTML, no token): it may sign in by OAuth.
+        API clients get a 401 instead of a redirect."""
+        return (
+            self.request.method == "GET"
+            and "text/html" in self.request.headers.get("Accept", "")
+            and not self.request.headers.get("Authorization")
+        )
 
     async def user_info(self, name: str) -> dict[str, Any]:
         """The user's groups and admin flag, asked of the hub with the service's own token."""

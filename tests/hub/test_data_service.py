@@ -714,3 +714,40 @@ def _parquet(body: bytes) -> Any:
     import pandas as pd
 
     return pd.read_parquet(io.BytesIO(body))
+
+
+def test_a_write_from_the_browser_needs_the_xsrf_token(site: Site) -> None:
+    """bob (analyst of brain) signs in with a password; his browser holds the service's login
+    cookie after the OAuth dance.  A write another site makes his browser send (the cookie, no
+    XSRF token) is refused and audited; the same write with the token goes through."""
+    assert site.admin is not None
+    password = secrets.token_urlsafe(18)
+    browser = HubBrowser(site.stack.url, site.stack.verify)
+    browser.signup(BOB, password)
+    site.admin.approve(BOB)
+    browser.login(BOB, password, next_url="/hub/home")
+    public = site.stack.url + "/services/voxelhub-data"
+    # a page opened in the browser: OAuth with the hub, then the service's login cookie
+    html = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    whoami = browser.session.get(public + "/api/", headers=html, timeout=60)
+    assert whoami.status_code == 200 and whoami.json()["name"] == BOB, whoami.text[:300]
+    cookies = {c.name: c.path for c in browser.session.cookies}
+    assert cookies.get("service-voxelhub-data") == "/services/voxelhub-data/", cookies
+
+    brain = site.volumes[BRAIN][0]
+    shape = site.catalog(BOB).stored_volume(brain).shape
+    body = io.BytesIO()
+    np.save(body, np.ones(shape, np.uint8), allow_pickle=False)
+    url = f"{public}/api/volumes/{brain}/labels/browser"
+    denials = _denials(site)
+    forged = browser.session.put(url, data=body.getvalue(), timeout=60)
+    # HubOAuth does not accept the login cookie on a write without the token: not signed in
+    assert forged.status_code in (401, 403), (forged.status_code, forged.text)
+    assert _denials(site) == denials + 1
+    assert "browser" not in site.catalog(CAROL).stored_volume(brain).labels
+
+    xsrf = browser.session.cookies.get("_xsrf", path="/services/voxelhub-data/")
+    assert xsrf, [(c.name, c.path) for c in browser.session.cookies]
+    done = browser.session.put(url, data=body.getvalue(), headers={"X-XSRFToken": xsrf}, timeout=60)
+    assert done.status_code == 201, (done.status_code, done.text[:300])
+    assert "browser" in site.catalog(CAROL).stored_volume(brain).labels
