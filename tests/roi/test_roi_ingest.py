@@ -78,18 +78,29 @@ def test_ct_with_its_segs_gives_one_volume_and_attached_labels(tmp_path) -> None
     cat.close()
 
 
-def test_seg_ingested_after_its_series_is_attached_and_before_it_is_pending(tmp_path) -> None:
+def test_seg_before_its_series_is_kept_and_attached_when_the_series_arrives(tmp_path) -> None:
     store = tmp_path / "store"
     early = voxelhub.ingest(_folder(tmp_path, DCMQI / "liver.dcm"), store, progress=False)
     assert [i["status"] for i in early.labels] == ["pending"]
-    assert "ingest this file again" in early.labels[0]["reason"]
+    assert "kept, pending" in early.labels[0]["reason"]
     assert "pending SEG" in early.summary()
-    voxelhub.ingest(DCMQI / "image", store, progress=False)
-    late = voxelhub.ingest(tmp_path / "in", store, progress=False)
-    assert [i["status"] for i in late.labels] == ["attached"]
-    assert late.exit_code == 0
+    assert len(list((store / "projects" / "default" / "pending-labels").iterdir())) == 2
+    series = voxelhub.ingest(DCMQI / "image", store, progress=False)
+    assert [i["status"] for i in series.labels] == ["attached"]
+    assert series.labels[0]["source"].startswith("pending:")
     cat = voxelhub.open_catalog(store)
-    assert len(list_labels(cat, cat.series().iloc[0])) == 1
+    row = cat.series().iloc[0]
+    (name,) = list_labels(cat, row)
+    np.testing.assert_array_equal(
+        read_labels(cat, row, name).values, _nrrd(DCMQI / "liver_seg.nrrd")
+    )
+    assert [p.name for p in (store / "projects" / "default" / "pending-labels").iterdir()] == [
+        "zarr.json"
+    ]
+    # the same SEG ingested again: the same label image, replaced
+    late = voxelhub.ingest(tmp_path / "in", store, progress=False)
+    assert [i["status"] for i in late.labels] == ["attached"] and late.exit_code == 0
+    assert list_labels(cat, row) == [name]
     cat.close()
 
 
@@ -124,10 +135,19 @@ def test_other_patients_seg_in_the_folder_fails_and_is_listed(tmp_path) -> None:
 
 
 def test_deidentified_project_attaches_without_storing_a_path(tmp_path) -> None:
-    folder = _folder(tmp_path, *sorted((DCMQI / "image").iterdir()), DCMQI / "liver.dcm")
-    report = voxelhub.ingest(
-        folder, tmp_path / "store", project="anon", deidentify=True, progress=False
-    )
+    store = tmp_path / "store"
+    # the SEG first: kept pending, de-identified
+    early = voxelhub.ingest(
+        _folder(tmp_path, DCMQI / "liver.dcm"), store, project="anon", deidentify=True,
+        progress=False,
+    )  # fmt: skip
+    assert [i["status"] for i in early.labels] == ["pending"]
+    (kept,) = [p for p in (store / "projects" / "anon" / "pending-labels").iterdir() if p.is_dir()]
+    data = zarr.open_group(kept, mode="r")["bytes"][:].tobytes()
+    assert b"99000" not in data and b"JANCT000" not in data  # patient ID and name replaced
+    folder = tmp_path / "images"
+    shutil.copytree(DCMQI / "image", folder)
+    report = voxelhub.ingest(folder, store, project="anon", progress=False)
     assert [i["status"] for i in report.labels] == ["attached"]
     assert str(tmp_path) not in json.dumps(report.labels)
     cat = voxelhub.open_catalog(tmp_path / "store")

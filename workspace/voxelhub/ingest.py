@@ -29,6 +29,7 @@ from voxelhub import config
 from voxelhub.catalog import Catalog, Project
 from voxelhub.dicom.index import index, open_source, process_context
 from voxelhub.dicom.metadata import acquisition_block
+from voxelhub.dicom.roi_objects import pending_root
 from voxelhub.dicom.series import VolumePlan, plan_volumes
 from voxelhub.dicom.slabs import volume_shape
 from voxelhub.errors import DicomError, GeometryError, StoreError, VoxelHubError
@@ -229,12 +230,15 @@ def ingest(
             bar.close()
             if pool is not None:
                 pool.shutdown()
-        if found.rois:  # SEG / RTSTRUCT: label images of the series they reference
+        if found.rois or location.exists(pending_root(project)):
+            # SEG / RTSTRUCT: label images of the series they reference (and earlier ones
+            # whose series this ingest brought)
             _attach_labels(catalog, project, found.rois, deid, names, report)
         if names.withheld:
             _name_sources(report, names, found)
             for item in report.labels:
-                item["source"] = names.name(item["source"])
+                if item["source"] in {obj.source for obj in found.rois}:
+                    item["source"] = names.name(item["source"])
         report.report_id = catalog.record_report(
             proj,
             {
@@ -281,16 +285,18 @@ def _attach_labels(
         project,
         rois,
         out_uid=lambda uid: _out_uid(deid, uid),
-        deidentified=deid is not None,
+        deid=deid,
         name_of=names.name,
         reason_of=names.reason,
     )
-    for item, obj in zip(report.labels, rois, strict=True):
+    sources = {obj.source for obj in rois}
+    for item, obj in zip(report.labels, rois, strict=False):
         item["source"] = obj.source  # named with the rest once the report is complete
-        if item["status"] == "failed":
-            reason = f"{obj.kind} not attached: {item['reason']}"
+    for item in report.labels:
+        if item["status"] == "failed" and item["source"] in sources:
+            reason = f"{item['kind']} not attached: {item['reason']}"
             report.rejected_files.append(
-                {"source": obj.source, "reason": reason, "tag": "", "series_uid": ""}
+                {"source": item["source"], "reason": reason, "tag": "", "series_uid": ""}
             )
 
 

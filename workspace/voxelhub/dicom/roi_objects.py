@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["RTSTRUCT_SOP_CLASS", "SEG_SOP_CLASSES", "RoiObject", "roi_object"]
+__all__ = ["RTSTRUCT_SOP_CLASS", "SEG_SOP_CLASSES", "RoiObject", "pending_root", "roi_object"]
 
 SEG_SOP_CLASSES = frozenset(
     {
@@ -80,3 +80,8 @@ def roi_object(ds: Any, source: str) -> RoiObject | None:
         referenced_instances=instances,
         patient_id=str(ds.get("PatientID", "")),
     )
+
+
+def pending_root(project: str) -> str:
+    """Where a project keeps ROI objects whose series is not in the store yet."""
+    return f"projects/{project}/pending-labels"

@@ -13,8 +13,13 @@ stored next to each volume:
 
 where ``<ref>`` is 8 hex digits of a hash of the object's (output) SOP Instance UID, so that
 ingesting it again replaces the same label images.  Every object gets one entry in the report
-(``attached``, ``pending``: its series is not in the store yet, ingest the object again once it
-is; or ``failed`` with the reason, which also lists the file among the refused ones).
+(``attached``; ``pending``; or ``failed`` with the reason, which also lists the file among the
+refused ones).
+
+An object whose series is not in the store yet is kept in the store, pending, under
+``projects/<project>/pending-labels/<ref>/`` (its DICOM bytes in a zarr array, de-identified
+first in a de-identified project, with the series it references); every later ingest into the
+project attaches the pending objects whose series has arrived, and removes them.
 
 In a de-identified project the series and instance UIDs are compared after the project's UID
 mapping, the frame-of-reference and patient check is skipped (the stored volume carries replaced
@@ -24,21 +29,25 @@ values; the series reference is the link), and no path is stored with the label 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import posixpath
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
+
 from voxelhub.catalog import Catalog
 from voxelhub.dicom.index import ZIP_SEP, open_source
-from voxelhub.dicom.roi_objects import RoiObject
+from voxelhub.dicom.roi_objects import RoiObject, pending_root
 from voxelhub.errors import VoxelHubError
 from voxelhub.roi.imports import import_rtstruct, import_seg
 from voxelhub.roi.labels import volume_path
 
-__all__ = ["attach_rois", "label_name"]
+__all__ = ["attach_rois", "keep_pending", "label_name", "pending_objects"]
 
 
 def label_name(obj: RoiObject, out_uid: Callable[[str], str]) -> str:
@@ -48,16 +57,92 @@ def label_name(obj: RoiObject, out_uid: Callable[[str], str]) -> str:
 
 
 @contextmanager
-def _local_file(source: str) -> Iterator[str]:
+def _local_file(source: str, location: Any) -> Iterator[str]:
     """A path pydicom can open: the file itself, or a zip member copied to a temporary file."""
-    if ZIP_SEP not in source:
+    if ZIP_SEP not in source and not source.startswith(PENDING):
         yield source
         return
     with tempfile.TemporaryDirectory(prefix="voxelhub-roi-") as folder:
         path = os.path.join(folder, "object.dcm")
-        with open_source(source) as src, open(path, "wb") as dst:
+        with _open(source, location) as src, open(path, "wb") as dst:
             shutil.copyfileobj(src, dst)
         yield path
+
+
+PENDING = "pending:"
+"""Source prefix of an object kept pending in the store (``pending:<store path>``)."""
+
+
+def _open(source: str, location: Any) -> Any:
+    if source.startswith(PENDING):
+        group = location.open_group(source[len(PENDING) :])
+        return io.BytesIO(np.asarray(group["bytes"][:], dtype=np.uint8).tobytes())
+    return open_source(source)
+
+
+def keep_pending(
+    catalog: Catalog, project: str, obj: RoiObject, deid: Any, out_uid: Callable[[str], str]
+) -> str:
+    """Keep an object whose series is not stored yet in the store, de-identified if need be."""
+    import pydicom
+    import zarr
+
+    location = catalog.location
+    root = pending_root(project)
+    final = posixpath.join(root, label_name(obj, out_uid))
+    if location.exists(final):
+        return final
+    with open_source(obj.source) as f:
+        data = f.read()
+    if deid is not None:
+        ds = pydicom.dcmread(io.BytesIO(data))
+        deid.deidentify(ds)
+        buffer = io.BytesIO()
+        ds.save_as(buffer)
+        data = buffer.getvalue()
+    zarr.open_group(location.zarr_store(root), mode="a", zarr_format=3)
+    tmp = location.new_temporary(suffix="")
+    try:
+        group = zarr.open_group(location.zarr_store(tmp), mode="w-", zarr_format=3)
+        array = group.create_array("bytes", shape=(len(data),), dtype="uint8")
+        array[:] = np.frombuffer(data, dtype=np.uint8)
+        group.attrs["voxelhub"] = {
+            "kind": obj.kind,
+            "sop_instance_uid": out_uid(obj.sop_instance_uid),
+            "referenced_series": [out_uid(u) for u in obj.referenced_series],
+            "referenced_instances": [out_uid(u) for u in obj.referenced_instances],
+        }
+        location.commit(tmp, final)
+    except BaseException:
+        location.remove(tmp)
+        raise
+    return final
+
+
+def pending_objects(catalog: Catalog, project: str) -> list[RoiObject]:
+    """The objects kept pending in a project (their UIDs as the store records them)."""
+    import zarr
+
+    location = catalog.location
+    root = pending_root(project)
+    if not location.exists(posixpath.join(root, "zarr.json")):
+        return []
+    group = zarr.open_group(location.zarr_store(root, read_only=True), mode="r")
+    out = []
+    for name in sorted(group.group_keys()):
+        meta: dict[str, Any] = dict(group[name].attrs.get("voxelhub") or {})  # type: ignore[arg-type]
+        out.append(
+            RoiObject(
+                source=PENDING + posixpath.join(root, name),
+                kind=str(meta.get("kind", "")),
+                sop_instance_uid=str(meta.get("sop_instance_uid", "")),
+                series_instance_uid="",
+                referenced_series=tuple(str(u) for u in meta.get("referenced_series", [])),
+                referenced_instances=tuple(str(u) for u in meta.get("referenced_instances", [])),
+                patient_id="",
+            )
+        )
+    return out
 
 
 def _targets(
@@ -90,46 +175,55 @@ def attach_rois(
     objects: list[RoiObject],
     *,
     out_uid: Callable[[str], str] = lambda uid: uid,
-    deidentified: bool = False,
+    deid: Any = None,
     name_of: Callable[[str], str] = lambda source: source,
     reason_of: Callable[[str, str], str] = lambda text, source: text,
 ) -> list[dict[str, Any]]:
     """Import every ROI object onto the volumes of the series it references; one entry each.
 
-    ``out_uid`` maps a UID as the store records it (the project's de-identification);
+    Objects kept pending by earlier ingests are tried too: attached ones (or ones that fail)
+    leave the pending area and get an entry; those still waiting stay, silently.
+
+    ``out_uid`` maps a UID as the store records it (the project's de-identification, ``deid``);
     ``name_of`` / ``reason_of`` name a source and scrub a message for the report (paths are
     withheld in de-identified projects).
     """
+    location = catalog.location
     entries: list[dict[str, Any]] = []
-    for obj in objects:
+    fresh = [(obj, out_uid) for obj in objects]
+    kept = [(obj, _same) for obj in pending_objects(catalog, project)]
+    for obj, mapping in fresh + kept:
+        is_pending = obj.source.startswith(PENDING)
         entry: dict[str, Any] = {
             "kind": obj.kind,
-            "sop_instance_uid": out_uid(obj.sop_instance_uid),
-            "source": name_of(obj.source),
-            "series_uid": ", ".join(out_uid(u) for u in obj.referenced_series),
+            "sop_instance_uid": mapping(obj.sop_instance_uid),
+            "source": obj.source if is_pending else name_of(obj.source),
+            "series_uid": ", ".join(mapping(u) for u in obj.referenced_series),
         }
-        targets = _targets(catalog, project, obj, out_uid)
+        targets = _targets(catalog, project, obj, mapping)
         if not targets:
-            entry.update(
-                status="pending",
-                reason=(
-                    "the series it references is not in the store: ingest this file again "
-                    "once its series is"
-                    if obj.referenced_series
-                    else "it names no referenced series"
-                ),
-            )
+            if is_pending:
+                continue  # still waiting for its series
+            if obj.referenced_series:
+                keep_pending(catalog, project, obj, deid, mapping)
+                reason = (
+                    "the series it references is not in the store yet: kept, pending, and "
+                    "attached by the ingest that brings the series"
+                )
+            else:
+                reason = "it names no referenced series"
+            entry.update(status="pending", reason=reason)
             entries.append(entry)
             continue
-        base = label_name(obj, out_uid)
+        base = label_name(obj, mapping)
         stored: dict[str, list[str]] = {}
         problems: list[str] = []
-        with _local_file(obj.source) as path:
+        with _local_file(obj.source, location) as path:
             for row in targets:
                 options: dict[str, Any] = {
                     "name": base,
-                    "check_reference": not deidentified,
-                    "source_name": name_of(obj.source) if deidentified else None,
+                    "check_reference": deid is None,
+                    "source_name": entry["source"] if deid is not None or is_pending else None,
                     "overwrite": True,
                 }
                 try:
@@ -149,5 +243,11 @@ def attach_rois(
                 entry["reason"] = "; ".join(problems)
         else:
             entry.update(status="failed", reason="; ".join(problems))
+        # attached or refused for good: nothing left to wait for
+        location.remove(posixpath.join(pending_root(project), base))
         entries.append(entry)
     return entries
+
+
+def _same(uid: str) -> str:
+    return uid
