@@ -83,6 +83,7 @@ bench: install hub-deps
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/viewer.py
 	$(BIN)/python benchmarks/radiomics.py
+	$(BIN)/python benchmarks/roi.py
 
 clean:
 	rm -rf $(VENV) .node .demo tests/artifacts $(OUTSIDE)
