@@ -6,7 +6,9 @@ runs in a kernel of each (Jupyter Server REST + websocket): a Gateway cluster of
 volume of the user's project through the data service (with the server's hub token) and sums
 it; the other user's volume is refused by the service, and the store's files by the OS (they
 belong to the service's own account).  Sample notebook 2 runs, cell by cell, in a kernel
-of alice's server on the course's shared, de-identified data.  Afterwards nothing the stack
+of alice's server on the course's shared, de-identified data.  Chromium logs alice in and runs
+sample notebook 1, then a notebook showing the slice viewer, the 3-D view and the feature panel
+on her volume read through the data service; the panel runs an extraction.  Afterwards nothing the stack
 started is left running, and the unix accounts and project groups the hub created are removed.
 
 Needs root (unix users, setuid spawner); about 1.5 minutes on 2 cores.
@@ -65,6 +67,8 @@ CHROMIUM_ARGS = [
     "--headless=new",
     "--no-sandbox",
     "--disable-gpu",
+    "--use-angle=swiftshader",  # WebGL2 on the CPU for the 3-D view (ipyniivue)
+    "--enable-unsafe-swiftshader",
     "--disable-quic",
     "--no-first-run",
     "--disable-background-networking",
@@ -479,6 +483,187 @@ def test_browser_logs_in_and_runs_sample_notebook_1(logged_in: Site) -> None:
     assert news_prompt == 0, (
         "JupyterLab offers internet news (hub_config/jupyter should disable it)"
     )
+    assert not page_errors, f"errors in the page: {page_errors}"
+
+
+WIDGETS_NOTEBOOK_CELLS = [
+    "import os, voxelhub, voxelhub.widgets as vw\n"
+    "from voxelhub.roi import threshold\n"
+    "cat = voxelhub.open_catalog()              # $VOXELHUB_STORE: the data service\n"
+    "row = cat.series(project={project!r}, modality='CT').iloc[0]\n"
+    "vol = voxelhub.open_series(row, catalog=cat)\n"
+    "mask = threshold(vol, lower=300)           # bone of the phantom, made here\n"
+    "print('STORE', os.environ['VOXELHUB_STORE'])\n"
+    "print('VOLUME', row.volume_uid, tuple(vol.shape))",
+    "vw.view(vol, mask=mask)",
+    "vw.view3d(vol, mask=mask, max_voxels=2_000_000)",
+    "p = vw.features_panel(cat, series=[row.volume_uid])\n"
+    "p.level.value = 2\np.lower.value = 300\np",
+    "print('WIDGETS' + '_SHOWN')",
+]
+
+
+def _notebook(cells: list[str]) -> dict[str, Any]:
+    return {
+        "nbformat": 4,
+        "nbformat_minor": 5,
+        "metadata": {
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
+        },
+        "cells": [
+            {
+                "cell_type": "code",
+                "id": f"c{i}",
+                "metadata": {},
+                "source": src,
+                "outputs": [],
+                "execution_count": None,
+            }
+            for i, src in enumerate(cells)
+        ],
+    }
+
+
+def _overlay_fraction(png: bytes) -> float:
+    """Fraction of pixels tinted red: the slice viewer's mask overlay (its crosshair is green, the
+    CT's pixels grey)."""
+    import io
+
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+    red = (rgb[..., 0] - rgb[..., 1] > 60) & (rgb[..., 0] - rgb[..., 2] > 30)
+    return float(red.mean())
+
+
+def _picture_stats(png: bytes) -> tuple[int, int]:
+    """(number of distinct grey levels, max - min) of a screenshot."""
+    import io
+
+    from PIL import Image
+
+    grey = np.asarray(Image.open(io.BytesIO(png)).convert("L"))
+    return len(np.unique(grey)), int(grey.max()) - int(grey.min())
+
+
+@pytest.mark.skipif(bool(_browser_missing()), reason=_browser_missing() or "ok")
+def test_browser_runs_the_widgets_through_the_data_service(logged_in: Site) -> None:
+    """Chromium logs in as alice and runs a notebook that opens a volume of her project through
+    the data service and shows the slice viewer, the 3-D view and the feature panel; the panel
+    runs an extraction and shows its feature rows.  Selectors and checks as in
+    tests/widgets/test_widgets_browser.py."""
+    import json
+
+    from playwright.sync_api import sync_playwright
+
+    site = logged_in
+    account = pwd.getpwnam(ALICE)
+    name = "widgets_through_the_service.ipynb"
+    copy = Path(account.pw_dir) / name
+    cells = [c.format(project=DEMO) for c in WIDGETS_NOTEBOOK_CELLS]
+    copy.write_text(json.dumps(_notebook(cells)))
+    os.chown(copy, account.pw_uid, account.pw_gid)
+    external: list[str] = []
+    page_errors: list[str] = []
+
+    def on_request(request: Any) -> None:
+        url = urlparse(request.url)
+        if url.scheme not in ("data", "blob") and url.hostname != "127.0.0.1":
+            external.append(request.url)
+
+    def shows_full_slice(axis: int) -> str:
+        """JS: the plane's canvas holds a full-resolution slice (as the widget test waits)."""
+        sel = f".vh-slices canvas[data-axis='{axis}']"
+        return (
+            f"() => {{ const c = document.querySelector({sel!r}); "
+            "return !!c && c.dataset.level === '0'; }"
+        )
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(
+                ignore_https_errors=True, viewport={"width": 1500, "height": 1100}
+            )
+            page = context.new_page()
+            page.on("request", on_request)
+            page.on("pageerror", lambda err: page_errors.append(str(err)))
+            try:
+                page.goto(site.stack.url + "/hub/login", timeout=60_000)
+                page.fill("#username_input", ALICE)
+                page.fill("#password_input", site.passwords[ALICE])
+                page.click("#login_submit")
+                page.wait_for_url(f"**/user/{ALICE}/**", timeout=120_000)
+                page.goto(
+                    f"{site.stack.url}/user/{ALICE}/lab/workspaces/e2ew/tree/{name}?reset",
+                    timeout=60_000,
+                )
+                page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
+                page.wait_for_selector(
+                    ".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000
+                )
+                _run_all_until(page, "WIDGETS_SHOWN")
+                outputs_text = "\n".join(page.locator(".jp-OutputArea-output").all_inner_texts())
+                assert "Traceback" not in outputs_text and "Error" not in outputs_text, outputs_text
+                store_url = re.search(r"STORE (\S+)", outputs_text)
+                # the slice viewer: three planes at full resolution, read through the service
+                slices = page.locator(".vh-slices").first
+                slices.wait_for(timeout=120_000)
+                for axis in range(3):
+                    page.wait_for_function(shows_full_slice(axis), timeout=120_000)
+                axial = page.locator(".vh-slices canvas[data-axis='0']").first
+                axial.scroll_into_view_if_needed()
+                time.sleep(0.5)
+                slice_png = axial.screenshot(path=str(ARTIFACTS / "hub_slice_axial.png"))
+                slices.screenshot(path=str(ARTIFACTS / "hub_slice_viewer.png"))
+                # the 3-D view: ipyniivue's WebGL canvas, drawn
+                view3d = page.locator(".voxelhub-volume3d canvas").first
+                view3d.wait_for(timeout=120_000)
+                view3d.scroll_into_view_if_needed()
+                time.sleep(8)  # WebGL on SwiftShader
+                view3d_png = view3d.screenshot(path=str(ARTIFACTS / "hub_volume3d.png"))
+                # the feature panel: Run, then one row of features for the series
+                panel = page.locator(".voxelhub-features").first
+                panel.wait_for(timeout=120_000)
+                panel.scroll_into_view_if_needed()
+                panel.get_by_role("button", name="Run").click()
+                rows = panel.locator(".vh-table tr.vh-row")
+                # the run's end is in the status line, and its rows (results or errors) drawn
+                page.wait_for_function(
+                    """() => {
+                      const p = document.querySelector('.voxelhub-features');
+                      return /run failed/.test(p.innerText) || (/series done/.test(p.innerText)
+                        && p.querySelectorAll('.vh-table tr.vh-row, .vh-errors tr').length > 0);
+                    }""",
+                    timeout=240_000,
+                )
+                panel_text = panel.inner_text()
+                choices = (
+                    panel.locator("select[multiple]").first.locator("option").all_inner_texts()
+                )
+                n_rows = rows.count()
+                n_headers = panel.locator(".vh-table th").count()
+                panel.screenshot(path=str(ARTIFACTS / "hub_feature_panel.png"))
+                page.screenshot(path=str(ARTIFACTS / "widgets_in_hub.png"), full_page=True)
+            except Exception:
+                page.screenshot(path=str(ARTIFACTS / "widgets_failure.png"), full_page=True)
+                raise
+        finally:
+            browser.close()
+    # every read of the kernel went through the data service, not the store's files
+    assert store_url and "/services/voxelhub-data" in store_url.group(1), outputs_text
+    levels, spread = _picture_stats(slice_png)
+    assert levels > 30 and spread > 100, ("slice viewer canvas looks blank", levels, spread)
+    levels, spread = _picture_stats(view3d_png)
+    assert levels > 30 and spread > 100, ("3-D view canvas looks blank", levels, spread)
+    assert _overlay_fraction(slice_png) > 0.005, "no mask overlay in the slice viewer"
+    # the panel lists alice's volumes only (the service filters the catalog): bob's is not there
+    assert len(choices) == 3 and not any("PAT-1" in c for c in choices), choices
+    assert "1 of 1 series done, 0 failed" in panel_text, panel_text
+    assert "failed cases" not in panel_text, panel_text
+    assert n_rows == 1 and n_headers > 3, (n_rows, n_headers, panel_text)
+    assert not external, f"the page requested hosts other than 127.0.0.1: {external}"
     assert not page_errors, f"errors in the page: {page_errors}"
 
 
