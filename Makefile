@@ -30,13 +30,18 @@ VENV_DIR = test -e $(VENV) || { \
 
 # Debian packages the tests and the demo need: PostgreSQL (catalog tests), Chromium (browser
 # tests; Playwright drives /usr/bin/chromium, never `playwright install`), Node.js + npm
-# (configurable-http-proxy).  One `apt-get update`, and only when something is missing.
+# (configurable-http-proxy), Orthanc with its DICOMweb plugin and dcmtk (the DICOM edge,
+# extensions/voxelhub_dicom; storescu in its tests).  One `apt-get update`, and only when
+# something is missing.
 $(APT_STAMP):
 	@$(VENV_DIR)
 	@missing=""; \
 	  ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	  [ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	  command -v npm >/dev/null || missing="$$missing nodejs npm"; \
+	  [ -x /usr/sbin/Orthanc ] || missing="$$missing orthanc"; \
+	  [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing="$$missing orthanc-dicomweb"; \
+	  command -v storescu >/dev/null || missing="$$missing dcmtk"; \
 	  if [ -n "$$missing" ]; then \
 	    $(SUDO) apt-get update && \
 	    $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
