@@ -202,6 +202,14 @@ if SPAWNER == "system":
         CODE = str(publish(REPO, os.path.join(STATE, "runtime")))
     c.JupyterHub.spawner_class = "voxelhub_hub.spawner.VoxelHubSpawner"
     c.Spawner.pre_spawn_hook = make_pre_spawn_hook(None)
+    # ~/examples: a link to the sample notebooks published read-only under the state folder
+    from voxelhub_hub.examples import with_examples
+
+    c.Spawner.pre_spawn_hook = with_examples(
+        c.Spawner.pre_spawn_hook,
+        os.path.join(REPO, "sample_notebooks"),
+        os.path.join(STATE, "examples"),
+    )
     c.Spawner.notebook_dir = "~"
     # Kernels talk to their server over unix sockets in the user's runtime folder (inside the
     # 0700 home), not TCP on 127.0.0.1, where any local user could subscribe to another user's

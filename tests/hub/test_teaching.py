@@ -1,0 +1,264 @@
+"""Teaching labs on the real stack (issue 12): examples in every home, courses, exercises.
+
+One module-scoped hub over HTTPS with the data service; the real Philips phantom CT ingested
+de-identified into the course's project.  An admin, an instructor and two students, all real unix
+users made by the hub.
+
+Needs root (unix accounts); a few minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import secrets
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "extensions"))
+
+from voxelhub_hub.client import HubBrowser, run_notebook  # noqa: E402
+from voxelhub_hub.examples import publish_examples  # noqa: E402
+from voxelhub_hub.project_groups import remove_group  # noqa: E402
+from voxelhub_hub.stack import HubStack  # noqa: E402
+from voxelhub_hub.system_users import (  # noqa: E402
+    remove_account,
+    remove_managed_group_if_unused,
+)
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(900),
+    pytest.mark.skipif(os.geteuid() != 0, reason="unix accounts need root"),
+]
+
+S = secrets.token_hex(3)
+ADMIN, PROF, ANNA, BEN = f"tadm{S}", f"tprof{S}", f"tanna{S}", f"tben{S}"
+COHORT = f"cohort{S}"  # the course's project: de-identified
+OTHER = f"other{S}"  # a research project the students are not in
+COURSE = f"mri{S}"
+DATA_ACCOUNT = f"vhdata{S}"
+SAMPLES = sorted(p.name for p in (REPO / "sample_notebooks").glob("*.ipynb"))
+
+
+class Site:
+    def __init__(self, stack: HubStack, state: Path) -> None:
+        self.stack, self.state = stack, state
+        self.tokens: dict[str, str] = {}
+        self.admin: HubBrowser | None = None
+
+    def hub(self, method: str, path: str, user: str = "", **kw: Any) -> requests.Response:
+        token = self.tokens[user or ADMIN]
+        return requests.request(
+            method,
+            f"{self.stack.url}/hub/api{path}",
+            headers={"Authorization": f"token {token}"},
+            verify=self.stack.verify,
+            timeout=60,
+            **kw,
+        )
+
+    def server(self, user: str, path: str, method: str = "GET", **kw: Any) -> requests.Response:
+        """``/user/<user>/<path>`` with ``user``'s own token."""
+        return requests.request(
+            method,
+            f"{self.stack.url}/user/{user}/{path}",
+            headers={"Authorization": f"token {self.tokens[user]}"},
+            verify=self.stack.verify,
+            timeout=60,
+            **kw,
+        )
+
+    def start_server(self, user: str, timeout: float = 240) -> None:
+        r = self.hub("POST", f"/users/{user}/server")
+        assert r.status_code in (201, 202, 400), r.text
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            server = self.hub("GET", f"/users/{user}").json()["servers"].get("")
+            if server and server["ready"]:
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"{user}'s server not ready; hub log:\n{self.stack.tail()}")
+
+
+def _ingest(state: Path, dicom_root: Path) -> Path:
+    from voxelhub import ingest
+
+    store = state / "store"
+    phantom = dicom_root / "ct_philips_ingenuity_phantom"
+    for project, deidentify in ((COHORT, True), (OTHER, False)):
+        report = ingest(phantom, store, project=project, deidentify=deidentify, progress=False)
+        assert not report.failed, report.summary()
+    return store
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def site(shared_dicom: Path) -> Iterator[Site]:
+    import psutil
+
+    state = Path(tempfile.mkdtemp(prefix="vhteachstate-"))
+    os.chmod(state, 0o755)
+    stack = HubStack(
+        state,
+        admins=[ADMIN],
+        projects={COHORT: [ANNA], OTHER: [PROF]},
+        spawner="system",
+        tls=True,
+        extra_env={"VOXELHUB_DATA_USER": DATA_ACCOUNT},
+    )
+    users = (ADMIN, PROF, ANNA, BEN)
+    try:
+        stack.store = str(_ingest(state, shared_dicom))
+        stack.start(timeout=180)
+        site = Site(stack, state)
+        admin = HubBrowser(stack.url, stack.verify)
+        password = secrets.token_urlsafe(18)
+        admin.signup(ADMIN, password)
+        admin.login(ADMIN, password, next_url="/hub/home")
+        site.admin = admin
+        site.tokens[ADMIN] = admin.new_token(note="teaching test")
+        for name in (PROF, ANNA, BEN):
+            if site.hub("GET", f"/users/{name}").status_code == 404:
+                assert site.hub("POST", f"/users/{name}").status_code == 201
+            body = {"note": "teaching test", "expires_in": 3600}
+            r = site.hub("POST", f"/users/{name}/tokens", json=body)
+            assert r.status_code == 201, r.text
+            site.tokens[name] = r.json()["token"]
+        yield site
+    finally:
+        survivors = stack.stop()
+        leftovers = []
+        for p in psutil.process_iter(["pid", "username", "cmdline"]):
+            if p.info["username"] in (*users, DATA_ACCOUNT):
+                leftovers.append(f"{p.pid} {p.info['username']} {p.info['cmdline']}")
+                p.kill()
+        for name in users:
+            remove_account(name)
+        remove_managed_group_if_unused()
+        subprocess.run(["userdel", DATA_ACCOUNT], capture_output=True, check=False)
+        subprocess.run(["groupdel", DATA_ACCOUNT], capture_output=True, check=False)
+        for project in (COHORT, OTHER):
+            remove_group(project)
+        shutil.rmtree(state, ignore_errors=True)
+        assert not survivors, f"processes still running after the hub stopped: {survivors}"
+        assert not leftovers, f"processes of test users still running: {leftovers}"
+        for name in users:
+            assert not _user_exists(name), f"unix user {name} left behind"
+
+
+# ---- 1. examples/ in every home ----------------------------------------------------------------
+
+
+def test_publish_examples_is_read_only_and_follows_the_checkout(tmp_path: Path) -> None:
+    source, target = tmp_path / "src", tmp_path / "published"
+    source.mkdir()
+    (source / "a.ipynb").write_text('{"cells": []}')
+    (source / "notes.txt").write_text("not a notebook")
+    assert publish_examples(source, target)
+    assert sorted(p.name for p in target.iterdir() if not p.name.startswith(".")) == ["a.ipynb"]
+    assert stat.S_IMODE(target.stat().st_mode) == 0o555
+    assert stat.S_IMODE((target / "a.ipynb").stat().st_mode) == 0o444
+    assert not publish_examples(source, target)  # unchanged: not copied again
+    (source / "a.ipynb").write_text('{"cells": [], "v": 2}')
+    (source / "b.ipynb").write_text('{"cells": []}')
+    assert publish_examples(source, target)  # the checkout changed: published again
+    assert (target / "a.ipynb").read_text() == '{"cells": [], "v": 2}'
+    assert (target / "b.ipynb").exists()
+    assert not list(tmp_path.glob("published.*")), "staging folders left behind"
+
+
+def test_every_user_finds_the_examples_read_only_and_they_run(site: Site) -> None:
+    site.start_server(ANNA)
+    home = Path(pwd.getpwnam(ANNA).pw_dir)
+    published = site.state / "examples"
+    assert os.readlink(home / "examples") == str(published)
+    st = published.stat()
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o555)
+    for name in SAMPLES:
+        st = (published / name).stat()
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o444), name
+        assert (published / name).read_bytes() == (REPO / "sample_notebooks" / name).read_bytes()
+
+    # what anna's JupyterLab lists: the three notebooks, read-only
+    r = site.server(ANNA, "api/contents/examples")
+    assert r.status_code == 200, r.text
+    listed = {e["name"]: e for e in r.json()["content"]}
+    assert sorted(listed) == SAMPLES
+    assert not any(e["writable"] for e in listed.values())
+    # she cannot change, add or delete there ...
+    nb = site.server(ANNA, f"api/contents/examples/{SAMPLES[1]}").json()
+    assert nb["writable"] is False
+    put = {"type": "notebook", "format": "json", "content": nb["content"]}
+    assert site.server(
+        ANNA, f"api/contents/examples/{SAMPLES[1]}", "PUT", json=put
+    ).status_code in (
+        403,
+        500,
+    )
+    assert site.server(ANNA, "api/contents/examples/new.ipynb", "PUT", json=put).status_code in (
+        403,
+        500,
+    )
+    assert site.server(ANNA, f"api/contents/examples/{SAMPLES[0]}", "DELETE").status_code >= 400
+    assert (published / SAMPLES[0]).exists()
+    # ... but copies a notebook into her home and edits the copy
+    r = site.server(ANNA, "api/contents", "POST", json={"copy_from": f"examples/{SAMPLES[1]}"})
+    assert r.status_code == 201, r.text
+    copy = r.json()["path"]
+    assert "/" not in copy and site.server(ANNA, f"api/contents/{copy}").json()["writable"]
+    assert site.server(ANNA, f"api/contents/{copy}", "PUT", json=put).status_code == 200
+
+    # notebook 2 as anna sees it in examples/ runs unchanged in her server, on the course data
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / SAMPLES[1]
+        local.write_text(json.dumps(nb["content"]))
+        outputs = run_notebook(
+            site.stack.url, ANNA, site.tokens[ANNA], local, cafile=site.stack.cafile, timeout=300
+        )
+    text = "".join(outputs)
+    assert text.count("✓") == 3, text
+    assert f"project: {COHORT} | de-identified: True" in text, text
+
+    # a user's own "examples" is never replaced (the hook runs as root in their home)
+    assert not _user_exists(BEN)  # no account yet: the hub makes it at his first spawn
+    site.start_server(BEN)
+    ben_home = Path(pwd.getpwnam(BEN).pw_dir)
+    assert os.readlink(ben_home / "examples") == str(published)
+    site.hub("DELETE", f"/users/{BEN}/server")
+    _wait_stopped(site, BEN)
+    (ben_home / "examples").unlink()
+    mine = ben_home / "examples"
+    subprocess.run(["runuser", "-u", BEN, "--", "mkdir", str(mine)], check=True)
+    site.start_server(BEN)
+    assert (
+        mine.is_dir() and not mine.is_symlink() and mine.stat().st_uid == pwd.getpwnam(BEN).pw_uid
+    )
+
+
+def _wait_stopped(site: Site, user: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if "" not in site.hub("GET", f"/users/{user}").json()["servers"]:
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{user}'s server did not stop")
