@@ -49,6 +49,8 @@ ADMIN, PROF, ANNA, BEN = f"tadm{S}", f"tprof{S}", f"tanna{S}", f"tben{S}"
 COHORT = f"cohort{S}"  # the course's project: de-identified
 OTHER = f"other{S}"  # a research project the students are not in
 COURSE = f"mri{S}"
+GRADER = f"grader-{COURSE}"
+COURSE_GROUPS = (f"{COURSE}:students", f"{COURSE}:instructors")
 DATA_ACCOUNT = f"vhdata{S}"
 SAMPLES = sorted(p.name for p in (REPO / "sample_notebooks").glob("*.ipynb"))
 
@@ -126,7 +128,7 @@ def site(shared_dicom: Path) -> Iterator[Site]:
         tls=True,
         extra_env={"VOXELHUB_DATA_USER": DATA_ACCOUNT},
     )
-    users = (ADMIN, PROF, ANNA, BEN)
+    users = (ADMIN, PROF, ANNA, BEN, GRADER)
     try:
         stack.store = str(_ingest(state, shared_dicom))
         stack.start(timeout=180)
@@ -157,8 +159,8 @@ def site(shared_dicom: Path) -> Iterator[Site]:
         remove_managed_group_if_unused()
         subprocess.run(["userdel", DATA_ACCOUNT], capture_output=True, check=False)
         subprocess.run(["groupdel", DATA_ACCOUNT], capture_output=True, check=False)
-        for project in (COHORT, OTHER):
-            remove_group(project)
+        for group in (COHORT, OTHER, *COURSE_GROUPS):
+            remove_group(group)  # the unix groups mirroring hub groups (made at spawns)
         shutil.rmtree(state, ignore_errors=True)
         assert not survivors, f"processes still running after the hub stopped: {survivors}"
         assert not leftovers, f"processes of test users still running: {leftovers}"
@@ -262,3 +264,87 @@ def _wait_stopped(site: Site, user: str, timeout: float = 60) -> None:
             return
         time.sleep(0.5)
     raise TimeoutError(f"{user}'s server did not stop")
+
+
+# ---- 2. courses ----------------------------------------------------------------------------------
+
+
+def _course_cli(site: Site, *args: str, token: str | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VOXELHUB_", "JUPYTERHUB_"))}
+    if token:
+        env["VOXELHUB_HUB_TOKEN"] = token
+    common = ["--hub", site.stack.url, "--cafile", str(site.stack.cafile)]
+    common += ["--data-url", site.stack.data_url]
+    return subprocess.run(
+        [sys.executable, "-m", "voxelhub.cli", "course", *args, *common],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_an_admin_creates_a_course_from_a_roster(site: Site, tmp_path: Path) -> None:
+    from voxelhub.errors import AccessDenied
+
+    roster = tmp_path / "roster.csv"
+    roster.write_text(f"name,username\nAnna A.,{ANNA}\nBen B.,{BEN}\n\n")
+    create = ["create", COURSE, "--instructor", PROF, "--roster", str(roster)]
+    admin = site.tokens[ADMIN]
+
+    r = _course_cli(site, *create, "--project", COHORT)
+    assert r.returncode == 2 and "VOXELHUB_HUB_TOKEN" in r.stderr, r.stderr
+    r = _course_cli(site, *create, "--project", COHORT, token=site.tokens[ANNA])
+    assert r.returncode == 2 and "403" in r.stderr, r.stderr  # a student is no admin
+    r = _course_cli(site, *create, "--project", OTHER, token=admin)
+    assert r.returncode == 2 and "not de-identified" in r.stderr, r.stderr
+    r = _course_cli(site, *create, "--project", f"nosuch{S}", token=admin)
+    assert r.returncode == 2 and "not in the catalog" in r.stderr, r.stderr
+    r = _course_cli(
+        site, "create", "Bad Name", "--instructor", PROF, "--project", COHORT, token=admin
+    )
+    assert r.returncode == 2 and "course name" in r.stderr, r.stderr
+    assert site.hub("GET", f"/groups/{COURSE}:students").status_code == 404  # nothing made
+
+    r = _course_cli(site, *create, "--project", COHORT, token=admin)
+    assert r.returncode == 0, r.stderr
+    course = json.loads(r.stdout)
+    assert course["students"] == sorted([ANNA, BEN]) and course["instructors"] == [PROF]
+    assert course["project"] == COHORT and course["grader"] == GRADER
+    assert course["created_users"] == [GRADER]  # the others existed
+    again = _course_cli(site, *create, "--project", COHORT, token=admin)  # idempotent
+    assert again.returncode == 0 and json.loads(again.stdout)["created_users"] == []
+
+    groups = {g: site.hub("GET", f"/groups/{g}").json() for g in COURSE_GROUPS}
+    assert sorted(groups[f"{COURSE}:students"]["users"]) == sorted([ANNA, BEN])
+    assert groups[f"{COURSE}:instructors"]["users"] == [PROF]
+    assert groups[f"{COURSE}:students"]["properties"] == {
+        "course": COURSE, "project": COHORT, "grader": GRADER, "role": "students",
+    }  # fmt: skip
+    cohort = set(site.hub("GET", f"/groups/{COHORT}").json()["users"])
+    assert {ANNA, BEN, PROF, GRADER} <= cohort
+
+    # the data service: every student reads the cohort as a viewer, and only the cohort
+    import numpy as np
+
+    import voxelhub
+
+    for user in (ANNA, BEN):
+        deadline = time.monotonic() + 30  # memberships are cached 5 s at the service
+        while True:
+            cat = voxelhub.open_catalog(
+                site.stack.data_url, storage_options={"token": site.tokens[user]}
+            )
+            if set(cat.series().project) == {COHORT} or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        frame = cat.series()
+        assert set(frame.project) == {COHORT}, (user, set(frame.project))
+        uid = frame.volume_uid.iloc[0]
+        assert float(cat.open_series(uid).isel(z=0).sum().compute()) != 0.0
+        shape = cat.stored_volume(uid).shape
+        with pytest.raises(AccessDenied, match="viewer"):
+            cat.put_labels(uid, "mine", np.ones(shape, np.uint8), None, False)
+    shown = _course_cli(site, "show", COURSE, token=admin)
+    assert shown.returncode == 0 and json.loads(shown.stdout)["students"] == sorted([ANNA, BEN])

@@ -273,7 +273,100 @@ def build_parser() -> argparse.ArgumentParser:
         help="checkpoints file (default: $VOXELHUB_AUDIT_CHECKPOINTS)",
     )
     p.set_defaults(func=_audit_checkpoint)
+
+    p = sub.add_parser(
+        "course",
+        help="courses on the hub: student and instructor groups on a project's cohort (admins)",
+        description="Courses are hub groups NAME:students and NAME:instructors, with a grader "
+        "account grader-NAME, whose members read project P's de-identified data as viewers. "
+        "Talks to the hub's REST API with an admin's token from $VOXELHUB_HUB_TOKEN.",
+    )
+    course = p.add_subparsers(dest="course_command", required=True)
+    for cmd in ("create", "show"):
+        q = course.add_parser(
+            cmd,
+            help="create a course, or add a roster to it"
+            if cmd == "create"
+            else "print a course's members and project",
+        )
+        q.add_argument("name", help="course name (lower case, e.g. mri101)")
+        q.add_argument(
+            "--hub", default="http://127.0.0.1:8000", help="the hub's public URL [%(default)s]"
+        )
+        q.add_argument("--cafile", default=None, help="CA file for a self-signed hub certificate")
+        q.add_argument(
+            "--data-url",
+            default=None,
+            help="the data service's URL [<hub>/services/voxelhub-data]",
+        )
+        if cmd == "show":
+            q.set_defaults(func=_course_show)
+            continue
+        q.add_argument("--instructor", action="append", required=True, help="repeatable")
+        q.add_argument("--project", required=True, help="the project whose cohort it reads")
+        q.add_argument(
+            "--roster",
+            action="append",
+            default=[],
+            help="CSV of students (a username column, or names in the first column)",
+        )
+        q.add_argument("--student", action="append", default=[], help="repeatable")
+        q.add_argument(
+            "--identifiable",
+            action="store_true",
+            help="allow a project that is not de-identified (data without patient identifiers)",
+        )
+        q.set_defaults(func=_course_create)
     return parser
+
+
+def _course_hub(args: argparse.Namespace) -> tuple[object, str]:
+    import os
+
+    from voxelhub.course import CourseError, Hub
+
+    token = os.environ.get("VOXELHUB_HUB_TOKEN") or os.environ.get("JUPYTERHUB_API_TOKEN")
+    if not token:
+        raise CourseError("set $VOXELHUB_HUB_TOKEN to a hub admin's API token (/hub/token)")
+    hub = Hub(args.hub, token, cafile=args.cafile)
+    data_url = args.data_url or args.hub.rstrip("/") + "/services/voxelhub-data"
+    return hub, data_url
+
+
+def _course_create(args: argparse.Namespace) -> int:
+    import json
+
+    from voxelhub.course import create_course, read_roster
+
+    hub, data_url = _course_hub(args)
+    students = [s for path in args.roster for s in read_roster(path)] + list(args.student)
+    course = create_course(
+        hub,  # type: ignore[arg-type]
+        args.name,
+        instructors=args.instructor,
+        students=students,
+        project=args.project,
+        data_url=data_url,
+        identifiable=args.identifiable,
+    )
+    print(json.dumps(course, indent=2))
+    if course["created_users"]:
+        print(
+            f"new hub users: {', '.join(course['created_users'])}; they sign up at /hub/signup "
+            f"with these names and an admin approves them",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _course_show(args: argparse.Namespace) -> int:
+    import json
+
+    from voxelhub.course import show_course
+
+    hub, _ = _course_hub(args)
+    print(json.dumps(show_course(hub, args.name), indent=2))  # type: ignore[arg-type]
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
