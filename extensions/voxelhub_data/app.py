@@ -61,7 +61,7 @@ from traitlets.config import Application
 from voxelhub_data import paths
 from voxelhub_data.access import Caller, Role, roles_from_groups
 from voxelhub_data.audit_trail import AuditTrail
-from voxelhub_data.catalog_view import CatalogView, Found, NotInCatalog, QueryError
+from voxelhub_data.catalog_view import CatalogView, Conflict, Found, NotInCatalog, QueryError
 
 log = logging.getLogger("voxelhub.data")
 
@@ -587,7 +587,12 @@ def _read_key(
 
 
 class LabelsHandler(BaseHandler):
-    """Write a label image for a volume: the body is a NumPy ``.npy`` array of its shape."""
+    """Write a label image for a volume: the body is a NumPy ``.npy`` array of its shape.
+
+    Query arguments (JSON): ``names`` ``{value: name}``, ``colors`` ``{value: [r, g, b(, a)]}``
+    (0-255), ``source`` an object stored with the label image; ``overwrite=true`` replaces one
+    of the same name (otherwise 409).
+    """
 
     async def put(self, uid: str, name: str) -> None:
         action = "labels.write"
@@ -596,11 +601,12 @@ class LabelsHandler(BaseHandler):
             self.deny(action, f"no volume {uid[:80]!r} in your projects", status=404)
         self.require(found.project, Role.ANALYST, action, volume=found.volume_uid, labels=name)
         try:
-            names = json.loads(self.get_argument("names", "{}"))
-            names = {int(k): str(v) for k, v in names.items()}
+            names = {int(k): str(v) for k, v in self._json_object("names").items()}
+            colors = {int(k): _rgba(v) for k, v in self._json_object("colors").items()}
+            source = self._json_object("source")
             overwrite = self.get_argument("overwrite", "false") == "true"
         except (ValueError, TypeError, AttributeError) as exc:
-            self.deny(action, f"bad names: {exc}", status=400, volume=found.volume_uid)
+            self.deny(action, f"bad arguments: {exc}", status=400, volume=found.volume_uid)
         try:
             written = await self.run(
                 self.service.catalog.write_labels,
@@ -609,7 +615,11 @@ class LabelsHandler(BaseHandler):
                 name,
                 names,
                 overwrite,
+                colors,
+                source,
             )
+        except Conflict as exc:
+            self.deny(action, str(exc), status=409, volume=found.volume_uid, labels=name)
         except ValueError as exc:  # not an array, wrong shape, bad name (VoxelHubError included)
             self.deny(action, str(exc), status=400, volume=found.volume_uid, labels=name)
         self.allow(
@@ -621,7 +631,32 @@ class LabelsHandler(BaseHandler):
             labels=name,
             nbytes=len(self.request.body),
         )
-        self.write_json({"name": written.name, "checksum": written.checksum}, status=201)
+        self.write_json(
+            {
+                "name": written.name,
+                "rel_path": written.rel_path,
+                "names": {str(k): v for k, v in written.names.items()},
+                "dtype": written.dtype,
+                "checksum": written.checksum,
+            },
+            status=201,
+        )
+
+    def _json_object(self, argument: str) -> dict[str, Any]:
+        value = json.loads(self.get_argument(argument, "{}"))
+        if not isinstance(value, dict):
+            raise ValueError(f"{argument} must be a JSON object")
+        return value
+
+
+def _rgba(value: Any) -> list[int]:
+    """A label colour: 3 or 4 integers 0-255."""
+    if not isinstance(value, list) or len(value) not in (3, 4):
+        raise ValueError(f"a colour is [r, g, b] or [r, g, b, a], not {str(value)[:40]}")
+    rgba = [int(c) for c in value]
+    if any(not 0 <= c <= 255 for c in rgba):
+        raise ValueError(f"colour components are 0-255, not {rgba}")
+    return rgba
 
 
 class FeaturesHandler(BaseHandler):

@@ -36,6 +36,10 @@ class QueryError(ValueError):
     """A query parameter the catalog cannot take (answered 400)."""
 
 
+class Conflict(QueryError):
+    """The request would replace something that exists, and did not ask to (HTTP 409)."""
+
+
 @dataclass(frozen=True)
 class Found:
     """What an access decision needs to know about a volume."""
@@ -145,7 +149,14 @@ class CatalogView:
             raise QueryError(str(exc)) from None
 
     def write_labels(
-        self, uid: str, body: bytes, name: str, names: dict[int, str], overwrite: bool
+        self,
+        uid: str,
+        body: bytes,
+        name: str,
+        names: dict[int, str],
+        overwrite: bool,
+        colors: dict[int, list[int]] | None = None,
+        source: dict[str, Any] | None = None,
     ) -> LabelImage:
         """Store a label image sent as ``.npy`` bytes (no pickles: arrays only)."""
         import numpy as np
@@ -157,8 +168,21 @@ class CatalogView:
         except (ValueError, OSError, EOFError) as exc:
             raise QueryError(f"the body is not a .npy array: {exc}") from None
         try:
+            stored = self.catalog.stored_volume(uid)
+            if name in stored.labels and not overwrite:
+                raise Conflict(
+                    f"label image {name!r} already exists for {uid}; "
+                    "pass overwrite=True to replace it"
+                )
             return write_labels(
-                self.catalog, uid, name, array, names=names or None, overwrite=overwrite
+                self.catalog,
+                stored,
+                name,
+                array,
+                names=names or None,
+                colors=colors or None,
+                source=source or None,
+                overwrite=overwrite,
             )
         except VoxelHubError as exc:
             raise QueryError(str(exc)) from None

@@ -221,6 +221,77 @@ def test_roles_decide_who_writes_labels(site: Site) -> None:
     assert site.catalog(CAROL).put_labels(lung, "seg", np.ones(shape, np.uint8), None, False)
 
 
+def test_write_labels_with_the_hubs_catalog_goes_through_the_service(site: Site) -> None:
+    """``roi.write_labels`` with a ServiceCatalog: the same LabelImage, colours and source kept,
+    the local path's errors, roles checked and the write audited by the service."""
+    import xarray as xr
+
+    from voxelhub.errors import AccessDenied, GeometryError, StoreError
+    from voxelhub.roi import LabelImage, list_labels, read_labels, write_labels
+
+    uid = site.volumes[BRAIN][1]
+    bob = site.catalog(BOB)
+    stored = bob.stored_volume(uid)
+    organs = np.zeros(stored.shape, dtype=np.int64)  # sent as the smallest dtype that holds it
+    organs[1:3, 4:9, 4:9] = 1
+    organs[4:6, 10:20, 10:20] = 2
+    written = write_labels(
+        bob,
+        uid,
+        "organs",
+        organs,
+        names={1: "liver", 2: "spleen"},
+        colors={1: (10, 20, 30), 2: (40, 50, 60, 70)},
+        source={"by": "test", "tool": "manual"},
+    )
+    assert isinstance(written, LabelImage)
+    assert written.name == "organs" and written.names == {1: "liver", 2: "spleen"}
+    assert written.dtype == np.dtype(np.uint8).str
+    assert written.rel_path == f"{site.paths[uid]}/labels/organs"
+    assert written.checksum.startswith("sha256:")
+    carol = site.catalog(CAROL)  # a viewer of brain reads it back, colours and source included
+    assert "organs" in list_labels(carol, uid)
+    back = read_labels(carol, uid, "organs")
+    assert np.array_equal(np.asarray(back), organs.astype(np.uint8))
+    assert back.attrs["label_names"] == {1: "liver", 2: "spleen"}
+    assert back.attrs["label_colors"] == {1: [10, 20, 30, 255], 2: [40, 50, 60, 70]}
+    assert back.attrs["source"] == {"by": "test", "tool": "manual"}
+    assert back.attrs["checksum"] == written.checksum
+    records = _audit(site, user=BOB, action="labels.write")
+    assert any(r["decision"] == "allow" and r.get("labels") == "organs" for r in records)
+
+    # what the local path refuses, refused with the same errors
+    with pytest.raises(StoreError, match="overwrite=True"):
+        write_labels(bob, uid, "organs", organs > 0)
+    with pytest.raises(GeometryError, match="shape"):
+        write_labels(bob, uid, "bad", np.zeros((1, 2, 3), dtype=np.uint8))
+    moved = xr.DataArray(organs > 0, attrs={"affine_lps": np.eye(4) * 7})
+    with pytest.raises(GeometryError, match="another affine"):
+        write_labels(bob, uid, "moved", moved)
+    with pytest.raises(ValueError, match="no name for label value"):
+        write_labels(bob, uid, "partial", organs, names={1: "liver"})
+    with pytest.raises(ValueError, match=">= 0"):
+        write_labels(bob, uid, "negative", -organs)
+    with pytest.raises(AccessDenied, match="viewer"):
+        write_labels(carol, uid, "carols", organs > 0)
+    # overwrite replaces it; a boolean mask gets its name as the label name
+    again = write_labels(bob, stored, "organs", organs == 2, overwrite=True)
+    assert again.names == {1: "organs"} and again.checksum != written.checksum
+    assert int(np.asarray(read_labels(carol, uid, "organs")).sum()) == int((organs == 2).sum())
+    # a bad colour sent straight to the service is a 400, not a 500, and audited
+    before = _denials(site)
+    token = site.tokens[BOB]
+    response = requests.put(
+        f"{site.stack.data_url}/api/volumes/{uid}/labels/x",
+        params={"colors": json.dumps({"1": [1, 2]})},
+        data=b"",
+        headers={"Authorization": f"token {token}"},
+        timeout=30,
+    )
+    assert response.status_code == 400 and "colour" in response.json()["message"]
+    assert _denials(site) == before + 1
+
+
 def _settings() -> Any:
     from voxelhub.features import Discretisation, Settings
 

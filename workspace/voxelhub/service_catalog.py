@@ -12,10 +12,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from voxelhub.errors import AccessDenied, CatalogError, NotFound
+from voxelhub.errors import AccessDenied, CatalogError, NotFound, StoreError
 from voxelhub.store.location import ServiceLocation, service_message
 from voxelhub.store.stored import StoredVolume
 
@@ -173,20 +174,39 @@ class ServiceCatalog:
         raise AccessDenied("rejected files are read at the server (`voxelhub list` as an admin)")
 
     def put_labels(
-        self, uid: str, name: str, array: Any, names: dict[int, str] | None, overwrite: bool
+        self,
+        uid: str,
+        name: str,
+        array: Any,
+        names: Mapping[int, str] | None,
+        overwrite: bool,
+        *,
+        colors: Mapping[int, Any] | None = None,
+        source: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Send a label image to the service (analysts and curators of the volume's project)."""
+        """Send a label image to the service (analysts and curators of the volume's project).
+
+        :func:`voxelhub.roi.write_labels` with this catalog calls this after its own checks.
+        Returns what the service stored: ``name``, ``rel_path``, ``names``, ``dtype``,
+        ``checksum``.
+        """
         import numpy as np
 
         buf = io.BytesIO()
         np.save(buf, np.asarray(array), allow_pickle=False)
         params = {"names": json.dumps({str(k): v for k, v in (names or {}).items()})}
+        if colors:
+            params["colors"] = json.dumps({str(k): [int(c) for c in v] for k, v in colors.items()})
+        if source:
+            params["source"] = json.dumps(dict(source), default=str)
         if overwrite:
             params["overwrite"] = "true"
         path = f"volumes/{quote(uid, safe='')}/labels/{quote(name, safe='')}"
         status, body, _ = self.location.request(
             path, params=params, method="PUT", data=buf.getvalue(), timeout=600
         )
+        if status == 409:
+            raise StoreError(service_message(body, status))
         if status >= 400:
             raise _error(status, body, self.url)
         return dict(json.loads(body))

@@ -17,11 +17,10 @@ Paths come from the catalog row and every byte goes through :class:`Location`.
 from __future__ import annotations
 
 import logging
-import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -30,19 +29,16 @@ import zarr
 
 from voxelhub.catalog import Catalog
 from voxelhub.errors import GeometryError, StoreError
+from voxelhub.service_catalog import ServiceCatalog
 from voxelhub.store import ngff
 from voxelhub.store.location import Location
-from voxelhub.store.volume import open_volume
-
-if TYPE_CHECKING:
-    from voxelhub.service_catalog import ServiceCatalog
+from voxelhub.store.stored import StoredVolume
 from voxelhub.store.writer import content_checksum
 
 log = logging.getLogger(__name__)
 
 __all__ = ["LabelImage", "list_labels", "read_labels", "write_labels"]
 
-LABELS_GROUP = "labels"
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -74,31 +70,13 @@ class LabelImage:
 
 
 def volume_path(catalog: Catalog | ServiceCatalog, row_or_uid: Any) -> str:
-    """The store path of a volume given by UID or catalog row."""
-    row = row_or_uid
-    if isinstance(row, str):
-        row = catalog.volume_row(row)
-    elif hasattr(row, "to_dict"):
-        row = row.to_dict()
-    return str(row["store_path"])
-
-
-def _labels_rel(vol_rel: str, name: str | None = None) -> str:
-    rel = posixpath.join(vol_rel, LABELS_GROUP)
-    return rel if name is None else posixpath.join(rel, name)
+    """The store path of a volume given by UID, catalog row or :class:`StoredVolume`."""
+    return catalog.stored_volume(row_or_uid).store_path
 
 
 def list_labels(catalog: Catalog | ServiceCatalog, row_or_uid: Any) -> list[str]:
     """Names of the label images stored with a volume (complete ones only)."""
-    return _listed(catalog.location, volume_path(catalog, row_or_uid))
-
-
-def _listed(location: Location, vol_rel: str) -> list[str]:
-    rel = _labels_rel(vol_rel)
-    if not location.exists(posixpath.join(rel, "zarr.json")):
-        return []
-    ome: dict[str, Any] = dict(location.open_group(rel).attrs.get("ome") or {})  # type: ignore[arg-type]
-    return [str(n) for n in ome.get("labels", [])]
+    return list(catalog.stored_volume(row_or_uid).labels)
 
 
 def _as_dask(labels: Any) -> da.Array:
@@ -109,18 +87,18 @@ def _as_dask(labels: Any) -> da.Array:
     return da.from_array(np.asarray(labels), chunks=-1)
 
 
-def _check_geometry(labels: Any, volume: xr.DataArray, name: str) -> None:
+def _check_geometry(labels: Any, volume: StoredVolume, name: str) -> None:
     """Refuse a label image whose shape (or, when it carries one, affine) is not the volume's."""
     shape = tuple(int(s) for s in np.shape(labels))
     if shape != tuple(volume.shape):
         raise GeometryError(
-            f"label image {name!r} has shape {shape} but volume {volume.attrs['volume_uid']} has "
+            f"label image {name!r} has shape {shape} but volume {volume.volume_uid} has "
             f"shape {tuple(volume.shape)}: resample it onto the volume's grid first "
             "(voxelhub.roi.imports does that for NIfTI/NRRD masks)"
         )
     if isinstance(labels, xr.DataArray) and "affine_lps" in labels.attrs:
         theirs = np.asarray(labels.attrs["affine_lps"], dtype=float)
-        ours = np.asarray(volume.attrs["affine_lps"], dtype=float)
+        ours = np.asarray(volume.geometry.affine_lps, dtype=float)
         if not np.allclose(theirs, ours, atol=1e-3):
             raise GeometryError(
                 f"label image {name!r} has the volume's shape {shape} but another affine "
@@ -174,7 +152,7 @@ def _names(
 
 
 def write_labels(
-    catalog: Catalog,
+    catalog: Catalog | ServiceCatalog,
     row_or_uid: Any,
     name: str,
     labels: Any,
@@ -189,9 +167,13 @@ def write_labels(
     Parameters
     ----------
     catalog
-        The catalog the volume is listed in.
+        The catalog the volume is listed in.  With the hub's catalog (a
+        :class:`~voxelhub.service_catalog.ServiceCatalog`) the label image is checked here and
+        sent to the data service, which stores it the same way if you are an analyst or
+        curator of the volume's project.
     row_or_uid
-        The volume: its UID or a row of ``Catalog.series()``.
+        The volume: its UID, a row of ``Catalog.series()`` or a
+        :class:`~voxelhub.store.stored.StoredVolume`.
     name
         The label image's name (letters, digits, ``_ . -``), unique per volume.
     labels
@@ -213,17 +195,21 @@ def write_labels(
         The label image's shape (or affine) is not the volume's.
     StoreError
         A label image of that name exists and ``overwrite`` is false.
+    AccessDenied
+        Through the data service: you are not an analyst or curator of the volume's project.
     """
     if not _NAME.match(name):
         raise ValueError(f"invalid label name {name!r}: use letters, digits, '_', '.', '-'")
-    location = catalog.location
-    vol_rel = volume_path(catalog, row_or_uid)
-    volume = open_volume(location, vol_rel)
-    _check_geometry(labels, volume, name)
+    stored = catalog.stored_volume(row_or_uid)
+    _check_geometry(labels, stored, name)
     data = _as_dask(labels)
     is_mask = data.dtype == bool
     dtype = _label_dtype(data)
-    final = _labels_rel(vol_rel, name)
+    if isinstance(catalog, ServiceCatalog):
+        return _send(catalog, stored, name, data, dtype, names, colors, source, overwrite)
+    location = catalog.location
+    vol_rel = stored.store_path
+    final = stored.labels_path(name)
     if location.exists(final) and not overwrite:
         raise StoreError(
             f"label image {name!r} already exists for {location.url_of(vol_rel)}; "
@@ -231,7 +217,7 @@ def write_labels(
         )
     vol_group = location.open_group(vol_rel)
     scale = ngff.read_levels(vol_group)[0]["coordinateTransformations"][0]["scale"]
-    shape = tuple(int(s) for s in volume.shape)
+    shape = tuple(int(s) for s in stored.shape)
     levels = _image_levels(vol_group, shape)
     tmp = location.new_temporary(suffix="")
     try:
@@ -263,8 +249,8 @@ def write_labels(
         group.attrs["voxelhub"] = {
             "format_version": FORMAT_VERSION,
             "kind": "labels",
-            "volume_uid": volume.attrs.get("volume_uid", ""),
-            "volume_checksum": volume.attrs.get("checksum", ""),
+            "volume_uid": stored.volume_uid,
+            "volume_checksum": stored.checksum,
             "names": {str(v): n for v, n in label_names.items()},
             "dtype": dtype.str,
             "checksum": checksum,
@@ -274,9 +260,52 @@ def write_labels(
     except BaseException:
         location.remove(tmp)
         raise
-    _list_name(location, vol_rel, name)
+    _list_name(location, stored.labels_path(), name)
     log.info("stored label image %s (%d values) at %s", name, len(values), location.url_of(final))
     return LabelImage(name, final, label_names, dtype.str, checksum)
+
+
+def _send(
+    catalog: ServiceCatalog,
+    stored: StoredVolume,
+    name: str,
+    data: da.Array,
+    dtype: np.dtype,
+    names: Mapping[int, str] | None,
+    colors: Mapping[int, Any] | None,
+    source: Mapping[str, Any] | None,
+    overwrite: bool,
+) -> LabelImage:
+    """Send a checked label image to the data service, which writes it with :func:`write_labels`.
+
+    What the service would refuse for the data itself (missing names, an existing image) is
+    refused here first with the error the local path raises; the service checks again.
+    """
+    if name in stored.labels and not overwrite:
+        raise StoreError(
+            f"label image {name!r} already exists for {stored.volume_uid}; "
+            "pass overwrite=True to replace it"
+        )
+    array = np.asarray(data.compute())
+    if array.dtype != bool:
+        array = array.astype(dtype)
+    _names(sorted(int(v) for v in np.unique(array) if v), names, name, array.dtype == bool)
+    written = catalog.put_labels(
+        stored.volume_uid,
+        name,
+        array,
+        dict(names) if names is not None else None,
+        overwrite,
+        colors=colors,
+        source=source,
+    )
+    return LabelImage(
+        str(written["name"]),
+        str(written["rel_path"]),
+        {int(k): str(v) for k, v in written["names"].items()},
+        str(written["dtype"]),
+        str(written["checksum"]),
+    )
 
 
 def _image_levels(vol_group: Any, shape: tuple[int, ...]) -> list[ngff.Level]:
@@ -348,10 +377,9 @@ def _commit(location: Location, tmp: str, final: str, overwrite: bool) -> None:
     location.remove(old)
 
 
-def _list_name(location: Location, vol_rel: str, name: str) -> None:
+def _list_name(location: Location, labels_rel: str, name: str) -> None:
     """Add ``name`` to the ``labels`` group's list (after its group is complete)."""
-    rel = _labels_rel(vol_rel)
-    group = zarr.open_group(location.zarr_store(rel), mode="a", zarr_format=3)
+    group = zarr.open_group(location.zarr_store(labels_rel), mode="a", zarr_format=3)
     ome: dict[str, Any] = dict(group.attrs.get("ome") or {})  # type: ignore[arg-type]
     listed = [str(n) for n in ome.get("labels", [])]
     if name not in listed:
@@ -371,16 +399,14 @@ def read_labels(
     ``label_names`` / ``label_colors`` per value, so the result goes straight into
     :func:`voxelhub.features.extract`.
     """
-    location = catalog.location
-    vol_rel = volume_path(catalog, row_or_uid)
-    listed = _listed(location, vol_rel)
-    if name not in listed:
+    stored = catalog.stored_volume(row_or_uid)
+    if name not in stored.labels:
         raise StoreError(
-            f"no label image {name!r} for {location.url_of(vol_rel)}; "
-            f"stored: {', '.join(listed) or 'none'}"
+            f"no label image {name!r} for {stored.location.url_of(stored.store_path)}; "
+            f"stored: {', '.join(stored.labels) or 'none'}"
         )
-    volume = open_volume(location, vol_rel, level=level)
-    group = location.open_group(_labels_rel(vol_rel, name))
+    volume = stored.open(level)
+    group = stored.location.open_group(stored.labels_path(name))
     paths = [str(d["path"]) for d in ngff.read_levels(group)]
     if not 0 <= level < len(paths):
         raise StoreError(
