@@ -42,6 +42,7 @@ $(APT_STAMP):
 	  [ -x /usr/sbin/Orthanc ] || missing="$$missing orthanc"; \
 	  [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing="$$missing orthanc-dicomweb"; \
 	  command -v storescu >/dev/null || missing="$$missing dcmtk"; \
+	  command -v restic >/dev/null || missing="$$missing restic"; \
 	  if [ -n "$$missing" ]; then \
 	    $(SUDO) apt-get update && \
 	    $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \

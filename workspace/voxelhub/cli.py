@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from voxelhub.errors import VoxelHubError
 
@@ -275,6 +277,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_audit_checkpoint)
 
     p = sub.add_parser(
+        "backup",
+        help="encrypted, incremental backups of a store (and the hub's state) with restic",
+        description="Back up what a site needs to come back (the store with a consistent copy "
+        "of its catalog; with --hub-state the hub database, audit log and checkpoints) to a "
+        "restic repository (a folder or s3:...), and restore it into an empty folder. The "
+        "repository and its password file default to $VOXELHUB_BACKUP_REPO and "
+        "$VOXELHUB_BACKUP_PASSWORD_FILE. Master key files of encrypted stores are not in these "
+        "backups: keep them in a separate repository with its own password.",
+    )
+    backup = p.add_subparsers(dest="backup_command", required=True)
+    for name, text in (
+        ("init", "create the repository"),
+        ("run", "back up a store (and --hub-state)"),
+        ("list", "list the snapshots"),
+        ("check", "check the repository (--read-data: re-read every pack)"),
+        ("restore", "restore a snapshot into an empty folder (store/ and hub/ below it)"),
+    ):
+        q = backup.add_parser(name, help=text)
+        q.add_argument("--repo", default=None, help="restic repository [$VOXELHUB_BACKUP_REPO]")
+        q.add_argument(
+            "--password-file",
+            default=None,
+            help="file with the repository's password [$VOXELHUB_BACKUP_PASSWORD_FILE]",
+        )
+        if name == "run":
+            q.add_argument("store", help="the store folder")
+            q.add_argument("--hub-state", default=None, help="the hub's state folder")
+        if name == "check":
+            q.add_argument("--read-data", action="store_true")
+        if name == "restore":
+            q.add_argument("--to", required=True, help="an empty (or new) folder")
+            q.add_argument("--snapshot", default="latest")
+        q.set_defaults(func=_backup)
+
+    p = sub.add_parser(
         "course",
         help="courses on the hub: student and instructor groups on a project's cohort (admins)",
         description="Courses are hub groups NAME:students and NAME:instructors, with a grader "
@@ -366,6 +403,47 @@ def _course_show(args: argparse.Namespace) -> int:
 
     hub, _ = _course_hub(args)
     print(json.dumps(show_course(hub, args.name), indent=2))  # type: ignore[arg-type]
+    return 0
+
+
+def _backup_repository(args: argparse.Namespace) -> Any:
+    from voxelhub.backup import BackupError, Repository
+
+    repo = args.repo or os.environ.get("VOXELHUB_BACKUP_REPO")
+    password = args.password_file or os.environ.get("VOXELHUB_BACKUP_PASSWORD_FILE")
+    if not repo or not password:
+        raise BackupError(
+            "give --repo and --password-file (or set $VOXELHUB_BACKUP_REPO and "
+            "$VOXELHUB_BACKUP_PASSWORD_FILE)"
+        )
+    return Repository(repo, password)
+
+
+def _backup(args: argparse.Namespace) -> int:
+    from voxelhub.backup import Sources
+
+    repo = _backup_repository(args)
+    if args.backup_command == "init":
+        repo.init()
+        print(f"initialised restic repository {repo.url}")
+    elif args.backup_command == "run":
+        hub = Path(args.hub_state) if args.hub_state else None
+        snap = repo.run(Sources(store=Path(args.store), hub_state=hub))
+        print(
+            f"snapshot {snap.id}: {snap.files_new} new and {snap.files_changed} changed files, "
+            f"{snap.bytes_added / 2**20:.1f} MiB added"
+        )
+    elif args.backup_command == "list":
+        for snap in repo.snapshots():
+            print(f"{snap.id}  {snap.time}")
+    elif args.backup_command == "check":
+        repo.check(read_data=args.read_data)
+        print(f"{repo.url}: no errors")
+    elif args.backup_command == "restore":
+        restored = repo.restore(args.to, args.snapshot)
+        print(f"restored {args.snapshot} into {args.to}: store {restored.store}")
+        if restored.hub_state is not None:
+            print(f"  hub state {restored.hub_state}")
     return 0
 
 

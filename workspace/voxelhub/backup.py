@@ -1,0 +1,207 @@
+"""Backups with restic: encrypted, deduplicated, incremental snapshots a site can come back from.
+
+What one snapshot holds (:class:`Sources`):
+
+- the store (volumes, labels, feature tables, wrapped data keys in ``.keys/``), without its live
+  SQLite catalog files, which are copied *consistently* instead (SQLite's online backup API: a
+  snapshot of a catalog in use, never a half-written page);
+- the hub's state, if given: ``jupyterhub.sqlite`` (consistent copy), the audit log and its
+  checkpoints, the configuration files; not its runtime leftovers (pid files, cluster folders);
+- a manifest (``voxelhub-backup.json``) saying where each part came from.
+
+restic encrypts the repository with its own password (``--password-file``) and never rewrites a
+finished snapshot: a backup killed at any moment leaves the earlier ones intact, and the next run
+completes (``restic check`` passes).  Master keys of encrypted stores are *not* in these snapshots;
+back the key file up separately (:func:`backup_keys`, to another repository with another password).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from voxelhub.errors import VoxelHubError
+
+MANIFEST = "voxelhub-backup.json"
+#: a staging folder this old is a killed run's leftover (a run takes minutes, not hours)
+STALE_STAGING_SECONDS = 6 * 3600
+#: files of a hub state folder that are not backed up (recreated at start, or per-run scratch)
+HUB_SKIP = ("jupyterhub.pid", "jupyterhub-proxy.pid", "dask-clusters", "runtime", "sessions")
+
+
+class BackupError(VoxelHubError):
+    """restic failed, or a restore does not match what was backed up."""
+
+
+@dataclass(frozen=True)
+class Sources:
+    """What a site needs to come back: a store (with its catalog) and, on the hub, its state."""
+
+    store: Path
+    hub_state: Path | None = None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One restic snapshot: its id, time, and (for the run that made it) what it added."""
+
+    id: str
+    time: str
+    files_new: int = 0
+    files_changed: int = 0
+    bytes_added: int = 0
+
+
+class Repository:
+    """A restic repository (local folder or ``s3:…``) opened with a password file."""
+
+    def __init__(self, url: str, password_file: str | os.PathLike[str]) -> None:
+        self.url = url
+        self.password_file = Path(password_file)
+
+    # -- restic ----------------------------------------------------------------------------------
+    def _restic(self, *args: str, json_out: bool = False, cwd: str | None = None) -> str:
+        if shutil.which("restic") is None:
+            raise BackupError("restic is not installed (Debian: apt-get install restic)")
+        cmd = ["restic", "--repo", self.url, "--password-file", str(self.password_file)]
+        cmd += ["--json"] if json_out else []
+        cmd += ["--no-cache", *args]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RESTIC_")}
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env)
+        if done.returncode != 0:
+            raise BackupError(
+                f"restic {args[0]} failed ({done.returncode}) for {self.url}: "
+                f"{done.stderr.strip()[-2000:]}"
+            )
+        return done.stdout
+
+    def init(self) -> None:
+        """Create the repository (encrypted with the password in ``password_file``)."""
+        self._restic("init")
+
+    def snapshots(self) -> list[Snapshot]:
+        return [
+            Snapshot(id=s["short_id"], time=s["time"])
+            for s in json.loads(self._restic("snapshots", json_out=True) or "[]")
+        ]
+
+    def unlock(self) -> None:
+        """Remove stale locks, e.g. of a backup killed with the machine (live ones stay)."""
+        self._restic("unlock")
+
+    def check(self, read_data: bool = False) -> None:
+        """``restic check`` (``--read-data``: every pack re-read and verified)."""
+        self.unlock()
+        self._restic("check", *(["--read-data"] if read_data else []))
+
+    def run(self, sources: Sources) -> Snapshot:
+        """Back up ``sources``; return the new snapshot and what it added."""
+        self.unlock()
+        with _staged(sources) as (staging, paths):
+            out = self._restic("backup", "--tag", "voxelhub", *paths, json_out=True, cwd=staging)
+        summary = next((json.loads(line) for line in out.splitlines() if '"summary"' in line), None)
+        if summary is None:
+            raise BackupError(f"restic backup printed no summary: {out[-500:]}")
+        return Snapshot(
+            id=summary["snapshot_id"][:8],
+            time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            files_new=int(summary.get("files_new", 0)),
+            files_changed=int(summary.get("files_changed", 0)),
+            bytes_added=int(summary.get("data_added", 0)),
+        )
+
+    def restore(self, to: str | os.PathLike[str], snapshot: str = "latest") -> Sources:
+        """Restore ``snapshot`` into the empty folder ``to``: ``to/store`` and ``to/hub``.
+
+        The catalog copy goes back to its place in the store; files keep their owners and modes
+        (when run as root).  Returns where the parts are now.
+        """
+        target = Path(to)
+        if target.exists() and any(target.iterdir()):
+            raise BackupError(f"{target} is not empty: restore into a new folder")
+        target.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=".restore-", dir=target))
+        try:
+            self._restic("restore", snapshot, "--target", str(scratch))
+            manifests = list(scratch.rglob(MANIFEST))
+            if len(manifests) != 1:
+                raise BackupError(f"snapshot {snapshot} has no single {MANIFEST}")
+            staged = manifests[0].parent
+            manifest = json.loads(manifests[0].read_text())
+            store = target / "store"
+            os.rename(scratch / str(manifest["store"]).lstrip("/"), store)
+            for name in manifest["catalog_files"]:
+                os.rename(staged / "catalog" / name, store / name)
+            restored = Sources(store=store)
+            if manifest.get("hub"):
+                hub = target / "hub"
+                os.rename(scratch / str(manifest["hub"]).lstrip("/"), hub)
+                for name in manifest["hub_databases"]:
+                    os.rename(staged / "hub-db" / name, hub / name)
+                restored = Sources(store=store, hub_state=hub)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return restored
+
+
+@contextmanager
+def _staged(sources: Sources) -> Iterator[tuple[str, list[str]]]:
+    """A private folder with consistent copies of the databases and the manifest; restic backs it
+    up together with the live store and hub folders (by absolute path, live databases excluded)."""
+    store = sources.store.resolve()
+    for old in store.parent.glob(".voxelhub-backup-*"):  # a run killed before its clean-up
+        if old.is_dir() and time.time() - old.stat().st_mtime > STALE_STAGING_SECONDS:
+            shutil.rmtree(old, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=".voxelhub-backup-", dir=store.parent))
+    try:
+        os.chmod(staging, 0o700)
+        (staging / "catalog").mkdir()
+        catalogs = sorted(p.name for p in store.glob("*.sqlite"))
+        for name in catalogs:
+            _copy_sqlite(store / name, staging / "catalog" / name)
+        manifest: dict[str, object] = {
+            "store": str(store),
+            "catalog_files": catalogs,
+            "hub": None,
+            "hub_databases": [],
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        paths = [str(staging), str(store)]
+        excludes = [str(store / n) + suffix for n in catalogs for suffix in ("", "-wal", "-shm")]
+        excludes.append(str(store / ".tmp"))
+        if sources.hub_state is not None:
+            hub = sources.hub_state.resolve()
+            (staging / "hub-db").mkdir()
+            databases = sorted(p.name for p in hub.glob("*.sqlite"))
+            for name in databases:
+                _copy_sqlite(hub / name, staging / "hub-db" / name)
+            paths.append(str(hub))
+            excludes += [str(hub / n) for n in HUB_SKIP]
+            excludes += [str(hub / n) + sfx for n in databases for sfx in ("", "-wal", "-shm")]
+            manifest.update(hub=str(hub), hub_databases=databases)
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        (staging / ".excludes").write_text("\n".join(excludes) + "\n")
+        yield str(staging), [*paths, "--exclude-file", str(staging / ".excludes")]
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _copy_sqlite(source: Path, target: Path) -> None:
+    """A consistent copy of a SQLite database that may be in use (online backup API)."""
+    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    dst = sqlite3.connect(target)
+    try:
+        src.backup(dst)
+    finally:
+        dst.close()
+        src.close()
+    os.chmod(target, 0o600)
