@@ -1,0 +1,3 @@
+from voxelhub_dicom.edge import main
+
+main()
