@@ -143,7 +143,7 @@ def _level0_shards(store: Path) -> int:
 
 
 KILL_WHEN: dict[str, Callable[[Path], bool]] = {
-    # the catalog exists, the files are being indexed
+    # the catalog exists (opened once the headers are indexed), nothing converted yet
     "catalog_created": lambda store: (store / "catalog.sqlite").exists(),
     # the temporary OME-Zarr was just created: no pixels yet
     "temporary_created": lambda store: any(store.glob(".tmp/*.ome.zarr")),

@@ -10,11 +10,12 @@ The public API::
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 from typing import TYPE_CHECKING, Any
 
 from voxelhub import config
-from voxelhub.catalog import Catalog
 from voxelhub.errors import (
     AccessDenied,
     CatalogError,
@@ -26,13 +27,46 @@ from voxelhub.errors import (
     VoxelHubError,
 )
 from voxelhub.ingest import IngestReport, ingest
-from voxelhub.service_catalog import ServiceCatalog
-from voxelhub.store.location import Location, ServiceLocation, open_location
-from voxelhub.store.stored import Geometry, StoredVolume, VolumeFlag
 from voxelhub.widgets import browse, features_panel, view, view3d
 
 if TYPE_CHECKING:
     import xarray as xr
+
+    from voxelhub.catalog import Catalog
+    from voxelhub.service_catalog import ServiceCatalog
+    from voxelhub.store.location import Location, ServiceLocation, open_location  # noqa: F401
+    from voxelhub.store.stored import Geometry, StoredVolume, VolumeFlag
+
+# Imported on first use (PEP 562): SQLAlchemy, zarr, fsspec and pandas cost about 0.4 s, which
+# every `voxelhub ingest` would otherwise pay before reading its first file.
+_LAZY = {
+    "Catalog": "voxelhub.catalog",
+    "ServiceCatalog": "voxelhub.service_catalog",
+    "Location": "voxelhub.store.location",
+    "ServiceLocation": "voxelhub.store.location",
+    "open_location": "voxelhub.store.location",
+    "Geometry": "voxelhub.store.stored",
+    "StoredVolume": "voxelhub.store.stored",
+    "VolumeFlag": "voxelhub.store.stored",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value
+        return value
+    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        # a submodule (``voxelhub.catalog``, ``voxelhub.store``…), as an eager import would
+        # have left it on the package
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __version__ = "0.1.0"
 
@@ -86,6 +120,10 @@ def open_catalog(
         Passed to fsspec for remote stores (credentials, endpoint); for the data service
         ``token`` (default ``$JUPYTERHUB_API_TOKEN``) and ``verify`` (a CA file).
     """
+    from voxelhub.catalog import Catalog
+    from voxelhub.service_catalog import ServiceCatalog
+    from voxelhub.store.location import ServiceLocation, open_location
+
     store = store or config.default_store()
     if store is None:
         raise CatalogError("no store given: pass open_catalog(STORE) or set $VOXELHUB_STORE")

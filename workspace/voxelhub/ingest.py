@@ -16,28 +16,26 @@ import os
 import re
 import uuid
 from collections.abc import Iterable
-from concurrent.futures import Executor, ProcessPoolExecutor
 from copy import deepcopy
 from dataclasses import dataclass, field
-from typing import Any
-
-import pydicom
-from pydicom.dataset import Dataset
-from tqdm.auto import tqdm
+from typing import TYPE_CHECKING, Any
 
 from voxelhub import config
-from voxelhub.catalog import Catalog, Project
-from voxelhub.dicom.index import index, open_source, process_context
-from voxelhub.dicom.metadata import acquisition_block
-from voxelhub.dicom.roi_objects import pending_root
-from voxelhub.dicom.series import VolumePlan, plan_volumes
-from voxelhub.dicom.slabs import volume_shape
 from voxelhub.errors import DicomError, GeometryError, StoreError, VoxelHubError
-from voxelhub.fsck import collect_garbage
-from voxelhub.memory import limit_malloc_arenas, release_free_memory
-from voxelhub.source_names import SourceNames, withheld_note
-from voxelhub.store.location import Location, open_location
-from voxelhub.store.writer import write_volume
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
+    from pydicom.dataset import Dataset
+
+    from voxelhub.catalog import Catalog, Project
+    from voxelhub.dicom.series import VolumePlan
+    from voxelhub.source_names import SourceNames
+    from voxelhub.store.location import Location
+
+# The heavy modules (pydicom, zarr, SQLAlchemy, pandas…) are imported inside the functions that
+# use them: `import voxelhub` stays cheap and `voxelhub ingest` reads its first file after
+# importing only what the header index needs.
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +98,8 @@ class IngestReport:
             f"{len(self.rejected_files)} DICOM file(s) rejected"
         ]
         if self.paths_withheld:
+            from voxelhub.source_names import withheld_note
+
             lines.append(
                 f"  {withheld_note(self.project)}: files are named by position and keyed ref "
                 f"(`voxelhub locate FOLDER --project {self.project} --ref REF` finds one)"
@@ -172,9 +172,22 @@ def ingest(
         raise VoxelHubError(
             f"invalid project name {project!r}: use letters, digits, '.', '_' or '-' (max 64)"
         )
+    from voxelhub.dicom.index import index
+    from voxelhub.memory import limit_malloc_arenas
+
     # zarr's thread pool would otherwise give every thread a glibc arena holding freed slabs:
     # the cap keeps a notebook's ingest bounded by slabs too (see voxelhub.memory)
     limit_malloc_arenas()
+    started = dt.datetime.now(dt.UTC)
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    # headers first: the store and catalog modules (zarr, SQLAlchemy) load while nothing waits
+    found = index(path_list, workers=workers, progress=progress)
+
+    from voxelhub.catalog import Catalog
+    from voxelhub.fsck import collect_garbage
+    from voxelhub.source_names import SourceNames
+    from voxelhub.store.location import open_location
+
     location = open_location(store)
     location.ensure_root()
     catalog = Catalog(location, catalog_url)
@@ -184,15 +197,12 @@ def ingest(
         proj = catalog.ensure_project(project, deidentify=deidentify)
         # a new project's folder starts private; the hub opens it to the project's unix group
         location.ensure_private_dir(f"projects/{project}")
-        started = dt.datetime.now(dt.UTC)
         deid = _deidentifier(proj) if proj.deidentify else None
         # a de-identified project never stores a path: sites name folders after the patient
         names = SourceNames(path_list, project, deid)
         report = IngestReport(
             project=project, paths=names.ingest_roots(), paths_withheld=names.withheld
         )
-        workers = (os.cpu_count() or 1) if workers is None else workers
-        found = index(path_list, workers=workers, progress=progress)
         report.frames = len(found.frames)
         report.non_dicom = found.skipped
         report.rejected_files = [
@@ -205,6 +215,16 @@ def ingest(
             + len(found.skipped)
             + len(found.rois)
         )
+        from concurrent.futures import ProcessPoolExecutor
+
+        from tqdm.auto import tqdm
+
+        from voxelhub.dicom.index import process_context
+        from voxelhub.dicom.roi_objects import pending_root
+        from voxelhub.dicom.series import plan_volumes
+        from voxelhub.dicom.slabs import volume_shape
+        from voxelhub.memory import release_free_memory
+
         plan = plan_volumes(found.frames)
         report.duplicates = plan.duplicates
         for rv in plan.rejected:
@@ -322,6 +342,8 @@ def _decode_is_costly(volume: VolumePlan) -> bool:
     """Worth a process pool: many compressed frames.  Uncompressed frames decode faster
     in-process than they can be pickled back from a worker (measured: 0.20 s vs 0.27 s for
     140 × 512² slices)."""
+    import pydicom.uid
+
     return len(volume.frames) >= _POOL_MIN_SLICES and any(
         pydicom.uid.UID(f.transfer_syntax_uid).is_compressed for f in volume.frames[:4]
     )
@@ -357,6 +379,10 @@ def _ingest_volume(
     pool: Executor | None,
     bar: Any,
 ) -> None:
+    from voxelhub.dicom.metadata import acquisition_block
+    from voxelhub.dicom.slabs import volume_shape
+    from voxelhub.store.writer import write_volume
+
     series_uid = _out_uid(deid, volume.series_instance_uid)
     volume_uid = _hash(project.name, series_uid, volume.split_label)[:32]
     instance_uids = [_out_uid(deid, u) for u in volume.instance_uids]
@@ -504,6 +530,10 @@ def _geometry(group: Any) -> Any:
 
 def _read_header(volume: VolumePlan) -> Dataset:
     """The first instance's header (no pixels), as the scanner wrote it."""
+    import pydicom
+
+    from voxelhub.dicom.index import open_source
+
     source = volume.frames[0].source
     try:
         with open_source(source) as fp:
@@ -523,6 +553,8 @@ def _deidentified(ds: Dataset, deid: Any) -> Dataset:
 
 def _metadata(ds: Dataset) -> dict[str, Any]:
     """DICOM JSON (PS3.18 F.2) of a header, without private tags, pixels or per-frame groups."""
+    from pydicom.dataset import Dataset
+
     copy = Dataset()
     for elem in ds:
         if elem.tag.is_private or elem.keyword in _DROP_FROM_METADATA:

@@ -20,6 +20,7 @@ different would make another vendor's element look like this one.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import struct
@@ -31,11 +32,17 @@ from typing import Any, NamedTuple
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-with warnings.catch_warnings():
-    # nibabel.nicom warns on import that its DICOM *readers* are experimental; only the CSA
-    # header parser is used here.
-    warnings.simplefilter("ignore", UserWarning)
-    from nibabel.nicom import csareader
+
+@functools.cache
+def _csa() -> Any:
+    """nibabel's Siemens CSA header parser, imported on first use (the header index of a
+    non-Siemens archive never needs nibabel, and `voxelhub ingest` starts faster without it)."""
+    with warnings.catch_warnings():
+        # nibabel.nicom warns on import that its DICOM *readers* are experimental; only the
+        # CSA header parser is used here.
+        warnings.simplefilter("ignore", UserWarning)
+        from nibabel.nicom import csareader
+    return csareader
 
 
 @dataclass(frozen=True)
@@ -434,6 +441,7 @@ def _siemens(ds: Dataset, frame_item: Dataset | None, vendor: str | None) -> Dif
         b: float | None = None
         vector: tuple[float, ...] | None = None
         try:
+            csareader = _csa()
             csa = csareader.read(raw)
             b = _to_float(csareader.get_b_value(csa))
             g = csareader.get_g_vector(csa)
@@ -769,6 +777,7 @@ def _tile(ds: Dataset) -> tuple[int, int] | None:
         raw = _private(ds, _CSA_IMAGE, _vendor(ds) == "Siemens")
         if isinstance(raw, bytes):
             try:
+                csareader = _csa()
                 n = _to_float(csareader.get_scalar(csareader.read(raw), "NumberOfImagesInMosaic"))
             except Exception:
                 n = None
@@ -854,6 +863,7 @@ def _readout(ds: Dataset) -> tuple[float | None, float | None]:
         raw = _private(ds, _CSA_IMAGE, True)
         if bw is None and isinstance(raw, bytes):
             try:
+                csareader = _csa()
                 csa = csareader.read(raw)
                 bw = _positive(csareader.get_scalar(csa, "BandwidthPerPixelPhaseEncode"))
             except Exception:
