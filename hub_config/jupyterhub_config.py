@@ -48,6 +48,9 @@ choice is an explicit setting below; what differs between sites comes from envir
 ``VOXELHUB_DATA_PORT``           the data service's port on 127.0.0.1 [8020].
 ``VOXELHUB_DATA_USER``           system account of the data service, the only one that may
                                  read the store and the catalog [voxelhub-data].
+``VOXELHUB_DICOM_EDGE``          JSON file of the DICOM edge's settings (AE titles ->
+                                 projects, allowed callers, ...; hub_config/dicom_edge_config.py)
+                                 [unset: no edge].
 ``VOXELHUB_CATALOG_URL``         catalog URL given to kernels [unset: a local store's SQLite
                                  catalog, which other users open read-only by themselves].
 ===============================  ==========================================================
@@ -425,3 +428,40 @@ if DATA_SERVICE:
             "display": False,
         },
     ]
+
+# ---- the DICOM edge: a PACS sends studies into projects (issue 11) -------------------------------
+# Orthanc and its arrival worker in a private network namespace, as the data service's account
+# (extensions/voxelhub_dicom; the settings and their help: hub_config/dicom_edge_config.py).  On
+# when VOXELHUB_DICOM_EDGE names the site's JSON file of edge settings.
+DICOM_EDGE = env("VOXELHUB_DICOM_EDGE", "")
+if DATA_SERVICE and DICOM_EDGE:
+    DICOM_STATE = os.path.join(STATE, "dicom")
+    next(s for s in c.JupyterHub.services if s["name"] == "voxelhub-data")["environment"][
+        "VOXELHUB_DICOM_ARRIVALS"
+    ] = os.path.join(DICOM_STATE, "arrivals.sqlite")  # GET api/arrivals, for curators
+    c.JupyterHub.services.append(
+        {
+            # as root (it makes the namespace and moves the interface in); Orthanc and the
+            # worker run as DATA_USER, with a REST password only that account can read
+            "name": "voxelhub-dicom",
+            "command": [
+                sys.executable,
+                "-m",
+                "voxelhub_dicom",
+                "-f",
+                os.path.join(HERE, "dicom_edge_config.py"),
+            ],
+            "environment": {
+                "PYTHONPATH": os.pathsep.join(
+                    [os.path.join(CODE, "extensions"), os.path.join(CODE, "workspace")]
+                ),
+                "VOXELHUB_DICOM_EDGE": DICOM_EDGE,
+                "VOXELHUB_DICOM_STATE": DICOM_STATE,
+                "VOXELHUB_DATA_STORE": STORE,
+                "VOXELHUB_DATA_USER": DATA_USER,
+                "VOXELHUB_AUDIT_LOG": AUDIT_LOG,
+                "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+            },
+            "display": False,
+        }
+    )

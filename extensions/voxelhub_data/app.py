@@ -21,6 +21,9 @@ OAuth cookie of a browser):
                                                  (``settings_hash``, ``series``), Parquet/JSON
 ``GET  api/features/settings/<hash>``            the settings a stored hash stands for
 ``GET  api/audit``                               the audit trail (hub admins only)
+``GET  api/arrivals?project=P``                  studies the DICOM edge received for ``P``
+                                                 and their state (curators of ``P``; hub
+                                                 admins may leave ``project`` out)
 ``GET  api/health``                              liveness, no authentication
 ===============================================  ============================================
 
@@ -94,6 +97,15 @@ class DataService(Application):
     def _audit_log_default(self) -> str:
         return os.environ.get("VOXELHUB_AUDIT_LOG", "")
 
+    arrivals = Unicode(
+        help="The DICOM edge's arrivals database (extensions/voxelhub_dicom), read for "
+        "GET api/arrivals; empty when the hub runs no edge."
+    ).tag(config=True)
+
+    @default("arrivals")
+    def _arrivals_default(self) -> str:
+        return os.environ.get("VOXELHUB_DICOM_ARRIVALS", "")
+
     bind_url = Unicode(help="Where to listen (the hub sets $JUPYTERHUB_SERVICE_URL).").tag(
         config=True
     )
@@ -166,6 +178,7 @@ class DataService(Application):
                 (p + r"api/features/settings/([^/]+)", FeatureSettingsHandler),
                 (p + r"api/store/(.*)", StoreHandler),
                 (p + "api/audit", AuditHandler),
+                (p + "api/arrivals", ArrivalsHandler),
                 (p + "oauth_callback", HubOAuthCallbackHandler),
                 (p + ".*", NotFoundHandler),
             ],
@@ -765,6 +778,40 @@ class AuditHandler(BaseHandler):
             self.deny("audit.query", str(exc), status=400)
         self.allow("audit.query", detail=args)
         self.write_json({"records": rows})
+
+
+class ArrivalsHandler(BaseHandler):
+    """What the DICOM edge received for a project, with each arrival's state and rejections."""
+
+    async def get(self) -> None:
+        action = "dicom.arrivals"
+        unknown = sorted(set(self.request.arguments) - {"project", "limit"})
+        if unknown:
+            self.deny(action, f"unknown parameter(s) {unknown}", status=400)
+        project = self.get_argument("project", "")
+        try:
+            limit = max(1, min(int(self.get_argument("limit", "200")), self.service.max_page))
+        except ValueError:
+            self.deny(action, "limit must be a number", status=400)
+        if project:
+            self.require(project, Role.CURATOR, action)
+        elif not self.caller.admin:
+            self.deny(action, "project= is required", status=400)
+        rows = await self.run(_arrivals, self.service.arrivals, project, limit)
+        self.allow(action, project=project or None, detail={"rows": len(rows)})
+        self.write_json({"arrivals": rows})
+
+
+def _arrivals(path: str, project: str, limit: int) -> list[dict[str, Any]]:
+    if not path or not os.path.exists(path):
+        return []  # no edge on this hub, or nothing received yet
+    from voxelhub_dicom.arrivals import Arrivals
+
+    db = Arrivals(path, create=False)
+    try:
+        return db.list([project] if project else None, limit=limit)
+    finally:
+        db.close()
 
 
 def _json_default(value: Any) -> Any:
