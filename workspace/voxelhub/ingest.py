@@ -503,12 +503,11 @@ def _carry_labels(location: Location, old_rel: str, new_rel: str, report: Ingest
     labels = f"{old_rel}/labels"
     if not location.exists(labels):
         return
-    old = location.open_group(old_rel)
-    new = location.open_group(new_rel)
-    same_grid = (
-        old["0"].shape == new["0"].shape  # type: ignore[union-attr]
-        and _geometry(old) == _geometry(new)
-    )
+    from voxelhub.store.stored import StoredVolume
+
+    old = StoredVolume.from_store(location, {"store_path": old_rel})
+    new = StoredVolume.from_store(location, {"store_path": new_rel})
+    same_grid = old.shape == new.shape and old.geometry.affine_lps == new.geometry.affine_lps
     if same_grid:
         location.copy_tree(labels, f"{new_rel}/labels")
         return
@@ -521,11 +520,6 @@ def _carry_labels(location: Location, old_rel: str, new_rel: str, report: Ingest
         old_rel,
         kept,
     )
-
-
-def _geometry(group: Any) -> Any:
-    meta = group.attrs.get("voxelhub") or {}
-    return (meta.get("geometry") or {}).get("affine_lps")
 
 
 def _read_header(volume: VolumePlan) -> Dataset:

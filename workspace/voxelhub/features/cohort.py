@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -35,7 +35,7 @@ from voxelhub.features.results import COLUMNS, open_results
 from voxelhub.features.settings import Settings
 
 if TYPE_CHECKING:
-    from voxelhub.catalog import Catalog
+    from voxelhub.store.stored import StoredVolume
 
 __all__ = ["Case", "CohortRun", "Finished", "StoredLabels", "extract_many"]
 
@@ -47,20 +47,24 @@ RoiSource = Any
 
 
 @dataclass(frozen=True)
-class _StoredVolume:
-    """Where a catalog volume lives; opened lazily on the worker, never on the client.
+class _CatalogVolume:
+    """A catalog volume at one level; its :class:`StoredVolume` is read on the worker.
 
-    ``location`` is the catalog's store location (picklable: it travels to the workers).
+    ``location`` is the catalog's store location and ``row`` the volume's catalog row (both
+    picklable: they travel to the workers); nothing is read from the store on the client.
     """
 
     location: Any
-    store_path: str
+    row: Mapping[str, Any]
     level: int = 0
 
-    def open(self) -> Any:
-        from voxelhub.store.volume import open_volume
+    def stored(self) -> StoredVolume:
+        from voxelhub.store.stored import StoredVolume
 
-        return open_volume(self.location, self.store_path, level=self.level)
+        return StoredVolume.from_store(self.location, self.row)
+
+    def open(self) -> Any:
+        return self.stored().open(self.level)
 
 
 @dataclass(frozen=True)
@@ -72,13 +76,6 @@ class _Unavailable:
 
     def open(self) -> Any:
         raise self.error
-
-
-@dataclass(frozen=True)
-class _StoreOnly:
-    """What :func:`voxelhub.roi.read_labels` needs of a catalog when given a row: the store."""
-
-    location: Any
 
 
 @dataclass(frozen=True)
@@ -96,17 +93,16 @@ class StoredLabels:
         """The label image of a catalog volume reference (not of an in-memory array)."""
         if isinstance(volume, _Unavailable):
             volume.open()
-        if not isinstance(volume, _StoredVolume):
+        if not isinstance(volume, _CatalogVolume):
             raise TypeError(
                 f"label image {self.name!r} is stored with catalog volumes: select catalog "
                 "rows or volume UIDs (with catalog=), not arrays"
             )
         if volume.level != 0:
             raise ValueError(f"label {self.name!r} exists at full resolution only: set level to 0")
-        from voxelhub.roi.labels import read_labels
+        from voxelhub.roi.labels import read_stored_labels
 
-        store = cast("Catalog", _StoreOnly(volume.location))
-        return read_labels(store, {"store_path": volume.store_path}, self.name)
+        return read_stored_labels(volume.stored(), self.name)
 
 
 @dataclass(frozen=True)
@@ -137,7 +133,7 @@ class Case:
             with _task_scheduler():
                 labels = isinstance(self.roi, StoredLabels)
                 mask = self.roi.read(self.volume) if labels else None  # its checks come first
-                stored = isinstance(self.volume, (_StoredVolume, _Unavailable))
+                stored = isinstance(self.volume, (_CatalogVolume, _Unavailable))
                 volume = self.volume.open() if stored else self.volume
                 if not labels:
                     mask = self.roi(volume) if callable(self.roi) else self.roi
@@ -200,29 +196,26 @@ def _rois(roi: Any, labels: Mapping[int, str] | None) -> list[tuple[str, RoiSour
 
 def _volume_refs(
     selection: pd.DataFrame | list[str], catalog: Any, level: int
-) -> list[tuple[str, _StoredVolume | _Unavailable]]:
+) -> list[tuple[str, _CatalogVolume | _Unavailable]]:
     """(series name, reference) per catalog row or volume UID; nothing is opened here."""
     loc = catalog.location
-
-    def ref(store_path: Any) -> _StoredVolume:
-        return _StoredVolume(loc, str(store_path), level)
-
     if isinstance(selection, pd.DataFrame):
         if "volume_uid" not in selection or "store_path" not in selection:
             raise ValueError(
                 "the selection must be rows of Catalog.series() (volume_uid, store_path)"
             )
-        return [(str(r.volume_uid), ref(r.store_path)) for r in selection.itertuples(index=False)]
+        rows = [{str(k): v for k, v in r.items()} for r in selection.to_dict("records")]
+        return [(str(r["volume_uid"]), _CatalogVolume(loc, r, level)) for r in rows]
     from voxelhub.errors import VoxelHubError
 
-    out: list[tuple[str, _StoredVolume | _Unavailable]] = []
+    out: list[tuple[str, _CatalogVolume | _Unavailable]] = []
     for uid in selection:
         try:
             row = catalog.volume_row(uid)
         except VoxelHubError as exc:  # e.g. NotFound: this case fails, the others run
             out.append((uid, _Unavailable(uid, exc)))
             continue
-        out.append((str(row["volume_uid"]), ref(row["store_path"])))
+        out.append((str(row["volume_uid"]), _CatalogVolume(loc, row, level)))
     return out
 
 

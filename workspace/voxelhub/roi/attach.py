@@ -45,7 +45,7 @@ from voxelhub.dicom.index import ZIP_SEP, open_source
 from voxelhub.dicom.roi_objects import RoiObject, pending_root
 from voxelhub.errors import VoxelHubError
 from voxelhub.roi.imports import import_rtstruct, import_seg
-from voxelhub.roi.labels import volume_path
+from voxelhub.store.stored import StoredVolume
 
 __all__ = ["attach_rois", "keep_pending", "label_name", "pending_objects"]
 
@@ -147,25 +147,17 @@ def pending_objects(catalog: Catalog, project: str) -> list[RoiObject]:
 
 def _targets(
     catalog: Catalog, project: str, obj: RoiObject, out_uid: Callable[[str], str]
-) -> list[dict[str, Any]]:
-    """Catalog rows of the volumes the object belongs to (empty: its series is not stored)."""
+) -> list[StoredVolume]:
+    """The stored volumes the object belongs to (empty: its series is not stored)."""
     wanted = {out_uid(u) for u in obj.referenced_series}
     rows = catalog.series(project=project)
     if rows.empty or not wanted:
         return []
-    records: list[dict[str, Any]] = [
-        {str(k): v for k, v in r.items()} for r in rows.to_dict("records")
-    ]
-    found = [r for r in records if str(r["series_uid"]) in wanted]
+    found = [catalog.stored_volume(row) for _, row in rows[rows.series_uid.isin(wanted)].iterrows()]
     if len(found) <= 1 or not obj.referenced_instances:
         return found
     instances = {out_uid(u) for u in obj.referenced_instances}
-    holding = []
-    for row in found:
-        group = catalog.location.open_group(volume_path(catalog, row))
-        meta: dict[str, Any] = dict(group.attrs.get("voxelhub") or {})  # type: ignore[arg-type]
-        if instances & {str(u) for u in meta.get("source_instance_uids", [])}:
-            holding.append(row)
+    holding = [v for v in found if instances & set(v.source_instance_uids)]
     return holding or found
 
 
@@ -219,7 +211,7 @@ def attach_rois(
         stored: dict[str, list[str]] = {}
         problems: list[str] = []
         with _local_file(obj.source, location) as path:
-            for row in targets:
+            for target in targets:
                 options: dict[str, Any] = {
                     "name": base,
                     "check_reference": deid is None,
@@ -228,13 +220,13 @@ def attach_rois(
                 }
                 try:
                     if obj.kind == "SEG":
-                        got = import_seg(catalog, row, path, **options)
+                        got = import_seg(catalog, target, path, **options)
                     else:
-                        got = import_rtstruct(catalog, row, path, **options)
+                        got = import_rtstruct(catalog, target, path, **options)
                 except (VoxelHubError, KeyError, ValueError) as exc:
-                    problems.append(f"{row['volume_uid']}: {reason_of(str(exc), obj.source)}")
+                    problems.append(f"{target.volume_uid}: {reason_of(str(exc), obj.source)}")
                     continue
-                stored[str(row["volume_uid"])] = [
+                stored[target.volume_uid] = [
                     g.stored.name for g in got.values() if g.stored is not None
                 ]
         if stored:

@@ -52,8 +52,7 @@ from voxelhub.roi.errors import (
     UnreadableRoi,
 )
 from voxelhub.roi.grid import grid_of, nearest_onto, same_grid
-from voxelhub.roi.labels import LabelImage, volume_path, write_labels
-from voxelhub.store.volume import open_volume
+from voxelhub.roi.labels import LabelImage, write_labels
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +285,7 @@ def import_mask(
         be resampled from.
     """
     where = os.fspath(path)
-    volume = open_volume(catalog.location, volume_path(catalog, row_or_uid))
+    volume = catalog.stored_volume(row_or_uid).open()
     array, affine = read_mask_file(where)
     what = os.path.basename(where)
     array = _integer_labels(array, where, check_labels)
@@ -314,11 +313,10 @@ def import_mask(
 
 # -- DICOM SEG --------------------------------------------------------------------------------
 def _volume_meta(catalog: Catalog, row_or_uid: Any) -> tuple[str, xr.DataArray, dict[str, Any]]:
-    location = catalog.location
-    vol_rel = volume_path(catalog, row_or_uid)
-    volume = open_volume(location, vol_rel)
-    meta: dict[str, Any] = dict(location.open_group(vol_rel).attrs.get("voxelhub") or {})  # type: ignore[arg-type]
-    return vol_rel, volume, meta
+    stored = catalog.stored_volume(row_or_uid)
+    group = stored.location.open_group(stored.store_path)
+    meta: dict[str, Any] = dict(group.attrs.get("voxelhub") or {})  # type: ignore[arg-type]
+    return stored.store_path, stored.open(), meta
 
 
 def _dicom_value(meta: dict[str, Any], tag: str) -> str:

@@ -399,7 +399,12 @@ def read_labels(
     ``label_names`` / ``label_colors`` per value, so the result goes straight into
     :func:`voxelhub.features.extract`.
     """
-    stored = catalog.stored_volume(row_or_uid)
+    return read_stored_labels(catalog.stored_volume(row_or_uid), name, level)
+
+
+def read_stored_labels(stored: StoredVolume, name: str, level: int = 0) -> xr.DataArray:
+    """:func:`read_labels` of a :class:`~voxelhub.store.stored.StoredVolume` (what a Dask worker
+    holds: it needs no catalog)."""
     if name not in stored.labels:
         raise StoreError(
             f"no label image {name!r} for {stored.location.url_of(stored.store_path)}; "
