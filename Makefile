@@ -53,7 +53,7 @@ $(VENV_STAMP): pyproject.toml requirements/lock.txt $(APT_STAMP)
 	@$(VENV_DIR)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $$(realpath $(VENV))
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=26"
-	$(BIN)/python -m pip install --quiet -c requirements/lock.txt -e ".[test,dev,hub]"
+	$(BIN)/python -m pip install --quiet -c requirements/lock.txt -e ".[test,dev,hub,teaching]"
 	@touch $@
 
 lint: install

@@ -465,3 +465,45 @@ if DATA_SERVICE and DICOM_EDGE:
             "display": False,
         }
     )
+
+# ---- teaching: nbgrader's exchange as a hub service (issue 12) ------------------------------------
+# Not a world-writable folder: a service under its own account keeps assignments, submissions and
+# feedback (0700) and decides every request from the caller's hub token and course groups
+# (voxelhub_hub/exchange_service.py); servers use it through nbgrader's Exchange API
+# (hub_config/jupyter/nbgrader_config.py, voxelhub/nbgrader_exchange.py).  On when
+# VOXELHUB_EXCHANGE_USER names the service's system account (created here; `make hub-demo`:
+# voxelhub-exchange); the port is VOXELHUB_EXCHANGE_PORT [8030].
+EXCHANGE_PORT = int(env("VOXELHUB_EXCHANGE_PORT", "8030"))
+EXCHANGE_USER = env("VOXELHUB_EXCHANGE_USER", "")
+if SPAWNER == "system" and EXCHANGE_USER:
+    from voxelhub_hub.data_service import ensure_service_account, prepare_audit
+
+    ensure_service_account(EXCHANGE_USER)
+    EXCHANGE_DIR = str(prepare_audit(os.path.join(STATE, "exchange"), EXCHANGE_USER).parent)
+    EXCHANGE_SCOPE = "access:services!service=voxelhub-exchange"
+    c.Spawner.environment["VOXELHUB_EXCHANGE_URL"] = (
+        f"http://127.0.0.1:{EXCHANGE_PORT}/services/voxelhub-exchange"
+    )
+    c.Spawner.server_token_scopes.append(EXCHANGE_SCOPE)
+    next(r for r in c.JupyterHub.load_roles if r["name"] == "user")["scopes"].append(EXCHANGE_SCOPE)
+    c.JupyterHub.load_roles.append(
+        {
+            "name": "voxelhub-exchange",  # reads who is in which course group
+            "scopes": ["read:users:name", "read:users:groups"],
+            "services": ["voxelhub-exchange"],
+        }
+    )
+    c.JupyterHub.services.append(
+        {
+            "name": "voxelhub-exchange",
+            "url": f"http://127.0.0.1:{EXCHANGE_PORT}",
+            "command": [sys.executable, "-m", "voxelhub_hub.exchange_service", EXCHANGE_DIR],
+            "user": EXCHANGE_USER,
+            "environment": {
+                "PYTHONPATH": os.path.join(CODE, "extensions"),
+                "PATH": f"{VENV_BIN}:/usr/bin:/bin",
+            },
+            "cwd": EXCHANGE_DIR,
+            "display": False,
+        }
+    )

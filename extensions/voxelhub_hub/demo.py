@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         spawner=spawner,
         tls=True,
         ports={"VOXELHUB_HUB_PORT": args.port},
+        extra_env={"VOXELHUB_EXCHANGE_USER": "voxelhub-exchange"},  # nbgrader's exchange service
     )
     # Ctrl-C (SIGINT) and SIGTERM both end the wait below and stop the stack
     signal.signal(signal.SIGTERM, _interrupt)

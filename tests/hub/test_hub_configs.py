@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import sys
 from pathlib import Path
@@ -124,7 +125,15 @@ def test_jupyterhub_config(hub_env: Path) -> None:
         "dask-gateway",
         "voxelhub-data",
         "voxelhub-audit-checkpoint",
+        "voxelhub-exchange",
     }
+    # nbgrader's exchange: a service under its own account, its folder closed to everyone else
+    exchange = services["voxelhub-exchange"]
+    assert exchange["user"] == os.environ["VOXELHUB_EXCHANGE_USER"] != data["user"]
+    assert Path(exchange["cwd"]).stat().st_mode & 0o077 == 0
+    assert Path(exchange["cwd"]).stat().st_uid == pwd.getpwnam(exchange["user"]).pw_uid
+    assert "access:services!service=voxelhub-exchange" in c.Spawner.server_token_scopes
+    assert env["VOXELHUB_EXCHANGE_URL"].endswith(":8030/services/voxelhub-exchange")
     assert services["dask-gateway"]["url"] == "http://127.0.0.1:18010"
     assert "--timeout=3600" in services["idle-culler"]["command"]
 

@@ -52,6 +52,7 @@ COURSE = f"mri{S}"
 GRADER = f"grader-{COURSE}"
 COURSE_GROUPS = (f"{COURSE}:students", f"{COURSE}:instructors")
 DATA_ACCOUNT = f"vhdata{S}"
+EXCHANGE_ACCOUNT = f"vhexch{S}"  # the nbgrader exchange service's own account
 SAMPLES = sorted(p.name for p in (REPO / "sample_notebooks").glob("*.ipynb"))
 
 
@@ -126,7 +127,7 @@ def site(shared_dicom: Path) -> Iterator[Site]:
         projects={COHORT: [ANNA], OTHER: [PROF]},
         spawner="system",
         tls=True,
-        extra_env={"VOXELHUB_DATA_USER": DATA_ACCOUNT},
+        extra_env={"VOXELHUB_DATA_USER": DATA_ACCOUNT, "VOXELHUB_EXCHANGE_USER": EXCHANGE_ACCOUNT},
     )
     users = (ADMIN, PROF, ANNA, BEN, GRADER)
     try:
@@ -151,20 +152,21 @@ def site(shared_dicom: Path) -> Iterator[Site]:
         survivors = stack.stop()
         leftovers = []
         for p in psutil.process_iter(["pid", "username", "cmdline"]):
-            if p.info["username"] in (*users, DATA_ACCOUNT):
+            if p.info["username"] in (*users, DATA_ACCOUNT, EXCHANGE_ACCOUNT):
                 leftovers.append(f"{p.pid} {p.info['username']} {p.info['cmdline']}")
                 p.kill()
         for name in users:
             remove_account(name)
         remove_managed_group_if_unused()
-        subprocess.run(["userdel", DATA_ACCOUNT], capture_output=True, check=False)
-        subprocess.run(["groupdel", DATA_ACCOUNT], capture_output=True, check=False)
+        for account in (DATA_ACCOUNT, EXCHANGE_ACCOUNT):
+            subprocess.run(["userdel", account], capture_output=True, check=False)
+            subprocess.run(["groupdel", account], capture_output=True, check=False)
         for group in (COHORT, OTHER, *COURSE_GROUPS):
             remove_group(group)  # the unix groups mirroring hub groups (made at spawns)
         shutil.rmtree(state, ignore_errors=True)
         assert not survivors, f"processes still running after the hub stopped: {survivors}"
         assert not leftovers, f"processes of test users still running: {leftovers}"
-        for name in users:
+        for name in (*users, DATA_ACCOUNT, EXCHANGE_ACCOUNT):
             assert not _user_exists(name), f"unix user {name} left behind"
 
 
@@ -318,7 +320,7 @@ def test_an_admin_creates_a_course_from_a_roster(site: Site, tmp_path: Path) -> 
 
     groups = {g: site.hub("GET", f"/groups/{g}").json() for g in COURSE_GROUPS}
     assert sorted(groups[f"{COURSE}:students"]["users"]) == sorted([ANNA, BEN])
-    assert groups[f"{COURSE}:instructors"]["users"] == [PROF]
+    assert sorted(groups[f"{COURSE}:instructors"]["users"]) == sorted([PROF, GRADER])
     assert groups[f"{COURSE}:students"]["properties"] == {
         "course": COURSE, "project": COHORT, "grader": GRADER, "role": "students",
     }  # fmt: skip
@@ -348,3 +350,249 @@ def test_an_admin_creates_a_course_from_a_roster(site: Site, tmp_path: Path) -> 
             cat.put_labels(uid, "mine", np.ones(shape, np.uint8), None, False)
     shown = _course_cli(site, "show", COURSE, token=admin)
     assert shown.returncode == 0 and json.loads(shown.stdout)["students"] == sorted([ANNA, BEN])
+
+
+# ---- 3. exercises: nbgrader through the exchange service -----------------------------------------
+
+EXERCISE = "ps1"
+SOURCE_NOTEBOOK = r"""
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+def cell(source, grade_id, **meta):
+    c = new_code_cell(source)
+    c.metadata["nbgrader"] = {"grade_id": grade_id, "schema_version": 3, "locked": False,
+                              "solution": False, "grade": False, "task": False, **meta}
+    return c
+
+nb = new_notebook(cells=[
+    new_markdown_cell("Write `square(x)`."),
+    cell("def square(x):\n    ### BEGIN SOLUTION\n    return x * x\n    ### END SOLUTION",
+         "square", solution=True),
+    cell("assert square(2) == 4", "visible", grade=True, points=1, locked=True),
+    cell("assert square(0) == 0\n### BEGIN HIDDEN TESTS\nassert square(3) == 9\n"
+         "### END HIDDEN TESTS", "hidden", grade=True, points=2, locked=True),
+])
+nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+"""
+
+GRADER_SETUP = (
+    SOURCE_NOTEBOOK
+    + r"""
+import os, subprocess
+course = os.path.expanduser("~/course")
+os.makedirs(f"{course}/source/{assignment}", exist_ok=True)
+nbformat.write(nb, f"{course}/source/{assignment}/{assignment}.ipynb")
+with open(f"{course}/nbgrader_config.py", "w") as f:
+    f.write(f"c = get_config()\nc.CourseDirectory.course_id = {course_id!r}\n")
+
+def nbgrader(*args):
+    r = subprocess.run(["nbgrader", *args], cwd=course, capture_output=True, text=True)
+    print("NBGRADER", " ".join(args), "->", r.returncode)
+    print(r.stdout[-3000:], r.stderr[-3000:])
+    assert r.returncode == 0, r.stderr[-3000:]
+
+nbgrader("generate_assignment", assignment, "--force")
+nbgrader("release_assignment", assignment)
+"""
+)
+
+STUDENT_WORK = r"""
+import json, os, subprocess
+
+def nbgrader(*args):
+    r = subprocess.run(["nbgrader", *args], cwd=os.path.expanduser("~"), capture_output=True,
+                       text=True)
+    print("NBGRADER", " ".join(args), "->", r.returncode)
+    print(r.stdout[-2000:], r.stderr[-2000:])
+    return r
+
+print("LISTED", course_id in nbgrader("list").stdout + nbgrader("list").stderr)
+assert nbgrader("fetch_assignment", assignment, "--course", course_id).returncode == 0
+path = os.path.expanduser(f"~/{assignment}/{assignment}.ipynb")
+nb = json.load(open(path))
+src = "".join(nb["cells"][1]["source"])
+assert "raise NotImplementedError()" in src, src
+nb["cells"][1]["source"] = src.replace("raise NotImplementedError()", answer)
+json.dump(nb, open(path, "w"))
+assert nbgrader("submit", assignment, "--course", course_id).returncode == 0
+"""
+
+GRADER_GRADE = r"""
+import os, subprocess
+from nbgrader.api import Gradebook
+course = os.path.expanduser("~/course")
+
+def nbgrader(*args):
+    r = subprocess.run(["nbgrader", *args], cwd=course, capture_output=True, text=True)
+    print("NBGRADER", " ".join(args), "->", r.returncode)
+    print(r.stdout[-3000:], r.stderr[-3000:])
+    assert r.returncode == 0, r.stderr[-3000:]
+
+nbgrader("collect", assignment)
+print("COLLECTED", sorted(os.listdir(f"{course}/submitted")))
+nbgrader("autograde", assignment)
+with Gradebook(f"sqlite:///{course}/gradebook.db", course_id) as gb:
+    for student in students:
+        s = gb.find_submission(assignment, student)
+        print("SCORE", student, s.score, s.max_score)
+nbgrader("generate_feedback", assignment)
+nbgrader("release_feedback", assignment)
+print("AUTOGRADED_AS", __import__("getpass").getuser())
+"""
+
+STUDENT_FEEDBACK = r"""
+import glob, os, subprocess
+r = subprocess.run(["nbgrader", "fetch_feedback", assignment, "--course", course_id],
+                   cwd=os.path.expanduser("~"), capture_output=True, text=True)
+print("FETCH", r.returncode, r.stderr[-2000:])
+for path in glob.glob(os.path.expanduser(f"~/{assignment}/feedback/*/*.html")):
+    text = open(path).read()
+    import re
+    print("FEEDBACK", os.path.basename(path), re.findall(r"Score: ([0-9.]+ / [0-9.]+)", text)[:1])
+"""
+
+TRESPASS = r"""
+import os
+def tries(path):
+    try:
+        os.listdir(path) if os.path.isdir(path) else open(path).read()
+        return "read"
+    except PermissionError:
+        return "denied"
+    except FileNotFoundError:
+        return "missing"
+print("EXCHANGE_DIR", tries(exchange_dir))
+print("EXCHANGE_COURSE", tries(os.path.join(exchange_dir, course_id, "inbound")))
+print("OTHER_HOME", tries(other_home))
+print("OTHER_FEEDBACK", tries(os.path.join(other_home, assignment, "feedback")))
+"""
+
+
+def _values(out: str, key: str) -> list[str]:
+    return [line.split(" ", 1)[1] for line in out.splitlines() if line.startswith(key + " ")]
+
+
+def _run(site: Site, user: str, code: str, **names: Any) -> str:
+    from voxelhub_hub.client import run_code
+
+    prelude = "".join(f"{k} = {v!r}\n" for k, v in names.items())
+    return run_code(
+        site.stack.url, user, site.tokens[ADMIN], prelude + code, cafile=site.stack.cafile,
+        timeout=400,
+    )  # fmt: skip
+
+
+def test_release_fetch_submit_collect_autograde_feedback(site: Site) -> None:
+    """The whole round on the real stack, each step in the acting user's own server."""
+    import io
+    import tarfile
+
+    ex = site.stack.url + "/services/voxelhub-exchange/api"
+    names = {"assignment": EXERCISE, "course_id": COURSE}
+    deadline = time.monotonic() + 60
+    while requests.get(ex + "/health", verify=site.stack.verify, timeout=10).status_code != 200:
+        assert time.monotonic() < deadline, site.stack.tail()
+        time.sleep(1)
+
+    # the grader account authors, generates and releases (its own unix user, its own server)
+    site.start_server(GRADER)
+    out = _run(site, GRADER, GRADER_SETUP, **names)
+    assert "NBGRADER release_assignment ps1 -> 0" in out, out
+
+    def call(user: str, method: str, path: str, **kw: Any) -> requests.Response:
+        headers = {"Authorization": f"token {site.tokens[user]}"} if user else {}
+        return requests.request(
+            method, f"{ex}/{path}", headers=headers, verify=site.stack.verify, timeout=60, **kw
+        )
+
+    assert call(ANNA, "GET", "courses").json()["courses"] == {COURSE: "student"}
+    assert call(PROF, "GET", "courses").json()["courses"] == {COURSE: "instructor"}
+
+    # two students fetch it in their own servers; anna answers right, ben wrong
+    site.start_server(BEN)
+    answers = {ANNA: "return x * x", BEN: "return 4 if x == 2 else 0"}
+    for student, answer in answers.items():
+        out = _run(site, student, STUDENT_WORK, answer=answer, **names)
+        assert "LISTED True" in out and "NBGRADER submit" in out, out
+
+    # collect and autograde in the grader's server (student code runs as the grader account)
+    out = _run(site, GRADER, GRADER_GRADE, students=[ANNA, BEN], **names)
+    assert _values(out, "COLLECTED") == [str(sorted([ANNA, BEN]))], out
+    scores = {line.split()[0]: line.split()[1:] for line in _values(out, "SCORE")}
+    assert scores == {ANNA: ["3.0", "3.0"], BEN: ["1.0", "3.0"]}, out
+    assert _values(out, "AUTOGRADED_AS") == [GRADER]
+
+    # feedback reaches each student, their own only
+    for student, score in ((ANNA, "3.0 / 3.0"), (BEN, "1.0 / 3.0")):
+        out = _run(site, student, STUDENT_FEEDBACK, **names)
+        assert _values(out, "FEEDBACK") == [f"{EXERCISE}.html ['{score}']"], out
+
+    # ---- attempts on another student's work: by API ...
+    def tar_names(r: requests.Response) -> list[str]:
+        with tarfile.open(fileobj=io.BytesIO(r.content), mode="r:gz") as tar:
+            return [m.name for m in tar.getmembers() if m.isfile()]
+
+    anna_feedback = tar_names(call(ANNA, "GET", f"feedback/{COURSE}"))
+    ben_feedback = tar_names(call(BEN, "GET", f"feedback/{COURSE}"))
+    assert len(anna_feedback) == len(ben_feedback) == 1 and anna_feedback != ben_feedback
+    refused = {
+        "collect": call(BEN, "GET", f"inbound/{COURSE}"),
+        "collect one": call(BEN, "GET", f"inbound/{COURSE}?assignment={EXERCISE}"),
+        "write feedback": call(BEN, "PUT", f"feedback/{COURSE}/{EXERCISE}/{ANNA}", data=b""),
+        "release": call(BEN, "PUT", f"outbound/{COURSE}/{EXERCISE}?force=1", data=b""),
+        "withdraw": call(BEN, "DELETE", f"outbound/{COURSE}/{EXERCISE}"),
+        "traversal": call(BEN, "GET", f"outbound/{COURSE}/..%2F..%2F"),
+        "not in the course": call(ADMIN, "GET", f"outbound/{COURSE}"),
+        "no token": call("", "GET", f"outbound/{COURSE}"),
+    }
+    for what, r in refused.items():
+        assert r.status_code in (400, 401, 403, 404, 405), (what, r.status_code, r.text)
+    # asking for anna's feedback by name still answers ben's own, never hers
+    assert tar_names(call(BEN, "GET", f"feedback/{COURSE}?student={ANNA}")) == ben_feedback
+    # a submission claiming to be anna's is filed under ben, with the service's time
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in ((f"{EXERCISE}.ipynb", b"{}"), ("timestamp.txt", b"2000-01-01")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    r = call(BEN, "POST", f"inbound/{COURSE}/{EXERCISE}", data=buf.getvalue())
+    assert r.status_code == 200 and r.json()["student"] == BEN, r.text
+    assert not r.json()["timestamp"].startswith("2000")
+    inbound = tar_names(call(PROF, "GET", f"inbound/{COURSE}"))
+    owners = {name.split("+")[0] for name in inbound}
+    assert owners == {ANNA, BEN}, inbound
+    # a link or an escaping name in an upload is refused
+    evil = io.BytesIO()
+    with tarfile.open(fileobj=evil, mode="w:gz") as tar:
+        info = tarfile.TarInfo("../../escape.txt")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    assert (
+        call(BEN, "POST", f"inbound/{COURSE}/{EXERCISE}", data=evil.getvalue()).status_code == 400
+    )
+    link = io.BytesIO()
+    with tarfile.open(fileobj=link, mode="w:gz") as tar:
+        info = tarfile.TarInfo("x.ipynb")
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/shadow"
+        tar.addfile(info)
+    assert (
+        call(BEN, "POST", f"inbound/{COURSE}/{EXERCISE}", data=link.getvalue()).status_code == 400
+    )
+
+    # ... and by file path, from ben's own kernel
+    out = _run(
+        site, BEN, TRESPASS, exchange_dir=str(site.state / "exchange"),
+        other_home=pwd.getpwnam(ANNA).pw_dir, **names,
+    )  # fmt: skip
+    assert _values(out, "EXCHANGE_DIR") == ["denied"], out
+    assert _values(out, "EXCHANGE_COURSE") == ["denied"], out
+    assert _values(out, "OTHER_HOME") == ["denied"], out
+    assert _values(out, "OTHER_FEEDBACK") == ["denied"], out
+
+    # every refusal is in the service's log, with who tried
+    log = site.stack.log_path.read_text(errors="replace")
+    assert f"refused user={BEN} action=inbound.collect" in log
+    assert f"refused user={BEN} action=feedback.release" in log
+    assert f"refused user={BEN} action=outbound.release" in log

@@ -5,7 +5,8 @@ hub's REST API with an admin's token and makes, or brings up to date:
 
 - hub group ``NAME:students`` (the roster) and ``NAME:instructors``;
 - a grader account ``grader-NAME``: a hub user nobody logs in as, in whose server nbgrader
-  autogrades (student code never runs as an instructor or in the hub);
+  autogrades (student code never runs as an instructor or in the hub), a member of
+  ``NAME:instructors`` so that it may collect and release feedback at the exchange;
 - membership of group ``P`` for every student, instructor and the grader: ``P`` makes them
   *viewers* of project ``P`` at the data service (``voxelhub_data.access.roles_from_groups``),
   so the class reads the same de-identified cohort, read-only, without copying it.  The project
@@ -160,7 +161,8 @@ def create_course(
     if new:
         hub.request("POST", "/users", {"usernames": new})
     properties = {"course": name, "project": project, "grader": grader}
-    members = {students_group(name): students, instructors_group(name): instructors}
+    # the grader account is an instructor at the exchange (it collects and releases feedback)
+    members = {students_group(name): students, instructors_group(name): [*instructors, grader]}
     for group, users in members.items():
         if hub.request("GET", f"/groups/{urllib.parse.quote(group, safe='')}", ok=(404,)) is None:
             hub.request("POST", f"/groups/{urllib.parse.quote(group, safe='')}")
@@ -189,5 +191,7 @@ def show_course(hub: Hub, name: str) -> dict[str, Any]:
         "project": props.get("project"),
         "grader": props.get("grader"),
         "students": sorted(groups[students_group(name)]["users"]),
-        "instructors": sorted(groups[instructors_group(name)]["users"]),
+        "instructors": sorted(
+            set(groups[instructors_group(name)]["users"]) - {props.get("grader")}
+        ),
     }
