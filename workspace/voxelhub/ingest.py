@@ -1,8 +1,9 @@
 """Ingest orchestration: DICOM files → de-identified, verified OME-Zarr volumes + catalog rows.
 
-index (headers, parallel) → plan (group, split, geometry) → for each volume: de-identify the
-header, convert the pixels slab by slab into a temporary OME-Zarr, verify, commit, then commit
-the catalog row.  A file or volume that fails is listed in the report with the reason and never
+index (headers, parallel; before the store and catalog are opened) → plan (group, split,
+geometry) → for each volume (in worker processes when there are several volumes and workers):
+de-identify the header, convert the pixels slab by slab into a temporary OME-Zarr, verify,
+move it into place → the parent commits the catalog row, the commit point.  A file or volume that fails is listed in the report with the reason and never
 stops the rest.  Ingesting the same files twice changes nothing: a volume whose content key is
 already in the catalog (and whose store is there) is left alone.
 """
@@ -15,7 +16,7 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from copy import deepcopy
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from voxelhub.dicom.series import VolumePlan
     from voxelhub.source_names import SourceNames
     from voxelhub.store.location import Location
+    from voxelhub.store.writer import WrittenVolume
 
 # The heavy modules (pydicom, zarr, SQLAlchemy, pandas…) are imported inside the functions that
 # use them: `import voxelhub` stays cheap and `voxelhub ingest` reads its first file after
@@ -215,15 +217,11 @@ def ingest(
             + len(found.skipped)
             + len(found.rois)
         )
-        from concurrent.futures import ProcessPoolExecutor
-
         from tqdm.auto import tqdm
 
-        from voxelhub.dicom.index import process_context
         from voxelhub.dicom.roi_objects import pending_root
         from voxelhub.dicom.series import plan_volumes
         from voxelhub.dicom.slabs import volume_shape
-        from voxelhub.memory import release_free_memory
 
         plan = plan_volumes(found.frames)
         report.duplicates = plan.duplicates
@@ -237,19 +235,14 @@ def ingest(
                         "series_uid": _out_uid(deid, rv.series_instance_uid),
                     }
                 )
-        pool: Executor | None = None
-        if workers > 1 and any(_decode_is_costly(v) for v in plan.volumes):
-            pool = ProcessPoolExecutor(workers, mp_context=process_context())
         total = sum(volume_shape(v)[0] * v.n_timepoints for v in plan.volumes)
         bar = tqdm(total=total, desc="converting", unit="slice", disable=not progress)
         try:
-            for volume in plan.volumes:
-                _ingest_volume(catalog, location, proj, volume, deid, names, report, pool, bar)
-                release_free_memory()
+            _convert_volumes(
+                catalog, location, proj, plan.volumes, deid, names, report, workers, bar
+            )
         finally:
             bar.close()
-            if pool is not None:
-                pool.shutdown()
         if found.rois or location.exists(pending_root(project)):
             # SEG / RTSTRUCT: label images of the series they reference (and earlier ones
             # whose series this ingest brought)
@@ -368,46 +361,205 @@ def _hash(*parts: str) -> str:
     return h.hexdigest()
 
 
-def _ingest_volume(
+@dataclass(frozen=True)
+class _Job:
+    """One volume to convert: everything a worker process needs, all picklable."""
+
+    volume: VolumePlan
+    volume_uid: str
+    series_uid: str
+    instance_uids: list[str]
+    content_key: str
+    rel_path: str
+    n_slices: int
+
+
+@dataclass(frozen=True)
+class _Converted:
+    """What converting one volume gave: the committed tree and the header fields the catalog
+    row needs, or why it failed (reason and source as raised; paths are withheld by the
+    parent)."""
+
+    written: WrittenVolume | None = None
+    header: dict[str, str] = field(default_factory=dict)
+    failure: dict[str, str] | None = None
+
+
+_HEADER_FIELDS = (
+    "PatientID",
+    "PatientName",
+    "PatientSex",
+    "PatientBirthDate",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyDescription",
+    "AccessionNumber",
+    "BodyPartExamined",
+    "SeriesDescription",
+    "Manufacturer",
+)
+
+
+def _convert_volumes(
     catalog: Catalog,
     location: Location,
     project: Project,
-    volume: VolumePlan,
+    volumes: list[VolumePlan],
     deid: Any,
     names: SourceNames,
     report: IngestReport,
-    pool: Executor | None,
+    workers: int,
     bar: Any,
 ) -> None:
-    from voxelhub.dicom.metadata import acquisition_block
+    """Convert every planned volume and commit its catalog row, in plan order.
+
+    With several volumes and workers, each volume is converted whole (decode, pyramid, write,
+    verify, move into place) in a worker process, and the parent only records catalog rows;
+    a single volume is converted here, its compressed frames decoded by a process pool.  The
+    catalog row stays the commit point either way: a tree a worker moved into place is
+    invisible until the parent's row lists it.
+    """
+    from voxelhub.memory import release_free_memory
+
+    jobs: list[tuple[_Job, Any]] = []
+    for volume in volumes:
+        job, existing = _job(catalog, project, volume, deid)
+        if (
+            existing is not None
+            and existing.content_key == job.content_key
+            and location.exists(existing.store_path)
+        ):
+            report.unchanged.append(job.volume_uid)
+            bar.update(job.n_slices)
+        else:
+            jobs.append((job, existing))
+    if workers > 1 and len(jobs) > 1:
+        done = _convert_in_workers(location, deid, [job for job, _ in jobs], workers)
+        for (job, existing), converted in zip(jobs, done, strict=True):
+            _record(catalog, location, project, job, existing, converted, names, report)
+            bar.update(job.n_slices)
+        return
+    pool: Executor | None = None
+    if workers > 1 and any(_decode_is_costly(job.volume) for job, _ in jobs):
+        from concurrent.futures import ProcessPoolExecutor
+
+        from voxelhub.dicom.index import process_context
+
+        pool = ProcessPoolExecutor(workers, mp_context=process_context())
+    try:
+        for job, existing in jobs:
+            converted = _convert(location, deid, job, pool, bar.update)
+            _record(catalog, location, project, job, existing, converted, names, report)
+            release_free_memory()
+    finally:
+        if pool is not None:
+            pool.shutdown()
+
+
+def _job(catalog: Catalog, project: Project, volume: VolumePlan, deid: Any) -> tuple[_Job, Any]:
+    """The conversion job of ``volume`` and the catalog's current row for it (or None)."""
     from voxelhub.dicom.slabs import volume_shape
-    from voxelhub.store.writer import write_volume
 
     series_uid = _out_uid(deid, volume.series_instance_uid)
     volume_uid = _hash(project.name, series_uid, volume.split_label)[:32]
-    instance_uids = [_out_uid(deid, u) for u in volume.instance_uids]
-    content_key = _hash(
-        *(f"{_out_uid(deid, f.sop_instance_uid)}#{f.frame_index}" for f in volume.frames)
+    job = _Job(
+        volume=volume,
+        volume_uid=volume_uid,
+        series_uid=series_uid,
+        instance_uids=[_out_uid(deid, u) for u in volume.instance_uids],
+        content_key=_hash(
+            *(f"{_out_uid(deid, f.sop_instance_uid)}#{f.frame_index}" for f in volume.frames)
+        ),
+        # a fresh path per version: the catalog row is the commit point (see Location.commit)
+        rel_path=f"projects/{project.name}/{volume_uid}/{uuid.uuid4().hex[:16]}.ome.zarr",
+        n_slices=volume_shape(volume)[0] * volume.n_timepoints,
     )
-    # a fresh path per version: the catalog row is the commit point (see Location.commit)
-    rel_path = f"projects/{project.name}/{volume_uid}/{uuid.uuid4().hex[:16]}.ome.zarr"
-    n_slices = volume_shape(volume)[0] * volume.n_timepoints
-    existing = catalog.find_volume(volume_uid)
-    if (
-        existing is not None
-        and existing.content_key == content_key
-        and location.exists(existing.store_path)
-    ):
-        report.unchanged.append(volume_uid)
-        bar.update(n_slices)
-        return
+    return job, catalog.find_volume(volume_uid)
+
+
+# Set in each worker process of _convert_in_workers (fork copies them: nothing is pickled).
+_worker_location: Location | None = None
+_worker_deid: Any = None
+
+
+def _init_worker(location: Location, deid: Any) -> None:
+    global _worker_location, _worker_deid
+    _worker_location, _worker_deid = location, deid
+
+
+def _convert_in_worker(job: _Job) -> _Converted:
+    assert _worker_location is not None
+    return _convert(_worker_location, _worker_deid, job, None, None)
+
+
+def _convert_in_workers(
+    location: Location, deid: Any, jobs: list[_Job], workers: int
+) -> Iterator[_Converted]:
+    """Convert ``jobs`` in worker processes; results in the order of ``jobs``.
+
+    A worker that dies (a segfault in a codec, the kernel's OOM killer) breaks the pool; the
+    volumes it took down with it are converted again one at a time, each in a fresh process,
+    so only the volume that kills its process fails.
+    """
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    from voxelhub.dicom.index import process_context
+
+    pool = ProcessPoolExecutor(
+        min(workers, len(jobs)),
+        mp_context=process_context(),
+        initializer=_init_worker,
+        initargs=(location, deid),
+    )
+    try:
+        futures = [pool.submit(_convert_in_worker, job) for job in jobs]
+        for job, future in zip(jobs, futures, strict=True):
+            try:
+                yield future.result()
+            except BrokenProcessPool:
+                yield _convert_alone(location, deid, job)
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def _convert_alone(location: Location, deid: Any, job: _Job) -> _Converted:
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    from voxelhub.dicom.index import process_context
+
+    with ProcessPoolExecutor(
+        1, mp_context=process_context(), initializer=_init_worker, initargs=(location, deid)
+    ) as pool:
+        try:
+            return pool.submit(_convert_in_worker, job).result()
+        except BrokenProcessPool as exc:
+            reason = f"the process converting this volume died ({exc})"
+            return _Converted(
+                failure={"reason": reason, "tag": "", "sources": job.volume.frames[0].source}
+            )
+
+
+def _convert(
+    location: Location,
+    deid: Any,
+    job: _Job,
+    pool: Executor | None,
+    on_slab: Callable[[int], Any] | None,
+) -> _Converted:
+    """Read and de-identify the header, write the volume's tree and move it into place."""
+    from voxelhub.dicom.metadata import acquisition_block
+    from voxelhub.store.writer import write_volume
+
+    volume = job.volume
     try:
         raw_header = _read_header(volume)
         header = _deidentified(raw_header, deid)
         metadata = _metadata(header)
         attrs = {
-            "volume_uid": volume_uid,
-            "series_uid": series_uid,
+            "volume_uid": job.volume_uid,
+            "series_uid": job.series_uid,
             "study_uid": str(header.get("StudyInstanceUID", "")),
             "patient_id": str(header.get("PatientID", "")),
             "modality": volume.modality,
@@ -416,7 +568,7 @@ def _ingest_volume(
             "name": "",
             "deidentified": deid is not None,
             "dicom": metadata,
-            "source_instance_uids": instance_uids,
+            "source_instance_uids": job.instance_uids,
             "rescale": sorted({(f.rescale_slope, f.rescale_intercept) for f in volume.frames}),
             "acquisition": acquisition_block(
                 volume, raw_header, header if deid is not None else None
@@ -424,54 +576,77 @@ def _ingest_volume(
         }
         name = (
             " ".join(x for x in (str(header.get("SeriesDescription", "")), volume.split_label) if x)
-            or volume_uid
+            or job.volume_uid
         )
         attrs["name"] = name
         written = write_volume(
-            location, rel_path, volume, name=name, attrs=attrs, pool=pool, on_slab=bar.update
+            location, job.rel_path, volume, name=name, attrs=attrs, pool=pool, on_slab=on_slab
         )
     except Exception as exc:  # whatever one volume raises (MemoryError too) fails it alone
         if not isinstance(exc, DicomError | GeometryError | StoreError | OSError | ValueError):
             exc = StoreError(f"{type(exc).__name__}: {exc}")
         source = getattr(exc, "path", None) or volume.frames[0].source
-        reason = names.reason(str(exc), source)  # a message may quote the file's path
-        log.warning("series %s (%s) failed: %s", series_uid, volume.split_label, reason)
+        tag = getattr(exc, "tag", None) or ""
+        return _Converted(failure={"reason": str(exc), "tag": tag, "sources": source})
+    fields = {key: str(header.get(key, "")) for key in _HEADER_FIELDS}
+    return _Converted(written=written, header=fields)
+
+
+def _record(
+    catalog: Catalog,
+    location: Location,
+    project: Project,
+    job: _Job,
+    existing: Any,
+    converted: _Converted,
+    names: SourceNames,
+    report: IngestReport,
+) -> None:
+    """Commit the catalog row of a converted volume (the commit point), or report its failure."""
+    volume = job.volume
+    written = converted.written
+    if written is None:
+        failure = converted.failure or {"reason": "not converted", "tag": "", "sources": ""}
+        source = failure["sources"] or volume.frames[0].source
+        reason = names.reason(failure["reason"], source)  # a message may quote the file's path
+        log.warning("series %s (%s) failed: %s", job.series_uid, volume.split_label, reason)
         report.failed.append(
             {
-                "series_uid": series_uid,
+                "series_uid": job.series_uid,
                 "split": volume.split_label,
                 "reason": reason,
-                "tag": getattr(exc, "tag", None) or "",
+                "tag": failure["tag"],
                 "sources": source,
             }
         )
         return
+    header = converted.header
     geometry = volume.geometry
     if existing is not None and location.exists(existing.store_path):
-        _carry_labels(location, existing.store_path, rel_path, report)
+        _carry_labels(location, existing.store_path, job.rel_path, report)
     replaced = catalog.record_volume(
         project,
         patient={
-            "patient_key": str(header.get("PatientID", "")),
-            "patient_name": str(header.get("PatientName", "")),
-            "sex": str(header.get("PatientSex", "")),
-            "birth_date": str(header.get("PatientBirthDate", "")),
+            "patient_key": header["PatientID"],
+            "patient_name": header["PatientName"],
+            "sex": header["PatientSex"],
+            "birth_date": header["PatientBirthDate"],
         },
         study={
-            "study_uid": str(header.get("StudyInstanceUID", "")),
-            "study_date": str(header.get("StudyDate", "")),
-            "description": str(header.get("StudyDescription", "")),
-            "accession_number": str(header.get("AccessionNumber", "")),
+            "study_uid": header["StudyInstanceUID"],
+            "study_date": header["StudyDate"],
+            "description": header["StudyDescription"],
+            "accession_number": header["AccessionNumber"],
         },
         volume={
-            "volume_uid": volume_uid,
-            "series_uid": series_uid,
+            "volume_uid": job.volume_uid,
+            "series_uid": job.series_uid,
             "series_number": volume.series_number,
             "split": volume.split_label,
             "modality": volume.modality,
-            "body_part": str(header.get("BodyPartExamined", "")),
-            "description": str(header.get("SeriesDescription", "")),
-            "manufacturer": str(header.get("Manufacturer", "")),
+            "body_part": header["BodyPartExamined"],
+            "description": header["SeriesDescription"],
+            "manufacturer": header["Manufacturer"],
             "slices": written.shape[-3],
             "rows": written.shape[-2],
             "columns": written.shape[-1],
@@ -482,15 +657,15 @@ def _ingest_volume(
             "dtype": written.dtype,
             "flags": geometry.flag_codes(),
             "reasons": "; ".join(f"[{f.code}] {f.reason}" for f in geometry.flags),
-            "store_path": rel_path,
+            "store_path": job.rel_path,
             "checksum": written.checksum,
-            "content_key": content_key,
-            "n_instances": len(instance_uids),
+            "content_key": job.content_key,
+            "n_instances": len(job.instance_uids),
         },
     )
     if replaced and replaced not in report.superseded:
         location.remove(replaced)
-    report.written.append(volume_uid)
+    report.written.append(job.volume_uid)
 
 
 def _carry_labels(location: Location, old_rel: str, new_rel: str, report: IngestReport) -> None:

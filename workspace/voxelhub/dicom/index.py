@@ -84,6 +84,9 @@ class Frame:
     pepolar_mode: int | None = None
     philips_scale_slope: float | None = None
     repetition_time: float | None = None
+    pixel_offset: int | None = field(default=None, compare=False)
+    """Where the file's Pixel Data element starts (its tag), for a classic single-frame file:
+    the pixels can be read there without parsing the header again."""
 
     @property
     def volume_key(self) -> tuple[Any, ...]:
@@ -258,6 +261,8 @@ def read_frames(source: str) -> IndexResult:
         return result
     try:
         _frames_of(ds, source, size - header_end, result)
+        if len(result.frames) == 1 and result.frames[0].frame_index is None:
+            result.frames[0] = replace(result.frames[0], pixel_offset=header_end)
     except Exception as exc:  # a value pydicom parses lazily can fail here (unknown VR …)
         result.frames.clear()
         result.rejected.append(

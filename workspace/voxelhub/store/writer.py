@@ -2,8 +2,11 @@
 
 The volume is streamed slab by slab (one level-0 shard deep): each slab is decoded, rescaled,
 written to level 0, downsampled into every pyramid level and hashed.  Memory is a small multiple
-of one slab whatever the volume size.  Everything is written under a temporary name, re-read and
-checked against the checksum computed while writing, and only then committed to its final name.
+of one slab whatever the volume size.  Everything is written under a temporary name; every file
+the encoder handed to the store is hashed as it is written, read back and compared byte for byte
+(sha256), and only then is the tree committed to its final name.  The volume's ``checksum``
+(sha256 of the level-0 voxels, computed from the slabs before encoding) is what ``voxelhub fsck
+--verify`` and readers check against the decoded data.
 A crash at any point leaves at most a temporary tree that readers never see and
 :meth:`~voxelhub.store.location.Location.clean_temporary` removes.
 """
@@ -19,6 +22,10 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.abc.store import Store
+from zarr.core.buffer import Buffer, default_buffer_prototype
+from zarr.core.sync import sync
+from zarr.storage import WrapperStore
 
 from voxelhub.dicom.pixels import DtypeChoice, DtypeOverflow, choose_dtype
 from voxelhub.dicom.series import VolumePlan
@@ -56,6 +63,25 @@ class _Hasher:
 
     def hexdigest(self) -> str:
         return "sha256:" + self._h.hexdigest()
+
+
+class _HashingStore(WrapperStore[Store]):
+    """A store that remembers the sha256 of the last bytes written under every key."""
+
+    def __init__(self, store: Store, written: dict[str, str] | None = None) -> None:
+        super().__init__(store)
+        self.written: dict[str, str] = {} if written is None else written
+
+    def _with_store(self, store: Store) -> _HashingStore:
+        return type(self)(store, self.written)
+
+    async def set(self, key: str, value: Buffer) -> None:
+        self.written[key] = hashlib.sha256(value.as_numpy_array().data).hexdigest()
+        await self._store.set(key, value)
+
+    async def delete(self, key: str) -> None:
+        self.written.pop(key, None)
+        await self._store.delete(key)
 
 
 def content_checksum(array: zarr.Array, slab_depth: int = ngff.SLAB_DEPTH) -> str:
@@ -129,7 +155,8 @@ def _write(
     n_t = plan.n_timepoints if plan.is_4d else None
     tmp = location.new_temporary()
     try:
-        group = zarr.open_group(location.zarr_store(tmp), mode="w-", zarr_format=3)
+        store = _HashingStore(location.zarr_store(tmp))
+        group = zarr.open_group(store, mode="w-", zarr_format=3)
         arrays = [ngff.create_level_array(group, lv, choice.dtype, timepoints=n_t) for lv in levels]
         hasher = _Hasher(full_shape, choice.dtype)
         for t in range(plan.n_timepoints):
@@ -167,7 +194,7 @@ def _write(
             "levels": [{"path": lv.path, "shape": lv.shape, "factor": lv.factor} for lv in levels],
             "timepoints": [tp.to_attrs() for tp in plan.timepoints] if plan.is_4d else [],
         }
-        _verify(location, tmp, checksum)
+        _verify(location, tmp, store.written)
         location.commit(tmp, final_rel)
     except BaseException:
         location.remove(tmp)
@@ -176,13 +203,23 @@ def _write(
     return WrittenVolume(final_rel, full_shape, choice.dtype.str, checksum, len(levels), nbytes)
 
 
-def _verify(location: Location, rel: str, expected: str) -> None:
-    """Re-read level 0 from the store and compare its checksum with the one computed on write."""
-    group = zarr.open_group(location.zarr_store(rel, read_only=True), mode="r", zarr_format=3)
-    level0 = group["0"]
-    assert isinstance(level0, zarr.Array)
-    found = content_checksum(level0)
-    if found != expected:
-        raise StoreError(
-            f"verification failed for {location.url_of(rel)}: wrote {expected}, read back {found}"
-        )
+def _verify(location: Location, rel: str, written: dict[str, str]) -> None:
+    """Read every file of the written tree back and compare it with the bytes zarr wrote.
+
+    This checks that the store holds exactly the bytes the encoder produced, at the speed of
+    hashing compressed files (the issue measured ≈ 6× faster than decoding level 0 again and
+    hashing the voxels, which is what ``voxelhub fsck --verify`` still does).  It does not
+    decode them: a codec that encodes wrongly would pass here and fail ``fsck --verify``.
+    """
+    store = location.zarr_store(rel, read_only=True)
+    prototype = default_buffer_prototype()
+
+    async def digest(key: str) -> str | None:
+        found = await store.get(key, prototype=prototype)
+        return None if found is None else hashlib.sha256(found.as_numpy_array().data).hexdigest()
+
+    for key in sorted(written):  # one file at a time: memory stays one shard, not the volume
+        found = sync(digest(key))
+        if found != written[key]:
+            what = "missing" if found is None else f"sha256 {found}, wrote {written[key]}"
+            raise StoreError(f"verification failed for {location.url_of(rel)}/{key}: {what}")

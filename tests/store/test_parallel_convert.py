@@ -1,0 +1,153 @@
+"""Volumes converted in worker processes, pixels read at their indexed offset, and the
+verification that reads back the stored files.
+
+- With several volumes and workers, each volume is converted in a worker process; the parent
+  commits catalog rows in plan order.  A worker that dies takes only its own volume down.
+- Native pixels are read where the header index found Pixel Data (no second header parse),
+  with the same values as pydicom, and a stale offset falls back to parsing the file.
+- The files of a written tree are hashed as zarr writes them and compared with what is read
+  back; a changed byte is found and named.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import zarr
+from pydicom.uid import ImplicitVRLittleEndian
+
+import voxelhub
+from tests.dicom_factory import write_series
+from voxelhub.dicom.index import index, read_frames
+from voxelhub.dicom.pixels import decode_frame
+from voxelhub.errors import StoreError
+from voxelhub.store.location import open_location
+from voxelhub.store.writer import _HashingStore, _verify, content_checksum
+
+
+def _three_series(root: Path) -> list[str]:
+    uids = []
+    for k in range(3):
+        uid = f"1.2.826.0.1.3680043.8.498.77.{k + 1}"
+        write_series(root / f"s{k}", slices=6 + k, rows=16, columns=20, series_uid=uid, seed=k)
+        uids.append(uid)
+    return uids
+
+
+def _rows(store: Path) -> list[dict]:
+    cat = voxelhub.open_catalog(store)
+    try:
+        return cat.series().to_dict("records")
+    finally:
+        cat.close()
+
+
+def test_volumes_converted_in_workers_equal_the_one_process_result(tmp_path: Path) -> None:
+    _three_series(tmp_path / "in")
+    one = voxelhub.ingest(tmp_path / "in", tmp_path / "one", workers=1, progress=False)
+    two = voxelhub.ingest(tmp_path / "in", tmp_path / "two", workers=2, progress=False)
+    assert len(one.written) == len(two.written) == 3, two.summary()
+    assert one.written == two.written  # plan order, whichever worker finished first
+    by_uid = {r["volume_uid"]: r for r in _rows(tmp_path / "one")}
+    for row in _rows(tmp_path / "two"):
+        ref = by_uid[row["volume_uid"]]
+        assert row["checksum"] == ref["checksum"] and row["slices"] == ref["slices"]
+        assert row["description"] == ref["description"] == "synthetic series"
+        group = zarr.open_group(str(tmp_path / "two" / row["store_path"]), mode="r")
+        assert content_checksum(group["0"]) == row["checksum"]
+    again = voxelhub.ingest(tmp_path / "in", tmp_path / "two", workers=2, progress=False)
+    assert sorted(again.unchanged) == sorted(two.written) and not again.written
+
+
+_KILL_ONE_WORKER = """
+import json, os, signal, sys
+import voxelhub
+import voxelhub.store.writer as writer
+
+_write = writer.write_volume
+def write_volume(location, rel, plan, **kwargs):
+    if plan.series_instance_uid == sys.argv[3]:
+        os.kill(os.getpid(), signal.SIGKILL)  # as a codec segfault or the OOM killer would
+    return _write(location, rel, plan, **kwargs)
+writer.write_volume = write_volume
+
+report = voxelhub.ingest(sys.argv[1], sys.argv[2], workers=2, progress=False)
+print(json.dumps({"written": len(report.written), "failed": report.failed,
+                  "exit_code": report.exit_code}))
+"""
+
+
+def test_a_worker_that_dies_fails_its_own_volume_only(tmp_path: Path) -> None:
+    uids = _three_series(tmp_path / "in")
+    store = tmp_path / "store"
+    done = subprocess.run(
+        [sys.executable, "-c", _KILL_ONE_WORKER, str(tmp_path / "in"), str(store), uids[1]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["written"] == 2 and out["exit_code"] == 1
+    (failed,) = out["failed"]
+    assert failed["series_uid"] == uids[1]
+    assert "process converting this volume died" in failed["reason"]
+    rows = _rows(store)
+    assert sorted(r["series_uid"] for r in rows) == [uids[0], uids[2]]
+    # what the dead worker left is a temporary tree at most: no committed tree without a row
+    committed = {p.relative_to(store).as_posix() for p in store.glob("projects/*/*/*.ome.zarr")}
+    assert committed == {r["store_path"] for r in rows}
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_pixels_read_at_the_indexed_offset_equal_pydicom(tmp_path: Path, implicit: bool) -> None:
+    write_series(tmp_path / "in", slices=3, rows=12, columns=10, modality="MR")
+    paths = sorted((tmp_path / "in").iterdir())
+    if implicit:
+        for path in paths:
+            ds = pydicom.dcmread(path)
+            ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+            ds.save_as(path, enforce_file_format=True)
+    for path in paths:
+        (frame,) = read_frames(str(path)).frames
+        assert frame.pixel_offset is not None
+        expected = pydicom.dcmread(path).pixel_array
+        np.testing.assert_array_equal(decode_frame(frame), expected)
+
+
+def test_a_stale_pixel_offset_falls_back_to_parsing_the_file(tmp_path: Path) -> None:
+    write_series(tmp_path / "in", slices=1, rows=12, columns=10, modality="MR")
+    (path,) = (tmp_path / "in").iterdir()
+    (frame,) = index([tmp_path / "in"], workers=1, progress=False).frames
+    # the file was rewritten after indexing: a longer header moves Pixel Data
+    ds = pydicom.dcmread(path)
+    ds.StudyDescription = "a much longer study description than before"
+    ds.save_as(path, enforce_file_format=True)
+    np.testing.assert_array_equal(decode_frame(frame), ds.pixel_array)
+
+
+def test_verification_finds_a_changed_byte_in_a_stored_file(tmp_path: Path) -> None:
+    location = open_location(tmp_path / "store")
+    location.ensure_root()
+    store = _HashingStore(location.zarr_store("vol"))
+    group = zarr.open_group(store, mode="w-", zarr_format=3)
+    arr = group.create_array("0", shape=(8, 8), chunks=(4, 8), dtype="<u2")
+    arr[...] = np.arange(64, dtype="<u2").reshape(8, 8)
+    assert "0/c/0/0" in store.written and "0/zarr.json" in store.written
+    _verify(location, "vol", store.written)  # untouched: passes
+
+    chunk = tmp_path / "store" / "vol" / "0" / "c" / "1" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[-1] ^= 0x01
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="0/c/1/0"):
+        _verify(location, "vol", store.written)
+    chunk.unlink()
+    with pytest.raises(StoreError, match="missing"):
+        _verify(location, "vol", store.written)
