@@ -3,7 +3,8 @@
 ``../shared/notes/orthanc.md`` §7: a file cut inside its pixel data is stored with part of its
 pixels, one cut in its header is stored without pixel data.  DICOM has no checksum, so what can
 be checked is structure: the file parses, an image has its pixel data, native pixel data has
-the length its header promises, compressed pixel data decodes.
+the length its header promises, compressed pixel data decodes and (JPEG, JPEG-LS, JPEG 2000,
+whose decoders fill in a cut codestream without a word) every frame ends with its end marker.
 """
 
 from __future__ import annotations
@@ -11,12 +12,33 @@ from __future__ import annotations
 import io
 
 import pydicom
-from pydicom.uid import UID
+from pydicom.encaps import generate_frames
+from pydicom.uid import (
+    JPEG2000,
+    UID,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+)
 
 # objects VoxelHub ingests that carry no image pixel data of their own
 LABEL_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.66.4": "Segmentation Storage",
     "1.2.840.10008.5.1.4.1.1.481.3": "RT Structure Set Storage",
+}
+_ENDS_WITH_EOI = {
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
 }
 _PIXELS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
@@ -34,7 +56,7 @@ def check_instance(data: bytes) -> str | None:
     if pixels is None:
         if "Rows" in ds or "Columns" in ds:
             return "truncated or corrupt: an image header without pixel data"
-        name = UID(sop).name if sop else "no SOP class"
+        name = UID(sop).name if sop else "a file without a SOP class"
         return f"not an image: {name} carries no pixel data"
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
@@ -43,12 +65,26 @@ def check_instance(data: bytes) -> str | None:
         frames = int(ds.get("NumberOfFrames", 1) or 1)
     except (AttributeError, TypeError, ValueError) as exc:
         return f"corrupt image header: {exc}"[:300]
-    ts = ds.file_meta.get("TransferSyntaxUID") if "file_meta" in ds else None
+    meta = getattr(ds, "file_meta", None)
+    ts = meta.get("TransferSyntaxUID") if meta is not None else None
     try:
         raw = ds[pixels].value
     except Exception as exc:
         return f"corrupt pixel data: {exc}"[:300]
     if ts is not None and UID(ts).is_compressed:
+        if UID(ts) in _ENDS_WITH_EOI:
+            # JPEG, JPEG-LS and JPEG 2000 decoders fill in a cut codestream without an error:
+            # each frame must end with its End Of Image (EOC) marker, FFD9 (then maybe a pad)
+            try:
+                encapsulated = list(generate_frames(raw, number_of_frames=frames))
+            except Exception as exc:
+                return f"corrupt encapsulated pixel data: {type(exc).__name__}: {exc}"[:300]
+            for n, frame in enumerate(encapsulated):
+                if not frame.rstrip(b"\x00").endswith(b"\xff\xd9"):
+                    return (
+                        f"truncated: compressed frame {n + 1} of {frames} ends without its "
+                        "end-of-image marker"
+                    )
         try:
             ds.pixel_array  # noqa: B018 - decoding is the check
         except Exception as exc:

@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 ORTHANC = "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
@@ -150,6 +152,9 @@ class Orthanc:
         self.session = requests.Session()
         self.session.auth = (user, password)
         self.session.headers["Accept-Encoding"] = "identity"
+        # Orthanc closes idle keep-alive connections: a request on one is sent again
+        retry = Retry(total=3, connect=3, read=2, backoff_factor=0.2, allowed_methods=None)
+        self.session.mount("http://", HTTPAdapter(max_retries=retry))
 
     def get(self, path: str, **params: Any) -> Any:
         r = self.session.get(self.url + path, params=params or None, timeout=60)

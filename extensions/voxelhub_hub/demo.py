@@ -114,6 +114,12 @@ def main(argv: list[str] | None = None) -> int:
         ports={"VOXELHUB_HUB_PORT": args.port},
         extra_env={"VOXELHUB_EXCHANGE_USER": "voxelhub-exchange"},  # nbgrader's exchange service
     )
+    pacs = None
+    if root:  # the DICOM edge (issue 11) and a demo PACS in a network namespace of its own
+        from voxelhub_dicom.demo import DemoPacs
+
+        pacs = DemoPacs(state, PROJECT)
+        stack.extra_env["VOXELHUB_DICOM_EDGE"] = str(pacs.settings)
     # Ctrl-C (SIGINT) and SIGTERM both end the wait below and stop the stack
     signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -132,7 +138,12 @@ def main(argv: list[str] | None = None) -> int:
             f"  admin: {ADMIN} / {creds[ADMIN]}   (approves sign-ups at {stack.url}/hub/authorize)\n"
             f"  credentials are kept in {state / 'credentials.json'} (0600)\n"
             f"  log: {stack.log_path}\n"
-            "Ctrl-C stops everything."
+            + (
+                pacs.banner(args.shared / "data" / "dicom" / "ct_ge_hispeed_gantry_tilt") + "\n"
+                if pacs
+                else ""
+            )
+            + "Ctrl-C stops everything."
         )
         signal.pause()
     except KeyboardInterrupt:
@@ -140,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         print("\nstopping ...")
         survivors = stack.stop()
+        if pacs is not None:
+            pacs.close()
         print("stopped; " + (f"killed stragglers: {survivors}" if survivors else "no process left"))
     return 0
 
