@@ -12,7 +12,8 @@ OAuth cookie of a browser):
                                                  paged (``limit``, ``after``), JSON or Parquet
 ``GET  api/volumes/<uid>``                       a volume's metadata (StoredVolume as JSON)
 ``GET|HEAD api/store/<store path>/<key>``        Zarr keys, with HTTP ``Range`` (inner chunks
-                                                 of sharded arrays)
+                                                 of sharded arrays); on S3 with
+                                                 ``presign_seconds``: 307 to a presigned URL
 ``PUT  api/volumes/<uid>/labels/<name>``         write a label image (analysts, curators)
 ``GET  api/volumes/<uid>/thumbnail``             a small PNG slice (``z``, ``axis``)
 ``PUT|POST api/features``                        store cohort feature rows, a Parquet body
@@ -42,6 +43,7 @@ import io
 import json
 import logging
 import os
+import posixpath
 import time
 from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
@@ -58,9 +60,10 @@ from jupyterhub.services.auth import (
 from tornado import httpclient, web
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop, PeriodicCallback
-from traitlets import Float, Integer, Unicode, default
+from traitlets import Dict, Float, Integer, TraitError, Unicode, default, validate
 from traitlets.config import Application
 
+from voxelhub.store.location import FsspecLocation
 from voxelhub_data import paths
 from voxelhub_data.access import Caller, Role, roles_from_groups
 from voxelhub_data.audit_trail import AuditTrail
@@ -78,7 +81,8 @@ class DataService(Application):
     description = __doc__
 
     store = Unicode(
-        help="Local folder of the store this service serves (it alone may read it: mode 0700)."
+        help="The store this service serves: a local folder (it alone may read it: mode 0700) "
+        "or an fsspec URL of object storage (``s3://bucket/store``; then give catalog_url)."
     ).tag(config=True)
 
     @default("store")
@@ -88,6 +92,36 @@ class DataService(Application):
     catalog_url = Unicode(
         "", help="SQLAlchemy URL of the catalog; default the SQLite file inside the store."
     ).tag(config=True)
+
+    storage_options = Dict(
+        help="fsspec options for an object-storage store (``endpoint_url``, ``key``, "
+        "``secret`` …); default the JSON in $VOXELHUB_DATA_STORAGE_OPTIONS.  Credentials may "
+        "also come from the usual AWS_* environment variables."
+    ).tag(config=True)
+
+    @default("storage_options")
+    def _storage_options_default(self) -> dict[str, Any]:
+        return dict(json.loads(os.environ.get("VOXELHUB_DATA_STORAGE_OPTIONS") or "{}"))
+
+    presign_seconds = Integer(
+        help="On object storage (an S3 store), answer a chunk read with 307 to a presigned URL "
+        "valid this many seconds, so the bytes do not pass through the service.  The grant is "
+        "checked and audited like a read (one allow record per user, volume and minute, action "
+        "volume.presign; bytes are then not counted).  A presigned URL works for whoever holds "
+        "it until it expires: keep this short (at most 60 s is advised).  0 (the default): "
+        "off, every byte goes through the service.  Metadata (zarr.json) is always served.",
+    ).tag(config=True)
+
+    @default("presign_seconds")
+    def _presign_seconds_default(self) -> int:
+        return int(os.environ.get("VOXELHUB_DATA_PRESIGN_SECONDS") or 0)
+
+    @validate("presign_seconds")
+    def _check_presign_seconds(self, proposal: Any) -> int:
+        value = int(proposal["value"])
+        if not 0 <= value <= 3600:
+            raise TraitError(f"presign_seconds must be between 0 and 3600, not {value}")
+        return value
 
     audit_log = Unicode(
         help="File of the hash-chained audit trail (0600, outside every user's reach)."
@@ -139,6 +173,7 @@ class DataService(Application):
         "catalog-url": "DataService.catalog_url",
         "audit-log": "DataService.audit_log",
         "bind-url": "DataService.bind_url",
+        "presign-seconds": "DataService.presign_seconds",
     }
 
     def make_app(self) -> web.Application:
@@ -147,7 +182,7 @@ class DataService(Application):
         if not self.audit_log:
             raise SystemExit("voxelhub-data: no audit log: set --audit-log or $VOXELHUB_AUDIT_LOG")
         prefix = "/" + self.prefix.strip("/") + "/"
-        self.catalog = CatalogView(self.store, self.catalog_url or None)
+        self.catalog = CatalogView(self.store, self.catalog_url or None, self.storage_options)
         self.audit = AuditTrail(self.audit_log)
         self.pool = ThreadPoolExecutor(self.read_threads, thread_name_prefix="voxelhub-data")
         # the singleton the HubOAuthenticated handlers and the OAuth callback all use
@@ -508,6 +543,9 @@ class StoreHandler(BaseHandler):
         except paths.BadPath as exc:
             self.deny(action, f"bad store key: {exc}", status=400, detail={"key": raw[:200]})
         self.require(key.project, Role.VIEWER, action, volume=key.volume_path)
+        chunk = key.key.rsplit("/", 1)[-1] != "zarr.json"
+        if body and chunk and self.service.presign_seconds and await self._presigned(key):
+            return
         # one trip to the thread pool per read: the volume lookup (cached), the checked open,
         # the range and the read together (each hop is a GIL hand-off and a loop wake-up)
         try:
@@ -557,6 +595,45 @@ class StoreHandler(BaseHandler):
             self.write(read.data)
         await self.finish()
 
+    async def _presigned(self, key: paths.VolumeKey) -> bool:
+        """Answer ``307`` to a presigned URL of the key (object storage); False: not possible
+        here (a local store), read it through the service."""
+        seconds = self.service.presign_seconds
+        found, url = await self.run(_presign_key, self.service.catalog, key, seconds)
+        if found is None:
+            self.deny(
+                "volume.read", f"no volume at {key.volume_path}", status=404, project=key.project
+            )
+        if url is None:
+            return False
+        self.service.audit.read(
+            user=self.caller.name,
+            client=self.caller.client,
+            source=self.caller.source,
+            project=found.project,
+            patient=found.patient,
+            study=found.study_uid,
+            volume=found.volume_uid,
+            labels=key.key.split("/")[1] if key.is_labels and "/" in key.key else "",
+            nbytes=0,
+            action="volume.presign",
+            reason=f"presigned URL valid {seconds} s",
+        )
+        self.set_header("Cache-Control", "private, no-store")
+        self.redirect(url, status=307)
+        return True
+
+
+def _presign_key(
+    catalog: CatalogView, key: paths.VolumeKey, seconds: int
+) -> tuple[Found | None, str | None]:
+    """In a pool thread: the volume ``key`` belongs to, and a presigned URL of the key (None
+    where the store has none).  Nothing is signed for a path the catalog does not know."""
+    found = catalog.by_path(key.volume_path)
+    if found is None:
+        return None, None
+    return found, catalog.location.presign(posixpath.join(key.volume_path, key.key), seconds)
+
 
 class _RangeRefused(paths.BadRange):
     """A Range the key's size cannot satisfy; carries the size for ``Content-Range``."""
@@ -585,6 +662,8 @@ def _read_key(
     found = catalog.by_path(key.volume_path)
     if found is None:
         return None, _Read(b"", 0, 0, 0, False)
+    if isinstance(catalog.location, FsspecLocation):
+        return found, _read_object(catalog.location, key, header, body)
     fd = paths.open_key(store, key)
     try:
         size = os.fstat(fd).st_size
@@ -597,6 +676,23 @@ def _read_key(
     finally:
         os.close(fd)
     return found, _Read(data, start, stop, size, span is not None)
+
+
+def _read_object(
+    location: FsspecLocation, key: paths.VolumeKey, header: str | None, body: bool
+) -> _Read:
+    """A key of a store on object storage (no links there; the key was checked as text)."""
+    if not key.key:
+        raise IsADirectoryError(key.volume_path)
+    rel = posixpath.join(key.volume_path, key.key)
+    size = location.key_size(rel)
+    try:
+        span = paths.byte_range(header, size)
+    except paths.BadRange as exc:
+        raise _RangeRefused(str(exc), size) from None
+    start, stop = span if span else (0, size)
+    data = location.read_range(rel, start, stop) if body and stop > start else b""
+    return _Read(data, start, stop, size, span is not None)
 
 
 class LabelsHandler(BaseHandler):

@@ -52,8 +52,13 @@ class Found:
 
 
 class CatalogView:
-    def __init__(self, store: str, catalog_url: str | None = None) -> None:
-        self.location = open_location(store)
+    def __init__(
+        self,
+        store: str,
+        catalog_url: str | None = None,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.location = open_location(store, storage_options)
         self.catalog = Catalog(self.location, catalog_url)
         self._paths: dict[str, tuple[float, Found | None]] = {}
         self._lock = threading.Lock()

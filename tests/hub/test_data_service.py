@@ -292,6 +292,164 @@ def test_write_labels_with_the_hubs_catalog_goes_through_the_service(site: Site)
     assert _denials(site) == before + 1
 
 
+def _wait_for(url: str, proc: subprocess.Popen[bytes], what: str) -> None:
+    for _ in range(300):
+        if proc.poll() is not None:
+            raise AssertionError(f"{what} exited with {proc.returncode}")
+        try:
+            requests.get(url, timeout=1)
+            return
+        except requests.RequestException:
+            time.sleep(0.1)
+    raise AssertionError(f"{what} did not answer at {url}")
+
+
+def _expires_in(url: str) -> float:
+    """Seconds a presigned URL has left (SigV2 ``Expires`` epoch, SigV4 ``X-Amz-Expires``)."""
+    from urllib.parse import parse_qs, urlparse
+
+    query = parse_qs(urlparse(url).query)
+    if "X-Amz-Expires" in query:
+        signed = time.mktime(time.strptime(query["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ"))
+        return signed - time.timezone + int(query["X-Amz-Expires"][0]) - time.time()
+    return int(query["Expires"][0]) - time.time()
+
+
+def test_presigned_urls_on_object_storage(site: Site, tmp_path: Path) -> None:
+    """A store on S3 (moto's server, recording every request it receives), served by the data
+    service with ``presign_seconds``: a chunk read is checked, audited as one grant record and
+    answered 307 to a presigned URL; the client reads the same voxels, and the object store never
+    sees the hub token.  Metadata still comes through the service; an outsider gets no URL.
+
+    The service runs outside the hub's process tree here (the hub's own config serves a local
+    folder), but with the hub's API for tokens and groups, as the managed one does."""
+    import s3fs
+    from traitlets import TraitError
+    from voxelhub_data.app import DataService
+
+    import voxelhub
+    from tests.processes import free_port, stop
+
+    assert "VOXELHUB_DATA_PRESIGN_SECONDS" not in os.environ
+    assert DataService().presign_seconds == 0  # off unless a site turns it on
+    with pytest.raises(TraitError, match="between 0 and 3600"):
+        DataService(presign_seconds=7200)
+
+    recording = tmp_path / "s3-requests.jsonl"
+    s3_port, port = free_port(), free_port()
+    aws = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+    moto = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
+        env={
+            **os.environ,
+            "MOTO_ENABLE_RECORDING": "true",
+            "MOTO_RECORDER_FILEPATH": str(recording),
+        },
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    service: subprocess.Popen[bytes] | None = None
+    try:
+        endpoint = f"http://127.0.0.1:{s3_port}"
+        _wait_for(endpoint, moto, "moto")
+        options = {"key": "test", "secret": "test", "endpoint_url": endpoint}
+        bucket = f"vh-{secrets.token_hex(5)}"
+        s3fs.S3FileSystem(**options, skip_instance_cache=True).mkdir(bucket)
+        url = f"s3://{bucket}/store"
+        catalog_url = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+        write_series(tmp_path / "dicom", slices=20, rows=96, columns=96, seed=7, patient_id="S3")
+        location = voxelhub.open_location(url, options)
+        report = voxelhub.ingest(
+            tmp_path / "dicom", location, project=LUNG, catalog_url=catalog_url, progress=False
+        )
+        assert len(report.written) == 1, report.summary()
+        direct = voxelhub.open_catalog(url, catalog_url=catalog_url, storage_options=options)
+        (uid,) = direct.series().volume_uid
+        expected = np.asarray(direct.open_series(uid))
+        store_path = str(direct.volume_row(uid)["store_path"])
+        direct.close()
+
+        prefix = "/services/voxelhub-data/"
+        env = {
+            **os.environ,
+            **aws,
+            "PYTHONPATH": os.pathsep.join([str(REPO / "extensions"), str(REPO / "workspace")]),
+            "JUPYTERHUB_API_URL": f"http://127.0.0.1:{site.stack.ports['VOXELHUB_HUB_API_PORT']}/hub/api",
+            "JUPYTERHUB_API_TOKEN": site.tokens[ADMIN],  # reads users and groups, as the service's
+            "JUPYTERHUB_CLIENT_ID": "service-voxelhub-data",
+            "JUPYTERHUB_SERVICE_NAME": "voxelhub-data",  # users' tokens carry access to it
+            "JUPYTERHUB_SERVICE_URL": f"http://127.0.0.1:{port}",
+            "JUPYTERHUB_SERVICE_PREFIX": prefix,
+            "VOXELHUB_DATA_STORAGE_OPTIONS": json.dumps({"endpoint_url": endpoint}),
+        }
+        audit = tmp_path / "audit" / "audit.log"
+        audit.parent.mkdir()
+        command = [sys.executable, "-m", "voxelhub_data", "--store", url, "--catalog-url"]
+        command += [catalog_url, "--audit-log", str(audit), "--presign-seconds", "30"]
+        service_log = (tmp_path / "service.log").open("wb")
+        service = subprocess.Popen(command, env=env, stdout=service_log, stderr=subprocess.STDOUT)
+        data_url = f"http://127.0.0.1:{port}{prefix.rstrip('/')}"
+        _wait_for(data_url + "/api/health", service, "the data service")
+
+        # alice (a viewer of the project) reads the volume: the same voxels
+        recording.write_text("")
+        cat = voxelhub.open_catalog(data_url, storage_options={"token": site.tokens[ALICE]})
+        assert list(cat.series().volume_uid) == [uid]
+        got = np.asarray(cat.open_series(uid))
+        np.testing.assert_array_equal(got, expected)
+        # the client's own API calls (urllib) follow the 307 without the token too
+        key = f"{store_path}/0/c/0/0/0"
+        status, body, _ = cat.location.request("store/" + key)
+        fs = s3fs.S3FileSystem(**options, skip_instance_cache=True)
+        assert status == 200 and body == fs.cat_file(f"{bucket}/store/{key}")
+
+        received = [json.loads(line) for line in recording.read_text().splitlines() if line]
+        presigned = [r for r in received if "Signature=" in r["url"]]
+        assert presigned, "no read went to the object store by a presigned URL"
+        assert all(0 < _expires_in(r["url"]) <= 31 and r["method"] == "GET" for r in presigned)
+        assert all(store_path in r["url"] and "zarr.json" not in r["url"] for r in presigned)
+        for r in received:  # the hub token never reaches the object store, in any header
+            assert site.tokens[ALICE] not in json.dumps(r), r["url"]
+            assert not str(r["headers"].get("Authorization", "")).startswith("token ")
+
+        # each grant is audited, counted into one allow record per (user, volume, minute)
+        admin = {"Authorization": f"token {site.tokens[ADMIN]}"}
+        query = {"user": ALICE, "action": "volume.presign"}
+        r = requests.get(data_url + "/api/audit", params=query, headers=admin, timeout=30)
+        assert r.status_code == 200, r.text
+        grants = r.json()["records"]
+        assert 1 <= len(grants) <= 2  # a minute may turn during the read
+        assert {(g["decision"], g["volume"], g["project"]) for g in grants} == {
+            ("allow", uid, LUNG)
+        }
+        assert sum(g["count"] for g in grants) == len(presigned)
+
+        # one chunk key by hand: 307 to the object store for alice, refused to bob
+        alice = {"Authorization": f"token {site.tokens[ALICE]}"}
+        r = requests.get(
+            f"{data_url}/api/store/{key}", headers=alice, allow_redirects=False, timeout=30
+        )
+        assert r.status_code == 307 and r.headers["Location"].startswith(endpoint + "/" + bucket)
+        meta = requests.get(
+            f"{data_url}/api/store/{store_path}/zarr.json", headers=alice, timeout=30
+        )
+        assert meta.status_code == 200 and meta.json()["zarr_format"] == 3  # through the service
+        assert requests.get(r.headers["Location"], timeout=30).status_code == 200
+        bob = {"Authorization": f"token {site.tokens[BOB]}"}
+        r = requests.get(
+            f"{data_url}/api/store/{key}", headers=bob, allow_redirects=False, timeout=30
+        )
+        assert r.status_code == 403 and "Location" not in r.headers
+        r = requests.get(data_url + "/api/audit", params={"user": BOB}, headers=admin, timeout=30)
+        assert any(
+            g["decision"] == "deny" and g["action"] == "volume.read" for g in r.json()["records"]
+        )
+    finally:
+        if service is not None:
+            stop(service)
+        stop(moto)
+
+
 def _settings() -> Any:
     from voxelhub.features import Discretisation, Settings
 

@@ -91,6 +91,10 @@ class Location(Protocol):
 
     def clean_temporary(self, min_age_seconds: float = 3600.0) -> list[str]: ...
 
+    def presign(self, rel: str, seconds: int) -> str | None:
+        """A URL that reads key ``rel`` without credentials for ``seconds`` (object storage);
+        None where the location cannot give one."""
+
 
 def open_location(
     url: str | os.PathLike[str] | Location, storage_options: dict[str, Any] | None = None
@@ -217,6 +221,25 @@ class _FsspecTree:
             return max(0.0, time.time() - _mtime(self.fs.info(self.full_path(rel))))
         except FileNotFoundError:
             return 0.0
+
+    def presign(self, rel: str, seconds: int) -> str | None:
+        """A short-lived URL for key ``rel`` (``s3fs``'s presigned GET); None where the file
+        system signs nothing (a local folder, most others)."""
+        try:
+            return str(self.fs.sign(self.full_path(rel), expiration=int(seconds)))
+        except NotImplementedError:
+            return None
+
+    def key_size(self, rel: str) -> int:
+        """Size in bytes of key ``rel``; FileNotFoundError, or IsADirectoryError for a prefix."""
+        info = self.fs.info(self.full_path(rel))
+        if info.get("type") == "directory":
+            raise IsADirectoryError(rel)
+        return int(info["size"])
+
+    def read_range(self, rel: str, start: int, stop: int) -> bytes:
+        """Bytes ``start:stop`` of key ``rel``."""
+        return bytes(self.fs.cat_file(self.full_path(rel), start=start, end=stop))
 
     def clean_temporary(self, min_age_seconds: float = 3600.0) -> list[str]:
         """Remove what crashed writers left in the temporary area; return what was removed.
@@ -370,6 +393,10 @@ class ServiceLocation:
     def catalog_file(self) -> str | None:
         return None
 
+    def presign(self, rel: str, seconds: int) -> str | None:
+        """The service decides that (``DataService.presign_seconds``); a client cannot."""
+        return None
+
     def _ssl(self) -> ssl.SSLContext | None:
         """TLS for aiohttp and urllib: the hub's own CA file, no verification, or the default."""
         if self.verify is False:
@@ -399,8 +426,11 @@ class ServiceLocation:
         if data is not None:
             headers["Content-Type"] = "application/octet-stream"
         req = urllib.request.Request(url, data=data, method=method, headers=headers)
+        opener = urllib.request.build_opener(
+            urllib.request.HTTPSHandler(context=self._ssl()), _RedirectWithoutCredentials
+        )
         try:
-            with urllib.request.urlopen(req, timeout=timeout, context=self._ssl()) as response:
+            with opener.open(req, timeout=timeout) as response:
                 head = {k.lower(): v for k, v in response.headers.items()}
                 return int(response.status), response.read(), head
         except urllib.error.HTTPError as exc:
@@ -482,6 +512,29 @@ class ServiceLocation:
 
     def clean_temporary(self, min_age_seconds: float = 3600.0) -> list[str]:
         raise self._refuse()
+
+
+class _RedirectWithoutCredentials(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect, but never send the hub token to another origin.
+
+    urllib copies every header onto the redirected request; the data service may answer a key
+    with ``307`` to a presigned object-storage URL, which must not receive the caller's token.
+    (aiohttp, under :class:`ServiceStore`, already drops ``Authorization`` across origins.)
+    """
+
+    def redirect_request(
+        self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any, newurl: str
+    ) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and _origin(newurl) != _origin(req.full_url):
+            new.remove_header("Authorization")
+            new.remove_header("Cookie")
+        return new
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlparse(url)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port
 
 
 def service_message(body: bytes, status: int) -> str:
