@@ -136,7 +136,7 @@ def private_checkout() -> tuple[Path, Path]:
     there is a ``.venv`` link to a venv users can reach, and the proxy in ``.node``."""
     outer = Path(tempfile.mkdtemp(prefix="vhprivate-"))  # 0700
     checkout = outer / "voxelhub"
-    for part in ("hub_config", "extensions", "workspace"):
+    for part in ("hub_config", "extensions", "workspace", "sample_notebooks"):
         shutil.copytree(REPO / part, checkout / part, ignore=shutil.ignore_patterns("__pycache__"))
     for link in (".venv", ".node"):
         (checkout / link).symlink_to((REPO / link).resolve())
@@ -299,16 +299,21 @@ def test_the_hubs_files_are_private_from_the_start(site: Site) -> None:
     assert own_log.stat().st_uid == pwd.getpwnam(VICTIM).pw_uid
 
     exposed = []
-    runtime = site.state / "runtime"  # a private checkout's code, published for users to import
+    # published for every user on purpose: a private checkout's code, and the sample notebooks
+    runtime, examples = site.state / "runtime", site.state / "examples"
     if runtime.exists():
         assert sorted(p.name for p in runtime.iterdir()) == [
             "extensions",
             "hub_config",
             "workspace",
         ]
+    if examples.exists():
+        shipped = {p.name for p in (REPO / "sample_notebooks").glob("*.ipynb")}
+        assert {p.name for p in examples.glob("*.ipynb")} == shipped
+        assert all(p.suffix == ".ipynb" or p.name == ".source-sha256" for p in examples.iterdir())
     for folder, dirs, files in os.walk(site.state):
-        if Path(folder) == site.state and "runtime" in dirs:
-            dirs.remove("runtime")
+        if Path(folder) == site.state:
+            dirs[:] = [d for d in dirs if d not in ("runtime", "examples")]
         for name in files:
             path = Path(folder) / name
             if path.name.endswith(".crt") or path.name == "cert.pem":
