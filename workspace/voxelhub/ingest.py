@@ -504,7 +504,10 @@ def _convert_in_workers(
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
+    # the conversion modules, loaded once before the fork rather than once in every worker
+    from voxelhub.dicom import metadata, slabs  # noqa: F401
     from voxelhub.dicom.index import process_context
+    from voxelhub.store import writer  # noqa: F401
 
     pool = ProcessPoolExecutor(
         min(workers, len(jobs)),

@@ -270,6 +270,10 @@ def _private(ds: Dataset | None, spec: _Private, by_tag: bool = False) -> Any:
     if ds is None:
         return None
     try:
+        # nothing of that group: cheaper to see than a creator lookup that fails (iterating a
+        # Dataset yields elements; its keys are the tags)
+        if not any(tag >> 16 == spec.group for tag in ds.keys()):  # noqa: SIM118
+            return None
         try:
             tag = int(ds.private_block(spec.group, spec.creator).get_tag(spec.offset))
             return _get(ds, tag)
