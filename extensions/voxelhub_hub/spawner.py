@@ -209,7 +209,8 @@ class UserSession(Configurable):
         help="""
         Root-only folder (0700) where the hub writes each running user's limits and cgroup
         folders (``<user>.json``) for the Dask Gateway, whose workers join the same cgroup and
-        get the same rlimits.  Empty: not written (workers get the gateway's defaults).
+        get the same rlimits, and which starts clusters only for users listed there.  Empty: not
+        written (set the gateway's ``session_dir`` empty too: no coupling, as on a laptop).
         """,
     )
 
@@ -272,6 +273,7 @@ class VoxelHubSpawner(ResourceLimits, LocalProcessSpawner):
 
         name = self.user.name
         killed = 0
+        self._remove_session()  # first: from now on the gateway starts no cluster for this user
         tree = self._session().user_cgroups()
         if tree is not None:
             killed += tree.kill(name)
@@ -279,7 +281,6 @@ class VoxelHubSpawner(ResourceLimits, LocalProcessSpawner):
         uid = managed_uid(name)  # None unless a hub-created account: never root or a daemon
         if uid is not None:
             killed += cgroups.kill_until_gone(lambda: cgroups.processes_of_uid(uid), 10.0)
-        self._remove_session()
         if killed:
             self.log.info("stopped %d leftover process(es) of %s", killed, name)
         return killed
