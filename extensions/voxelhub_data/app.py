@@ -573,17 +573,7 @@ class StoreHandler(BaseHandler):
             )
         if found is None:
             self.deny(action, f"no volume at {key.volume_path}", status=404, project=key.project)
-        self.service.audit.read(
-            user=self.caller.name,
-            client=self.caller.client,
-            source=self.caller.source,
-            project=found.project,
-            patient=found.patient,
-            study=found.study_uid,
-            volume=found.volume_uid,
-            labels=key.key.split("/")[1] if key.is_labels and "/" in key.key else "",
-            nbytes=len(read.data),
-        )
+        self._audit_read(found, key, nbytes=len(read.data))
         if read.partial:
             self.set_status(206)
             self.set_header("Content-Range", f"bytes {read.start}-{read.stop - 1}/{read.size}")
@@ -594,6 +584,21 @@ class StoreHandler(BaseHandler):
         if body:
             self.write(read.data)
         await self.finish()
+
+    def _audit_read(self, found: Found, key: paths.VolumeKey, **fields: Any) -> None:
+        """One read (or grant) of ``key`` of volume ``found``, aggregated per user, volume and
+        minute by the audit log."""
+        self.service.audit.read(
+            user=self.caller.name,
+            client=self.caller.client,
+            source=self.caller.source,
+            project=found.project,
+            patient=found.patient,
+            study=found.study_uid,
+            volume=found.volume_uid,
+            labels=key.key.split("/")[1] if key.is_labels and "/" in key.key else "",
+            **fields,
+        )
 
     async def _presigned(self, key: paths.VolumeKey) -> bool:
         """Answer ``307`` to a presigned URL of the key (object storage); False: not possible
@@ -606,18 +611,8 @@ class StoreHandler(BaseHandler):
             )
         if url is None:
             return False
-        self.service.audit.read(
-            user=self.caller.name,
-            client=self.caller.client,
-            source=self.caller.source,
-            project=found.project,
-            patient=found.patient,
-            study=found.study_uid,
-            volume=found.volume_uid,
-            labels=key.key.split("/")[1] if key.is_labels and "/" in key.key else "",
-            nbytes=0,
-            action="volume.presign",
-            reason=f"presigned URL valid {seconds} s",
+        self._audit_read(
+            found, key, nbytes=0, action="volume.presign", reason=f"presigned URL valid {seconds} s"
         )
         self.set_header("Cache-Control", "private, no-store")
         self.redirect(url, status=307)

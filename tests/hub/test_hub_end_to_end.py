@@ -37,6 +37,7 @@ import psutil
 import pytest
 import requests
 
+from tests.accounts import group_exists, user_exists
 from tests.dicom_factory import write_series
 
 REPO = Path(__file__).resolve().parents[2]
@@ -98,14 +99,6 @@ class Site:
         return HubBrowser(self.stack.url, self.stack.verify)
 
 
-def _group_exists(name: str) -> bool:
-    try:
-        grp.getgrnam(name)
-    except KeyError:
-        return False
-    return True
-
-
 def _ingest_store(state: Path, dicom_root: Path) -> tuple[Path, dict[str, float], dict[str, str]]:
     """The site's store: a synthetic CT per user project; the real phantom CT de-identified for
     the course (notebook 2), and as acquired for alice's demo project (notebook 1 in the browser).
@@ -132,14 +125,6 @@ def _ingest_store(state: Path, dicom_root: Path) -> tuple[Path, dict[str, float]
     return store, sums, uids
 
 
-def _user_exists(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
-
-
 def _files_owned_by(
     uids: set[int], since: float = 0.0, folder: str = tempfile.gettempdir()
 ) -> list[str]:
@@ -159,7 +144,7 @@ def _files_owned_by(
 def site(shared_dicom: Path) -> Iterator[Site]:
     # not pytest's tmp_path: /tmp/pytest-of-root is 0700 and the unix users must reach their
     # cluster folders and the store below the state folder
-    group_existed = _group_exists(MANAGED_GROUP)
+    group_existed = group_exists(MANAGED_GROUP)
     started = time.time()
     state = Path(tempfile.mkdtemp(prefix="vhhubstate-"))
     os.chmod(state, 0o755)
@@ -181,7 +166,7 @@ def site(shared_dicom: Path) -> Iterator[Site]:
     finally:
         survivors = stack.stop()
         users = {ADMIN, ALICE, BOB}
-        uids = {pwd.getpwnam(name).pw_uid for name in users if _user_exists(name)}
+        uids = {pwd.getpwnam(name).pw_uid for name in users if user_exists(name)}
         leftovers = []
         for p in psutil.process_iter(["pid", "username", "cmdline"]):
             if p.info["username"] in users:
@@ -191,7 +176,7 @@ def site(shared_dicom: Path) -> Iterator[Site]:
                 p.kill()
         for name in users:
             remove_account(name)
-        if _user_exists(DATA_ACCOUNT):
+        if user_exists(DATA_ACCOUNT):
             for p in psutil.process_iter(["pid", "username"]):
                 if p.info["username"] == DATA_ACCOUNT:
                     leftovers.append(f"{p.pid} {DATA_ACCOUNT} (data service)")
@@ -209,7 +194,7 @@ def site(shared_dicom: Path) -> Iterator[Site]:
                 os.unlink(path)
         if (
             not group_existed
-            and _group_exists(MANAGED_GROUP)
+            and group_exists(MANAGED_GROUP)
             and not grp.getgrnam(MANAGED_GROUP).gr_mem
         ):
             subprocess.run(["groupdel", MANAGED_GROUP], check=True)
@@ -220,7 +205,7 @@ def site(shared_dicom: Path) -> Iterator[Site]:
             with pytest.raises(KeyError):
                 pwd.getpwnam(name)
         for project in PROJECTS:
-            assert not _group_exists(unix_group(project)), f"unix group of {project} left behind"
+            assert not group_exists(unix_group(project)), f"unix group of {project} left behind"
 
 
 @pytest.fixture(scope="module")

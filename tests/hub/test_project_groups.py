@@ -23,6 +23,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from tests.accounts import group_exists
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "extensions"))
 
 from voxelhub_hub import project_groups as pg
@@ -77,7 +79,7 @@ class Box:
 
 @pytest.fixture
 def box() -> Iterator[Box]:
-    group_existed = _group_exists(MANAGED_GROUP)
+    group_existed = group_exists(MANAGED_GROUP)
     b = Box()
     try:
         yield b
@@ -89,7 +91,7 @@ def box() -> Iterator[Box]:
         shutil.rmtree(b.root, ignore_errors=True)
         if (
             not group_existed
-            and _group_exists(MANAGED_GROUP)
+            and group_exists(MANAGED_GROUP)
             and not grp.getgrnam(MANAGED_GROUP).gr_mem
         ):
             subprocess.run(["groupdel", MANAGED_GROUP], check=True)
@@ -97,15 +99,7 @@ def box() -> Iterator[Box]:
         with pytest.raises(KeyError):
             pwd.getpwnam(user)
     for project in b.projects:
-        assert not _group_exists(pg.unix_group(project)), f"group of {project} left behind"
-
-
-def _group_exists(name: str) -> bool:
-    try:
-        grp.getgrnam(name)
-    except KeyError:
-        return False
-    return True
+        assert not group_exists(pg.unix_group(project)), f"group of {project} left behind"
 
 
 @root_only

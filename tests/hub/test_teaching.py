@@ -26,6 +26,8 @@ from typing import Any
 import pytest
 import requests
 
+from tests.accounts import user_exists
+
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "extensions"))
 
@@ -107,14 +109,6 @@ def _ingest(state: Path, dicom_root: Path) -> Path:
     return store
 
 
-def _user_exists(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
-
-
 @pytest.fixture(scope="module")
 def site(shared_dicom: Path) -> Iterator[Site]:
     import psutil
@@ -167,7 +161,7 @@ def site(shared_dicom: Path) -> Iterator[Site]:
         assert not survivors, f"processes still running after the hub stopped: {survivors}"
         assert not leftovers, f"processes of test users still running: {leftovers}"
         for name in (*users, DATA_ACCOUNT, EXCHANGE_ACCOUNT):
-            assert not _user_exists(name), f"unix user {name} left behind"
+            assert not user_exists(name), f"unix user {name} left behind"
 
 
 # ---- 1. examples/ in every home ----------------------------------------------------------------
@@ -244,7 +238,7 @@ def test_every_user_finds_the_examples_read_only_and_they_run(site: Site) -> Non
     assert f"project: {COHORT} | de-identified: True" in text, text
 
     # a user's own "examples" is never replaced (the hook runs as root in their home)
-    assert not _user_exists(BEN)  # no account yet: the hub makes it at his first spawn
+    assert not user_exists(BEN)  # no account yet: the hub makes it at his first spawn
     site.start_server(BEN)
     ben_home = Path(pwd.getpwnam(BEN).pw_dir)
     assert os.readlink(ben_home / "examples") == str(published)

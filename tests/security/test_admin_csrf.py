@@ -16,7 +16,6 @@ Needs root (the spawned user is a unix account); leaves no process and no accoun
 from __future__ import annotations
 
 import os
-import pwd
 import re
 import secrets
 import shutil
@@ -31,6 +30,7 @@ import psutil
 import pytest
 import requests
 
+from tests.accounts import group_exists, user_exists
 from tests.dicom_factory import write_series
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,21 +94,13 @@ class Site:
         return "absent"
 
 
-def _user_exists(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
-
-
 @pytest.fixture(scope="module")
 def site() -> Iterator[Site]:
     # not pytest's tmp_path: /tmp/pytest-of-root is 0700 and the spawned unix user must reach
     # its folders below the state folder
     state = Path(tempfile.mkdtemp(prefix="vhcsrfstate-"))
     os.chmod(state, 0o755)
-    group_existed = _user_group_exists()
+    group_existed = group_exists(MANAGED_GROUP)
     stack = HubStack(
         state,
         admins=[ADMIN],
@@ -145,7 +137,7 @@ def site() -> Iterator[Site]:
         shutil.rmtree(state, ignore_errors=True)
         assert not survivors, f"processes still running after the hub stopped: {survivors}"
         assert not leftovers, f"processes of test users still running: {leftovers}"
-        left = [name for name in (*USERS, DATA_ACCOUNT) if _user_exists(name)]
+        left = [name for name in (*USERS, DATA_ACCOUNT) if user_exists(name)]
         assert not left, f"unix accounts left behind: {left}"
 
 
@@ -158,16 +150,6 @@ def _tiny_store(state: Path) -> Path:
     report = ingest(state / "dicom", store, project=f"csrf{S}", progress=False)
     assert not report.failed, report.summary()
     return store
-
-
-def _user_group_exists() -> bool:
-    import grp
-
-    try:
-        grp.getgrnam(MANAGED_GROUP)
-    except KeyError:
-        return False
-    return True
 
 
 def _refused_login(site: Site, name: str, source: str | None = None) -> str:

@@ -70,3 +70,20 @@ class NotLabels(RoiError, ValueError):
 
 class EmptyLabels(RoiError):
     """The import gave no labelled voxel at all: nothing is stored under that name."""
+
+
+def read_roi_dicom(path: str | os.PathLike[str], kind: str) -> tuple[Any, str]:
+    """``pydicom.dcmread`` of an ROI object, its failures turned into :class:`UnreadableRoi`
+    naming the file; returns the dataset and the path as text.  ``kind``: "SEG", "RTSTRUCT"."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    where = os.fspath(path)
+    try:
+        return pydicom.dcmread(where), where
+    except (InvalidDicomError, OSError, EOFError, ValueError, TypeError) as exc:
+        raise UnreadableRoi(
+            f"not a readable DICOM file ({type(exc).__name__}: {exc})",
+            path=where,
+            hint=f"Check that the file is a complete DICOM {kind} (not truncated, not a ZIP)",
+        ) from exc

@@ -45,7 +45,7 @@ import numpy as np
 import xarray as xr
 from numpy.typing import NDArray
 
-from voxelhub.roi.errors import NotARoiFile, UnreadableRoi
+from voxelhub.roi.errors import NotARoiFile, UnreadableRoi, read_roi_dicom
 from voxelhub.roi.grid import grid_of
 
 __all__ = ["BOUNDARY_RULES", "RtRoi", "RtStruct", "rasterise", "read_rtstruct"]
@@ -87,18 +87,7 @@ def _numbers(element: Any) -> NDArray[np.float64]:
 
 def read_rtstruct(path: str | os.PathLike[str]) -> RtStruct:
     """An RTSTRUCT's ROIs with their contours; pydicom failures become VoxelHub errors."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    where = os.fspath(path)
-    try:
-        ds = pydicom.dcmread(where)
-    except (InvalidDicomError, OSError, EOFError, ValueError, TypeError) as exc:
-        raise UnreadableRoi(
-            f"not a readable DICOM file ({type(exc).__name__}: {exc})",
-            path=where,
-            hint="Check that the file is a complete DICOM RTSTRUCT (not truncated, not a ZIP)",
-        ) from exc
+    ds, where = read_roi_dicom(path, "RTSTRUCT")
     modality = str(ds.get("Modality", ""))
     if modality != "RTSTRUCT":
         raise NotARoiFile(

@@ -36,7 +36,7 @@ import numpy as np
 import xarray as xr
 from numpy.typing import NDArray
 
-from voxelhub.roi.errors import NotARoiFile, PlacementError, UnreadableRoi
+from voxelhub.roi.errors import NotARoiFile, PlacementError, UnreadableRoi, read_roi_dicom
 from voxelhub.roi.grid import grid_of
 
 __all__ = ["SegFile", "SlicePlanes", "place_frames", "read_seg", "slice_planes"]
@@ -93,18 +93,7 @@ def _referenced_uid(ds: Any, index: int) -> str | None:
 
 def read_seg(path: str | os.PathLike[str], *, threshold: float = 0.5) -> SegFile:
     """Decode a SEG file; every pydicom failure becomes a VoxelHub error naming the file."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    where = os.fspath(path)
-    try:
-        ds = pydicom.dcmread(where)
-    except (InvalidDicomError, OSError, EOFError, ValueError, TypeError) as exc:
-        raise UnreadableRoi(
-            f"not a readable DICOM file ({type(exc).__name__}: {exc})",
-            path=where,
-            hint="Check that the file is a complete DICOM SEG (not truncated, not a ZIP)",
-        ) from exc
+    ds, where = read_roi_dicom(path, "SEG")
     modality = str(ds.get("Modality", ""))
     sop_class = str(ds.get("SOPClassUID", ""))
     if modality != "SEG" and sop_class not in SEG_SOP_CLASSES:
