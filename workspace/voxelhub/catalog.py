@@ -20,6 +20,7 @@ import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from functools import cache, cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -56,7 +57,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 from sqlalchemy.pool import NullPool
 
-from voxelhub.errors import CatalogError, NotFound
+from voxelhub.errors import CatalogError, NotFound, SettingLocked
 from voxelhub.store.location import Location
 
 if TYPE_CHECKING:
@@ -77,11 +78,19 @@ class Base(DeclarativeBase):
     pass
 
 
+class EncryptionSettingError(CatalogError):
+    """A project's encryption cannot change: it is encrypted, or already holds clear volumes."""
+
+
 class Project(Base):
     __tablename__ = "projects"
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     deidentify: Mapped[bool] = mapped_column(Boolean, default=False)
+    # chunks and private attributes sealed with the project's data key (voxelhub.store.sidecar)
+    encrypted: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false(), nullable=False
+    )
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
     patients: Mapped[list[Patient]] = relationship(back_populates="project")
@@ -197,6 +206,41 @@ class RejectedFile(Base):
     report: Mapped[IngestReport] = relationship(back_populates="rejected")
 
 
+@dataclass(frozen=True)
+class DeletedVolume:
+    """What :meth:`Catalog.delete_volume` removed (the same over the data service)."""
+
+    volume_uid: str
+    store_path: str
+    project: str
+    patient: str
+    study_uid: str
+    feature_rows: int
+    """stored cohort feature rows of the volume, removed with it"""
+
+
+@dataclass(frozen=True)
+class ProjectSettings:
+    """A project's de-identification settings, as curators read and change them."""
+
+    name: str
+    deidentify: bool
+    """ingest applies :data:`voxelhub.dicom.deid.PROFILE_NAME` with the project's own secret
+    (dates shifted per patient, private tags removed); fixed while the project holds volumes"""
+    volumes: int
+    profile: str
+    """the de-identification profile ingest applies ("" for an identifiable project)"""
+
+    @property
+    def locked(self) -> bool:
+        """``deidentify`` cannot change: the project holds volumes ingested under it."""
+        return self.volumes > 0
+
+
+_FEATURES_TABLE = "radiomics_features"
+"""Where :mod:`voxelhub.features.results` keeps cohort feature rows (keyed by volume UID)."""
+
+
 def default_catalog_url(location: Location) -> str:
     """SQLite inside a local store; remote stores need an explicit catalog URL."""
     env = os.environ.get("VOXELHUB_CATALOG_URL")
@@ -255,6 +299,7 @@ def readonly_sqlite_url(path: str) -> str:
 _ADDED_COLUMNS = {
     "volumes": {"timepoints": "INTEGER NOT NULL DEFAULT 1"},
     "ingest_reports": {"paths_withheld": "BOOLEAN NOT NULL DEFAULT FALSE"},
+    "projects": {"encrypted": "BOOLEAN NOT NULL DEFAULT FALSE"},
 }
 """Columns added after a catalog may have been created: (table → column → SQL type)."""
 
@@ -657,13 +702,34 @@ class Catalog:
         self.engine.dispose()
 
     # -- writes ---------------------------------------------------------------------------------
-    def ensure_project(self, name: str, *, deidentify: bool | None = None) -> Project:
-        """Get or create a project; a project's de-identification setting never silently flips."""
+    def ensure_project(
+        self, name: str, *, deidentify: bool | None = None, encrypt: bool | None = None
+    ) -> Project:
+        """Get or create a project; a project's de-identification and encryption settings never
+        silently flip (encryption may be turned on only while the project holds no volume)."""
         with self.session() as s:
             project = s.scalar(select(Project).where(Project.name == name))
             if project is None:
-                project = Project(name=name, deidentify=bool(deidentify))
+                project = Project(name=name, deidentify=bool(deidentify), encrypted=bool(encrypt))
                 s.add(project)
+                s.flush()
+            elif encrypt is not None and project.encrypted != encrypt:
+                if project.encrypted:
+                    raise EncryptionSettingError(
+                        f"project {name!r} is encrypted; its volumes cannot be stored in the clear"
+                    )
+                held = s.scalar(
+                    select(func.count(Volume.id))
+                    .join(Study, Volume.study_id == Study.id)
+                    .join(Patient, Study.patient_id == Patient.id)
+                    .where(Patient.project_id == project.id)
+                )
+                if held:
+                    raise EncryptionSettingError(
+                        f"project {name!r} already holds {held} volume(s) in the clear; encrypt a "
+                        "new project and ingest into it instead (no project is half encrypted)"
+                    )
+                project.encrypted = True
                 s.flush()
             elif deidentify is not None and project.deidentify != deidentify:
                 if project.deidentify and not deidentify:
@@ -735,6 +801,138 @@ class Catalog:
             log.warning("catalog: statistics not refreshed: %s", exc.orig)
         return report_id
 
+    def delete_volume(self, uid: str) -> DeletedVolume:
+        """Remove a volume: its catalog row first, then its tree in the store (labels included).
+
+        One transaction removes the row, its study and patient when they hold nothing else, and
+        its stored feature rows, so from then on no query lists it.  The tree is then renamed
+        into the temporary area and removed there: a crash in between leaves an unlisted or a
+        temporary tree, which ``voxelhub fsck`` reports and ``--repair`` collects, never a
+        listed half-volume.  ``uid``: a volume UID, or a SeriesInstanceUID that was not split.
+        """
+        if self.read_only:
+            raise CatalogError(f"{self!r} is open read-only: delete as the store's owner")
+        with self.session() as s:
+            volume = s.scalar(select(Volume).where(Volume.volume_uid == uid))
+            if volume is None:
+                matches = s.scalars(select(Volume).where(Volume.series_uid == uid)).all()
+                if len(matches) > 1:
+                    splits = ", ".join(v.volume_uid for v in matches)
+                    raise NotFound(
+                        f"series {uid!r} was split into {len(matches)} volumes; delete each by "
+                        f"volume_uid: {splits}"
+                    )
+                volume = matches[0] if matches else None
+            if volume is None:
+                raise NotFound(f"no volume or series {uid!r} in {self!r}")
+            study = volume.study
+            patient = study.patient
+            deleted = DeletedVolume(
+                volume_uid=volume.volume_uid,
+                store_path=volume.store_path,
+                project=patient.project.name,
+                patient=patient.patient_key,
+                study_uid=study.study_uid,
+                feature_rows=0,
+            )
+            series_uid = volume.series_uid
+            s.delete(volume)
+            s.flush()
+            if not s.scalar(select(func.count()).where(Volume.study_id == study.id)):
+                s.delete(study)
+                s.flush()
+                if not s.scalar(select(func.count()).where(Study.patient_id == patient.id)):
+                    s.delete(patient)
+            names = [deleted.volume_uid]
+            if not s.scalar(select(func.count()).where(Volume.series_uid == series_uid)):
+                names.append(series_uid)  # rows stored under the series UID of an unsplit one
+            rows = self._delete_feature_rows(s, names)
+        self._remove_tree(deleted.store_path)
+        return replace(deleted, feature_rows=rows)
+
+    @staticmethod
+    def _delete_feature_rows(s: Session, series: list[str]) -> int:
+        from sqlalchemy import bindparam, inspect
+
+        conn = s.connection()
+        if not inspect(conn).has_table(_FEATURES_TABLE):
+            return 0
+        stmt = sql_text(f"DELETE FROM {_FEATURES_TABLE} WHERE series IN :names").bindparams(
+            bindparam("names", expanding=True)
+        )
+        return int(conn.execute(stmt, {"names": series}).rowcount or 0)
+
+    def _remove_tree(self, store_path: str) -> None:
+        """Rename a volume tree no row lists any more into the temporary area, then remove it."""
+        trash = self.location.new_temporary(".deleted")
+        try:
+            self.location.move_tree(store_path, trash)
+        except FileNotFoundError:
+            return  # already gone (an earlier delete that crashed after the rename)
+        except OSError as exc:
+            log.warning(
+                "catalog: %s is no longer listed but could not be removed (%s); "
+                "`voxelhub fsck --repair` collects it",
+                store_path,
+                exc,
+            )
+            return
+        self.location.remove(trash)
+
+    def project_settings(self, name: str) -> ProjectSettings:
+        """The de-identification settings of project ``name``."""
+        with self.session() as s:
+            project = s.scalar(select(Project).where(Project.name == name))
+            if project is None:
+                raise NotFound(f"no project {name!r} in {self!r}")
+            return self._project_settings(s, project)
+
+    def set_project_settings(self, name: str, *, deidentify: bool) -> ProjectSettings:
+        """Set whether ingest de-identifies project ``name`` (a new name creates the project).
+
+        Refused with :class:`~voxelhub.errors.SettingLocked` while the project holds volumes:
+        they were ingested under the other setting, so the flag would misdescribe them (as
+        :meth:`ensure_project` refuses an ingest that asks for the other setting).
+        """
+        if self.read_only:
+            raise CatalogError(f"{self!r} is open read-only: change settings as its owner")
+        if not isinstance(deidentify, bool):
+            raise CatalogError(f"deidentify must be true or false, not {deidentify!r}")
+        with self.session() as s:
+            project = s.scalar(select(Project).where(Project.name == name))
+            if project is None:
+                project = Project(name=name, deidentify=deidentify)
+                s.add(project)
+                s.flush()
+            elif project.deidentify != deidentify:
+                current = self._project_settings(s, project)
+                if current.locked:
+                    now = "de-identifies" if project.deidentify else "holds identifiable"
+                    raise SettingLocked(
+                        f"project {name!r} {now} data in {current.volumes} volume(s); "
+                        "de-identification can change only while it holds none (delete them, "
+                        "or create a new project)"
+                    )
+                project.deidentify = deidentify
+                s.flush()
+            return self._project_settings(s, project)
+
+    @staticmethod
+    def _project_settings(s: Session, project: Project) -> ProjectSettings:
+        volumes = s.scalar(
+            select(func.count())
+            .select_from(Volume)
+            .join(Study, Volume.study_id == Study.id)
+            .join(Patient, Study.patient_id == Patient.id)
+            .where(Patient.project_id == project.id)
+        )
+        profile = ""
+        if project.deidentify:
+            from voxelhub.dicom.deid import PROFILE_NAME
+
+            profile = PROFILE_NAME
+        return ProjectSettings(project.name, bool(project.deidentify), int(volumes or 0), profile)
+
     # -- queries ----------------------------------------------------------------------------------
     def _frame(self, stmt: Any) -> pd.DataFrame:
         import pandas as pd  # imported on first query: ingest alone never needs it
@@ -744,7 +942,9 @@ class Catalog:
 
     def projects(self, *, projects: Sequence[str] | None = None) -> pd.DataFrame:
         """Every project (or those named in ``projects``) with its de-identification setting."""
-        stmt = select(Project.name, Project.deidentify, Project.created_at).order_by(Project.id)
+        stmt = select(
+            Project.name, Project.deidentify, Project.encrypted, Project.created_at
+        ).order_by(Project.id)
         if projects is not None:
             stmt = stmt.where(Project.name.in_(_names(projects)))
         return self._frame(stmt)

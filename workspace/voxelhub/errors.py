@@ -42,6 +42,10 @@ class NotFound(CatalogError):
     """A project, study, series or volume asked for is not in the catalog."""
 
 
+class SettingLocked(CatalogError):
+    """A project setting that cannot change now: de-identification of a project holding data."""
+
+
 class AccessDenied(VoxelHubError):
     """The caller is not allowed to see or change the requested data."""
 
