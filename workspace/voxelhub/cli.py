@@ -23,6 +23,8 @@ def _ingest(args: argparse.Namespace) -> int:
         catalog_url=args.catalog_url,
         workers=args.workers,
         progress=not args.quiet,
+        encrypt=True if args.encrypt else None,
+        key_file=args.key_file,
     )
     print(report.summary())
     return report.exit_code
@@ -169,6 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="apply the DICOM PS3.15 Basic Profile (projects keep this setting)",
     )
+    p.add_argument(
+        "--encrypt",
+        action="store_true",
+        help="encrypt the project at rest (chunks and PHI attributes; only while it is empty)",
+    )
+    p.add_argument("--key-file", default=None, help="master key file (default: $VOXELHUB_KEY_FILE)")
     p.add_argument("--catalog-url", default=None, help="SQLAlchemy URL (default: SQLite in store)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

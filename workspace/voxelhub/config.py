@@ -13,6 +13,7 @@ STORE_ENV = "VOXELHUB_STORE"
 CATALOG_ENV = "VOXELHUB_CATALOG_URL"
 SECRETS_ENV = "VOXELHUB_SECRETS_DIR"
 EXPORT_ENV = "VOXELHUB_EXPORT_DIR"
+KEY_FILE_ENV = "VOXELHUB_KEY_FILE"
 
 
 def default_store() -> str | None:
@@ -43,3 +44,13 @@ def export_dir() -> Path:
     if env:
         return Path(env).expanduser()
     return Path(os.path.expanduser("~")) / "voxelhub-exports"
+
+
+def key_file() -> Path | None:
+    """The master key file of encrypted projects (``$VOXELHUB_KEY_FILE``), if set.
+
+    Only the ingest path and the data service are given it: users' kernels read plaintext from
+    the service and never hold a key.  Keep it outside the store, mode 0600.
+    """
+    env = os.environ.get(KEY_FILE_ENV)
+    return Path(env).expanduser() if env else None

@@ -146,6 +146,8 @@ def ingest(
     catalog_url: str | None = None,
     workers: int | None = None,
     progress: bool = True,
+    encrypt: bool | None = None,
+    key_file: str | os.PathLike[str] | None = None,
 ) -> IngestReport:
     """Ingest DICOM folders, files or zip archives into a store.
 
@@ -166,6 +168,12 @@ def ingest(
         Processes for header reading and pixel decoding; default one per CPU.
     progress
         Show progress bars.
+    encrypt
+        Seal every chunk and the attributes that can carry PHI with the project's data key
+        (made on first write).  ``None`` follows the project's setting; encryption can be
+        turned on only while the project holds no volume, and never off.
+    key_file
+        The master key file (default ``$VOXELHUB_KEY_FILE``); needed for encrypted projects.
     """
     if isinstance(paths, str | os.PathLike):
         paths = [paths]
@@ -196,7 +204,11 @@ def ingest(
     try:
         for leftover in collect_garbage(location, catalog):
             log.info("removed %s, left by an interrupted ingest", leftover)
-        proj = catalog.ensure_project(project, deidentify=deidentify)
+        if encrypt:  # the key first: a project is never marked encrypted without one
+            _open_keys(location, key_file)
+        proj = catalog.ensure_project(project, deidentify=deidentify, encrypt=encrypt)
+        if proj.encrypted and not encrypt:
+            _open_keys(location, key_file)
         # a new project's folder starts private; the hub opens it to the project's unix group
         location.ensure_private_dir(f"projects/{project}")
         deid = _deidentifier(proj) if proj.deidentify else None
@@ -281,6 +293,28 @@ def ingest(
         return report
     finally:
         catalog.close()
+
+
+def _open_keys(location: Location, key_file: str | os.PathLike[str] | None) -> None:
+    """Give this process (and the workers it forks) the store's key ring."""
+    from voxelhub.store.encryption import keys_in_use, use_keys
+    from voxelhub.store.keys import KEYS_FOLDER, MissingKey, store_key_ring
+
+    root = getattr(location, "root", None)
+    if root is None:
+        raise StoreError(
+            f"encrypted projects need a local store folder (the key ring lives in it); "
+            f"{location.url_of('')} is not one: use the bucket's default encryption (SSE-KMS)"
+        )
+    path = key_file or config.key_file()
+    if path is None:
+        raise MissingKey(
+            f"an encrypted project needs the master key file: set ${config.KEY_FILE_ENV} or "
+            f"pass --key-file"
+        )
+    ring = keys_in_use()
+    if ring is None or str(ring.folder) != os.path.join(str(root), KEYS_FOLDER):
+        use_keys(store_key_ring(str(root), path))
 
 
 def _attach_labels(
@@ -372,6 +406,7 @@ class _Job:
     content_key: str
     rel_path: str
     n_slices: int
+    encrypt_for: str | None = None
 
 
 @dataclass(frozen=True)
@@ -473,6 +508,7 @@ def _job(catalog: Catalog, project: Project, volume: VolumePlan, deid: Any) -> t
         # a fresh path per version: the catalog row is the commit point (see Location.commit)
         rel_path=f"projects/{project.name}/{volume_uid}/{uuid.uuid4().hex[:16]}.ome.zarr",
         n_slices=volume_shape(volume)[0] * volume.n_timepoints,
+        encrypt_for=project.name if project.encrypted else None,
     )
     return job, catalog.find_volume(volume_uid)
 
@@ -583,7 +619,14 @@ def _convert(
         )
         attrs["name"] = name
         written = write_volume(
-            location, job.rel_path, volume, name=name, attrs=attrs, pool=pool, on_slab=on_slab
+            location,
+            job.rel_path,
+            volume,
+            name=name,
+            attrs=attrs,
+            pool=pool,
+            on_slab=on_slab,
+            encrypt_for=job.encrypt_for,
         )
     except Exception as exc:  # whatever one volume raises (MemoryError too) fails it alone
         if not isinstance(exc, DicomError | GeometryError | StoreError | OSError | ValueError):

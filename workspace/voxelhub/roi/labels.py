@@ -222,7 +222,10 @@ def write_labels(
     tmp = location.new_temporary(suffix="")
     try:
         group = zarr.open_group(location.zarr_store(tmp), mode="w-", zarr_format=3)
-        arrays = [ngff.create_level_array(group, level, dtype) for level in levels]
+        codec = _encryption_of(vol_group, stored.project)
+        arrays = [
+            ngff.create_level_array(group, level, dtype, encryption=codec) for level in levels
+        ]
         array = arrays[0]
         slab = int((array.shards or array.chunks)[0])
         present: set[int] = set()
@@ -306,6 +309,20 @@ def _send(
         str(written["dtype"]),
         str(written["checksum"]),
     )
+
+
+def _encryption_of(vol_group: Any, project: str) -> Any:
+    """The codec for label images of an encrypted volume (its project's current data key);
+    None for a clear one.  Without keys this raises: labels are never written in the clear
+    beside an encrypted volume."""
+    from voxelhub.store import sidecar
+
+    meta: dict[str, Any] = dict(vol_group.attrs.get("voxelhub") or {})
+    if sidecar.MARKER not in meta:
+        return None
+    from voxelhub.store.encryption import codec_for
+
+    return codec_for(project)
 
 
 def _image_levels(vol_group: Any, shape: tuple[int, ...]) -> list[ngff.Level]:

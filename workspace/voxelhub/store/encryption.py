@@ -77,6 +77,77 @@ def _chunk_cipher(key_id: str, salt: str) -> AESGCM:
     return AESGCM(derived)
 
 
+def decrypt_chunk(key_id: str, salt: str, data: bytes) -> bytes:
+    """The plaintext of one stored chunk (what the codec decodes; the data service calls it
+    directly to serve an inner chunk of a shard without decoding the rest)."""
+    if len(data) < OVERHEAD or data[: len(MAGIC)] != MAGIC:
+        raise CorruptChunk(
+            f"a chunk of an array encrypted with data key {key_id} is not an encrypted "
+            f"chunk ({len(data)} bytes): the store was changed outside VoxelHub"
+        )
+    start = len(MAGIC)
+    try:
+        return _chunk_cipher(key_id, salt).decrypt(
+            data[start : start + NONCE_BYTES], data[start + NONCE_BYTES :], _aad(key_id, salt)
+        )
+    except InvalidTag:
+        raise CorruptChunk(
+            f"a chunk encrypted with data key {key_id} failed authentication: it was "
+            f"changed or damaged on disk (restore it from a backup)"
+        ) from None
+
+
+def _aad(key_id: str, salt: str) -> bytes:
+    return MAGIC + key_id.encode() + b"\0" + salt.encode()
+
+
+SEALED_MAGIC = b"VHS1"
+"""Start of a sealed object (attributes moved out of ``zarr.json``), never of a chunk."""
+
+
+def seal(key_id: str, plaintext: bytes) -> bytes:
+    """Encrypt a small object (a volume's private attributes) under data key ``key_id``.
+
+    Layout: ``VHS1 | key id (16 hex) | salt (32 hex) | nonce | ciphertext | tag``; the key id
+    and salt are bound as additional data, so a chunk cannot pass for a sealed object."""
+    salt = os.urandom(16).hex()
+    nonce = os.urandom(NONCE_BYTES)
+    head = SEALED_MAGIC + key_id.encode() + b"\0" + salt.encode() + b"\0"
+    return head + nonce + _chunk_cipher(key_id, salt).encrypt(nonce, plaintext, head)
+
+
+def unseal(blob: bytes) -> bytes:
+    """The plaintext of :func:`seal`; :class:`MissingKey` naming the key, or
+    :class:`CorruptChunk` if the object was changed."""
+    parts = blob.split(b"\0", 2) if blob.startswith(SEALED_MAGIC) else []
+    if len(parts) != 3 or len(parts[2]) < NONCE_BYTES + TAG_BYTES:
+        raise CorruptChunk("an encrypted attributes object is malformed: changed on disk?")
+    key_id, salt = parts[0][len(SEALED_MAGIC) :].decode(), parts[1].decode()
+    head = len(parts[0]) + len(parts[1]) + 2
+    body = parts[2]
+    try:
+        return _chunk_cipher(key_id, salt).decrypt(
+            body[:NONCE_BYTES], body[NONCE_BYTES:], blob[:head]
+        )
+    except InvalidTag:
+        raise CorruptChunk(
+            f"the encrypted attributes (data key {key_id}) failed authentication: changed or "
+            f"damaged on disk (restore them from a backup)"
+        ) from None
+
+
+def codec_for(project: str) -> Aes256GcmCodec:
+    """The codec new arrays of an encrypted ``project`` get: its current data key (made on the
+    project's first write); :class:`MissingKey` if this process was given no keys."""
+    ring = _ring
+    if ring is None:
+        raise MissingKey(
+            f"project {project!r} is encrypted and this process holds no keys: give the master "
+            f"key file ($VOXELHUB_KEY_FILE, or --key-file)"
+        )
+    return Aes256GcmCodec(key_id=ring.current(project))
+
+
 @dataclass(frozen=True)
 class Aes256GcmCodec(BytesBytesCodec):
     """Encrypts each chunk with its array's key (``key_id`` of a data key, random ``salt``)."""
@@ -102,32 +173,15 @@ class Aes256GcmCodec(BytesBytesCodec):
     def compute_encoded_size(self, input_byte_length: int, _chunk_spec: Any) -> int:
         return input_byte_length + OVERHEAD
 
-    @property
-    def _aad(self) -> bytes:
-        return MAGIC + self.key_id.encode() + b"\0" + self.salt.encode()
-
     def _encode_sync(self, chunk: Buffer, spec: Any) -> Buffer:
         nonce = os.urandom(NONCE_BYTES)
-        sealed = _chunk_cipher(self.key_id, self.salt).encrypt(nonce, chunk.to_bytes(), self._aad)
+        sealed = _chunk_cipher(self.key_id, self.salt).encrypt(
+            nonce, chunk.to_bytes(), _aad(self.key_id, self.salt)
+        )
         return spec.prototype.buffer.from_bytes(MAGIC + nonce + sealed)
 
     def _decode_sync(self, chunk: Buffer, spec: Any) -> Buffer:
-        data = chunk.to_bytes()
-        if len(data) < OVERHEAD or data[: len(MAGIC)] != MAGIC:
-            raise CorruptChunk(
-                f"a chunk of an array encrypted with data key {self.key_id} is not an encrypted "
-                f"chunk ({len(data)} bytes): the store was changed outside VoxelHub"
-            )
-        start = len(MAGIC)
-        try:
-            plain = _chunk_cipher(self.key_id, self.salt).decrypt(
-                data[start : start + NONCE_BYTES], data[start + NONCE_BYTES :], self._aad
-            )
-        except InvalidTag:
-            raise CorruptChunk(
-                f"a chunk encrypted with data key {self.key_id} failed authentication: it was "
-                f"changed or damaged on disk (restore it from a backup)"
-            ) from None
+        plain = decrypt_chunk(self.key_id, self.salt, chunk.to_bytes())
         return spec.prototype.buffer.from_bytes(plain)
 
     async def _encode_single(self, chunk: Buffer, spec: Any) -> Buffer:

@@ -36,6 +36,8 @@ from voxelhub.errors import StoreError
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
+KEYS_FOLDER = ".keys"
+"""Folder of a store's wrapped data keys (never served: the data service serves volumes only)."""
 
 
 class MissingKey(StoreError):
@@ -140,7 +142,9 @@ class FileKeyProvider:
             raise MissingKey(f"cannot open the master key file {self.path}: {e}") from None
         with os.fdopen(fd) as f:
             st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o077 or st.st_uid != os.geteuid():
+            # root (an admin's ingest) may use the key file it handed to the service's account
+            owner_ok = st.st_uid == os.geteuid() or os.geteuid() == 0
+            if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o077 or not owner_ok:
                 raise MissingKey(
                     f"master key file {self.path} must be a regular file of uid {os.geteuid()} "
                     f"with mode 0600 (it is {oct(stat.S_IMODE(st.st_mode))}, uid {st.st_uid}): "
@@ -263,6 +267,11 @@ class KeyRing:
     def _path(self, project: str) -> Path:
         # file names carry no project name (a name may say what a study is about)
         return self.folder / (hashlib.sha256(project.encode()).hexdigest()[:24] + ".json")
+
+
+def store_key_ring(store_root: str | os.PathLike[str], key_file: str | os.PathLike[str]) -> KeyRing:
+    """The key ring of a local store (``<store>/.keys``) opened with the master key file."""
+    return KeyRing(Path(store_root) / KEYS_FOLDER, FileKeyProvider(key_file))
 
 
 def _context(project: str, key_id: str) -> bytes:

@@ -81,12 +81,19 @@ def pyramid(shape: tuple[int, int, int], spacing: tuple[float, float, float]) ->
 
 
 def create_level_array(
-    group: zarr.Group, level: Level, dtype: Any, *, timepoints: int | None = None
+    group: zarr.Group,
+    level: Level,
+    dtype: Any,
+    *,
+    timepoints: int | None = None,
+    encryption: Any = None,
 ) -> zarr.Array:
     """Create a level's sharded array: one shard per slab, inner chunks for viewers.
 
     A 4-D volume (``timepoints`` given) gets a leading ``t`` axis with one time point per
     chunk and shard, so a slab of one volume is written and read without touching the others.
+    ``encryption`` (an :class:`~voxelhub.store.encryption.Aes256GcmCodec`) runs after Blosc on
+    every inner chunk of an encrypted project.
     """
     shard_z = max(1, min(level.shape[0], SLAB_DEPTH // level.factor[0]))
     chunk = (
@@ -111,7 +118,7 @@ def create_level_array(
         dtype=dtype,
         chunks=chunk,
         shards=shard,
-        compressors=[compressor()],
+        compressors=[compressor()] if encryption is None else [compressor(), encryption],
         fill_value=0,
         dimension_names=names,
     )

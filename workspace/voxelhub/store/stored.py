@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from voxelhub.errors import StoreError
+from voxelhub.store import sidecar
 from voxelhub.store.location import Location
 
 if TYPE_CHECKING:
@@ -103,6 +104,9 @@ class StoredVolume:
     timepoints: tuple[Mapping[str, Any], ...]
     deidentified: bool
     location: Location = field(compare=False, repr=False)
+    encrypted: bool = False
+    """Chunks and private attributes sealed with the project's data key (read through the data
+    service, or with the master key file)."""
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -229,6 +233,7 @@ class StoredVolume:
         meta: dict[str, Any] = dict(group.attrs.get("voxelhub") or {})  # type: ignore[arg-type]
         if not meta:
             raise StoreError(f"{location.url_of(rel)} is not a VoxelHub volume (no attributes)")
+        meta = read_attributes(location, rel, meta)
         geometry = dict(meta["geometry"])
         flags = frozenset(VolumeFlag(f["code"]) for f in geometry.get("flags", []))
         labels: tuple[str, ...] = ()
@@ -265,7 +270,25 @@ class StoredVolume:
             timepoints=tuple(dict(t) for t in meta.get("timepoints") or []),
             deidentified=bool(meta.get("deidentified", False)),
             location=location,
+            encrypted=sidecar.MARKER in meta,
         )
+
+
+def read_attributes(location: Location, rel: str, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """A volume's ``voxelhub`` attributes with its sealed ones merged back (encrypted projects;
+    through the data service they come merged already)."""
+    if not sidecar.is_sealed(meta):
+        return dict(meta)
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    store = location.zarr_store(rel, read_only=True)
+
+    def read(key: str) -> bytes | None:
+        found = sync(store.get(key, prototype=default_buffer_prototype()))
+        return None if found is None else found.to_bytes()
+
+    return sidecar.merged(meta, read)
 
 
 _TYPED = frozenset(

@@ -49,6 +49,9 @@ def open_volume(location: Location, rel_path: str, *, level: int = 0) -> xr.Data
     meta: dict[str, Any] = dict(group.attrs.get("voxelhub") or {})  # type: ignore[arg-type]
     if not meta:
         raise StoreError(f"{location.url_of(rel_path)} is not a VoxelHub volume (no attributes)")
+    from voxelhub.store.stored import read_attributes
+
+    meta = read_attributes(location, rel_path, meta)  # an encrypted project's sealed attributes
     levels = ngff.read_levels(group)
     if not 0 <= level < len(levels):
         raise StoreError(f"level {level} out of range: the volume has levels 0..{len(levels) - 1}")

@@ -31,7 +31,7 @@ from voxelhub.dicom.pixels import DtypeChoice, DtypeOverflow, choose_dtype
 from voxelhub.dicom.series import VolumePlan
 from voxelhub.dicom.slabs import read_slab, stored_shape, volume_shape
 from voxelhub.errors import StoreError
-from voxelhub.store import ngff
+from voxelhub.store import ngff, sidecar
 from voxelhub.store.location import Location
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,7 @@ def write_volume(
     attrs: dict[str, Any],
     pool: Executor | None = None,
     on_slab: Callable[[int], None] | None = None,
+    encrypt_for: str | None = None,
 ) -> WrittenVolume:
     """Convert ``plan`` into an OME-Zarr at ``final_rel``, atomically.
 
@@ -128,14 +129,19 @@ def write_volume(
         Executor used to decode the slices of each slab in parallel.
     on_slab
         Called with the number of slices done after each slab (progress bars).
+    encrypt_for
+        The project, if it is encrypted: every chunk is sealed with its current data key and
+        the attributes that can carry PHI go into a sealed object (:mod:`voxelhub.store.sidecar`)
+        instead of ``zarr.json``.
     """
     choice = choose_dtype(plan.frames)
+    args = (location, final_rel, plan)
     try:
-        return _write(location, final_rel, plan, choice, name, attrs, pool, on_slab)
+        return _write(*args, choice, name, attrs, pool, on_slab, encrypt_for)
     except DtypeOverflow as exc:
         log.info("%s: %s; rewriting as int32", plan.series_instance_uid, exc)
         wider = choose_dtype(plan.frames, wider=True)
-        return _write(location, final_rel, plan, wider, name, attrs, pool, on_slab)
+        return _write(*args, wider, name, attrs, pool, on_slab, encrypt_for)
 
 
 def _write(
@@ -147,7 +153,14 @@ def _write(
     attrs: dict[str, Any],
     pool: Executor | None,
     on_slab: Callable[[int], None] | None,
+    encrypt_for: str | None = None,
 ) -> WrittenVolume:
+    codec = None
+    if encrypt_for is not None:
+        from voxelhub.store.encryption import codec_for
+
+        codec = codec_for(encrypt_for)  # before anything is written: no key, no tree
+        name = str(attrs.get("volume_uid") or "volume")  # the NGFF name is clear text too
     shape = volume_shape(plan)
     full_shape = stored_shape(plan)
     spacing = plan.geometry.spacing
@@ -157,7 +170,10 @@ def _write(
     try:
         store = _HashingStore(location.zarr_store(tmp))
         group = zarr.open_group(store, mode="w-", zarr_format=3)
-        arrays = [ngff.create_level_array(group, lv, choice.dtype, timepoints=n_t) for lv in levels]
+        arrays = [
+            ngff.create_level_array(group, lv, choice.dtype, timepoints=n_t, encryption=codec)
+            for lv in levels
+        ]
         hasher = _Hasher(full_shape, choice.dtype)
         for t in range(plan.n_timepoints):
             lead: tuple[int | slice, ...] = () if n_t is None else (t,)
@@ -184,7 +200,7 @@ def _write(
             tr = plan.frames[0].repetition_time
             time_step = tr / 1000.0 if tr else 1.0
         ngff.write_metadata(group, levels, spacing, name, time_step=time_step)
-        group.attrs["voxelhub"] = {
+        meta = {
             **attrs,
             "format_version": FORMAT_VERSION,
             "geometry": plan.geometry.to_attrs(),
@@ -194,6 +210,12 @@ def _write(
             "levels": [{"path": lv.path, "shape": lv.shape, "factor": lv.factor} for lv in levels],
             "timepoints": [tp.to_attrs() for tp in plan.timepoints] if plan.is_4d else [],
         }
+        if codec is not None:
+            meta, sealed = sidecar.split(meta, codec.key_id)
+            sync(
+                store.set(sidecar.SIDECAR_KEY, default_buffer_prototype().buffer.from_bytes(sealed))
+            )
+        group.attrs["voxelhub"] = meta
         _verify(location, tmp, store.written)
         location.commit(tmp, final_rel)
     except BaseException:
