@@ -59,3 +59,23 @@ def real_store(tmp_path_factory: pytest.TempPathFactory, shared_dicom: Path) -> 
 
 
 __all__ = ["write_series"]
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty database on the server `make test` starts; dropped afterwards."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    server = os.environ.get("VOXELHUB_TEST_POSTGRES_URL")
+    if not server:
+        pytest.skip("VOXELHUB_TEST_POSTGRES_URL unset: run through `make test` to get a server")
+    name = f"vh_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield server.rsplit("/", 1)[0] + f"/{name}"
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()

@@ -18,7 +18,7 @@ import pytest
 import voxelhub
 from tests.dicom_factory import write_series
 from voxelhub import audit
-from voxelhub.backup import BackupError, Repository, Sources
+from voxelhub.backup import BackupError, Repository, Retention, Sources
 from voxelhub.features import Discretisation, ResultStore, Settings, extract_many
 from voxelhub.fsck import check_store
 from voxelhub.roi.labels import read_labels, write_labels
@@ -91,14 +91,19 @@ def make_site(root: Path) -> tuple[Path, Path]:
     return store, hub
 
 
-@pytest.fixture
-def repo(tmp_path: Path) -> Repository:
-    password = tmp_path / "restic-password"
-    password.write_text("correct horse battery staple\n")
-    os.chmod(password, 0o600)
-    repository = Repository(str(tmp_path / "repo"), password)
+def new_repository(folder: Path, password: str = "correct horse battery staple") -> Repository:
+    folder.mkdir(parents=True, exist_ok=True)
+    secret = folder / "restic-password"
+    secret.write_text(password + "\n")
+    os.chmod(secret, 0o600)
+    repository = Repository(str(folder / "repo"), secret)
     repository.init()
     return repository
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repository:
+    return new_repository(tmp_path / "data-repository")
 
 
 def test_disaster_recovery_drill(tmp_path: Path, repo: Repository) -> None:
@@ -236,6 +241,16 @@ def test_the_command_line_backs_up_lists_checks_and_restores(tmp_path: Path) -> 
     assert "no errors" in cli("check")
     assert "restored latest" in cli("restore", "--to", str(tmp_path / "back"))
     assert dump(tmp_path / "back" / "store" / "catalog.sqlite") == dump(store / "catalog.sqlite")
+    assert "removed 0 snapshots" in cli("forget", "--keep-last", "1")
+    key = tmp_path / "master.key"
+    key.write_text("{}")
+    os.chmod(key, 0o600)
+    keys = ["--repo", str(tmp_path / "keys")]
+    cli("init", *keys)
+    assert "key snapshot" in cli("keys", *keys, str(key))
+    assert f"restored key file {tmp_path / 'keys-back' / 'master.key'}" in cli(
+        "restore-keys", *keys, "--to", str(tmp_path / "keys-back")
+    )
     env.pop("VOXELHUB_BACKUP_REPO")
     done = subprocess.run(
         [sys.executable, "-m", "voxelhub.cli", "backup", "list"],
@@ -245,3 +260,97 @@ def test_the_command_line_backs_up_lists_checks_and_restores(tmp_path: Path) -> 
         timeout=60,
     )
     assert done.returncode == 2 and "give --repo and --password-file" in done.stderr
+
+
+def test_master_keys_go_to_their_own_repository_never_into_a_data_snapshot(
+    tmp_path: Path, repo: Repository
+) -> None:
+    store = tmp_path / "store"
+    write_series(tmp_path / "dicom", slices=4, rows=16, columns=16, seed=5, patient_id="P5")
+    voxelhub.ingest(tmp_path / "dicom", store, project="keys", progress=False)
+    master = store / "misplaced-master.key"  # a site that put its key file in the store
+    master.write_bytes(b'{"keys": {"m1": "not a real key"}, "current": "m1"}')
+    os.chmod(master, 0o600)
+
+    repo.run(Sources(store=store, key_files=(master,)))
+    listed = repo._restic("ls", "latest")
+    assert "catalog.sqlite" in listed and "misplaced-master.key" not in listed
+
+    keys = new_repository(tmp_path / "key-repository", "a different password")
+    with pytest.raises(BackupError, match="holds data snapshots"):
+        repo.run_keys([master])
+    with pytest.raises(BackupError, match="no such key file"):
+        keys.run_keys([tmp_path / "nowhere.key"])
+    keys.run_keys([master])
+    with pytest.raises(BackupError, match="holds key backups"):
+        keys.run(Sources(store=store))
+    with pytest.raises(BackupError, match="not a key backup"):
+        repo.restore_keys(tmp_path / "wrong-kind")
+
+    (back,) = keys.restore_keys(tmp_path / "keys-back")
+    assert back.read_bytes() == master.read_bytes()
+    assert back.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "keys-back").stat().st_mode & 0o777 == 0o700
+
+
+def test_forget_keeps_what_the_retention_policy_says_and_the_rest_is_pruned(
+    tmp_path: Path, repo: Repository
+) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    for n in range(4):
+        (store / f"day{n}.bin").write_bytes(np.random.default_rng(n).bytes(1 << 16))
+        repo.run(Sources(store=store))
+    with pytest.raises(BackupError, match="must keep something"):
+        repo.forget(Retention(last=0, daily=0, weekly=0, monthly=0))
+    assert repo.forget(Retention(last=2, daily=0, weekly=0, monthly=0)) == 2
+    assert len(repo.snapshots()) == 2
+    repo.check(read_data=True)
+    back = repo.restore(tmp_path / "back")
+    assert sorted(p.name for p in back.store.iterdir()) == [f"day{n}.bin" for n in range(4)]
+
+
+def test_a_postgresql_catalog_is_dumped_and_restored_into_an_empty_database(
+    tmp_path: Path, repo: Repository, postgres_url: str
+) -> None:
+    from sqlalchemy import create_engine, text
+
+    store = tmp_path / "store"
+    write_series(tmp_path / "dicom", slices=5, rows=16, columns=16, seed=6, patient_id="P6")
+    report = voxelhub.ingest(
+        tmp_path / "dicom", store, project="pg", catalog_url=postgres_url, progress=False
+    )
+    assert not report.failed
+    before = voxelhub.open_catalog(store, catalog_url=postgres_url).series()
+    repo.run(Sources(store=store, catalog_url=postgres_url))
+
+    server = postgres_url.rsplit("/", 1)[0]
+    target = f"{server}/{Path(postgres_url).name}_restored"
+    admin = create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{Path(target).name}"'))
+    try:
+        left = repo.restore(tmp_path / "as-file")  # no database given: the dump is kept
+        assert (tmp_path / "as-file" / "catalog.pgdump").stat().st_size > 0
+        assert left.catalog_url is None
+        back = repo.restore(tmp_path / "back", catalog_url=target)
+        assert back.catalog_url == target
+        after = voxelhub.open_catalog(back.store, catalog_url=target).series()
+        assert after.to_dict("records") == before.to_dict("records")
+        volume = after.iloc[0]["volume_uid"]
+        np.testing.assert_array_equal(
+            np.asarray(
+                voxelhub.open_series(
+                    volume, catalog=voxelhub.open_catalog(back.store, catalog_url=target)
+                )
+            ),
+            np.asarray(
+                voxelhub.open_series(
+                    volume, catalog=voxelhub.open_catalog(store, catalog_url=postgres_url)
+                )
+            ),
+        )
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE "{Path(target).name}" WITH (FORCE)'))
+        admin.dispose()

@@ -2,35 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 import voxelhub
 from tests.dicom_factory import write_series
 from voxelhub.catalog import Catalog
 from voxelhub.store.location import open_location
-
-POSTGRES = os.environ.get("VOXELHUB_TEST_POSTGRES_URL")
-
-
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A fresh, empty database on the server `make test` starts; dropped afterwards."""
-    if not POSTGRES:
-        pytest.skip("VOXELHUB_TEST_POSTGRES_URL unset: run through `make test` to get a server")
-    name = f"vh_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    yield POSTGRES.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

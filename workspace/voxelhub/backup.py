@@ -11,13 +11,22 @@ What one snapshot holds (:class:`Sources`):
 
 restic encrypts the repository with its own password (``--password-file``) and never rewrites a
 finished snapshot: a backup killed at any moment leaves the earlier ones intact, and the next run
-completes (``restic check`` passes).  Master keys of encrypted stores are *not* in these snapshots;
-back the key file up separately (:func:`backup_keys`, to another repository with another password).
+completes (``restic check`` passes).
+
+Key material is kept apart.  The wrapped data keys (``<store>/.keys/``) travel with the store:
+without them its chunks are lost, and they are useless without a master key.  Master key files
+are *never* in a data snapshot (a key file found under a backed-up folder is excluded, and the
+run says so); :meth:`Repository.run_keys` backs them up to another repository with another
+password, and :meth:`Repository.restore_keys` brings them back.
+
+PostgreSQL catalogs are dumped with ``pg_dump`` (custom format) into the snapshot and loaded with
+``pg_restore`` on restore (``catalog_url``).  :meth:`Repository.forget` applies a retention policy.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import sqlite3
@@ -31,7 +40,11 @@ from pathlib import Path
 
 from voxelhub.errors import VoxelHubError
 
+log = logging.getLogger(__name__)
+
 MANIFEST = "voxelhub-backup.json"
+KEYS_MANIFEST = "voxelhub-keys.json"
+PG_DUMP = "catalog.pgdump"
 #: a staging folder this old is a killed run's leftover (a run takes minutes, not hours)
 STALE_STAGING_SECONDS = 6 * 3600
 #: files of a hub state folder that are not backed up (recreated at start, or per-run scratch)
@@ -48,6 +61,29 @@ class Sources:
 
     store: Path
     hub_state: Path | None = None
+    catalog_url: str | None = None
+    """a PostgreSQL catalog (``postgresql://…``), dumped with ``pg_dump``; SQLite catalogs in the
+    store are copied without being named here"""
+    key_files: tuple[Path, ...] = ()
+    """master key files, never put in a data snapshot even if they live under a backed-up folder"""
+
+
+@dataclass(frozen=True)
+class Retention:
+    """Which snapshots :meth:`Repository.forget` keeps (restic's ``--keep-*``; 0 = no rule)."""
+
+    last: int = 7
+    daily: int = 14
+    weekly: int = 8
+    monthly: int = 12
+
+    def restic_args(self) -> list[str]:
+        rules = {"last": self.last, "daily": self.daily, "weekly": self.weekly}
+        rules["monthly"] = self.monthly
+        args = [f"--keep-{name}={n}" for name, n in rules.items() if n > 0]
+        if not args:
+            raise BackupError("a retention policy must keep something")
+        return args
 
 
 @dataclass(frozen=True)
@@ -59,6 +95,7 @@ class Snapshot:
     files_new: int = 0
     files_changed: int = 0
     bytes_added: int = 0
+    tags: tuple[str, ...] = ()
 
 
 class Repository:
@@ -90,7 +127,7 @@ class Repository:
 
     def snapshots(self) -> list[Snapshot]:
         return [
-            Snapshot(id=s["short_id"], time=s["time"])
+            Snapshot(id=s["short_id"], time=s["time"], tags=tuple(s.get("tags") or ()))
             for s in json.loads(self._restic("snapshots", json_out=True) or "[]")
         ]
 
@@ -106,29 +143,78 @@ class Repository:
     def run(self, sources: Sources) -> Snapshot:
         """Back up ``sources``; return the new snapshot and what it added."""
         self.unlock()
+        self._refuse_mixing("voxelhub-keys", "key backups; data goes to another repository")
         with _staged(sources) as (staging, paths):
             out = self._restic("backup", "--tag", "voxelhub", *paths, json_out=True, cwd=staging)
-        summary = next((json.loads(line) for line in out.splitlines() if '"summary"' in line), None)
-        if summary is None:
-            raise BackupError(f"restic backup printed no summary: {out[-500:]}")
-        return Snapshot(
-            id=summary["snapshot_id"][:8],
-            time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            files_new=int(summary.get("files_new", 0)),
-            files_changed=int(summary.get("files_changed", 0)),
-            bytes_added=int(summary.get("data_added", 0)),
-        )
+        return _snapshot_from(out)
 
-    def restore(self, to: str | os.PathLike[str], snapshot: str = "latest") -> Sources:
+    def _refuse_mixing(self, tag: str, what: str) -> None:
+        if any(tag in snap.tags for snap in self.snapshots()):
+            raise BackupError(f"{self.url} holds {what}")
+
+    def forget(self, keep: Retention, *, tag: str = "voxelhub") -> int:
+        """Drop the snapshots ``keep`` does not keep and prune their data; return how many went."""
+        self.unlock()
+        # grouped by tag, not path: each run stages its copies in a folder of its own
+        args = ("forget", "--tag", tag, "--group-by", "host,tags", "--prune", *keep.restic_args())
+        out = self._restic(*args, json_out=True)
+        groups = json.loads(next((ln for ln in out.splitlines() if ln.startswith("[")), "[]"))
+        return sum(len(g.get("remove") or []) for g in groups)
+
+    def run_keys(self, key_files: list[Path]) -> Snapshot:
+        """Back up master key files (to a repository of their own: never the data repository)."""
+        missing = [str(f) for f in key_files if not Path(f).is_file()]
+        if missing or not key_files:
+            raise BackupError(f"no such key file: {', '.join(missing) or '(none given)'}")
+        self.unlock()
+        self._refuse_mixing("voxelhub", "data snapshots; keys go to a repository of their own")
+        with tempfile.TemporaryDirectory(prefix=".voxelhub-keys-") as staging:
+            os.chmod(staging, 0o700)
+            files = [str(Path(f).resolve()) for f in key_files]
+            manifest = {"key_files": files, "created": _now()}
+            Path(staging, KEYS_MANIFEST).write_text(json.dumps(manifest, indent=1))
+            out = self._restic(
+                "backup", "--tag", "voxelhub-keys", staging, *files, json_out=True, cwd=staging
+            )
+        return _snapshot_from(out)
+
+    def restore_keys(self, to: str | os.PathLike[str], snapshot: str = "latest") -> list[Path]:
+        """Restore the key files of ``snapshot`` into the empty folder ``to`` (0700; files keep
+        their 0600 mode); return their new paths.  Where they go next is the operator's call."""
+        target = _empty_folder(to)
+        os.chmod(target, 0o700)
+        scratch = Path(tempfile.mkdtemp(prefix=".restore-", dir=target))
+        try:
+            self._restic("restore", snapshot, "--target", str(scratch))
+            manifests = list(scratch.rglob(KEYS_MANIFEST))
+            if len(manifests) != 1:
+                raise BackupError(f"snapshot {snapshot} is not a key backup (no {KEYS_MANIFEST})")
+            restored = []
+            for name in json.loads(manifests[0].read_text())["key_files"]:
+                dest = target / Path(name).name
+                if dest.exists():
+                    raise BackupError(f"two key files are named {dest.name}; restore by hand")
+                os.rename(scratch / name.lstrip("/"), dest)
+                restored.append(dest)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return restored
+
+    def restore(
+        self,
+        to: str | os.PathLike[str],
+        snapshot: str = "latest",
+        *,
+        catalog_url: str | None = None,
+    ) -> Sources:
         """Restore ``snapshot`` into the empty folder ``to``: ``to/store`` and ``to/hub``.
 
         The catalog copy goes back to its place in the store; files keep their owners and modes
-        (when run as root).  Returns where the parts are now.
+        (when run as root).  A PostgreSQL catalog's dump is loaded into ``catalog_url`` (an empty
+        database) or, without one, left as ``to/catalog.pgdump`` for ``pg_restore``.  Returns
+        where the parts are now.
         """
-        target = Path(to)
-        if target.exists() and any(target.iterdir()):
-            raise BackupError(f"{target} is not empty: restore into a new folder")
-        target.mkdir(parents=True, exist_ok=True)
+        target = _empty_folder(to)
         scratch = Path(tempfile.mkdtemp(prefix=".restore-", dir=target))
         try:
             self._restic("restore", snapshot, "--target", str(scratch))
@@ -148,9 +234,67 @@ class Repository:
                 for name in manifest["hub_databases"]:
                     os.rename(staged / "hub-db" / name, hub / name)
                 restored = Sources(store=store, hub_state=hub)
+            if manifest.get("pg_dump"):
+                os.rename(staged / PG_DUMP, target / PG_DUMP)
+                if catalog_url is not None:
+                    _pg(
+                        "pg_restore",
+                        catalog_url,
+                        "--no-owner",
+                        "--exit-on-error",
+                        str(target / PG_DUMP),
+                    )
+                    os.unlink(target / PG_DUMP)
+                restored = Sources(restored.store, restored.hub_state, catalog_url=catalog_url)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return restored
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _snapshot_from(out: str) -> Snapshot:
+    """The new snapshot from ``restic backup --json``'s summary line."""
+    summary = next((json.loads(line) for line in out.splitlines() if '"summary"' in line), None)
+    if summary is None:
+        raise BackupError(f"restic backup printed no summary: {out[-500:]}")
+    return Snapshot(
+        id=summary["snapshot_id"][:8],
+        time=_now(),
+        files_new=int(summary.get("files_new", 0)),
+        files_changed=int(summary.get("files_changed", 0)),
+        bytes_added=int(summary.get("data_added", 0)),
+    )
+
+
+def _empty_folder(to: str | os.PathLike[str]) -> Path:
+    target = Path(to)
+    if target.exists() and any(target.iterdir()):
+        raise BackupError(f"{target} is not empty: restore into a new folder")
+    target.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+def _pg(tool: str, url: str, *args: str) -> None:
+    """Run ``pg_dump``/``pg_restore`` on a catalog URL; its password goes by environment, never
+    on the command line (where ``ps`` shows it)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if not parsed.drivername.startswith("postgresql"):
+        raise BackupError(f"{url!r} is not a PostgreSQL URL")
+    if shutil.which(tool) is None:
+        raise BackupError(f"{tool} is not installed (Debian: apt-get install postgresql-client)")
+    env = dict(os.environ)
+    if parsed.password:
+        env["PGPASSWORD"] = str(parsed.password)
+    libpq = parsed.set(drivername="postgresql", password=None)
+    dsn = libpq.render_as_string(hide_password=False)
+    done = subprocess.run([tool, "--dbname", dsn, *args], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise BackupError(f"{tool} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
 
 
 @contextmanager
@@ -173,8 +317,18 @@ def _staged(sources: Sources) -> Iterator[tuple[str, list[str]]]:
             "catalog_files": catalogs,
             "hub": None,
             "hub_databases": [],
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "created": _now(),
+            "pg_dump": bool(sources.catalog_url),
         }
+        if sources.catalog_url:
+            _pg(
+                "pg_dump",
+                sources.catalog_url,
+                "--format=custom",
+                "--no-owner",
+                "--file",
+                str(staging / PG_DUMP),
+            )
         paths = [str(staging), str(store)]
         excludes = [str(store / n) + suffix for n in catalogs for suffix in ("", "-wal", "-shm")]
         excludes.append(str(store / ".tmp"))
@@ -188,6 +342,11 @@ def _staged(sources: Sources) -> Iterator[tuple[str, list[str]]]:
             excludes += [str(hub / n) for n in HUB_SKIP]
             excludes += [str(hub / n) + sfx for n in databases for sfx in ("", "-wal", "-shm")]
             manifest.update(hub=str(hub), hub_databases=databases)
+        for key_file in sources.key_files:  # key material never goes into a data snapshot
+            key = Path(key_file).resolve()
+            if any(key.is_relative_to(Path(folder)) for folder in paths):
+                log.warning("master key file %s is under a backed-up folder: left out", key)
+                excludes.append(str(key))
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
         (staging / ".excludes").write_text("\n".join(excludes) + "\n")
         yield str(staging), [*paths, "--exclude-file", str(staging / ".excludes")]

@@ -291,8 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
         "of its catalog; with --hub-state the hub database, audit log and checkpoints) to a "
         "restic repository (a folder or s3:...), and restore it into an empty folder. The "
         "repository and its password file default to $VOXELHUB_BACKUP_REPO and "
-        "$VOXELHUB_BACKUP_PASSWORD_FILE. Master key files of encrypted stores are not in these "
-        "backups: keep them in a separate repository with its own password.",
+        "$VOXELHUB_BACKUP_PASSWORD_FILE. Master key files of encrypted stores are never in "
+        "these backups: `backup keys` puts them in a separate repository with its own password.",
     )
     backup = p.add_subparsers(dest="backup_command", required=True)
     for name, text in (
@@ -301,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("list", "list the snapshots"),
         ("check", "check the repository (--read-data: re-read every pack)"),
         ("restore", "restore a snapshot into an empty folder (store/ and hub/ below it)"),
+        ("forget", "drop snapshots the retention policy does not keep, and prune"),
+        ("keys", "back up master key files (to a repository of their own)"),
+        ("restore-keys", "restore backed-up key files into an empty folder"),
     ):
         q = backup.add_parser(name, help=text)
         q.add_argument("--repo", default=None, help="restic repository [$VOXELHUB_BACKUP_REPO]")
@@ -312,11 +315,26 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "run":
             q.add_argument("store", help="the store folder")
             q.add_argument("--hub-state", default=None, help="the hub's state folder")
+            q.add_argument("--catalog-url", default=None, help="a PostgreSQL catalog (pg_dump)")
+            q.add_argument(
+                "--key-file", action="append", default=[], help="a master key file to leave out"
+            )
+        if name == "forget":
+            for keep, n in (("last", 7), ("daily", 14), ("weekly", 8), ("monthly", 12)):
+                q.add_argument(f"--keep-{keep}", type=int, default=n, help=f"[{n}]; 0: no rule")
+        if name == "keys":
+            q.add_argument("key_files", nargs="+", help="master key files")
+        if name == "restore-keys":
+            q.add_argument("--to", required=True, help="an empty (or new) folder")
+            q.add_argument("--snapshot", default="latest")
         if name == "check":
             q.add_argument("--read-data", action="store_true")
         if name == "restore":
             q.add_argument("--to", required=True, help="an empty (or new) folder")
             q.add_argument("--snapshot", default="latest")
+            q.add_argument(
+                "--catalog-url", default=None, help="an empty PostgreSQL database to load into"
+            )
         q.set_defaults(func=_backup)
 
     p = sub.add_parser(
@@ -428,7 +446,7 @@ def _backup_repository(args: argparse.Namespace) -> Any:
 
 
 def _backup(args: argparse.Namespace) -> int:
-    from voxelhub.backup import Sources
+    from voxelhub.backup import Retention, Sources
 
     repo = _backup_repository(args)
     if args.backup_command == "init":
@@ -436,7 +454,8 @@ def _backup(args: argparse.Namespace) -> int:
         print(f"initialised restic repository {repo.url}")
     elif args.backup_command == "run":
         hub = Path(args.hub_state) if args.hub_state else None
-        snap = repo.run(Sources(store=Path(args.store), hub_state=hub))
+        keys = tuple(Path(k) for k in args.key_file)
+        snap = repo.run(Sources(Path(args.store), hub, args.catalog_url, key_files=keys))
         print(
             f"snapshot {snap.id}: {snap.files_new} new and {snap.files_changed} changed files, "
             f"{snap.bytes_added / 2**20:.1f} MiB added"
@@ -448,10 +467,21 @@ def _backup(args: argparse.Namespace) -> int:
         repo.check(read_data=args.read_data)
         print(f"{repo.url}: no errors")
     elif args.backup_command == "restore":
-        restored = repo.restore(args.to, args.snapshot)
+        restored = repo.restore(args.to, args.snapshot, catalog_url=args.catalog_url)
         print(f"restored {args.snapshot} into {args.to}: store {restored.store}")
         if restored.hub_state is not None:
             print(f"  hub state {restored.hub_state}")
+        if (Path(args.to) / "catalog.pgdump").exists():
+            print("  PostgreSQL catalog dump: catalog.pgdump (pg_restore, or --catalog-url)")
+    elif args.backup_command == "forget":
+        keep = Retention(args.keep_last, args.keep_daily, args.keep_weekly, args.keep_monthly)
+        print(f"removed {repo.forget(keep)} snapshots")
+    elif args.backup_command == "keys":
+        snap = repo.run_keys([Path(k) for k in args.key_files])
+        print(f"key snapshot {snap.id}: {len(args.key_files)} key files")
+    elif args.backup_command == "restore-keys":
+        for path in repo.restore_keys(args.to, args.snapshot):
+            print(f"restored key file {path}")
     return 0
 
 
