@@ -501,3 +501,61 @@ def test_data_service_manifests_match_the_hub_values(monkeypatch: pytest.MonkeyP
     assert roles["voxelhub-data"]["services"] == ["voxelhub-data"]
     assert set(roles["voxelhub-data"]["scopes"]) == {"read:users", "read:groups"}
     assert "access:services!service=voxelhub-data" in roles["user"]["scopes"]
+
+
+def test_the_course_setup_matches_one_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 12: the nbgrader exchange as a hub service and per-course limits, as on one machine."""
+    from jupyterhub.spawner import Spawner
+
+    hub, env = load("jupyterhub.values.yaml")["hub"], load("jupyterhub.values.yaml")["singleuser"]
+    docs = [d for d in yaml.safe_load_all((K8S / "voxelhub-exchange.yaml").read_text()) if d]
+    manifests = {d["kind"]: d for d in docs}
+    assert set(manifests) == {"Service", "StatefulSet"}
+    svc, sts = manifests["Service"], manifests["StatefulSet"]
+    assert sts["spec"]["replicas"] == 1  # one writer of the exchange folder
+    port, name = svc["spec"]["ports"][0]["port"], svc["metadata"]["name"]
+    url = f"http://{name}.voxelhub.svc.cluster.local:{port}"
+    assert hub["services"]["voxelhub-exchange"]["url"] == url
+    (container,) = (
+        sts["template"]["spec"]["containers"]
+        if "template" in sts
+        else (sts["spec"]["template"]["spec"]["containers"])
+    )
+    cenv = {e["name"]: e for e in container["env"]}
+    token = cenv["JUPYTERHUB_API_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert token == {"name": "hub", "key": "hub.services.voxelhub-exchange.apiToken"}
+    prefix = cenv["JUPYTERHUB_SERVICE_PREFIX"]["value"]
+    assert prefix == "/services/voxelhub-exchange/"
+    assert cenv["JUPYTERHUB_SERVICE_URL"]["value"].endswith(f":{port}")
+    assert container["readinessProbe"]["httpGet"]["path"] == prefix + "api/health"
+    assert container["command"][:3] == ["python", "-m", "voxelhub_hub.exchange_service"]
+    copies = {rest.split()[-1] for word, rest in _dockerfile() if word == "COPY"}
+    assert f"{cenv['PYTHONPATH']['value']}/voxelhub_hub" in copies
+    mount = container["volumeMounts"][0]
+    assert container["command"][3] == mount["mountPath"]  # the exchange folder is the volume
+    assert sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == mount["name"]
+    # user pods find it, may call it with their server token, and it may read course groups
+    assert env["extraEnv"]["VOXELHUB_EXCHANGE_URL"] == url + prefix.rstrip("/")
+    scope = "access:services!service=voxelhub-exchange"
+    assert scope in hub["config"]["KubeSpawner"]["server_token_scopes"]
+    assert scope in hub["loadRoles"]["user"]["scopes"]
+    assert hub["loadRoles"]["voxelhub-exchange"]["services"] == ["voxelhub-exchange"]
+    # the same as the one-machine hub's service role (hub_config/jupyterhub_config.py)
+    one_machine = (REPO / "hub_config" / "jupyterhub_config.py").read_text()
+    assert '"scopes": ["read:users:name", "read:users:groups"]' in one_machine
+    assert set(hub["loadRoles"]["voxelhub-exchange"]["scopes"]) == {
+        "read:users:name", "read:users:groups",
+    }  # fmt: skip
+    # nbgrader in the image uses it: the image's /etc/jupyter is hub_config/jupyter
+    assert any(w == "COPY" and r.split() == ["hub_config/jupyter", "/etc/jupyter"]
+               for w, r in _dockerfile())  # fmt: skip
+    # per-course limits: group_overrides keyed by the course's students group, real traits
+    overrides = hub["config"]["KubeSpawner"]["group_overrides"]
+    traits = set(Spawner.class_traits(config=True))
+    assert overrides, "no per-course limits"
+    for key, override in overrides.items():
+        assert all(g.endswith(":students") for g in override["groups"]), key
+        assert set(override["spawner_override"]) <= traits, key
+        assert set(override["spawner_override"]) >= {"mem_limit", "cpu_limit"}, key
+        limited = Spawner(**override["spawner_override"])  # the values parse as the traits
+        assert limited.mem_limit < 8 * 2**30  # smaller than everybody's default (singleuser)
