@@ -11,6 +11,11 @@ OAuth cookie of a browser):
 ``GET  api/series``, ``api/studies``             catalog queries, filtered to your projects,
                                                  paged (``limit``, ``after``), JSON or Parquet
 ``GET  api/volumes/<uid>``                       a volume's metadata (StoredVolume as JSON)
+``DELETE api/volumes/<uid>``                     remove a volume, its labels and feature rows
+                                                 from the catalog and the store (curators)
+``GET|PUT api/projects/<name>/settings``         de-identification of a project: read
+                                                 (members), set ``{"deidentify": bool}``
+                                                 while it holds no volumes (curators)
 ``GET|HEAD api/store/<store path>/<key>``        Zarr keys, with HTTP ``Range`` (inner chunks
                                                  of sharded arrays); on S3 with
                                                  ``presign_seconds``: 307 to a presigned URL
@@ -47,7 +52,7 @@ import posixpath
 import time
 from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -63,6 +68,7 @@ from tornado.ioloop import IOLoop, PeriodicCallback
 from traitlets import Dict, Float, Integer, TraitError, Unicode, default, validate
 from traitlets.config import Application
 
+from voxelhub.catalog import ProjectSettings
 from voxelhub.store.location import FsspecLocation
 from voxelhub_data import paths
 from voxelhub_data.access import Caller, Role, roles_from_groups
@@ -204,6 +210,7 @@ class DataService(Application):
                 (p + "api/health", HealthHandler),
                 (p + "api/?", WhoAmIHandler),
                 (p + "api/projects", ProjectsHandler),
+                (p + r"api/projects/([^/]+)/settings", ProjectSettingsHandler),
                 (p + "api/series", SeriesHandler),
                 (p + "api/studies", StudiesHandler),
                 (p + r"api/volumes/([^/]+)", VolumeHandler),
@@ -415,6 +422,64 @@ class ProjectsHandler(BaseHandler):
         self.write_json({"projects": frame.to_dict(orient="records")})
 
 
+class ProjectSettingsHandler(BaseHandler):
+    """A project's de-identification settings: members read them, curators change them.
+
+    ``PUT`` takes a JSON object ``{"deidentify": true|false}``; a project not yet in the
+    catalog is created with it (before its first ingest).  While the project holds volumes
+    the setting is fixed (409): they were ingested under it.
+    """
+
+    async def get(self, raw: str) -> None:
+        action = "project.settings"
+        name = self._project(action, raw)
+        self.require(name, Role.VIEWER, action)
+        try:
+            settings = await self.run(self.service.catalog.project_settings, name)
+        except NotInCatalog as exc:
+            self.deny(action, str(exc), status=404, project=name)
+        self.allow(action, project=name)
+        self.write_json(_settings_json(settings))
+
+    async def put(self, raw: str) -> None:
+        action = "project.settings.write"
+        name = self._project(action, raw)
+        self.require(name, Role.CURATOR, action)
+        try:
+            body = json.loads(self.request.body or b"null")
+        except (ValueError, UnicodeDecodeError) as exc:
+            self.deny(action, f"the body is not JSON: {exc}", status=400, project=name)
+        if not isinstance(body, dict) or set(body) != {"deidentify"}:
+            self.deny(
+                action,
+                'the body is a JSON object {"deidentify": true|false}, the one setting a '
+                f"project has; got {str(body)[:80]}",
+                status=400,
+                project=name,
+            )
+        if not isinstance(body["deidentify"], bool):
+            self.deny(action, "deidentify must be true or false", status=400, project=name)
+        try:
+            settings = await self.run(
+                self.service.catalog.set_project_settings, name, body["deidentify"]
+            )
+        except Conflict as exc:
+            self.deny(action, str(exc), status=409, project=name, detail=body)
+        self.allow(action, project=name, detail=body)
+        self.write_json(_settings_json(settings))
+
+    def _project(self, action: str, raw: str) -> str:
+        try:
+            return paths.project_name(unquote(raw))
+        except paths.BadPath as exc:
+            self.deny(action, str(exc), status=400)
+            raise  # deny raised already; for the type checker
+
+
+def _settings_json(settings: ProjectSettings) -> dict[str, Any]:
+    return {**asdict(settings), "locked": settings.locked}
+
+
 class _QueryHandler(BaseHandler):
     """Catalog queries: parameters checked, filtered to the caller's projects, paged."""
 
@@ -487,6 +552,28 @@ class VolumeHandler(BaseHandler):
         )
         self.write_json(stored.to_json())
 
+    async def delete(self, uid: str) -> None:
+        """Remove the volume (curators of its project): catalog row first, then its files."""
+        action = "volume.delete"
+        if self.request.arguments:
+            self.deny(action, f"unknown parameter(s) {sorted(self.request.arguments)}", status=400)
+        found = await self.run(self.service.catalog.volume, unquote(uid))
+        if found is None:
+            self.deny(action, f"no volume {uid[:80]!r} in your projects", status=404)
+        where = {"patient": found.patient, "study": found.study_uid, "volume": found.volume_uid}
+        self.require(found.project, Role.CURATOR, action, **where)
+        try:
+            deleted = await self.run(self.service.catalog.delete_volume, found.volume_uid)
+        except NotInCatalog as exc:  # another curator deleted it a moment ago
+            self.deny(action, str(exc), status=404, project=found.project, **where)
+        self.allow(
+            action,
+            project=found.project,
+            **where,
+            detail={"store_path": deleted.store_path, "feature_rows": deleted.feature_rows},
+        )
+        self.write_json(asdict(deleted))
+
 
 class ThumbnailHandler(BaseHandler):
     """A small grey PNG of one slice of the smallest stored level (checked like a volume read).
@@ -535,6 +622,17 @@ class StoreHandler(BaseHandler):
 
     async def head(self, raw: str) -> None:
         await self.get(raw, body=False)
+
+    def delete(self, raw: str) -> None:
+        self.deny(
+            "volume.write",
+            "the store is read-only here: delete a volume with DELETE api/volumes/<uid>, write "
+            "labels with PUT api/volumes/<uid>/labels/<name>",
+            status=405,
+            detail={"key": raw[:200]},
+        )
+
+    put = post = patch = delete
 
     async def get(self, raw: str, body: bool = True) -> None:  # type: ignore[override]
         action = "volume.read"

@@ -15,8 +15,16 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
-from voxelhub.catalog import Catalog, Patient, Project, Study, Volume
-from voxelhub.errors import CatalogError, VoxelHubError
+from voxelhub.catalog import (
+    Catalog,
+    DeletedVolume,
+    Patient,
+    Project,
+    ProjectSettings,
+    Study,
+    Volume,
+)
+from voxelhub.errors import CatalogError, NotFound, SettingLocked, VoxelHubError
 from voxelhub.features.results import COLUMNS, SETTINGS_METADATA, ResultStore
 from voxelhub.features.settings import Settings
 from voxelhub.store.location import open_location
@@ -191,6 +199,30 @@ class CatalogView:
             )
         except VoxelHubError as exc:
             raise QueryError(str(exc)) from None
+
+    # -- curators' changes -------------------------------------------------------------------------
+    def delete_volume(self, uid: str) -> DeletedVolume:
+        """Remove a volume from the catalog and the store (see :meth:`Catalog.delete_volume`);
+        its store path stops resolving here at once, not after the cache's few seconds."""
+        try:
+            deleted = self.catalog.delete_volume(uid)
+        except NotFound as exc:  # deleted by someone else a moment ago
+            raise NotInCatalog(str(exc)) from None
+        with self._lock:
+            self._paths.pop(deleted.store_path, None)
+        return deleted
+
+    def project_settings(self, name: str) -> ProjectSettings:
+        try:
+            return self.catalog.project_settings(name)
+        except NotFound:
+            raise NotInCatalog(f"no project {name!r} in the catalog") from None
+
+    def set_project_settings(self, name: str, deidentify: bool) -> ProjectSettings:
+        try:
+            return self.catalog.set_project_settings(name, deidentify=deidentify)
+        except SettingLocked as exc:
+            raise Conflict(str(exc)) from None
 
     # -- feature tables ----------------------------------------------------------------------------
     def _results(self) -> ResultStore:

@@ -13,8 +13,9 @@ import re
 import stat
 from dataclasses import dataclass
 
+_PROJECT = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 _VOLUME = re.compile(
-    r"^projects/([A-Za-z0-9][A-Za-z0-9._-]{0,63})/([A-Za-z0-9._-]+/[A-Za-z0-9._-]+\.ome\.zarr)"
+    rf"^projects/({_PROJECT})/([A-Za-z0-9._-]+/[A-Za-z0-9._-]+\.ome\.zarr)"
     r"(?:/(.*))?$"
 )
 _KEY_PART = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -49,6 +50,16 @@ def parse(path: str) -> VolumeKey:
     if any(p in ("", ".", "..") or not _KEY_PART.match(p) for p in parts):
         raise BadPath("'.', '..' and empty parts are not allowed in a store key")
     return VolumeKey(project, f"projects/{project}/{name}", key)
+
+
+def project_name(text: str) -> str:
+    """``text`` if it can name a project (a store folder ``projects/<name>``), else BadPath."""
+    if not re.fullmatch(_PROJECT, text):
+        raise BadPath(
+            f"{text[:80]!r} is not a project name: 1-64 letters, digits, '.', '_', '-', "
+            "starting with a letter or digit"
+        )
+    return text
 
 
 def open_key(root: str, request: VolumeKey) -> int:

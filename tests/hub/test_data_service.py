@@ -1,8 +1,9 @@
 """The data service on the real stack: per-project roles, the OS closing the store, attacks, audit.
 
 One module-scoped hub (HTTPS proxy, the data service as a managed service under its own unix
-account, the root checkpointer).  Two projects, three users: alice views ``lung``; bob is an
-analyst of ``brain``; carol is a curator of ``lung`` and views ``brain``.  They use the same
+account, the root checkpointer).  Two projects, four users: alice views ``lung``; bob is an
+analyst of ``brain``; carol is a curator of ``lung`` and views ``brain``; dave is an analyst of
+``lung`` and a curator of ``brain``.  They use the same
 client code a kernel uses (``voxelhub.open_catalog(<service URL>)`` with their hub token).  A
 real second unix user tries the store's files directly, an attack suite of more than a thousand
 requests tries everything else, and the audit trail is verified and then tampered with.
@@ -52,16 +53,18 @@ pytestmark = [
 ]
 
 S = secrets.token_hex(3)
-ADMIN, ALICE, BOB, CAROL = f"vdadm{S}", f"vda{S}", f"vdb{S}", f"vdc{S}"
+ADMIN, ALICE, BOB, CAROL, DAVE = f"vdadm{S}", f"vda{S}", f"vdb{S}", f"vdc{S}", f"vdd{S}"
 LUNG, BRAIN = f"lung{S}", f"brain{S}"
 SERVICE_ACCOUNT = f"vhdata{S}"
 GROUPS = {
-    LUNG: [ALICE, CAROL],
+    LUNG: [ALICE, CAROL, DAVE],
     f"{LUNG}:curator": [CAROL],
-    BRAIN: [BOB, CAROL],
+    f"{LUNG}:analyst": [DAVE],
+    BRAIN: [BOB, CAROL, DAVE],
     f"{BRAIN}:analyst": [BOB],
+    f"{BRAIN}:curator": [DAVE],
 }
-SEES = {ALICE: {LUNG}, BOB: {BRAIN}, CAROL: {LUNG, BRAIN}}
+SEES = {ALICE: {LUNG}, BOB: {BRAIN}, CAROL: {LUNG, BRAIN}, DAVE: {LUNG, BRAIN}}
 
 
 class Site:
@@ -69,6 +72,7 @@ class Site:
         self.stack, self.state, self.store = stack, state, store
         self.tokens: dict[str, str] = {}
         self.volumes: dict[str, list[str]] = {}  # project -> volume uids
+        self.doomed = ""  # a third lung volume, deleted by test_curators_delete_volumes
         self.paths: dict[str, str] = {}  # volume uid -> store path
         self.sums: dict[str, float] = {}
         self.admin: HubBrowser | None = None
@@ -95,10 +99,17 @@ class Site:
         return requests.get(self.stack.data_url + path, headers=headers, timeout=30, **kw)
 
 
-def _ingest(state: Path) -> tuple[Path, dict[str, list[str]], dict[str, str], dict[str, float]]:
+def _ingest(
+    state: Path,
+) -> tuple[Path, dict[str, list[str]], dict[str, str], dict[str, float], str]:
     from voxelhub import ingest, open_catalog
 
     store = state / "store"
+    folder = state / "dicom" / "doomed"
+    write_series(folder, slices=6, rows=24, columns=24, seed=99, patient_id="PDEL")
+    report = ingest(folder, store, project=LUNG, progress=False)
+    assert not report.failed, report.summary()
+    (doomed,) = open_catalog(store).series(patient="PDEL").volume_uid
     for i, project in enumerate((LUNG, BRAIN)):
         for j in range(2):
             folder = state / "dicom" / project / str(j)
@@ -109,14 +120,16 @@ def _ingest(state: Path) -> tuple[Path, dict[str, list[str]], dict[str, str], di
             assert not report.failed, report.summary()
     cat = open_catalog(store)
     frame = cat.series()
+    frame = frame[frame.volume_uid != doomed]
     volumes = {p: sorted(frame[frame.project == p].volume_uid) for p in (LUNG, BRAIN)}
     paths = dict(zip(frame.volume_uid, frame.store_path, strict=True))
     sums = {
         uid: float(np.asarray(cat.open_series(uid)).astype(np.float64).sum())
         for uid in frame.volume_uid
     }
+    paths[doomed] = str(cat.volume_row(doomed)["store_path"])
     cat.close()
-    return store, volumes, paths, sums
+    return store, volumes, paths, sums, doomed
 
 
 @pytest.fixture(scope="module")
@@ -132,10 +145,10 @@ def site() -> Iterator[Site]:
         extra_env={"VOXELHUB_DATA_USER": SERVICE_ACCOUNT, "VOXELHUB_AUDIT_CHECKPOINT_SECONDS": "1"},
     )
     try:
-        store, volumes, paths, sums = _ingest(state)
+        store, volumes, paths, sums, doomed = _ingest(state)
         stack.store = str(store)
         site = Site(stack, state, store)
-        site.volumes, site.paths, site.sums = volumes, paths, sums
+        site.volumes, site.paths, site.sums, site.doomed = volumes, paths, sums, doomed
         stack.start(timeout=180)
         admin = HubBrowser(stack.url, stack.verify)
         password = secrets.token_urlsafe(18)
@@ -145,14 +158,14 @@ def site() -> Iterator[Site]:
         # the hub created the users from its groups (load_groups)
         for group, members in GROUPS.items():  # load_groups made them; make sure of members
             admin.api("POST", f"/groups/{group}/users", json={"users": members}, ok=(200, 201))
-        for name in (ADMIN, ALICE, BOB, CAROL):
+        for name in (ADMIN, ALICE, BOB, CAROL, DAVE):
             body = {"note": "data service test", "expires_in": 3600}
             site.tokens[name] = admin.api("POST", f"/users/{name}/tokens", json=body)["token"]
         ensure_account(ALICE)
         yield site
     finally:
         stack.stop()
-        for name in (ADMIN, ALICE, BOB, CAROL):
+        for name in (ADMIN, ALICE, BOB, CAROL, DAVE):
             remove_account(name)
         remove_managed_group_if_unused()
         subprocess.run(["userdel", SERVICE_ACCOUNT], capture_output=True, check=False)
@@ -791,6 +804,36 @@ def _attacks(site: Site) -> list[tuple[str, str, str | None, dict[str, str], byt
         out.append(("no-token features", "PUT /api/features", None, {}, lung_features))
     for _ in range(20):
         out.append(("outsider thumbnail", f"/api/volumes/{brain_uid}/thumbnail", alice, {}, None))
+    lung_uid, deidentify = site.volumes[LUNG][0], b'{"deidentify": true}'
+    for _ in range(12):  # curators' changes: deletes and de-identification settings
+        out.append(("viewer delete", f"DELETE /api/volumes/{lung_uid}", alice, {}, None))
+        out.append(
+            ("analyst delete", f"DELETE /api/volumes/{lung_uid}", site.tokens[DAVE], {}, None)
+        )
+        out.append(("outsider delete", f"DELETE /api/volumes/{brain_uid}", alice, {}, None))
+        out.append(("no-token delete", f"DELETE /api/volumes/{brain_uid}", None, {}, None))
+        out.append(
+            ("traversal delete", "DELETE /api/volumes/..%2f..%2fcatalog.sqlite", alice, {}, None)
+        )
+        out.append(("delete the catalog", "DELETE /api/store/catalog.sqlite", alice, {}, None))
+        out.append(("viewer settings", f"PUT /api/projects/{LUNG}/settings", alice, {}, deidentify))
+        out.append(
+            (
+                "analyst settings",
+                f"PUT /api/projects/{LUNG}/settings",
+                site.tokens[DAVE],
+                {},
+                deidentify,
+            )
+        )
+        out.append(
+            ("outsider settings", f"PUT /api/projects/{BRAIN}/settings", alice, {}, deidentify)
+        )
+        out.append(
+            ("no-token settings", f"PUT /api/projects/{LUNG}/settings", None, {}, deidentify)
+        )
+        out.append(("outsider settings read", f"/api/projects/{BRAIN}/settings", alice, {}, None))
+        out.append(("traversal settings", "/api/projects/..%2f..%2fetc/settings", alice, {}, None))
     for _ in range(30):
         out.append(("unknown param", "/api/series?password=1", alice, {}, None))
         out.append(("unknown endpoint", "/api/admin/users", alice, {}, None))
@@ -825,8 +868,8 @@ def test_attack_suite_gets_nothing_and_every_denial_is_audited(site: Site) -> No
     ) -> tuple[str, int, bytes]:
         label, path, token, headers, body = attack
         method = "GET"
-        if path.startswith("PUT "):
-            method, path = "PUT", path[4:]
+        if path.startswith(("PUT ", "DELETE ")):
+            method, path = path.split(" ", 1)
         h = dict(headers)
         if token is not None:
             h["Authorization"] = f"token {token}"
@@ -980,3 +1023,130 @@ def test_a_write_from_the_browser_needs_the_xsrf_token(site: Site) -> None:
     done = browser.session.put(url, data=body.getvalue(), headers={"X-XSRFToken": xsrf}, timeout=60)
     assert done.status_code == 201, (done.status_code, done.text[:300])
     assert "browser" in site.catalog(CAROL).stored_volume(brain).labels
+
+
+def _send(site: Site, method: str, path: str, token: str | None, **kw: Any) -> requests.Response:
+    headers = {"Authorization": f"token {token}"} if token is not None else {}
+    return requests.request(
+        method, site.stack.data_url + path, headers=headers, timeout=60, allow_redirects=False, **kw
+    )
+
+
+def test_curators_delete_volumes_others_are_refused(site: Site) -> None:
+    """carol curates lung: she deletes a lung volume; alice (viewer), dave (analyst of lung,
+    curator of brain) and bob (outsider) are refused and audited.  The files go (labels
+    included), reads answer 404, and the store stays consistent for fsck."""
+    import voxelhub
+    from voxelhub.catalog import DeletedVolume
+    from voxelhub.errors import AccessDenied, NotFound
+    from voxelhub.fsck import check_store
+
+    uid, path = site.doomed, site.paths[site.doomed]
+    shape = site.catalog(CAROL).stored_volume(uid).shape
+    site.catalog(CAROL).put_labels(uid, "doomed", np.ones(shape, np.uint8), None, False)
+    assert (site.store / path / "labels" / "doomed").is_dir()
+    assert site.get(f"/api/store/{path}/zarr.json", site.tokens[ALICE]).status_code == 200
+
+    before = _denials(site)
+    for user, role in ((ALICE, "viewer"), (DAVE, "analyst"), (BOB, "not a member")):
+        with pytest.raises(AccessDenied, match=role):
+            site.catalog(user).delete_volume(uid)
+    assert _denials(site) == before + 3
+    assert (site.store / path / "zarr.json").exists()
+
+    deleted = site.catalog(CAROL).delete_volume(uid)
+    assert isinstance(deleted, DeletedVolume)
+    assert (deleted.volume_uid, deleted.store_path, deleted.project) == (uid, path, LUNG)
+    assert deleted.patient == "PDEL"
+    assert not (site.store / path).exists()  # the tree and its labels
+    assert site.catalog(CAROL).series(uid=uid).empty
+    assert set(site.catalog(ALICE).series().volume_uid) == set(site.volumes[LUNG])
+    for reader in (ALICE, CAROL):
+        assert site.get(f"/api/volumes/{uid}", site.tokens[reader]).status_code == 404
+        assert site.get(f"/api/store/{path}/zarr.json", site.tokens[reader]).status_code == 404
+    with pytest.raises(NotFound):
+        site.catalog(CAROL).open_series(uid)
+    with pytest.raises(NotFound):
+        site.catalog(CAROL).delete_volume(uid)  # twice: gone
+
+    records = _audit(site, action="volume.delete", series=uid)
+    allowed = [r for r in records if r["decision"] == "allow"]
+    assert [(r["user"], r["project"], r["patient"]) for r in allowed] == [(CAROL, LUNG, "PDEL")]
+    assert {r["user"] for r in records if r["decision"] == "deny"} >= {ALICE, DAVE, BOB}
+
+    # bad input: a 4xx with a message, nothing deleted
+    carol = site.tokens[CAROL]
+    lung_uid = site.volumes[LUNG][0]
+    for target, status in (
+        ("1.2.3.no.such.volume", 404),
+        ("..%2f..%2fcatalog.sqlite", 404),
+        ("%2e%2e", 404),
+        ("x" * 300, 404),
+        (f"{lung_uid}?force=1", 400),
+    ):
+        r = _send(site, "DELETE", f"/api/volumes/{target}", carol)
+        assert r.status_code == status and r.json()["message"], (target, r.status_code, r.text)
+    assert _send(site, "DELETE", f"/api/volumes/{lung_uid}", None).status_code == 401
+    assert _send(site, "DELETE", f"/api/store/{site.paths[lung_uid]}", carol).status_code == 405
+    assert (site.store / "catalog.sqlite").exists()
+    assert set(site.catalog(CAROL).series(project=LUNG).volume_uid) == set(site.volumes[LUNG])
+
+    local = voxelhub.open_catalog(site.store)  # the store itself, read here as root
+    check = check_store(local.location, local)
+    local.close()
+    assert check.consistent and not check.temporaries, check.summary()
+
+
+def test_curators_change_deidentification_settings(site: Site) -> None:
+    """Members read a project's settings, curators change them while it holds no volumes;
+    admins create a project de-identifying before its first ingest; all audited."""
+    from voxelhub.errors import AccessDenied, NotFound, SettingLocked
+
+    carol, alice, dave = site.catalog(CAROL), site.catalog(ALICE), site.catalog(DAVE)
+    lung = carol.project_settings(LUNG)
+    assert (lung.name, lung.deidentify, lung.profile) == (LUNG, False, "")
+    assert lung.volumes >= len(site.volumes[LUNG]) and lung.locked
+    assert alice.project_settings(LUNG) == lung  # a viewer reads them
+    with pytest.raises(AccessDenied, match="not a member"):
+        site.catalog(BOB).project_settings(LUNG)
+    with pytest.raises(SettingLocked, match="holds identifiable data"):
+        carol.set_project_settings(LUNG, deidentify=True)
+    assert carol.set_project_settings(LUNG, deidentify=False) == lung  # unchanged: fine
+    with pytest.raises(AccessDenied, match="viewer"):
+        alice.set_project_settings(LUNG, deidentify=True)
+    with pytest.raises(AccessDenied, match="analyst"):
+        dave.set_project_settings(LUNG, deidentify=False)
+    with pytest.raises(AccessDenied, match="viewer"):  # a curator of lung, viewer of brain
+        carol.set_project_settings(BRAIN, deidentify=False)
+    assert not dave.set_project_settings(BRAIN, deidentify=False).deidentify  # curator
+
+    # a new project, set up by an admin before its first ingest, may still change
+    fresh = f"trial{S}"
+    admin = site.catalog(ADMIN)
+    with pytest.raises(NotFound, match=fresh):
+        admin.project_settings(fresh)
+    made = admin.set_project_settings(fresh, deidentify=True)
+    assert made.deidentify and made.volumes == 0 and not made.locked and made.profile
+    assert not admin.set_project_settings(fresh, deidentify=False).deidentify
+    with pytest.raises(AccessDenied, match="not a member"):
+        carol.set_project_settings(fresh, deidentify=True)
+
+    # bad input: 4xx with a message
+    url = f"/api/projects/{LUNG}/settings"
+    token = site.tokens[CAROL]
+    for body in (b"{", b"[true]", b'{"deidentify": "yes"}', b'{"deidentify": true, "x": 1}', b""):
+        r = _send(site, "PUT", url, token, data=body)
+        assert r.status_code == 400 and r.json()["message"], (body, r.status_code, r.text)
+    for name in ("..%2f..%2fetc", "%2e%2e", "-x", "a" * 70):
+        r = _send(site, "GET", f"/api/projects/{name}/settings", token)
+        assert r.status_code == 400 and "project name" in r.json()["message"], (name, r.text)
+
+    writes = _audit(site, action="project.settings.write")
+    assert any(r["user"] == ADMIN and r["decision"] == "allow" for r in writes)
+    assert {(r["user"], r["project"]) for r in writes if r["decision"] == "deny"} >= {
+        (ALICE, LUNG),
+        (DAVE, LUNG),
+        (CAROL, BRAIN),
+    }
+    reads = _audit(site, action="project.settings", user=ALICE)
+    assert any(r["decision"] == "allow" and r["project"] == LUNG for r in reads)

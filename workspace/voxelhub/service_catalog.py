@@ -16,7 +16,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from voxelhub.errors import AccessDenied, CatalogError, NotFound, StoreError
+from voxelhub.catalog import DeletedVolume, ProjectSettings
+from voxelhub.errors import AccessDenied, CatalogError, NotFound, SettingLocked, StoreError
 from voxelhub.store.location import ServiceLocation, service_message
 from voxelhub.store.stored import StoredVolume
 
@@ -33,7 +34,9 @@ _SERIES_PER_REQUEST = 100
 
 
 class ServiceCatalog:
-    """Read the catalog through the data service (reads only; ingest runs at the server)."""
+    """The catalog through the data service: reads, and what a caller's role allows them to
+    change (labels and feature tables for analysts; deletes and de-identification settings for
+    curators).  Ingest runs at the server."""
 
     read_only = True
 
@@ -210,6 +213,34 @@ class ServiceCatalog:
         if status >= 400:
             raise _error(status, body, self.url)
         return dict(json.loads(body))
+
+    # -- curators' changes ---------------------------------------------------------------------
+    def _send(self, path: str, method: str, data: bytes | None = None) -> Any:
+        status, body, _ = self.location.request(path, method=method, data=data, timeout=600)
+        if status == 409:
+            raise SettingLocked(service_message(body, status))
+        if status >= 400:
+            raise _error(status, body, self.url)
+        return json.loads(body)
+
+    def delete_volume(self, uid: str) -> DeletedVolume:
+        """Remove a volume with its labels and feature rows (curators of its project; see
+        :meth:`voxelhub.catalog.Catalog.delete_volume`).  The service audits it."""
+        return DeletedVolume(**self._send("volumes/" + quote(uid, safe=""), "DELETE"))
+
+    def project_settings(self, name: str) -> ProjectSettings:
+        """A project's de-identification settings (members of the project)."""
+        data = self._send(f"projects/{quote(name, safe='')}/settings", "GET")
+        data.pop("locked", None)
+        return ProjectSettings(**data)
+
+    def set_project_settings(self, name: str, *, deidentify: bool) -> ProjectSettings:
+        """Set whether ingest de-identifies ``name`` (curators; refused with
+        :class:`~voxelhub.errors.SettingLocked` while the project holds volumes)."""
+        body = json.dumps({"deidentify": deidentify}).encode()
+        data = self._send(f"projects/{quote(name, safe='')}/settings", "PUT", body)
+        data.pop("locked", None)
+        return ProjectSettings(**data)
 
     # -- feature tables ------------------------------------------------------------------------
     def put_features(self, table: pd.DataFrame, settings: Settings) -> dict[str, Any]:
