@@ -53,6 +53,11 @@ choice is an explicit setting below; what differs between sites comes from envir
                                  [unset: no edge].
 ``VOXELHUB_CATALOG_URL``         catalog URL given to kernels [unset: a local store's SQLite
                                  catalog, which other users open read-only by themselves].
+``VOXELHUB_BACKUP_REPO``         restic repository for the stack's scheduled backups of the
+                                 store and this state folder [unset: none]; with
+``VOXELHUB_BACKUP_PASSWORD_FILE``  its password file (root's, outside both folders), and
+``VOXELHUB_BACKUP_INTERVAL``     seconds between backups [86400] (retention and the rest:
+                                 extensions/voxelhub_hub/backup_schedule.py's traitlets).
 ===============================  ==========================================================
 
 Authentication: NativeAuthenticator.  People sign up at ``/hub/signup``; an admin approves them at
@@ -384,6 +389,8 @@ c.JupyterHub.services = [
             "VOXELHUB_HUB_SPAWNER": SPAWNER,
             "VOXELHUB_GATEWAY_PORT": str(GATEWAY_PORT),
             "VOXELHUB_GATEWAY_API_PORT": str(GATEWAY_API_PORT),
+            # per-course caps on workers (hub_config/dask_gateway_config.py; issue 12)
+            "VOXELHUB_GATEWAY_GROUP_LIMITS": env("VOXELHUB_GATEWAY_GROUP_LIMITS", ""),
             "PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin",
             # passed on to schedulers and workers (they unpickle VoxelHub objects as the user)
             **({"PYTHONPATH": os.path.join(CODE, "workspace")} if CODE != REPO else {}),
@@ -504,6 +511,38 @@ if SPAWNER == "system" and EXCHANGE_USER:
                 "PATH": f"{VENV_BIN}:/usr/bin:/bin",
             },
             "cwd": EXCHANGE_DIR,
+            "display": False,
+        }
+    )
+
+# ---- scheduled backups (issue 13) ----------------------------------------------------------------
+# As root: it reads the data service's private store and this state folder.  Each outcome goes to
+# the audit trail (admins: GET /services/voxelhub-data/api/audit?action=backup.run) and to
+# <state>/backup-status.json; restic keeps earlier snapshots intact if a run is cut short.
+BACKUP_REPO = env("VOXELHUB_BACKUP_REPO", "")
+if BACKUP_REPO and STORE:
+    backup_args = [
+        f"--repository={BACKUP_REPO}",
+        f"--password-file={env('VOXELHUB_BACKUP_PASSWORD_FILE', '')}",
+        f"--store={STORE}",
+        f"--hub-state={STATE}",
+        f"--interval={env('VOXELHUB_BACKUP_INTERVAL', '86400')}",
+    ]
+    if DATA_SERVICE:
+        backup_args.append(f"--audit-log={AUDIT_LOG}")
+    if CATALOG_URL.startswith("postgresql"):
+        backup_args.append(f"--catalog-url={CATALOG_URL}")  # pg_dump
+    c.JupyterHub.services.append(
+        {
+            "name": "voxelhub-backup",
+            "command": [sys.executable, "-m", "voxelhub_hub.backup_schedule", *backup_args],
+            "environment": {
+                "PYTHONPATH": os.pathsep.join(
+                    [os.path.join(REPO, "extensions"), os.path.join(REPO, "workspace")]
+                ),
+                "PATH": "/usr/bin:/bin",  # restic, pg_dump from Debian
+            },
+            "cwd": STATE,
             "display": False,
         }
     )

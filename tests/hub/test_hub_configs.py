@@ -235,3 +235,25 @@ def test_hub_stops_at_once_when_its_venv_is_private(
         SystemExit, match=r"the venv .* is inside .*, which other unix users cannot"
     ):
         loader.load_config()
+
+
+def test_a_backup_repository_starts_the_scheduled_backup_as_a_hub_service(
+    hub_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from voxelhub_hub.backup_schedule import BackupSchedule
+
+    c = load("jupyterhub_config.py")
+    assert "voxelhub-backup" not in [s["name"] for s in c.JupyterHub.services]
+    monkeypatch.setenv("VOXELHUB_BACKUP_REPO", "s3:https://backup.example.org/voxelhub")
+    monkeypatch.setenv("VOXELHUB_BACKUP_PASSWORD_FILE", "/etc/voxelhub/backup-password")
+    monkeypatch.setenv("VOXELHUB_BACKUP_INTERVAL", "3600")
+    monkeypatch.setenv("VOXELHUB_CATALOG_URL", "postgresql+psycopg://voxelhub@db/catalog")
+    c = load("jupyterhub_config.py")
+    service = next(s for s in c.JupyterHub.services if s["name"] == "voxelhub-backup")
+    assert "user" not in service and "url" not in service  # root's, and no HTTP endpoint
+    app = BackupSchedule()
+    app.initialize(service["command"][3:])
+    assert app.repository == "s3:https://backup.example.org/voxelhub"
+    assert app.store == str(hub_env / "store") and app.hub_state == str(hub_env / "state")
+    assert app.interval == 3600 and app.catalog_url.startswith("postgresql")
+    assert app.audit_log.endswith("audit.log")
