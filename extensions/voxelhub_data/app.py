@@ -69,8 +69,10 @@ from traitlets import Dict, Float, Integer, TraitError, Unicode, default, valida
 from traitlets.config import Application
 
 from voxelhub.catalog import ProjectSettings
+from voxelhub.store.encryption import CorruptChunk
+from voxelhub.store.keys import MissingKey
 from voxelhub.store.location import FsspecLocation
-from voxelhub_data import paths
+from voxelhub_data import decrypted_view, paths
 from voxelhub_data.access import Caller, Role, roles_from_groups
 from voxelhub_data.audit_trail import AuditTrail
 from voxelhub_data.catalog_view import CatalogView, Conflict, Found, NotInCatalog, QueryError
@@ -128,6 +130,17 @@ class DataService(Application):
         if not 0 <= value <= 3600:
             raise TraitError(f"presign_seconds must be between 0 and 3600, not {value}")
         return value
+
+    key_file = Unicode(
+        help="Master key file of the store's encrypted projects (JSON, mode 0600, owned by the "
+        "service's account, outside the store; default $VOXELHUB_KEY_FILE).  With it the service "
+        "serves encrypted volumes decrypted (users never hold a key) and encrypts label images "
+        "it writes for them; presigned URLs are then never given.  Empty: no keys."
+    ).tag(config=True)
+
+    @default("key_file")
+    def _key_file_default(self) -> str:
+        return os.environ.get("VOXELHUB_KEY_FILE", "")
 
     audit_log = Unicode(
         help="File of the hash-chained audit trail (0600, outside every user's reach)."
@@ -189,6 +202,7 @@ class DataService(Application):
             raise SystemExit("voxelhub-data: no audit log: set --audit-log or $VOXELHUB_AUDIT_LOG")
         prefix = "/" + self.prefix.strip("/") + "/"
         self.catalog = CatalogView(self.store, self.catalog_url or None, self.storage_options)
+        decrypted_view.use_key_file(self.store, self.key_file)  # encrypted volumes served clear
         self.audit = AuditTrail(self.audit_log)
         self.pool = ThreadPoolExecutor(self.read_threads, thread_name_prefix="voxelhub-data")
         # the singleton the HubOAuthenticated handlers and the OAuth callback all use
@@ -642,7 +656,8 @@ class StoreHandler(BaseHandler):
             self.deny(action, f"bad store key: {exc}", status=400, detail={"key": raw[:200]})
         self.require(key.project, Role.VIEWER, action, volume=key.volume_path)
         chunk = key.key.rsplit("/", 1)[-1] != "zarr.json"
-        if body and chunk and self.service.presign_seconds and await self._presigned(key):
+        presign = self.service.presign_seconds and not self.service.key_file  # never ciphertext
+        if body and chunk and presign and await self._presigned(key):
             return
         # one trip to the thread pool per read: the volume lookup (cached), the checked open,
         # the range and the read together (each hop is a GIL hand-off and a loop wake-up)
@@ -669,6 +684,10 @@ class StoreHandler(BaseHandler):
             self.deny(
                 action, f"refused {key.key!r}: {exc.strerror}", status=403, project=key.project
             )
+        except (MissingKey, CorruptChunk, decrypted_view.UnsupportedLayout) as exc:
+            # an encrypted volume the service cannot open: said, never served as voxels
+            status = 503 if isinstance(exc, MissingKey) else 502
+            self.deny(action, str(exc), status=status, project=key.project)
         if found is None:
             self.deny(action, f"no volume at {key.volume_path}", status=404, project=key.project)
         self._audit_read(found, key, nbytes=len(read.data))
@@ -757,6 +776,10 @@ def _read_key(
         return None, _Read(b"", 0, 0, 0, False)
     if isinstance(catalog.location, FsspecLocation):
         return found, _read_object(catalog.location, key, header, body)
+    if decrypted_view.enabled():
+        plain = decrypted_view.read(key, *decrypted_view.local_reader(store, key))
+        if plain is not None:
+            return found, _in_range(plain, header, body)
     fd = paths.open_key(store, key)
     try:
         size = os.fstat(fd).st_size
@@ -769,6 +792,16 @@ def _read_key(
     finally:
         os.close(fd)
     return found, _Read(data, start, stop, size, span is not None)
+
+
+def _in_range(data: bytes, header: str | None, body: bool) -> _Read:
+    """The ``Range`` of bytes made here (a decrypted chunk, rewritten metadata)."""
+    try:
+        span = paths.byte_range(header, len(data))
+    except paths.BadRange as exc:
+        raise _RangeRefused(str(exc), len(data)) from None
+    start, stop = span if span else (0, len(data))
+    return _Read(data[start:stop] if body else b"", start, stop, len(data), span is not None)
 
 
 def _read_object(

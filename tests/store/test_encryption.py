@@ -254,3 +254,22 @@ def test_a_fresh_process_finds_the_codec_and_asks_for_the_key(
     assert (
         f"MissingKey this volume is encrypted with data key {ring.current(PROJECT)}" in out.stdout
     )
+
+
+def _current_in_a_process(args: tuple[str, str]) -> str:
+    folder, key_file = args
+    return KeyRing(folder, FileKeyProvider(key_file)).current(PROJECT)
+
+
+def test_processes_writing_a_new_project_at_once_agree_on_one_data_key(tmp_path: Path) -> None:
+    """Ingest workers (or two ingests) asking for a new project's key at the same moment: one
+    key is made, the others read it (without the folder lock each made its own, and all but the
+    last were lost with the volumes they sealed)."""
+    import multiprocessing
+
+    provider = FileKeyProvider.create(tmp_path / "secret" / "master.json")
+    folder = str(tmp_path / "store" / ".keys")
+    with multiprocessing.get_context("fork").Pool(6) as pool:
+        ids = pool.map(_current_in_a_process, [(folder, str(provider.path))] * 24, chunksize=1)
+    assert len(set(ids)) == 1
+    assert KeyRing(folder, provider).current(PROJECT) == ids[0]

@@ -209,6 +209,10 @@ def ingest(
         proj = catalog.ensure_project(project, deidentify=deidentify, encrypt=encrypt)
         if proj.encrypted and not encrypt:
             _open_keys(location, key_file)
+        if proj.encrypted:  # the project's data key, made here before workers fork
+            from voxelhub.store.encryption import codec_for
+
+            codec_for(project)
         # a new project's folder starts private; the hub opens it to the project's unix group
         location.ensure_private_dir(f"projects/{project}")
         deid = _deidentifier(proj) if proj.deidentify else None

@@ -18,6 +18,7 @@ to use without saying anything about it.
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import json
 import os
@@ -25,6 +26,8 @@ import secrets
 import stat
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -171,13 +174,29 @@ class KeyRing:
         self._plain: dict[str, bytes] = {}
 
     def current(self, project: str) -> str:
-        """Id of ``project``'s current data key, made (and wrapped) the first time it is asked."""
+        """Id of ``project``'s current data key, made (and wrapped) the first time it is asked.
+
+        Processes writing the same project at once (ingest workers, two ingests) agree on one
+        key: the record is read again, and made, under an exclusive lock of the key folder."""
         with self._lock:
             record = self._record(project)
             if record is None:
-                record = {"project": project, "current": "", "versions": {}}
-                self._add_version(project, record)
+                with self._folder_lock():
+                    record = self._record(project)
+                    if record is None:
+                        record = {"project": project, "current": "", "versions": {}}
+                        self._add_version(project, record)
             return str(record["current"])
+
+    @contextmanager
+    def _folder_lock(self) -> Iterator[None]:
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def data_key(self, key_id: str) -> bytes:
         """The data key ``key_id`` (any project, any version), unwrapped.
@@ -212,7 +231,7 @@ class KeyRing:
 
     def rotate(self, project: str) -> str:
         """A new current data key for ``project``; older versions stay for what they wrote."""
-        with self._lock:
+        with self._lock, self._folder_lock():
             record = self._record(project) or {"project": project, "current": "", "versions": {}}
             return self._add_version(project, record)
 

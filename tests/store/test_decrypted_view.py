@@ -1,0 +1,143 @@
+"""The data service's plaintext view of an encrypted volume, key by key, read by plain zarr.
+
+Every key a reader asks for is answered by :mod:`voxelhub_data.decrypted_view` over the real
+files of an encrypted ingest; the answers, put into a memory store, must open with zarr in a
+reader that holds no key and give the volume's voxels, attributes and label images.  (The same
+through the real hub stack, HTTP ranges and all: tests/hub/test_encrypted_service.py.)
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from zarr.core.buffer import cpu
+from zarr.storage import MemoryStore
+
+from voxelhub import ingest, open_catalog
+from voxelhub.store.encryption import CorruptChunk, use_keys
+from voxelhub.store.keys import FileKeyProvider, MissingKey
+from voxelhub.store.sidecar import SIDECAR_KEY
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "extensions"))
+
+from voxelhub_data import decrypted_view, paths
+
+
+@pytest.fixture(autouse=True)
+def _no_keys_left() -> Iterator[None]:
+    yield
+    use_keys(None)
+
+
+@pytest.fixture
+def encrypted(tmp_path: Path, shared_dicom: Path) -> tuple[Path, str, np.ndarray]:
+    """An encrypted ingest of a real series, with a label image; (store, path, voxels)."""
+    from voxelhub.roi.labels import write_labels
+
+    key_file = FileKeyProvider.create(tmp_path / "secret" / "master.json").path
+    store = tmp_path / "store"
+    source = shared_dicom / "mr_siemens_fieldmap_2echo"  # 2 volumes, odd in-plane size
+    report = ingest(source, store, project="p", encrypt=True, key_file=key_file, progress=False)
+    assert report.written and not report.failed
+    cat = open_catalog(store)
+    uid = cat.series().volume_uid.iloc[0]
+    voxels = np.asarray(cat.open_series(uid))
+    write_labels(cat, uid, "mask", voxels > voxels.mean())
+    path = cat.stored_volume(uid).store_path
+    cat.close()
+    return store, path, voxels
+
+
+def view_of(store: Path, volume: str) -> dict[str, bytes]:
+    """Every key of the volume as the service would serve it (missing chunks left out)."""
+    served: dict[str, bytes] = {}
+
+    def get(key: str) -> bytes | None:
+        request = paths.parse(f"{volume}/{key}")
+        reader = decrypted_view.local_reader(str(store), request)
+        try:
+            plain = decrypted_view.read(request, *reader)
+        except FileNotFoundError:
+            return None
+        return plain if plain is not None else reader[0](key, None, None)
+
+    root = store / volume
+    for meta_file in sorted(root.rglob("zarr.json")):
+        key = meta_file.relative_to(root).as_posix()
+        served[key] = get(key) or b""
+        meta = json.loads(served[key])
+        if meta["node_type"] != "array":
+            continue
+        array = key.removesuffix("zarr.json")
+        chunk = meta["chunk_grid"]["configuration"]["chunk_shape"]
+        grid = [range(math.ceil(n / c)) for n, c in zip(meta["shape"], chunk, strict=True)]
+        for coords in itertools.product(*grid):
+            chunk_key = f"{array}c/" + "/".join(map(str, coords))
+            found = get(chunk_key)
+            if found is not None:
+                served[chunk_key] = found
+    return served
+
+
+def test_a_keyless_reader_gets_the_volume_from_the_view(
+    encrypted: tuple[Path, str, np.ndarray],
+) -> None:
+    store, volume, voxels = encrypted
+    served = view_of(store, volume)
+    use_keys(None)  # the reader holds no key: the view is plain zarr
+    buffers = {k: cpu.Buffer.from_bytes(v) for k, v in served.items()}
+    group = zarr.open_group(MemoryStore(buffers), mode="r", zarr_format=3)
+    level0 = group["0"]
+    assert level0.shards is None and level0.chunks == (16, 64, 64)
+    assert np.array_equal(level0[...], voxels)
+    meta = dict(group.attrs["voxelhub"])
+    assert (
+        meta["source_instance_uids"]
+        and meta["acquisition"]
+        and "attributes" not in meta["encryption"]
+    )
+    mask = group["labels/mask/0"][...]
+    assert np.array_equal(mask.astype(bool), voxels > voxels.mean())
+    assert not any(k.endswith(SIDECAR_KEY) for k in served)
+    assert all(b"aes256gcm" not in v for k, v in served.items() if k.endswith("zarr.json"))
+
+
+def test_the_view_names_the_key_and_refuses_a_changed_shard(
+    encrypted: tuple[Path, str, np.ndarray],
+) -> None:
+    store, volume, _ = encrypted
+    request = paths.parse(f"{volume}/0/c/0/0/0")
+    reader = decrypted_view.local_reader(str(store), request)
+    assert decrypted_view.read(request, *reader)  # with keys: the plaintext inner chunk
+    key_id = json.loads((store / volume / "zarr.json").read_text())["attributes"]["voxelhub"][
+        "encryption"
+    ]["key_id"]
+    use_keys(None)
+    with pytest.raises(MissingKey, match=key_id):
+        decrypted_view.read(request, *reader)
+    with pytest.raises(FileNotFoundError):
+        decrypted_view.read(paths.parse(f"{volume}/{SIDECAR_KEY}"), *reader)
+
+    provider = FileKeyProvider(store.parent / "secret" / "master.json")
+    from voxelhub.store.keys import KeyRing
+
+    use_keys(KeyRing(store / ".keys", provider))
+    shard = store / volume / "0" / "c" / "0" / "0" / "0"
+    raw = bytearray(shard.read_bytes())
+    raw[-1] ^= 0x01  # the index checksum
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(CorruptChunk, match="checksum"):
+        decrypted_view.read(request, *reader)
+    raw[-1] ^= 0x01
+    raw[40] ^= 0x01  # inside the first inner chunk
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(CorruptChunk, match="failed authentication"):
+        decrypted_view.read(request, *reader)
