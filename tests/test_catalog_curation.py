@@ -194,3 +194,27 @@ def test_deidentification_changes_only_while_a_project_holds_no_volumes(
     assert cat.project_settings("lab").volumes == 0
     assert cat.set_project_settings("lab", deidentify=True).deidentify
     cat.close()
+
+
+def test_the_command_line_deletes_and_sets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from voxelhub.cli import main
+
+    store = _store(tmp_path, None)
+    cat = voxelhub.open_catalog(store)
+    uid, path = (str(v) for v in cat.series()[["volume_uid", "store_path"]].iloc[0])
+    cat.close()
+    assert main(["project", "lab", "--store", str(store)]) == 0
+    assert (
+        "lab: identifiable (fixed while it holds volumes); 2 volume(s)" in capsys.readouterr().out
+    )
+    assert main(["project", "lab", "--deidentify", "--store", str(store)]) == 2
+    assert "holds identifiable data in 2 volume(s)" in capsys.readouterr().err
+    assert main(["delete", uid, "--store", str(store)]) == 0
+    assert f"deleted {uid} (project lab, {path}" in capsys.readouterr().out
+    assert not (store / path).exists()
+    assert main(["delete", uid, "--store", str(store)]) == 2
+    assert "no volume or series" in capsys.readouterr().err
+    assert main(["project", "new", "--deidentify", "--store", str(store)]) == 0
+    assert "new: de-identified (PS3.15" in capsys.readouterr().out
