@@ -71,9 +71,7 @@ def _project(args: argparse.Namespace) -> int:
         settings = cat.project_settings(args.name)
     else:
         settings = cat.set_project_settings(args.name, deidentify=args.deidentify)
-    state = (
-        f"de-identified ({settings.profile})" if settings.deidentify else "identifiable"
-    )
+    state = f"de-identified ({settings.profile})" if settings.deidentify else "identifiable"
     lock = " (fixed while it holds volumes)" if settings.locked else ""
     print(f"project {settings.name}: {state}{lock}; {settings.volumes} volume(s)")
     return 0
@@ -125,11 +123,7 @@ def _fsck(args: argparse.Namespace) -> int:
     if not isinstance(cat, Catalog):
         raise VoxelHubError(f"fsck runs where the store is, not through {cat.url}")
     check = check_store(
-        cat.location,
-        cat,
-        repair=args.repair,
-        verify=args.verify,
-        min_age_seconds=args.min_age,
+        cat.location, cat, repair=args.repair, verify=args.verify, min_age_seconds=args.min_age
     )
     for kind in ("missing", "corrupt", "unlisted", "temporaries", "removed"):
         for path in getattr(check, kind):
@@ -198,9 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("paths", nargs="+", help="folders, files or .zip archives")
     p.add_argument("--store", required=True, help="store path or URL")
-    p.add_argument(
-        "--project", default="default", help="project name (default: default)"
-    )
+    p.add_argument("--project", default="default", help="project name (default: default)")
     p.add_argument(
         "--deidentify",
         action="store_true",
@@ -211,15 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="encrypt the project at rest (chunks and PHI attributes; only while it is empty)",
     )
-    p.add_argument(
-        "--key-file", default=None, help="master key file (default: $VOXELHUB_KEY_FILE)"
-    )
-    p.add_argument(
-        "--catalog-url", default=None, help="SQLAlchemy URL (default: SQLite in store)"
-    )
-    p.add_argument(
-        "--workers", type=int, default=None, help="processes (default: one per CPU)"
-    )
+    p.add_argument("--key-file", default=None, help="master key file (default: $VOXELHUB_KEY_FILE)")
+    p.add_argument("--catalog-url", default=None, help="SQLAlchemy URL (default: SQLite in store)")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_ingest)
 
@@ -239,12 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
         "stored feature rows. On the hub it goes through the data service: curators of the "
         "volume's project only, audited.",
     )
-    p.add_argument(
-        "uids", nargs="+", help="volume UIDs (or SeriesInstanceUIDs not split)"
-    )
-    p.add_argument(
-        "--store", default=store, required=not store, help="[$VOXELHUB_STORE]"
-    )
+    p.add_argument("uids", nargs="+", help="volume UIDs (or SeriesInstanceUIDs not split)")
+    p.add_argument("--store", default=store, required=not store, help="[$VOXELHUB_STORE]")
     p.add_argument("--catalog-url", default=None)
     p.set_defaults(func=_delete)
 
@@ -254,13 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("name", help="project name (a new one is created with the setting)")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument(
-        "--deidentify", dest="deidentify", action="store_true", default=None
-    )
+    mode.add_argument("--deidentify", dest="deidentify", action="store_true", default=None)
     mode.add_argument("--identifiable", dest="deidentify", action="store_false")
-    p.add_argument(
-        "--store", default=store, required=not store, help="[$VOXELHUB_STORE]"
-    )
+    p.add_argument("--store", default=store, required=not store, help="[$VOXELHUB_STORE]")
     p.add_argument("--catalog-url", default=None)
     p.set_defaults(func=_project)
 
@@ -290,9 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
         "folders given to the ingest, where the project's secret is, to get the paths back.",
         epilog="exit status: 0 some file found, 1 none, 2 no secret for the project",
     )
-    p.add_argument(
-        "paths", nargs="+", help="the folders, files or .zip archives ingested"
-    )
+    p.add_argument("paths", nargs="+", help="the folders, files or .zip archives ingested")
     p.add_argument("--project", required=True, help="the de-identified project")
     p.add_argument(
         "--ref",
@@ -302,17 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_locate)
 
-    p = sub.add_parser(
-        "fsck", help="check a store against its catalog; --repair collects garbage"
-    )
+    p = sub.add_parser("fsck", help="check a store against its catalog; --repair collects garbage")
     p.add_argument("--store", required=True)
     p.add_argument("--catalog-url", default=None)
-    p.add_argument(
-        "--repair", action="store_true", help="remove leftovers of crashed ingests"
-    )
-    p.add_argument(
-        "--verify", action="store_true", help="re-read every volume's checksum (slow)"
-    )
+    p.add_argument("--repair", action="store_true", help="remove leftovers of crashed ingests")
+    p.add_argument("--verify", action="store_true", help="re-read every volume's checksum (slow)")
     p.add_argument(
         "--min-age",
         type=float,
@@ -335,9 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="exit status: 0 intact, 1 tampered or damaged (the message names the line and "
         "seq), 2 the log could not be read",
     )
-    p.add_argument(
-        "--log", default=None, help="audit log (default: $VOXELHUB_AUDIT_LOG)"
-    )
+    p.add_argument("--log", default=None, help="audit log (default: $VOXELHUB_AUDIT_LOG)")
     p.add_argument(
         "--checkpoints",
         default=None,
@@ -346,16 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_audit_verify)
     p = audit.add_parser("query", help="print the records matching every filter given")
-    p.add_argument(
-        "--log", default=None, help="audit log (default: $VOXELHUB_AUDIT_LOG)"
-    )
+    p.add_argument("--log", default=None, help="audit log (default: $VOXELHUB_AUDIT_LOG)")
     p.add_argument("--user", default=None)
     p.add_argument("--patient", default=None, help="patient pseudonym")
     p.add_argument("--series", default=None, help="volume UID or series UID")
     p.add_argument("--project", default=None)
-    p.add_argument(
-        "--since", default=None, help="ISO-8601 time (UTC unless an offset is given)"
-    )
+    p.add_argument("--since", default=None, help="ISO-8601 time (UTC unless an offset is given)")
     p.add_argument("--action", default=None, help="e.g. volume.read, catalog.series")
     p.add_argument("--decision", default=None, choices=["allow", "deny"])
     p.add_argument("--json", action="store_true", help="one JSON record per line")
@@ -364,9 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoint",
         help="append the log's head (seq, hash) to the checkpoints file (run as root/the hub)",
     )
-    p.add_argument(
-        "--log", default=None, help="audit log (default: $VOXELHUB_AUDIT_LOG)"
-    )
+    p.add_argument("--log", default=None, help="audit log (default: $VOXELHUB_AUDIT_LOG)")
     p.add_argument(
         "--checkpoints",
         default=None,
@@ -390,18 +352,13 @@ def build_parser() -> argparse.ArgumentParser:
         ("run", "back up a store (and --hub-state)"),
         ("list", "list the snapshots"),
         ("check", "check the repository (--read-data: re-read every pack)"),
-        (
-            "restore",
-            "restore a snapshot into an empty folder (store/ and hub/ below it)",
-        ),
+        ("restore", "restore a snapshot into an empty folder (store/ and hub/ below it)"),
         ("forget", "drop snapshots the retention policy does not keep, and prune"),
         ("keys", "back up master key files (to a repository of their own)"),
         ("restore-keys", "restore backed-up key files into an empty folder"),
     ):
         q = backup.add_parser(name, help=text)
-        q.add_argument(
-            "--repo", default=None, help="restic repository [$VOXELHUB_BACKUP_REPO]"
-        )
+        q.add_argument("--repo", default=None, help="restic repository [$VOXELHUB_BACKUP_REPO]")
         q.add_argument(
             "--password-file",
             default=None,
@@ -410,20 +367,13 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "run":
             q.add_argument("store", help="the store folder")
             q.add_argument("--hub-state", default=None, help="the hub's state folder")
+            q.add_argument("--catalog-url", default=None, help="a PostgreSQL catalog (pg_dump)")
             q.add_argument(
-                "--catalog-url", default=None, help="a PostgreSQL catalog (pg_dump)"
-            )
-            q.add_argument(
-                "--key-file",
-                action="append",
-                default=[],
-                help="a master key file to leave out",
+                "--key-file", action="append", default=[], help="a master key file to leave out"
             )
         if name == "forget":
             for keep, n in (("last", 7), ("daily", 14), ("weekly", 8), ("monthly", 12)):
-                q.add_argument(
-                    f"--keep-{keep}", type=int, default=n, help=f"[{n}]; 0: no rule"
-                )
+                q.add_argument(f"--keep-{keep}", type=int, default=n, help=f"[{n}]; 0: no rule")
         if name == "keys":
             q.add_argument("key_files", nargs="+", help="master key files")
         if name == "restore-keys":
@@ -435,9 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--to", required=True, help="an empty (or new) folder")
             q.add_argument("--snapshot", default="latest")
             q.add_argument(
-                "--catalog-url",
-                default=None,
-                help="an empty PostgreSQL database to load into",
+                "--catalog-url", default=None, help="an empty PostgreSQL database to load into"
             )
         q.set_defaults(func=_backup)
 
@@ -458,13 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
         )
         q.add_argument("name", help="course name (lower case, e.g. mri101)")
         q.add_argument(
-            "--hub",
-            default="http://127.0.0.1:8000",
-            help="the hub's public URL [%(default)s]",
+            "--hub", default="http://127.0.0.1:8000", help="the hub's public URL [%(default)s]"
         )
-        q.add_argument(
-            "--cafile", default=None, help="CA file for a self-signed hub certificate"
-        )
+        q.add_argument("--cafile", default=None, help="CA file for a self-signed hub certificate")
         q.add_argument(
             "--data-url",
             default=None,
@@ -473,12 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
         if cmd == "show":
             q.set_defaults(func=_course_show)
             continue
-        q.add_argument(
-            "--instructor", action="append", required=True, help="repeatable"
-        )
-        q.add_argument(
-            "--project", required=True, help="the project whose cohort it reads"
-        )
+        q.add_argument("--instructor", action="append", required=True, help="repeatable")
+        q.add_argument("--project", required=True, help="the project whose cohort it reads")
         q.add_argument(
             "--roster",
             action="append",
@@ -500,13 +440,9 @@ def _course_hub(args: argparse.Namespace) -> tuple[object, str]:
 
     from voxelhub.course import CourseError, Hub
 
-    token = os.environ.get("VOXELHUB_HUB_TOKEN") or os.environ.get(
-        "JUPYTERHUB_API_TOKEN"
-    )
+    token = os.environ.get("VOXELHUB_HUB_TOKEN") or os.environ.get("JUPYTERHUB_API_TOKEN")
     if not token:
-        raise CourseError(
-            "set $VOXELHUB_HUB_TOKEN to a hub admin's API token (/hub/token)"
-        )
+        raise CourseError("set $VOXELHUB_HUB_TOKEN to a hub admin's API token (/hub/token)")
     hub = Hub(args.hub, token, cafile=args.cafile)
     data_url = args.data_url or args.hub.rstrip("/") + "/services/voxelhub-data"
     return hub, data_url
@@ -518,9 +454,7 @@ def _course_create(args: argparse.Namespace) -> int:
     from voxelhub.course import create_course, read_roster
 
     hub, data_url = _course_hub(args)
-    students = [s for path in args.roster for s in read_roster(path)] + list(
-        args.student
-    )
+    students = [s for path in args.roster for s in read_roster(path)] + list(args.student)
     course = create_course(
         hub,  # type: ignore[arg-type]
         args.name,
@@ -573,9 +507,7 @@ def _backup(args: argparse.Namespace) -> int:
     elif args.backup_command == "run":
         hub = Path(args.hub_state) if args.hub_state else None
         keys = tuple(Path(k) for k in args.key_file)
-        snap = repo.run(
-            Sources(Path(args.store), hub, args.catalog_url, key_files=keys)
-        )
+        snap = repo.run(Sources(Path(args.store), hub, args.catalog_url, key_files=keys))
         print(
             f"snapshot {snap.id}: {snap.files_new} new and {snap.files_changed} changed files, "
             f"{snap.bytes_added / 2**20:.1f} MiB added"
@@ -592,13 +524,9 @@ def _backup(args: argparse.Namespace) -> int:
         if restored.hub_state is not None:
             print(f"  hub state {restored.hub_state}")
         if (Path(args.to) / "catalog.pgdump").exists():
-            print(
-                "  PostgreSQL catalog dump: catalog.pgdump (pg_restore, or --catalog-url)"
-            )
+            print("  PostgreSQL catalog dump: catalog.pgdump (pg_restore, or --catalog-url)")
     elif args.backup_command == "forget":
-        keep = Retention(
-            args.keep_last, args.keep_daily, args.keep_weekly, args.keep_monthly
-        )
+        keep = Retention(args.keep_last, args.keep_daily, args.keep_weekly, args.keep_monthly)
         print(f"removed {repo.forget(keep)} snapshots")
     elif args.backup_command == "keys":
         snap = repo.run_keys([Path(k) for k in args.key_files])
