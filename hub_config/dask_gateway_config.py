@@ -19,6 +19,10 @@ two users' 2-worker clusters).
 ``VOXELHUB_GATEWAY_MAX_WORKERS``     most workers in one cluster [4]
 ``VOXELHUB_GATEWAY_MAX_CLUSTERS``    most active clusters per user [2]
 ``VOXELHUB_GATEWAY_IDLE_TIMEOUT``    seconds before an idle cluster is shut down [1800]
+``VOXELHUB_GATEWAY_GROUP_LIMITS``    JSON caps per hub group, e.g. a course's students:
+                                     ``{"mri101:students": {"max_workers": 1, "max_cores":
+                                     2, "max_memory": "3 G"}}`` (totals, scheduler included;
+                                     ``voxelhub_hub.gateway_limits``)
 ===================================  ======================================================
 """
 
@@ -87,3 +91,13 @@ c.ClusterConfig.cluster_max_workers = int(env("VOXELHUB_GATEWAY_MAX_WORKERS", "4
 c.ClusterConfig.idle_timeout = float(env("VOXELHUB_GATEWAY_IDLE_TIMEOUT", "1800"))
 # clients scale adaptively with cluster.adapt(); the scheduler re-checks this often (seconds)
 c.ClusterConfig.adaptive_period = 3.0
+
+# ---- per-group caps (issue 12): a course's students get fewer workers than a research group ------
+if env("VOXELHUB_GATEWAY_GROUP_LIMITS"):
+    from dask_gateway_server.options import Options
+    from voxelhub_hub.gateway_limits import cluster_overrides, parse_group_caps
+
+    _caps = parse_group_caps(env("VOXELHUB_GATEWAY_GROUP_LIMITS", ""))
+    c[backend].cluster_options = Options(
+        handler=lambda _options, user: cluster_overrides(user.groups, _caps)
+    )
