@@ -1051,7 +1051,11 @@ def test_curators_delete_volumes_others_are_refused(site: Site) -> None:
     for user, role in ((ALICE, "viewer"), (DAVE, "analyst"), (BOB, "not a member")):
         with pytest.raises(AccessDenied, match=role):
             site.catalog(user).delete_volume(uid)
-    assert _denials(site) == before + 3
+    brain_uid = site.volumes[BRAIN][0]  # carol curates lung, not brain
+    with pytest.raises(AccessDenied, match="viewer"):
+        site.catalog(CAROL).delete_volume(brain_uid)
+    assert _denials(site) == before + 4
+    assert (site.store / site.paths[brain_uid] / "zarr.json").exists()
     assert (site.store / path / "zarr.json").exists()
 
     deleted = site.catalog(CAROL).delete_volume(uid)
