@@ -275,6 +275,12 @@ if DATA_SERVICE:
 
     ensure_service_account(DATA_USER)
     hand_over_store(STORE, DATA_USER)
+    # encrypted projects: the master key file is the service's alone (never the users')
+    KEY_FILE = env("VOXELHUB_KEY_FILE", "")
+    if KEY_FILE:
+        from voxelhub_hub.data_service import hand_over_key_file
+
+        hand_over_key_file(KEY_FILE, STORE, DATA_USER)
     AUDIT_LOG = str(prepare_audit(AUDIT_DIR, DATA_USER))
     AUDIT_CHECKPOINTS = os.path.join(STATE, "audit-checkpoints.jsonl")  # root's, 0600
 
@@ -413,6 +419,7 @@ if DATA_SERVICE:
                 ),
                 "VOXELHUB_DATA_STORE": STORE,
                 "VOXELHUB_AUDIT_LOG": AUDIT_LOG,
+                **({"VOXELHUB_KEY_FILE": KEY_FILE} if KEY_FILE else {}),
                 "PATH": f"{VENV_BIN}:/usr/bin:/bin",
             },
             "cwd": AUDIT_DIR,

@@ -22,6 +22,7 @@ import argparse
 import logging
 import os
 import pwd
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -79,6 +80,25 @@ def hand_over_store(store: str | os.PathLike[str], account: str = DEFAULT_ACCOUN
     os.chown(root, owner.pw_uid, owner.pw_gid)
     os.chmod(root, 0o700)
     return changed
+
+
+def hand_over_key_file(
+    key_file: str | os.PathLike[str], store: str | os.PathLike[str], account: str = DEFAULT_ACCOUNT
+) -> None:
+    """Make the master key file of encrypted projects the service account's, mode ``0600``.
+
+    It must be a regular file outside the store (a copy of the store, or a backup of it, must
+    not carry the key that opens it); its folder must let the account through (``0711``)."""
+    path = Path(key_file)
+    st = os.lstat(path)  # FileNotFoundError: the hub does not start without its key
+    if not stat.S_ISREG(st.st_mode):
+        raise SystemExit(f"VOXELHUB_KEY_FILE {path} is not a regular file")
+    if path.resolve().is_relative_to(Path(store).resolve()):
+        raise SystemExit(f"VOXELHUB_KEY_FILE {path} is inside the store {store}: move it out")
+    if os.geteuid() == 0:
+        owner = pwd.getpwnam(account)
+        os.lchown(path, owner.pw_uid, owner.pw_gid)
+    os.chmod(path, 0o600)
 
 
 def prepare_audit(folder: str | os.PathLike[str], account: str = DEFAULT_ACCOUNT) -> Path:

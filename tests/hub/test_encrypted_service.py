@@ -1,0 +1,279 @@
+"""Encrypted projects on the real stack: the data service holds the key, users get plaintext.
+
+One hub (system spawner, TLS, the data service under its own account with the master key file
+``$VOXELHUB_KEY_FILE``).  A real CT series is ingested twice, into a clear and an encrypted
+project; ``alice`` (an analyst of both) reads them through the service with the client code a
+kernel uses and gets identical voxels, while as her own unix user she can open neither the key
+file nor the store.  Keys rotate under her reads; a flipped bit is an error, never data.
+
+Needs root (unix accounts); a few minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "extensions"))
+
+from voxelhub_hub.client import HubBrowser  # noqa: E402
+from voxelhub_hub.data_service import hand_over_key_file, hand_over_store  # noqa: E402
+from voxelhub_hub.project_groups import remove_group  # noqa: E402
+from voxelhub_hub.stack import HubStack  # noqa: E402
+from voxelhub_hub.system_users import (  # noqa: E402
+    ensure_account,
+    remove_account,
+    remove_managed_group_if_unused,
+)
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(900),
+    pytest.mark.skipif(os.geteuid() != 0, reason="unix accounts need root"),
+]
+
+S = secrets.token_hex(3)
+ADMIN, ALICE = f"veadm{S}", f"vea{S}"
+CLEAR, SEALED = f"clear{S}", f"sealed{S}"
+SERVICE_ACCOUNT = f"vhenc{S}"
+GROUPS = {CLEAR: [ALICE], SEALED: [ALICE], f"{SEALED}:analyst": [ALICE]}
+SERIES = "ct_ge_hispeed_gantry_tilt"
+
+
+class Site:
+    def __init__(self, stack: HubStack, state: Path, store: Path, key_file: Path) -> None:
+        self.stack, self.state, self.store, self.key_file = stack, state, store, key_file
+        self.token = ""
+        self.clear_uid = self.sealed_uid = ""
+        self.expected: np.ndarray | None = None
+
+    def catalog(self) -> Any:
+        import voxelhub
+
+        return voxelhub.open_catalog(self.stack.data_url, storage_options={"token": self.token})
+
+
+def _ingest(state: Path, source: Path, key_file: Path) -> tuple[Path, str, str, np.ndarray]:
+    from voxelhub import ingest, open_catalog
+    from voxelhub.store.encryption import use_keys
+
+    store = state / "store"
+    for project, encrypt in ((CLEAR, False), (SEALED, True)):
+        report = ingest(
+            source, store, project=project, encrypt=encrypt, key_file=key_file, progress=False
+        )
+        assert report.written and not report.failed, report.summary()
+    use_keys(None)  # from here on only the service holds keys
+    cat = open_catalog(store)
+    frame = cat.series()
+    clear_uid = frame[frame.project == CLEAR].volume_uid.iloc[0]
+    sealed_uid = frame[frame.project == SEALED].volume_uid.iloc[0]
+    expected = np.asarray(cat.open_series(clear_uid))
+    cat.close()
+    return store, clear_uid, sealed_uid, expected
+
+
+@pytest.fixture(scope="module")
+def site(shared_dicom: Path) -> Iterator[Site]:
+    from voxelhub.store.keys import FileKeyProvider
+
+    state = Path(tempfile.mkdtemp(prefix="vhencstate-"))
+    os.chmod(state, 0o755)
+    keys = state / "keys"
+    keys.mkdir(mode=0o711)  # the service account passes through, lists nothing
+    key_file = FileKeyProvider.create(keys / "master.json").path
+    stack = HubStack(
+        state,
+        admins=[ADMIN],
+        projects=GROUPS,
+        spawner="system",
+        tls=True,
+        extra_env={"VOXELHUB_DATA_USER": SERVICE_ACCOUNT, "VOXELHUB_KEY_FILE": str(key_file)},
+    )
+    try:
+        store, clear_uid, sealed_uid, expected = _ingest(state, shared_dicom / SERIES, key_file)
+        stack.store = str(store)
+        site = Site(stack, state, store, key_file)
+        site.clear_uid, site.sealed_uid, site.expected = clear_uid, sealed_uid, expected
+        stack.start(timeout=180)
+        admin = HubBrowser(stack.url, stack.verify)
+        password = secrets.token_urlsafe(18)
+        admin.signup(ADMIN, password)
+        admin.login(ADMIN, password, next_url="/hub/home")
+        for group, members in GROUPS.items():
+            admin.api("POST", f"/groups/{group}/users", json={"users": members}, ok=(200, 201))
+        body = {"note": "encryption test", "expires_in": 3600}
+        site.token = admin.api("POST", f"/users/{ALICE}/tokens", json=body)["token"]
+        ensure_account(ALICE)
+        yield site
+    finally:
+        stack.stop()
+        for name in (ADMIN, ALICE):
+            remove_account(name)
+        remove_managed_group_if_unused()
+        subprocess.run(["userdel", SERVICE_ACCOUNT], capture_output=True, check=False)
+        subprocess.run(["groupdel", SERVICE_ACCOUNT], capture_output=True, check=False)
+        for group in GROUPS:
+            remove_group(group)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def test_a_user_reads_an_encrypted_volume_through_the_service(site: Site) -> None:
+    from voxelhub.store.encryption import keys_in_use
+    from voxelhub.store.keys import MissingKey
+
+    assert keys_in_use() is None  # this process (the user's side) holds no key
+    cat = site.catalog()
+    sealed = cat.stored_volume(site.sealed_uid)
+    clear = cat.stored_volume(site.clear_uid)
+    # the sealed attributes come back merged: the same header-derived fields as the clear one
+    assert sealed.acquisition == clear.acquisition and sealed.acquisition
+    assert len(sealed.source_instance_uids) == len(clear.source_instance_uids) > 0
+    assert sealed.checksum == clear.checksum
+    volume = cat.open_series(site.sealed_uid)
+    assert np.array_equal(np.asarray(volume), site.expected)
+    assert np.array_equal(
+        np.asarray(volume[5:9, 100:300, 17:400]), site.expected[5:9, 100:300, 17:400]
+    )
+    coarse = np.asarray(cat.open_series(site.sealed_uid, level=2))
+    assert np.array_equal(coarse, np.asarray(cat.open_series(site.clear_uid, level=2)))
+    # the same store read directly, as the service's files: ciphertext needing the key
+    import zarr
+
+    with pytest.raises((MissingKey, PermissionError)):
+        zarr.open_array(str(site.store / sealed.store_path / "0"))[0]
+
+
+def test_labels_written_through_the_service_are_encrypted(site: Site) -> None:
+    from voxelhub.roi.labels import read_labels, write_labels
+
+    cat = site.catalog()
+    mask = site.expected > np.percentile(site.expected, 95)
+    write_labels(cat, site.sealed_uid, "bright", mask)
+    assert np.array_equal(np.asarray(read_labels(cat, site.sealed_uid, "bright")) > 0, mask)
+    path = cat.stored_volume(site.sealed_uid).labels_path("bright")
+    meta = json.loads((site.store / path / "0" / "zarr.json").read_text())
+    inner = meta["codecs"][0]["configuration"]["codecs"]
+    assert inner[-1]["name"] == "voxelhub.aes256gcm"
+
+
+def test_the_user_cannot_open_the_key_file_or_the_store(site: Site) -> None:
+    code = (
+        "import sys\n"
+        "for p in sys.argv[1:]:\n"
+        "    try:\n"
+        "        open(p, 'rb').read(1); print('READ', p)\n"
+        "    except PermissionError:\n"
+        "        print('DENIED', p)\n"
+    )
+    sealed = site.catalog().stored_volume(site.sealed_uid)
+    targets = [site.key_file, site.store / sealed.store_path / "zarr.json"]
+    targets += sorted((site.store / ".keys").glob("*.json"))
+    python = str(Path(sys.executable).parent.resolve() / "python")
+    out = subprocess.run(
+        ["runuser", "-u", ALICE, "--", python, "-c", code, *map(str, targets)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out.count("DENIED") == len(targets) >= 3, out
+    st = os.stat(site.key_file)
+    assert oct(st.st_mode & 0o777) == "0o600" and st.st_uid != 0
+
+
+def test_key_rotation_under_reads_through_the_service(site: Site, shared_dicom: Path) -> None:
+    """Readers read the encrypted volume through the service while the master key is rotated
+    and retired and the project gets a new data key (a new series sealed with it): 0 errors,
+    and the new volume reads through the same running service."""
+    from voxelhub import ingest, open_catalog
+    from voxelhub.store.encryption import use_keys
+    from voxelhub.store.keys import FileKeyProvider, KeyRing
+
+    stop = time.monotonic() + 3600
+    errors: list[BaseException] = []
+    reads = [0]
+
+    def reader() -> None:
+        cat = site.catalog()
+        while time.monotonic() < stop:
+            try:
+                got = np.asarray(cat.open_series(site.sealed_uid)[::4])
+                assert np.array_equal(got, site.expected[::4])
+            except BaseException as exc:
+                errors.append(exc)
+            reads[0] += 1
+
+    with cf.ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(reader) for _ in range(3)]
+        time.sleep(2)
+        provider = FileKeyProvider(site.key_file)  # root may use the service's key file
+        ring = KeyRing(site.store / ".keys", provider)
+        old = provider.current_id
+        provider.add_master()
+        assert ring.rewrap() >= 1
+        provider.retire(old)
+        old_data_key = ring.current(SEALED)
+        assert ring.rotate(SEALED) != old_data_key
+        use_keys(ring)
+        report = ingest(
+            shared_dicom / "mr_siemens_transfer_syntaxes",
+            site.store,
+            project=SEALED,
+            key_file=site.key_file,
+            progress=False,
+        )
+        use_keys(None)
+        assert report.written and not report.failed, report.summary()
+        # as the hub does on the next server start: root's new files to the service's account
+        hand_over_store(site.store, SERVICE_ACCOUNT)
+        hand_over_key_file(site.key_file, site.store, SERVICE_ACCOUNT)
+        time.sleep(2)
+        stop = time.monotonic()
+        for f in futures:
+            f.result()
+    assert errors == [], errors[:3]
+    assert reads[0] >= 6
+    new_uid = report.written[0]
+    cat = open_catalog(site.store)
+    row = cat.series(uid=new_uid).iloc[0]
+    assert row.project == SEALED
+    level0 = json.loads((site.store / row.store_path / "0" / "zarr.json").read_text())
+    inner = level0["codecs"][0]["configuration"]["codecs"]
+    assert inner[-1]["configuration"]["key_id"] == ring.current(SEALED) != old_data_key
+    use_keys(ring)
+    expected = np.asarray(cat.open_series(new_uid))
+    use_keys(None)
+    cat.close()
+    through = np.asarray(site.catalog().open_series(new_uid))
+    assert np.array_equal(through, expected)
+
+
+def test_a_flipped_bit_is_an_error_through_the_service(site: Site) -> None:
+    import requests
+
+    sealed = site.catalog().stored_volume(site.sealed_uid)
+    shard = site.store / sealed.store_path / "0" / "c" / "0" / "0" / "0"
+    raw = bytearray(shard.read_bytes())
+    raw[64] ^= 0x01
+    shard.write_bytes(bytes(raw))
+    url = f"{site.stack.data_url}/api/store/{sealed.store_path}/0/c/0/0/0"
+    response = requests.get(url, headers={"Authorization": f"token {site.token}"}, timeout=30)
+    assert response.status_code == 502, response.text
+    assert "failed authentication" in response.json()["message"]
+    with pytest.raises(Exception) as caught:
+        np.asarray(site.catalog().open_series(site.sealed_uid))
+    assert "502" in str(caught.value) or "Bad Gateway" in str(caught.value)
