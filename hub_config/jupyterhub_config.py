@@ -48,6 +48,16 @@ choice is an explicit setting below; what differs between sites comes from envir
 ``VOXELHUB_DATA_PORT``           the data service's port on 127.0.0.1 [8020].
 ``VOXELHUB_DATA_USER``           system account of the data service, the only one that may
                                  read the store and the catalog [voxelhub-data].
+``VOXELHUB_DATA_CATALOG_URL``    the data service's catalog (SQLAlchemy URL) [the SQLite file
+                                 in a local store]; needed when ``VOXELHUB_STORE`` is object
+                                 storage (``s3://bucket/store``).  A SQLite file's folder must
+                                 hold nothing else: it becomes the account's (0700).
+``VOXELHUB_DATA_STORAGE_OPTIONS_FILE``  JSON file of fsspec options for object storage
+                                 (``endpoint_url``, ``key``, ``secret`` …), mode 0600, owned by
+                                 root: handed to the service's account; readable by anyone else,
+                                 the hub refuses to start.  Only its path reaches the service.
+``VOXELHUB_DATA_PRESIGN_SECONDS``  on S3, answer chunk reads with presigned URLs valid this long
+                                 (0-3600, advised ≤ 60) [0: every byte through the service].
 ``VOXELHUB_DICOM_EDGE``          JSON file of the DICOM edge's settings (AE titles ->
                                  projects, allowed callers, ...; hub_config/dicom_edge_config.py)
                                  [unset: no edge].
@@ -271,10 +281,14 @@ if DATA_SERVICE:
         ensure_service_account,
         hand_over_store,
         prepare_audit,
+        store_environment,
     )
 
     ensure_service_account(DATA_USER)
-    hand_over_store(STORE, DATA_USER)
+    hand_over_store(STORE, DATA_USER)  # a folder; object storage (s3://…) has none to hand over
+    # object storage: VOXELHUB_DATA_CATALOG_URL, VOXELHUB_DATA_STORAGE_OPTIONS_FILE (credentials,
+    # made the account's 0600; only its path is passed on), VOXELHUB_DATA_PRESIGN_SECONDS
+    DATA_STORE_ENV = store_environment(STORE, DATA_USER)
     # encrypted projects: the master key file is the service's alone (never the users')
     KEY_FILE = env("VOXELHUB_KEY_FILE", "")
     if KEY_FILE:
@@ -418,6 +432,7 @@ if DATA_SERVICE:
                     [os.path.join(CODE, "extensions"), os.path.join(CODE, "workspace")]
                 ),
                 "VOXELHUB_DATA_STORE": STORE,
+                **DATA_STORE_ENV,
                 "VOXELHUB_AUDIT_LOG": AUDIT_LOG,
                 **({"VOXELHUB_KEY_FILE": KEY_FILE} if KEY_FILE else {}),
                 "PATH": f"{VENV_BIN}:/usr/bin:/bin",

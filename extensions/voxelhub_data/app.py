@@ -98,8 +98,13 @@ class DataService(Application):
         return os.environ.get("VOXELHUB_DATA_STORE", "")
 
     catalog_url = Unicode(
-        "", help="SQLAlchemy URL of the catalog; default the SQLite file inside the store."
+        help="SQLAlchemy URL of the catalog; default $VOXELHUB_DATA_CATALOG_URL, else the "
+        "SQLite file inside a local store (object storage needs one)."
     ).tag(config=True)
+
+    @default("catalog_url")
+    def _catalog_url_default(self) -> str:
+        return os.environ.get("VOXELHUB_DATA_CATALOG_URL", "")
 
     storage_options = Dict(
         help="fsspec options for an object-storage store (``endpoint_url``, ``key``, "
@@ -110,6 +115,42 @@ class DataService(Application):
     @default("storage_options")
     def _storage_options_default(self) -> dict[str, Any]:
         return dict(json.loads(os.environ.get("VOXELHUB_DATA_STORAGE_OPTIONS") or "{}"))
+
+    storage_options_file = Unicode(
+        help="JSON file of fsspec options for an object-storage store, credentials included "
+        '(``{"key": …, "secret": …, "endpoint_url": …}``): readable by this service\'s '
+        "account alone (a file others may read is refused).  Merged under storage_options.  "
+        "Default $VOXELHUB_DATA_STORAGE_OPTIONS_FILE (the hub sets it; hub_config/README.md)."
+    ).tag(config=True)
+
+    @default("storage_options_file")
+    def _storage_options_file_default(self) -> str:
+        return os.environ.get("VOXELHUB_DATA_STORAGE_OPTIONS_FILE", "")
+
+    def store_options(self) -> dict[str, Any]:
+        """storage_options over the options file's, which is checked first."""
+        if not self.storage_options_file:
+            return dict(self.storage_options)
+        path = self.storage_options_file
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            raise SystemExit(
+                f"voxelhub-data: storage_options_file {path}: {exc.strerror}"
+            ) from None
+        with os.fdopen(fd) as f:
+            if os.fstat(f.fileno()).st_mode & 0o077:
+                raise SystemExit(
+                    f"voxelhub-data: storage_options_file {path} is readable by others: rotate "
+                    "its credentials and write it again with mode 0600"
+                )
+            try:
+                options = json.load(f)
+            except ValueError as exc:
+                raise SystemExit(f"voxelhub-data: {path} is not JSON: {exc}") from None
+        if not isinstance(options, dict):
+            raise SystemExit(f"voxelhub-data: {path} must hold a JSON object of fsspec options")
+        return {**options, **self.storage_options}
 
     presign_seconds = Integer(
         help="On object storage (an S3 store), answer a chunk read with 307 to a presigned URL "
@@ -193,6 +234,7 @@ class DataService(Application):
         "audit-log": "DataService.audit_log",
         "bind-url": "DataService.bind_url",
         "presign-seconds": "DataService.presign_seconds",
+        "storage-options-file": "DataService.storage_options_file",
     }
 
     def make_app(self) -> web.Application:
@@ -201,7 +243,7 @@ class DataService(Application):
         if not self.audit_log:
             raise SystemExit("voxelhub-data: no audit log: set --audit-log or $VOXELHUB_AUDIT_LOG")
         prefix = "/" + self.prefix.strip("/") + "/"
-        self.catalog = CatalogView(self.store, self.catalog_url or None, self.storage_options)
+        self.catalog = CatalogView(self.store, self.catalog_url or None, self.store_options())
         decrypted_view.use_key_file(self.store, self.key_file)  # encrypted volumes served clear
         self.audit = AuditTrail(self.audit_log)
         self.pool = ThreadPoolExecutor(self.read_threads, thread_name_prefix="voxelhub-data")

@@ -25,7 +25,9 @@ import pwd
 import stat
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlparse
 
 log = logging.getLogger(__name__)
 
@@ -101,13 +103,108 @@ def hand_over_key_file(
     os.chmod(path, 0o600)
 
 
+STORE_SETTINGS = {
+    "VOXELHUB_DATA_CATALOG_URL": "the catalog's SQLAlchemy URL (needed for object storage)",
+    "VOXELHUB_DATA_STORAGE_OPTIONS_FILE": "JSON file of fsspec options, credentials included",
+    "VOXELHUB_DATA_PRESIGN_SECONDS": "presigned URLs for chunk reads on S3 (0-3600; 0 = off)",
+}
+"""The site's settings for the store the hub passes on to the data service, and what each is."""
+
+
+def is_object_storage(store: str) -> bool:
+    """``store`` is an fsspec URL (``s3://…``) rather than a folder on this machine."""
+    scheme = urlparse(store).scheme
+    return bool(scheme) and scheme != "file" and len(scheme) > 1  # C:\ is a folder
+
+
+def store_environment(
+    store: str, account: str = DEFAULT_ACCOUNT, settings: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The data service's environment for ``store``, from the site's ``VOXELHUB_DATA_*``.
+
+    Object storage needs the catalog's URL.  Credentials come in a JSON file of fsspec options
+    (``{"key": …, "secret": …, "endpoint_url": …}``) that only root and the service account
+    may read: one readable by anyone else is refused (its secrets may have leaked: rotate them),
+    the others are handed to the account, ``0600``.  Only the file's path travels, so no secret
+    is in the hub's configuration or in any process's environment.  A SQLite catalog's folder
+    becomes the account's, ``0700``.  Raises ``SystemExit`` naming the setting that is wrong.
+    """
+    settings = os.environ if settings is None else settings
+    given = {k: settings[k] for k in STORE_SETTINGS if settings.get(k)}
+    catalog = given.get("VOXELHUB_DATA_CATALOG_URL", "")
+    if is_object_storage(store) and not catalog:
+        raise SystemExit(
+            f"VOXELHUB_STORE {store} is object storage: set VOXELHUB_DATA_CATALOG_URL to its "
+            "catalog (postgresql+psycopg://… or sqlite:////srv/voxelhub/catalog/catalog.sqlite)"
+        )
+    if catalog.startswith("sqlite:///"):
+        hand_over_catalog_folder(catalog.removeprefix("sqlite:///").split("?")[0], account)
+    options = given.get("VOXELHUB_DATA_STORAGE_OPTIONS_FILE")
+    if options:
+        given["VOXELHUB_DATA_STORAGE_OPTIONS_FILE"] = str(hand_over_credentials(options, account))
+    seconds = given.get("VOXELHUB_DATA_PRESIGN_SECONDS", "0")
+    if not seconds.isdigit() or not 0 <= int(seconds) <= 3600:
+        raise SystemExit(f"VOXELHUB_DATA_PRESIGN_SECONDS must be 0-3600 seconds, not {seconds!r}")
+    return given
+
+
+def hand_over_catalog_folder(path: str, account: str = DEFAULT_ACCOUNT) -> None:
+    """Give a SQLite catalog's folder to ``account`` (``0700``): it must hold nothing else, so
+    a catalog put in ``/tmp`` or a home folder never takes that folder from everyone."""
+    folder = Path(path).absolute().parent
+    if not folder.is_dir():
+        return  # made by the first ingest, under the account then
+    companions = {Path(path).name + suffix for suffix in ("", "-wal", "-shm", "-journal")}
+    others = sorted(p.name for p in folder.iterdir() if p.name not in companions)
+    if others or folder == Path("/"):
+        raise SystemExit(
+            f"VOXELHUB_DATA_CATALOG_URL: {folder} holds more than the catalog "
+            f"({', '.join(others[:3]) or '/'}); put the catalog in a folder of its own, which "
+            "the data service's account will own"
+        )
+    hand_over_store(folder, account)
+
+
+def hand_over_credentials(path: str | os.PathLike[str], account: str = DEFAULT_ACCOUNT) -> Path:
+    """Check a credentials file (regular, no link, nobody but its owner may read it, owned by
+    root or ``account``) and make it ``account``'s, ``0600``; return its absolute path."""
+    target = Path(path).absolute()
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        raise SystemExit(f"VOXELHUB_DATA_STORAGE_OPTIONS_FILE {target} does not exist") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise SystemExit(f"VOXELHUB_DATA_STORAGE_OPTIONS_FILE {target} is not a regular file")
+    if st.st_mode & 0o077:
+        raise SystemExit(
+            f"VOXELHUB_DATA_STORAGE_OPTIONS_FILE {target} is readable by others (mode "
+            f"{st.st_mode & 0o777:o}): its credentials may have leaked; rotate them, then "
+            "write the file again with mode 0600"
+        )
+    if os.geteuid() == 0:
+        owner = pwd.getpwnam(account)
+        if st.st_uid not in (0, owner.pw_uid):
+            raise SystemExit(
+                f"VOXELHUB_DATA_STORAGE_OPTIONS_FILE {target} belongs to uid {st.st_uid}: "
+                f"only root or {account} may own the store's credentials"
+            )
+        os.lchown(target, owner.pw_uid, owner.pw_gid)
+    os.chmod(target, 0o600)
+    return target
+
+
 def prepare_audit(folder: str | os.PathLike[str], account: str = DEFAULT_ACCOUNT) -> Path:
-    """The audit folder (``0700``, the account's); returns the log's path inside it."""
+    """The audit folder (``0700``, the account's); returns the log's path inside it.
+
+    Files already in it become the account's too: after a restore onto a new machine the log
+    carries the old account's uid, and the service could not append to it."""
     path = Path(folder)
     path.mkdir(parents=True, exist_ok=True)
     if os.geteuid() == 0:
         owner = pwd.getpwnam(account)
         os.chown(path, owner.pw_uid, owner.pw_gid)
+        for entry in path.iterdir():
+            os.lchown(entry, owner.pw_uid, owner.pw_gid)
     os.chmod(path, 0o700)
     return path / "audit.log"
 
