@@ -49,6 +49,9 @@ PG_DUMP = "catalog.pgdump"
 STALE_STAGING_SECONDS = 6 * 3600
 #: files of a hub state folder that are not backed up (recreated at start, or per-run scratch)
 HUB_SKIP = ("jupyterhub.pid", "jupyterhub-proxy.pid", "dask-clusters", "runtime", "sessions")
+#: append-only files of a hub state folder, copied in this order while the hub runs: checkpoints
+#: first, so every head they name is in the (later, longer) copy of the log
+HUB_APPEND_ONLY = ("audit-checkpoints.jsonl", "audit/audit.log")
 
 
 class BackupError(VoxelHubError):
@@ -233,6 +236,8 @@ class Repository:
                 os.rename(scratch / str(manifest["hub"]).lstrip("/"), hub)
                 for name in manifest["hub_databases"]:
                     os.rename(staged / "hub-db" / name, hub / name)
+                for name in manifest.get("hub_append_only", []):
+                    os.rename(staged / "hub-append" / name, hub / name)
                 restored = Sources(store=store, hub_state=hub)
             if manifest.get("pg_dump"):
                 os.rename(staged / PG_DUMP, target / PG_DUMP)
@@ -340,6 +345,11 @@ def _staged(sources: Sources) -> Iterator[tuple[str, list[str]]]:
                 _copy_sqlite(hub / name, staging / "hub-db" / name)
             paths.append(str(hub))
             excludes += [str(hub / n) for n in HUB_SKIP]
+            appended = [n for n in HUB_APPEND_ONLY if (hub / n).is_file()]
+            for name in appended:
+                _copy_append_only(hub / name, staging / "hub-append" / name)
+                excludes.append(str(hub / name))
+            manifest["hub_append_only"] = appended
             excludes += [str(hub / n) + sfx for n in databases for sfx in ("", "-wal", "-shm")]
             manifest.update(hub=str(hub), hub_databases=databases)
         for key_file in sources.key_files:  # key material never goes into a data snapshot
@@ -354,6 +364,20 @@ def _staged(sources: Sources) -> Iterator[tuple[str, list[str]]]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _copy_append_only(source: Path, target: Path) -> None:
+    """Copy a log that is being appended to up to its last whole line, keeping owner and mode."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(source, "rb") as f:
+        data = f.read()
+    data = data[: data.rfind(b"\n") + 1]
+    st = source.stat()
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, st.st_mode & 0o777)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    if os.geteuid() == 0:
+        os.chown(target, st.st_uid, st.st_gid)
+
+
 def _copy_sqlite(source: Path, target: Path) -> None:
     """A consistent copy of a SQLite database that may be in use (online backup API)."""
     src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
@@ -363,4 +387,7 @@ def _copy_sqlite(source: Path, target: Path) -> None:
     finally:
         dst.close()
         src.close()
-    os.chmod(target, 0o600)
+    st = source.stat()  # the copy goes back in its place: same owner and mode
+    os.chmod(target, st.st_mode & 0o777)
+    if os.geteuid() == 0:
+        os.chown(target, st.st_uid, st.st_gid)
