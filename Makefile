@@ -90,6 +90,7 @@ bench: install hub-deps
 	$(BIN)/python benchmarks/viewer.py
 	$(BIN)/python benchmarks/radiomics.py
 	$(BIN)/python benchmarks/roi.py
+	$(BIN)/python benchmarks/backup.py
 
 clean:
 	rm -rf $(VENV) .node .demo tests/artifacts $(OUTSIDE)
