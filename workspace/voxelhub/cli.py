@@ -30,6 +30,40 @@ def _ingest(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def _pull(args: argparse.Namespace) -> int:
+    from voxelhub.dicomweb import Credentials, StudyQuery, pull
+
+    extra = {}
+    for item in args.filter:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise VoxelHubError(f"--filter takes KEYWORD=VALUE, not {item!r}")
+        extra[key] = value
+    query = StudyQuery(
+        patient_id=args.patient_id,
+        study_date=args.study_date,
+        modality=args.modality,
+        accession=args.accession,
+        study_uid=args.study_uid,
+        extra=extra,
+    )
+    report = pull(
+        args.url,
+        args.store,
+        query,
+        project=args.project,
+        deidentify=True if args.deidentify else None,
+        credentials=Credentials.resolve(user=args.user),
+        workers=args.workers,
+        staging=args.staging,
+        catalog_url=args.catalog_url,
+        max_studies=args.max_studies,
+        progress=not args.quiet,
+    )
+    print(report.summary())
+    return report.exit_code
+
+
 def _list(args: argparse.Namespace) -> int:
     from voxelhub import open_catalog
 
@@ -208,6 +242,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_ingest)
+
+    p = sub.add_parser(
+        "pull",
+        help="pull studies from a DICOMweb server (QIDO-RS query, WADO-RS retrieval) into a "
+        "project; resumable",
+        description="Find studies on a DICOMweb server with QIDO-RS and retrieve their "
+        "instances with WADO-RS in parallel streams; every instance is checked (truncated or "
+        "corrupt ones are rejected with the reason), staged atomically and ingested like "
+        "`voxelhub ingest` (de-identified when the project is). An interrupted pull started "
+        "again with the same arguments fetches only what is missing. Credentials: --user with "
+        "$VOXELHUB_DICOMWEB_PASSWORD, or $VOXELHUB_DICOMWEB_TOKEN (bearer); never printed.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "exit status:\n"
+            "  0  every instance the query selects is in the store\n"
+            "  1  some instances were rejected (reasons listed) or refused by the ingest\n"
+            "  2  nothing was stored, or the pull failed: server unreachable, HTTP 401/403/404,\n"
+            "     no study matched, or instances could not be fetched (run it again to resume)"
+        ),
+    )
+    p.add_argument("url", help="the DICOMweb root, e.g. https://pacs.example.org/dicom-web")
+    p.add_argument("--store", required=True, help="store path or URL")
+    p.add_argument("--project", default="default", help="project name (default: default)")
+    p.add_argument("--deidentify", action="store_true", help="apply the DICOM PS3.15 Basic Profile")
+    p.add_argument("--patient-id", default=None, help="PatientID")
+    p.add_argument("--study-date", default=None, help="YYYYMMDD or YYYYMMDD-YYYYMMDD")
+    p.add_argument(
+        "--modality", default=None, help="studies with this modality; only its series pulled"
+    )
+    p.add_argument("--accession", default=None, help="AccessionNumber")
+    p.add_argument("--study-uid", default=None, help="StudyInstanceUID")
+    p.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="KEYWORD=VALUE",
+        help="any other study attribute, e.g. PatientName=DOE*; repeatable",
+    )
+    p.add_argument("--workers", type=int, default=4, help="parallel WADO-RS streams [4]")
+    p.add_argument("--max-studies", type=int, default=50, help="refuse a query matching more [50]")
+    p.add_argument(
+        "--staging",
+        default=None,
+        help="where instances wait for ingest [$VOXELHUB_PULL_STAGING or ~/.cache/voxelhub/pulls]",
+    )
+    p.add_argument("--user", default=None, help="basic-auth user [$VOXELHUB_DICOMWEB_USER]")
+    p.add_argument("--catalog-url", default=None, help="SQLAlchemy URL (default: SQLite in store)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_pull)
 
     p = sub.add_parser("list", help="list the volumes in a store")
     p.add_argument("--store", required=True)

@@ -1,0 +1,373 @@
+"""``voxelhub pull`` against a second, real Orthanc with its DICOMweb plugin.
+
+The archive runs in a network namespace of its own (the test's, like the edge's PACS host in
+``conftest.py``), reached over a veth pair, with authentication on: the pull is a real client
+talking HTTP to a real server across an interface.  It is loaded by STOW-RS with real series
+from ``../shared/data/dicom``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import requests
+from pydicom.uid import generate_uid
+
+from tests.dicom_net.conftest import DICOM, REPO, PacsHost
+from voxelhub.catalog import Catalog
+from voxelhub.dicomweb import (
+    AuthenticationFailed,
+    Credentials,
+    EmptyQuery,
+    ServerNotFound,
+    ServerUnreachable,
+    StudyQuery,
+    pull,
+)
+from voxelhub.ingest import ingest
+from voxelhub.store.location import open_location
+
+ORTHANC = "/usr/sbin/Orthanc"
+PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+HTTP_PORT = 8042
+USER = "archive"
+SMALL = DICOM / "mr_ge_mprage_3d_t1"  # 130 instances
+LARGE = DICOM / "mr_ge_epi_pepolar"  # 240 instances: long enough to be killed mid-way
+pytestmark = pytest.mark.timeout(900)
+PULL = (sys.executable, "-m", "voxelhub.cli", "pull")
+QUIET = ("--user", USER, "--quiet")
+
+
+@dataclass
+class Archive:
+    url: str
+    password: str
+    host: PacsHost
+    proc: subprocess.Popen[bytes]
+    workdir: Path
+
+    def credentials(self) -> Credentials:
+        return Credentials(USER, self.password)
+
+    def stow(self, datasets: list[pydicom.Dataset]) -> None:
+        from dicomweb_client import DICOMwebClient
+        from dicomweb_client.session_utils import create_session_from_user_pass
+
+        client = DICOMwebClient(
+            self.url, session=create_session_from_user_pass(USER, self.password)
+        )
+        answer = client.store_instances(datasets)
+        assert not answer.get("FailedSOPSequence"), answer
+        assert len(answer.ReferencedSOPSequence) == len(datasets)
+
+
+def dicom_files(folder: Path) -> list[Path]:
+    """The series' files, without the data set's license, provenance and checksums."""
+    skip = {"LICENSE.txt", "PROVENANCE.md", "SHA256SUMS"}
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name not in skip)
+
+
+def header(path: Path) -> pydicom.Dataset:
+    return pydicom.dcmread(path, stop_before_pixels=True)
+
+
+@pytest.fixture(scope="module")
+def archive() -> Iterator[Archive]:
+    """Orthanc + DICOMweb in its own namespace at 10.231.S.2, the host side at 10.231.S.1."""
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root")
+    for need in (ORTHANC, PLUGIN):
+        if not os.path.exists(need):
+            pytest.fail(f"{need} is missing: `make install` installs orthanc-dicomweb")
+    host = PacsHost(subnet=220 + secrets.randbelow(30))  # the edge's tests use 20-219
+    workdir = Path(tempfile.mkdtemp(prefix="vh-archive-"))
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        subprocess.run(
+            ["ip", "addr", "add", f"{host.edge_ip}/24", "dev", host.edge_link], check=True
+        )
+        subprocess.run(["ip", "link", "set", host.edge_link, "up"], check=True)
+        password = secrets.token_urlsafe(12)
+        config = {
+            "Name": "second-site-archive",
+            "StorageDirectory": str(workdir / "storage"),
+            "IndexDirectory": str(workdir / "storage"),
+            "HttpPort": HTTP_PORT,
+            "RemoteAccessAllowed": True,  # a remote archive: clients come over the network
+            "AuthenticationEnabled": True,
+            "RegisteredUsers": {USER: password},
+            "HttpCompressionEnabled": False,
+            "DicomServerEnabled": False,
+            "SaveJobs": False,
+            "HttpThreadsCount": 10,
+            "Plugins": [PLUGIN],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True},
+        }
+        (workdir / "orthanc.json").write_text(json.dumps(config))
+        log = open(workdir / "orthanc.log", "wb")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(
+            ["nsenter", f"--net={host.ns}", "--", ORTHANC, str(workdir / "orthanc.json")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+            start_new_session=True,
+        )
+        log.close()
+        base = f"http://{host.ip}:{HTTP_PORT}"
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"Orthanc did not start: {(workdir / 'orthanc.log').read_text()[-2000:]}"
+                )
+            try:
+                if requests.get(f"{base}/system", auth=(USER, password), timeout=1).ok:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        archive = Archive(f"{base}/dicom-web", password, host, proc, workdir)
+        archive.stow([pydicom.dcmread(p) for p in dicom_files(SMALL)])
+        archive.stow([pydicom.dcmread(p) for p in dicom_files(LARGE)])
+        yield archive
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        host.close()  # the veth goes with the namespace
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def same_volumes(store: Path, reference: Path, project: str) -> int:
+    """Assert both stores hold the same volumes, voxel for voxel; how many."""
+    cat, ref = Catalog(open_location(str(store))), Catalog(open_location(str(reference)))
+    try:
+        rows, ref_rows = cat.series(project=project), ref.series(project=project)
+        assert len(rows) == len(ref_rows) >= 1
+        for (_, got), (_, want) in zip(
+            rows.sort_values("volume_uid").iterrows(),
+            ref_rows.sort_values("volume_uid").iterrows(),
+            strict=True,
+        ):
+            assert got["volume_uid"] == want["volume_uid"]
+            a, b = cat.open_series(got).values, ref.open_series(want).values
+            assert a.shape == b.shape and a.dtype == b.dtype
+            assert np.array_equal(a, b)
+            ga = cat.stored_volume(got["volume_uid"]).geometry
+            gb = ref.stored_volume(want["volume_uid"]).geometry
+            assert np.allclose(ga.affine_lps, gb.affine_lps)
+        return len(rows)
+    finally:
+        cat.close()
+        ref.close()
+
+
+def test_pull_by_qido_query_matches_a_folder_ingest(archive: Archive, tmp_path: Path) -> None:
+    patient = str(header(dicom_files(SMALL)[0]).PatientID)
+    study = str(header(dicom_files(SMALL)[0]).StudyInstanceUID)
+    report = pull(
+        archive.url,
+        tmp_path / "store",
+        StudyQuery(patient_id=patient, modality="MR"),
+        project="pulled",
+        credentials=archive.credentials(),
+        workers=4,
+        staging=tmp_path / "staging",
+        ingest_workers=1,
+        progress=False,
+    )
+    assert report.exit_code == 0, report.summary()
+    assert (report.studies, report.instances) == (1, len(dicom_files(SMALL)))
+    assert report.fetched == report.instances and report.resumed == 0
+    assert not report.rejected
+    assert report.ingest is not None and report.ingest.files_seen == report.instances
+    # the identifiable staged copies are gone once the store holds them
+    assert list((tmp_path / "staging").iterdir()) == []
+
+    ingest(SMALL, tmp_path / "folder", project="pulled", workers=1, progress=False)
+    same_volumes(tmp_path / "store", tmp_path / "folder", "pulled")
+    cat = Catalog(open_location(str(tmp_path / "store")))
+    assert set(cat.series(project="pulled")["study_uid"]) == {study}
+    cat.close()
+
+
+def _cli(archive: Archive, store: Path, staging: Path, *args: str) -> subprocess.Popen[str]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO / "workspace"),
+        "VOXELHUB_DICOMWEB_PASSWORD": archive.password,
+    }
+    return subprocess.Popen(
+        [*PULL, archive.url, "--store", str(store), "--staging", str(staging), *QUIET, *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _journal_lines(staging: Path) -> int:
+    return sum(
+        len(p.read_bytes().splitlines()) for p in staging.glob("*/state.jsonl") if p.exists()
+    )
+
+
+def test_a_killed_pull_resumes_and_duplicates_nothing(archive: Archive, tmp_path: Path) -> None:
+    store, staging = tmp_path / "store", tmp_path / "staging"
+    study = str(header(dicom_files(LARGE)[0]).StudyInstanceUID)
+    total = len(dicom_files(LARGE))
+    args = ("--study-uid", study, "--project", "resumed", "--workers", "1")
+    first = _cli(archive, store, staging, *args)
+    deadline = time.monotonic() + 120
+    while _journal_lines(staging) < 20:
+        assert first.poll() is None, first.communicate()[0]
+        assert time.monotonic() < deadline, "the pull staged nothing"
+        time.sleep(0.005)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    first.stdout.close()  # type: ignore[union-attr]
+    staged_before = _journal_lines(staging)
+    assert 20 <= staged_before < total, "killed too late to test a resumption"
+    # nothing reached the catalog yet: ingest starts only when every instance is staged
+    assert (
+        not (store / "catalog.sqlite").exists()
+        or Catalog(open_location(str(store))).series(project="resumed").empty
+    )
+
+    second = _cli(archive, store, staging, *args)
+    out, _ = second.communicate(timeout=600)
+    assert second.returncode == 0, out
+    assert f"{total} instance(s): {total - staged_before} fetched now" in out, out
+    assert f"{staged_before} already staged by an earlier run" in out, out
+    assert archive.password not in out
+
+    # nothing duplicated: the volumes of a folder ingest of the same files, once each
+    ingest(LARGE, tmp_path / "folder", project="resumed", workers=1, progress=False)
+    n = same_volumes(store, tmp_path / "folder", "resumed")
+    cat = Catalog(open_location(str(store)))
+    reports = cat.reports()
+    assert len(reports) == 1
+    [files_seen] = reports["files_seen"]
+    assert files_seen == total
+    cat.close()
+
+    # a third run brings the same instances again: the store stays as it is
+    third = _cli(archive, store, staging, *args)
+    out, _ = third.communicate(timeout=600)
+    assert third.returncode == 0, out
+    assert "0 volume(s) written" in out and f"{n} unchanged" in out, out
+    assert same_volumes(store, tmp_path / "folder", "resumed") == n
+
+
+def test_truncated_and_non_image_instances_are_rejected(archive: Archive, tmp_path: Path) -> None:
+    """A study whose last slice is cut inside its pixel data, plus an SR: both named, neither
+    ingested, the rest stored (de-identified, as the project asks)."""
+    study, patient = generate_uid(), f"PULL-{secrets.token_hex(4)}"
+    series = generate_uid()
+    datasets = []
+    for path in dicom_files(DICOM / "ct_ge_hispeed_gantry_tilt"):
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.PatientID = study, series, patient
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        datasets.append(ds)
+    cut = datasets[-1]
+    cut.PixelData = cut.PixelData[: len(cut.PixelData) // 2]
+    sr = pydicom.Dataset()
+    sr.SOPClassUID, sr.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.88.11", generate_uid()
+    sr.StudyInstanceUID, sr.SeriesInstanceUID = study, generate_uid()
+    sr.PatientID, sr.Modality, sr.SeriesNumber, sr.InstanceNumber = patient, "SR", 99, 1
+    sr.ValueType, sr.CompletionFlag, sr.VerificationFlag = "CONTAINER", "COMPLETE", "UNVERIFIED"
+    sr.file_meta = pydicom.dataset.FileMetaDataset()
+    sr.file_meta.MediaStorageSOPClassUID = sr.SOPClassUID
+    sr.file_meta.MediaStorageSOPInstanceUID = sr.SOPInstanceUID
+    sr.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    sr.save_as(tmp_path / "sr.dcm", enforce_file_format=True)  # a Part 10 file, as sent
+    archive.stow([*datasets, pydicom.dcmread(tmp_path / "sr.dcm")])
+
+    report = pull(
+        archive.url,
+        tmp_path / "store",
+        StudyQuery(patient_id=patient),
+        project="deid",
+        deidentify=True,
+        credentials=archive.credentials(),
+        staging=tmp_path / "staging",
+        ingest_workers=1,
+        progress=False,
+    )
+    assert report.exit_code == 1, report.summary()
+    reasons = {r["sop"]: r["reason"] for r in report.rejected}
+    assert reasons[str(cut.SOPInstanceUID)].startswith("truncated: pixel data holds"), reasons
+    assert reasons[str(sr.SOPInstanceUID)].startswith("not an image: Basic Text SR"), reasons
+    assert len(reasons) == 2
+    assert report.ingest is not None and report.ingest.files_seen == len(datasets) - 1
+    cat = Catalog(open_location(str(tmp_path / "store")))
+    rows = cat.series(project="deid")
+    assert len(rows) >= 1
+    assert patient not in json.dumps(rows.to_dict(orient="records"), default=str)
+    assert study not in set(rows["study_uid"])  # de-identified: UIDs replaced
+    cat.close()
+
+
+def test_clear_errors_for_a_bad_server_credentials_or_query(
+    archive: Archive, tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    some = StudyQuery(modality="MR")
+    kw = {"staging": tmp_path / "staging", "progress": False}
+    with pytest.raises(ServerUnreachable, match="no answer from"):
+        pull(f"http://{archive.host.ip}:1/dicom-web", store, some, **kw)  # type: ignore[arg-type]
+    with pytest.raises(AuthenticationFailed, match="HTTP 401"):
+        wrong = Credentials(USER, "not-the-password")
+        pull(archive.url, store, some, credentials=wrong, **kw)  # type: ignore[arg-type]
+    with pytest.raises(ServerNotFound, match="HTTP 404"):
+        root = archive.url.removesuffix("/dicom-web") + "/not-dicom-web"
+        pull(root, store, some, credentials=archive.credentials(), **kw)  # type: ignore[arg-type]
+    with pytest.raises(EmptyQuery, match=r"no study .* matches PatientID=NOBODY"):
+        pull(
+            archive.url,
+            store,
+            StudyQuery(patient_id="NOBODY"),
+            credentials=archive.credentials(),
+            **kw,  # type: ignore[arg-type]
+        )
+    assert not store.exists()  # nothing was written anywhere
+
+    # the command line: exit status 2, one line naming the problem, no secret in it
+    run = _cli(archive, store, tmp_path / "staging", "--patient-id", "NOBODY")
+    out, _ = run.communicate(timeout=120)
+    assert run.returncode == 2
+    assert out.startswith("voxelhub: error: no study on http://"), out
+    assert "Traceback" not in out and archive.password not in out
+    bad = subprocess.run(
+        [*PULL, archive.url, "--store", str(store), "--modality", "MR", "--user", USER],
+        env={
+            **os.environ,
+            "PYTHONPATH": str(REPO / "workspace"),
+            "VOXELHUB_DICOMWEB_PASSWORD": "wrong-secret-xyz",
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2
+    assert "HTTP 401" in bad.stderr and "wrong-secret-xyz" not in bad.stderr + bad.stdout

@@ -1,0 +1,38 @@
+"""Pull studies from any DICOMweb server into a project: ``voxelhub.dicomweb.pull(...)``.
+
+QIDO-RS finds the studies, WADO-RS brings their instances in parallel streams, each is checked
+and staged atomically, the staged folder goes through the normal ingest.  Resumable: the same
+pull started again fetches only what is missing.
+"""
+
+from voxelhub.dicomweb.errors import (
+    AuthenticationFailed,
+    EmptyQuery,
+    PullError,
+    PullIncomplete,
+    QueryError,
+    ServerError,
+    ServerNotFound,
+    ServerUnreachable,
+    TooManyStudies,
+)
+from voxelhub.dicomweb.pull import PullReport, default_staging, pull
+from voxelhub.dicomweb.query import StudyQuery
+from voxelhub.dicomweb.server import Credentials
+
+__all__ = [
+    "AuthenticationFailed",
+    "Credentials",
+    "EmptyQuery",
+    "PullError",
+    "PullIncomplete",
+    "PullReport",
+    "QueryError",
+    "ServerError",
+    "ServerNotFound",
+    "ServerUnreachable",
+    "StudyQuery",
+    "TooManyStudies",
+    "default_staging",
+    "pull",
+]

@@ -1,0 +1,226 @@
+"""``voxelhub pull``: QIDO-RS query → WADO-RS retrieval in parallel → checked → normal ingest.
+
+Each instance is fetched on its own (one WADO-RS request per SOPInstanceUID, ``workers``
+streams at once), checked like an instance arriving at the DICOM edge
+(:func:`voxelhub.dicom.checks.check_dataset`: a truncated or corrupt instance is rejected with
+its reason and never ingested), written atomically into the pull's staging folder and recorded
+in its state file (:mod:`voxelhub.dicomweb.journal`).  When every instance is there, the folder
+is ingested with :func:`voxelhub.ingest.ingest` (de-identified when the project is) and removed.
+An interrupted pull started again with the same server, query and project finds the same folder
+and fetches only what is missing; ingest is idempotent, so nothing is catalogued twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from voxelhub.dicomweb.errors import PullError, PullIncomplete
+from voxelhub.dicomweb.journal import Entry, Journal, Outcome, instance_file_name, write_atomically
+from voxelhub.dicomweb.query import InstanceRef, StudyQuery, plan_pull
+from voxelhub.dicomweb.server import Credentials, Server
+
+if TYPE_CHECKING:
+    from voxelhub.ingest import IngestReport
+
+log = logging.getLogger(__name__)
+
+STAGING_ENV = "VOXELHUB_PULL_STAGING"
+# every transfer syntax as stored: nothing is transcoded (or decompressed) on the way
+AS_STORED = (("application/dicom", "*"),)
+
+
+def default_staging() -> Path:
+    """``$VOXELHUB_PULL_STAGING``, else ``~/.cache/voxelhub/pulls`` (private to the user)."""
+    env = os.environ.get(STAGING_ENV)
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "voxelhub" / "pulls"
+
+
+@dataclass
+class PullReport:
+    """What a pull did: instances matched, fetched now, already staged, rejected, failed."""
+
+    url: str
+    query: str
+    project: str
+    studies: int = 0
+    instances: int = 0
+    fetched: int = 0
+    resumed: int = 0
+    nbytes: int = 0
+    seconds: float = 0.0
+    rejected: list[dict[str, str]] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)
+    ingest: IngestReport | None = None
+    staging: str = ""
+
+    @property
+    def megabytes_per_second(self) -> float:
+        return self.nbytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def exit_code(self) -> int:
+        """0 all stored, 1 some instances rejected or refused by ingest, 2 nothing stored."""
+        if self.ingest is None or self.ingest.exit_code == 2:
+            return 2
+        return 1 if self.rejected or self.ingest.exit_code == 1 else 0
+
+    def summary(self) -> str:
+        lines = [
+            f"pull from {self.url} ({self.query}) into project {self.project}: "
+            f"{self.studies} study(ies), {self.instances} instance(s): {self.fetched} fetched "
+            f"now ({self.nbytes / 1e6:.1f} MB in {self.seconds:.1f} s, "
+            f"{self.megabytes_per_second:.1f} MB/s), {self.resumed} already staged by an "
+            f"earlier run, {len(self.rejected)} rejected"
+        ]
+        for item in self.rejected:
+            lines.append(f"  rejected instance {item['sop']}: {item['reason']}")
+        if self.ingest is not None:
+            lines.append(self.ingest.summary())
+        else:
+            lines.append(f"  nothing ingested; the staged instances stay in {self.staging}")
+        return "\n".join(lines)
+
+
+def pull_folder(staging: Path, server: Server, query: StudyQuery, project: str) -> Path:
+    """The pull's own folder: the same server, query and project always find the same one."""
+    identity = "\n".join((server.url, query.canonical(), project))
+    return staging / hashlib.sha256(identity.encode()).hexdigest()[:24]
+
+
+def _fetch(server: Server, journal: Journal, ref: InstanceRef) -> Entry:
+    """One instance: WADO-RS, checked, staged.  Network failures raise (the run retries it)."""
+    from voxelhub.dicom.checks import check_dataset
+
+    name = instance_file_name(ref.sop)
+    if name is None:
+        return Entry(ref.sop[:80], ref.series, Outcome.REJECTED, 0, "not a DICOM UID")
+    try:
+        with server.speaking(f"WADO-RS retrieval of instance {ref.sop}"):
+            ds = server.client().retrieve_instance(
+                ref.study, ref.series, ref.sop, media_types=AS_STORED
+            )
+    except PullError:
+        raise
+    except Exception as exc:  # pydicom could not parse the part: a damaged instance
+        return Entry(
+            ref.sop,
+            ref.series,
+            Outcome.REJECTED,
+            0,
+            f"unreadable DICOM: {type(exc).__name__}: {exc}"[:300],
+        )
+    problem = check_dataset(ds)
+    if problem is None and str(ds.get("SOPInstanceUID", "")) != ref.sop:
+        problem = f"the server sent instance {ds.get('SOPInstanceUID', '?')} instead"
+    if problem is not None:
+        return Entry(ref.sop, ref.series, Outcome.REJECTED, 0, problem)
+    size = write_atomically(journal.instances, name, lambda f: ds.save_as(f))
+    return Entry(ref.sop, ref.series, Outcome.STAGED, size)
+
+
+def pull(
+    url: str,
+    store: str | os.PathLike[str],
+    query: StudyQuery,
+    *,
+    project: str = "default",
+    deidentify: bool | None = None,
+    credentials: Credentials | None = None,
+    workers: int = 4,
+    staging: str | os.PathLike[str] | None = None,
+    catalog_url: str | None = None,
+    max_studies: int = 50,
+    ingest_workers: int | None = None,
+    progress: bool = True,
+) -> PullReport:
+    """Pull the studies ``query`` selects on the DICOMweb server ``url`` into ``project``.
+
+    Raises :class:`~voxelhub.dicomweb.errors.PullError` subclasses for a server that does not
+    answer, refuses the credentials (401/403), is not there (404), or a query that matches
+    nothing; :class:`PullIncomplete` when some instances could not be fetched (run the same
+    pull again: it fetches only those).  Rejected instances are listed in the report.
+    """
+    from tqdm.auto import tqdm
+
+    if workers < 1:
+        raise PullError(f"workers must be at least 1, not {workers}")
+    server = Server(url, credentials)
+    plan = plan_pull(server, query, max_studies=max_studies)
+    root = Path(staging).expanduser() if staging is not None else default_staging()
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder = pull_folder(root, server, query, project)
+    folder.mkdir(mode=0o700, exist_ok=True)
+    journal = Journal(folder)
+    report = PullReport(
+        server.url,
+        query.describe(),
+        project,
+        studies=len(plan.studies),
+        instances=len(plan.instances),
+        staging=str(folder),
+    )
+    todo = [ref for ref in plan.instances if not journal.done(ref.sop)]
+    report.resumed = len(plan.instances) - len(todo)
+    if report.resumed:
+        log.info("resuming: %d of %d instances already staged", report.resumed, report.instances)
+    started = time.monotonic()
+    bar = tqdm(total=len(todo), desc="pulling", unit="instance", disable=not progress)
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pull") as pool:
+            futures = {pool.submit(_fetch, server, journal, ref): ref for ref in todo}
+            for future in as_completed(futures):
+                ref = futures[future]
+                try:
+                    entry = future.result()
+                except PullError as exc:
+                    report.failed.append({"sop": ref.sop, "reason": str(exc)})
+                else:
+                    journal.record(entry)
+                    report.fetched += 1
+                    report.nbytes += entry.nbytes
+                bar.update(1)
+                bar.set_postfix_str(f"{report.nbytes / 1e6:.0f} MB", refresh=False)
+    finally:
+        bar.close()
+        journal.close()
+        report.seconds = time.monotonic() - started
+    if report.failed:
+        raise PullIncomplete(
+            f"{len(report.failed)} of {report.instances} instance(s) could not be fetched "
+            f"(first: {report.failed[0]['reason']}); {report.fetched} fetched now are kept: "
+            "run the same pull again to fetch the rest"
+        )
+    report.rejected = [
+        {"sop": e.sop, "reason": e.reason}
+        for ref in plan.instances
+        if (e := journal.entries[ref.sop]).outcome is Outcome.REJECTED
+    ]
+    staged = [r for r in plan.instances if journal.entries[r.sop].outcome is Outcome.STAGED]
+    if staged:
+        from voxelhub.ingest import ingest
+
+        report.ingest = ingest(
+            journal.instances,
+            store,
+            project=project,
+            deidentify=deidentify,
+            catalog_url=catalog_url,
+            workers=ingest_workers,
+            progress=progress,
+        )
+        if report.ingest.exit_code < 2:
+            # in the store now: the staged copies (identifiable) go
+            shutil.rmtree(folder, ignore_errors=True)
+    log.info("%s", report.summary())
+    return report
