@@ -819,9 +819,9 @@ def _read_key(
     if isinstance(catalog.location, FsspecLocation):
         return found, _read_object(catalog.location, key, header, body)
     if decrypted_view.enabled():
-        plain = decrypted_view.read(key, *decrypted_view.local_reader(store, key))
-        if plain is not None:
-            return found, _in_range(plain, header, body)
+        view = decrypted_view.read(key, decrypted_view.LocalVolume(store, key))
+        if view is not None:
+            return found, _served(view, header, body)
     fd = paths.open_key(store, key)
     try:
         size = os.fstat(fd).st_size
@@ -836,14 +836,15 @@ def _read_key(
     return found, _Read(data, start, stop, size, span is not None)
 
 
-def _in_range(data: bytes, header: str | None, body: bool) -> _Read:
-    """The ``Range`` of bytes made here (a decrypted chunk, rewritten metadata)."""
+def _served(view: decrypted_view.View, header: str | None, body: bool) -> _Read:
+    """The ``Range`` of a key of an encrypted volume, decrypted (only what the range covers)."""
     try:
-        span = paths.byte_range(header, len(data))
+        span = paths.byte_range(header, view.size)
     except paths.BadRange as exc:
-        raise _RangeRefused(str(exc), len(data)) from None
-    start, stop = span if span else (0, len(data))
-    return _Read(data[start:stop] if body else b"", start, stop, len(data), span is not None)
+        raise _RangeRefused(str(exc), view.size) from None
+    start, stop = span if span else (0, view.size)
+    data = view.read(start, stop) if body and stop > start else b""
+    return _Read(data, start, stop, view.size, span is not None)
 
 
 def _read_object(

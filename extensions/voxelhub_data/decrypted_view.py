@@ -2,13 +2,16 @@
 
 Users' kernels and Dask workers hold no key; they read through the service with zarr as for any
 volume.  For an array whose inner chunks are sealed (``voxelhub.aes256gcm`` inside
-``sharding_indexed``) the service answers with a rewritten ``zarr.json`` describing an
-*unsharded* array whose chunks are the inner chunks and whose codecs are the inner codecs
-without the cipher.  A request for chunk ``c/i/j/k`` is mapped to its shard and inner index:
-the shard index (clear, ``crc32c``-checked) gives the inner chunk's byte range, that range is
-read, decrypted and returned — still Blosc-compressed, so the bytes on the wire are about what
-a clear volume's range read moves.  The volume's own ``zarr.json`` comes back with its sealed
-attributes merged in (:mod:`voxelhub.store.sidecar`); the sealed object itself is not served.
+``sharding_indexed``) the service answers with its ``zarr.json`` minus the cipher, and each
+shard as zarr would have written it without the cipher: the same inner chunks (decrypted,
+still Blosc-compressed, so 32 bytes shorter each) in the same order, then an index of their new
+offsets.  The stored index (clear, ``crc32c``-checked) says where each inner chunk is; a range
+request decrypts only the inner chunks it overlaps.  So the client's coalesced range reads
+(:class:`voxelhub.store.service_store.ServiceStore`) work unchanged, a few requests per shard.
+(An unsharded view, one request per inner chunk, was measured first: twice the clear read time
+through the service, ``benchmarks/encryption.py``.)  The volume's own ``zarr.json`` comes back
+with its sealed attributes merged in (:mod:`voxelhub.store.sidecar`); the sealed object itself
+is never served.
 
 A volume that is not encrypted is not touched: :func:`read` answers None and the service reads
 the key as before.
@@ -21,13 +24,20 @@ import math
 import os
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import google_crc32c
 import numpy as np
 
 from voxelhub.store import sidecar
-from voxelhub.store.encryption import CODEC_NAME, decrypt_chunk, keys_in_use, use_keys
+from voxelhub.store.encryption import (
+    CODEC_NAME,
+    OVERHEAD,
+    decrypt_chunk,
+    keys_in_use,
+    use_keys,
+)
 from voxelhub.store.keys import store_key_ring
 from voxelhub_data import paths
 
@@ -60,63 +70,64 @@ def enabled() -> bool:
     return keys_in_use() is not None
 
 
-Read = Callable[[str, int | None, int | None], bytes]
-"""``read(key inside the volume, start, stop)``: bytes of the key (whole with None, None);
-FileNotFoundError when it is missing."""
-Size = Callable[[str], int]
+class LocalVolume:
+    """The keys of one volume of a local store, opened refusing symbolic links (as every read)."""
 
+    def __init__(self, root: str, volume: paths.VolumeKey) -> None:
+        self.root, self.volume = root, volume
 
-def local_reader(root: str, volume: paths.VolumeKey) -> tuple[Read, Size]:
-    """Read keys of a volume in a local store, refusing symbolic links (as every read)."""
+    def open(self, key: str) -> int:
+        """A read-only fd of ``key``; FileNotFoundError when it is missing."""
+        request = paths.VolumeKey(self.volume.project, self.volume.volume_path, key)
+        return paths.open_key(self.root, request)
 
-    def open_fd(key: str) -> int:
-        return paths.open_key(root, paths.VolumeKey(volume.project, volume.volume_path, key))
-
-    def read(key: str, start: int | None, stop: int | None) -> bytes:
-        fd = open_fd(key)
+    def read(self, key: str) -> bytes:
+        fd = self.open(key)
         try:
-            first = start or 0
-            last = os.fstat(fd).st_size if stop is None else stop
-            return os.pread(fd, max(0, last - first), first)
+            return os.pread(fd, os.fstat(fd).st_size, 0)
         finally:
             os.close(fd)
 
-    def size(key: str) -> int:
-        fd = open_fd(key)
-        try:
-            return os.fstat(fd).st_size
-        finally:
-            os.close(fd)
 
-    return read, size
+class View:
+    """A key as the view serves it: its size, and any byte range of it on demand."""
+
+    def __init__(self, size: int, read: Callable[[int, int], bytes]) -> None:
+        self.size = size
+        self.read = read
+        """``read(start, stop)``: bytes ``start:stop`` of the served key."""
+
+    @classmethod
+    def of(cls, data: bytes) -> View:
+        return cls(len(data), lambda start, stop: data[start:stop])
 
 
-def read(key: paths.VolumeKey, read_key: Read, size_of: Size) -> bytes | None:
+def read(key: paths.VolumeKey, volume: LocalVolume) -> View | None:
     """The plaintext view of ``key`` of an encrypted volume; None when the key is not part of
-    an encrypted array or volume (serve it as stored).  FileNotFoundError: nothing there (an
-    empty inner chunk, the sealed attributes object)."""
+    an encrypted array or volume (serve it as stored).  FileNotFoundError: nothing there (the
+    sealed attributes object is never served)."""
     name = key.key
     if name == sidecar.SIDECAR_KEY:
         raise FileNotFoundError(name)
     if name == "zarr.json":
-        return _group_metadata(read_key)
+        merged = _group_metadata(volume)
+        return None if merged is None else View.of(merged)
     if name.endswith("/zarr.json"):
-        meta = _metadata(read_key, name)
-        rewritten = _unsharded(meta) if meta.get("node_type") == "array" else None
-        return None if rewritten is None else json.dumps(rewritten).encode()
+        meta = _metadata(volume, name)
+        rewritten = _plain_metadata(meta) if meta.get("node_type") == "array" else None
+        return None if rewritten is None else View.of(json.dumps(rewritten).encode())
     split = _chunk_split(name)
     if split is None:
         return None
-    array, coords = split
-    meta = _metadata(read_key, f"{array}/zarr.json" if array else "zarr.json")
-    layout = _layout(meta)
+    array, _coords = split
+    layout = _layout(_metadata(volume, f"{array}/zarr.json" if array else "zarr.json"))
     if layout is None:
         return None
-    return layout.read_chunk(array, coords, read_key, size_of)
+    return layout.view(name, volume)
 
 
-def _group_metadata(read_key: Read) -> bytes | None:
-    meta = json.loads(read_key("zarr.json", None, None))
+def _group_metadata(volume: LocalVolume) -> bytes | None:
+    meta = json.loads(volume.read("zarr.json"))
     attrs = meta.get("attributes") or {}
     own = attrs.get("voxelhub")
     if not isinstance(own, dict) or not sidecar.is_sealed(own):
@@ -124,7 +135,7 @@ def _group_metadata(read_key: Read) -> bytes | None:
 
     def sealed(name: str) -> bytes | None:
         try:
-            return read_key(name, None, None)
+            return volume.read(name)
         except FileNotFoundError:
             return None
 
@@ -133,23 +144,38 @@ def _group_metadata(read_key: Read) -> bytes | None:
     return json.dumps(meta).encode()
 
 
-_meta_cache: dict[tuple[str, int], dict[str, Any]] = {}
-_meta_lock = threading.Lock()
+_Identity = tuple[str, int, int, int, int]
+_cache: dict[tuple[str, _Identity], Any] = {}
+_cache_lock = threading.Lock()
+_CACHE_ENTRIES = 8192
 
 
-def _metadata(read_key: Read, name: str) -> dict[str, Any]:
-    raw = read_key(name, None, None)
-    # parsed once per distinct document (an overwritten label image has a new salt: new text)
-    cache_key = (name, hash(raw))
-    with _meta_lock:
-        found = _meta_cache.get(cache_key)
+def _identity(volume: LocalVolume, key: str, fd: int) -> _Identity:
+    """What tells one version of a file from another (a replaced label image is a new file)."""
+    st = os.fstat(fd)
+    return (volume.volume.volume_path, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _cached(kind: str, identity: _Identity, make: Callable[[], Any]) -> Any:
+    with _cache_lock:
+        found = _cache.get((kind, identity))
     if found is None:
-        found = json.loads(raw)
-        with _meta_lock:
-            if len(_meta_cache) > 4096:
-                _meta_cache.clear()
-            _meta_cache[cache_key] = found
+        found = make()
+        with _cache_lock:
+            if len(_cache) >= _CACHE_ENTRIES:
+                _cache.clear()
+            _cache[(kind, identity)] = found
     return found
+
+
+def _metadata(volume: LocalVolume, name: str) -> dict[str, Any]:
+    """A ``zarr.json``, parsed once per version of the file."""
+    fd = volume.open(name)
+    try:
+        identity = _identity(volume, name, fd)
+        return dict(_cached("meta", identity, lambda: json.loads(os.pread(fd, identity[-1], 0))))
+    finally:
+        os.close(fd)
 
 
 def _chunk_split(name: str) -> tuple[str, tuple[int, ...]] | None:
@@ -164,6 +190,18 @@ def _chunk_split(name: str) -> tuple[str, tuple[int, ...]] | None:
 
 def _is_cipher(codec: Any) -> bool:
     return isinstance(codec, dict) and codec.get("name") == CODEC_NAME
+
+
+@dataclass(frozen=True)
+class _ShardPlan:
+    """A stored shard's inner chunks in file order, and the served shard's index."""
+
+    offsets: np.ndarray
+    lengths: np.ndarray
+    plain_ends: np.ndarray
+    """End of each inner chunk in the served shard (its start is end - length + 32)."""
+    index: bytes
+    size: int
 
 
 class _Layout:
@@ -192,33 +230,75 @@ class _Layout:
         self.key_id = str(cipher["configuration"]["key_id"])
         self.salt = str(cipher["configuration"]["salt"])
 
-    def read_chunk(
-        self, array: str, coords: tuple[int, ...], read_key: Read, size_of: Size
-    ) -> bytes:
-        shard = tuple(c // n for c, n in zip(coords, self.per_shard, strict=True))
-        prefix = f"{array}/" if array else ""
-        stored = prefix + "c/" + "/".join(str(s) for s in shard)
+    def view(self, stored: str, volume: LocalVolume) -> View:
+        """Chunk (or shard) ``stored`` with every inner chunk decrypted.
+
+        A shard is served as the shard zarr would have written without the cipher: the same
+        inner chunks in the same order, each 32 bytes shorter, then an index (``crc32c``) of
+        their new offsets; a range of it decrypts only the inner chunks it overlaps, so the
+        client's coalesced range reads (``ServiceStore``) work as on a clear volume."""
         if self.separator != "/":
             raise UnsupportedLayout(f"chunk key separator {self.separator!r}")
-        if not self.sharded:
-            return decrypt_chunk(self.key_id, self.salt, read_key(stored, None, None))
-        inner = tuple(c % n for c, n in zip(coords, self.per_shard, strict=True))
-        n_chunks = math.prod(self.per_shard)
-        index_bytes = 16 * n_chunks + 4
-        size = size_of(stored)
-        if size < index_bytes:
+        fd = volume.open(stored)
+        try:
+            identity = _identity(volume, stored, fd)
+            if not self.sharded:
+                plain = decrypt_chunk(self.key_id, self.salt, os.pread(fd, identity[-1], 0))
+                return View.of(plain)
+            plan = _cached("plan", identity, lambda: self._plan(stored, fd, identity[-1]))
+        finally:
+            os.close(fd)
+        return View(plan.size, lambda start, stop: self._read(volume, stored, plan, start, stop))
+
+    def _read(
+        self, volume: LocalVolume, stored: str, plan: _ShardPlan, start: int, stop: int
+    ) -> bytes:
+        parts: list[bytes] = []
+        first = int(np.searchsorted(plan.plain_ends, start, side="right"))
+        fd = volume.open(stored)
+        try:
+            for k in range(first, len(plan.offsets)):
+                plain_start = int(plan.plain_ends[k]) - int(plan.lengths[k]) + OVERHEAD
+                if plain_start >= stop:
+                    break
+                sealed = os.pread(fd, int(plan.lengths[k]), int(plan.offsets[k]))
+                plain = decrypt_chunk(self.key_id, self.salt, sealed)
+                parts.append(plain[max(0, start - plain_start) : stop - plain_start])
+        finally:
+            os.close(fd)
+        data_end = plan.size - len(plan.index)
+        if stop > data_end:
+            parts.append(plan.index[max(0, start - data_end) : stop - data_end])
+        return b"".join(parts)
+
+    def _plan(self, stored: str, fd: int, size: int) -> _ShardPlan:
+        """Where each inner chunk is in the stored shard and in the served one."""
+        n = self._index_bytes
+        if size < n:
             raise _corrupt(self.key_id, stored, "shorter than its index")
-        raw = read_key(stored, size - index_bytes, size)
+        raw = os.pread(fd, n, size - n)
         body, crc = raw[:-4], raw[-4:]
         if np.uint32(google_crc32c.value(body)).tobytes() != crc:
             raise _corrupt(self.key_id, stored, "its index fails its checksum")
-        index = np.frombuffer(body, dtype="<u8").reshape((*self.per_shard, 2))
-        offset, length = (int(v) for v in index[inner])
-        if offset == EMPTY and length == EMPTY:
-            raise FileNotFoundError(stored)  # an empty inner chunk: zarr uses the fill value
-        if offset + length > size - index_bytes:
-            raise _corrupt(self.key_id, stored, "its index points past the chunks")
-        return decrypt_chunk(self.key_id, self.salt, read_key(stored, offset, offset + length))
+        index = np.frombuffer(body, dtype="<u8").reshape(-1, 2)
+        present = np.flatnonzero(~((index[:, 0] == EMPTY) & (index[:, 1] == EMPTY)))
+        order = present[np.argsort(index[present, 0], kind="stable")]
+        offsets, lengths = index[order, 0].astype(np.int64), index[order, 1].astype(np.int64)
+        if len(order) and ((lengths < OVERHEAD).any() or int((offsets + lengths).max()) > size - n):
+            raise _corrupt(self.key_id, stored, "its index points outside the chunks")
+        plain_lengths = lengths - OVERHEAD
+        plain_ends = np.cumsum(plain_lengths)
+        served = np.full_like(index, EMPTY)
+        served[order, 0] = (plain_ends - plain_lengths).astype(np.uint64)
+        served[order, 1] = plain_lengths.astype(np.uint64)
+        body = served.astype("<u8").tobytes()
+        new_index = body + np.uint32(google_crc32c.value(body)).tobytes()
+        data = int(plain_ends[-1]) if len(order) else 0
+        return _ShardPlan(offsets, lengths, plain_ends, new_index, data + len(new_index))
+
+    @property
+    def _index_bytes(self) -> int:
+        return 16 * math.prod(self.per_shard) + 4
 
 
 def _corrupt(key_id: str, key: str, why: str) -> Exception:
@@ -242,18 +322,15 @@ def _encrypted(meta: dict[str, Any]) -> bool:
     )
 
 
-def _unsharded(meta: dict[str, Any]) -> dict[str, Any] | None:
-    """The array's metadata as the view serves it: chunks = inner chunks, no cipher."""
+def _plain_metadata(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The array's metadata as the view serves it: the same layout, without the cipher."""
     if not _encrypted(meta):
         return None
     out = dict(meta)
-    codecs = list(meta["codecs"])
-    if codecs[0]["name"] == "sharding_indexed":
-        config = codecs[0]["configuration"]
-        out["chunk_grid"] = {
-            "name": "regular",
-            "configuration": {"chunk_shape": list(config["chunk_shape"])},
-        }
-        codecs = list(config["codecs"])
-    out["codecs"] = [c for c in codecs if not _is_cipher(c)]
+    codecs = [c for c in meta["codecs"] if not _is_cipher(c)]
+    if codecs and codecs[0]["name"] == "sharding_indexed":
+        config = dict(codecs[0]["configuration"])
+        config["codecs"] = [c for c in config["codecs"] if not _is_cipher(c)]
+        codecs[0] = {**codecs[0], "configuration": config}
+    out["codecs"] = codecs
     return out
