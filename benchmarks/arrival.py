@@ -17,7 +17,18 @@ DemoPacs`).  Each run sends ``../shared/data/dicom/ct_philips_ingenuity_phantom`
   spends fetching, checking, ingesting (de-identified) and deleting from Orthanc;
 * beside it, ``voxelhub.ingest`` of the same folder in this process (a folder ingest).
 
-Results go to ``benchmarks/results/arrival.json`` (median of the runs, and each run).
+With ``--part pull`` (or ``all``, the default) it also measures ``voxelhub pull``: a second
+Orthanc with its DICOMweb plugin, in a network namespace of its own reached over a veth pair,
+holds the same series (loaded by STOW-RS); each run pulls the study by a QIDO-RS query
+(``StudyInstanceUID``) into a fresh de-identified project with 1 and with 4 WADO-RS streams and
+measures
+
+* **fetch**: MB/s of the WADO-RS stage alone (retrieve, check, stage atomically);
+* **pull**: MB/s from the query to the catalogued volume (fetch + the normal ingest);
+* beside it, a folder ingest of the same files from disk (de-identified, 1 worker) in MB/s.
+
+Results go to ``benchmarks/results/arrival.json`` (median of the runs, and each run; the pull's
+under ``"pull"``; a part not run keeps its earlier numbers).
 """
 
 from __future__ import annotations
@@ -67,9 +78,161 @@ def _copy(out: Path) -> list[Path]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--part", choices=("cstore", "pull", "all"), default="all")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: the edge needs a network namespace and its own account")
+    out = REPO / "benchmarks" / "results" / "arrival.json"
+    result = json.loads(out.read_text()) if out.exists() else {}
+    if args.part in ("cstore", "all"):
+        result.update(bench_cstore(args.repeat))
+    if args.part in ("pull", "all"):
+        result["pull"] = bench_pull(args.repeat)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+ARCHIVE_LINK, ARCHIVE_HOST_IP, ARCHIVE_IP = "vhbpull", "10.232.0.1", "10.232.0.2"
+
+
+class Archive:
+    """A second site's Orthanc + DICOMweb in its own namespace, at ``ARCHIVE_IP:8042``."""
+
+    def __init__(self, base: Path) -> None:
+        from voxelhub_dicom.netns import NetNamespace
+        from voxelhub_dicom.orthanc import DICOMWEB_PLUGIN, ORTHANC
+
+        subprocess.run(["ip", "link", "del", ARCHIVE_LINK], capture_output=True, check=False)
+        self.ns = NetNamespace()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.password = secrets.token_urlsafe(12)
+        self.url = f"http://{ARCHIVE_IP}:8042/dicom-web"
+        inner = ARCHIVE_LINK + "i"
+        subprocess.run(
+            ["ip", "link", "add", ARCHIVE_LINK, "type", "veth", "peer", "name", inner],
+            check=True,
+        )
+        subprocess.run(["ip", "link", "set", inner, "netns", str(self.ns.pid)], check=True)
+        self.ns.run(["ip", "addr", "add", f"{ARCHIVE_IP}/24", "dev", inner])
+        self.ns.run(["ip", "link", "set", inner, "up"])
+        subprocess.run(
+            ["ip", "addr", "add", f"{ARCHIVE_HOST_IP}/24", "dev", ARCHIVE_LINK], check=True
+        )
+        subprocess.run(["ip", "link", "set", ARCHIVE_LINK, "up"], check=True)
+        config = {
+            "Name": "bench-archive",
+            "StorageDirectory": str(base / "archive"),
+            "IndexDirectory": str(base / "archive"),
+            "HttpPort": 8042,
+            "RemoteAccessAllowed": True,
+            "AuthenticationEnabled": True,
+            "RegisteredUsers": {"bench": self.password},
+            "HttpCompressionEnabled": False,
+            "DicomServerEnabled": False,
+            "SaveJobs": False,
+            "Plugins": [DICOMWEB_PLUGIN],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True},
+        }
+        (base / "archive.json").write_text(json.dumps(config))
+        self.proc = subprocess.Popen(
+            self.ns.command([ORTHANC, str(base / "archive.json")]),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        import requests
+
+        deadline = time.monotonic() + 60
+        while True:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                raise SystemExit("the archive's Orthanc did not start")
+            try:
+                auth = ("bench", self.password)
+                if requests.get(self.url + "/studies", auth=auth, timeout=2).ok:
+                    break
+            except requests.RequestException:
+                time.sleep(0.1)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(60)
+        self.ns.close()  # the veth pair goes with the namespace
+
+
+def bench_pull(repeat: int) -> dict[str, object]:
+    from dicomweb_client import DICOMwebClient
+    from dicomweb_client.session_utils import create_session_from_user_pass
+
+    from voxelhub.dicomweb import Credentials, StudyQuery, pull
+    from voxelhub.ingest import ingest
+
+    load = os.getloadavg()[0]  # other work on the machine shares its cores
+    base = Path(tempfile.mkdtemp(prefix="voxelhub-pull-bench-", dir="/tmp"))
+    archive = Archive(base)
+    runs = []
+    try:
+        files = _copy(base / "series")
+        mb = sum(f.stat().st_size for f in files) / 1e6
+        client = DICOMwebClient(
+            archive.url, session=create_session_from_user_pass("bench", archive.password)
+        )
+        client.store_instances([pydicom.dcmread(f) for f in files])
+        study = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+        for n in range(repeat):
+            run: dict[str, float] = {}
+            for workers in (1, 4):
+                t = time.monotonic()
+                report = pull(
+                    archive.url,
+                    base / f"pull{n}-{workers}",
+                    StudyQuery(study_uid=study),
+                    project="bench",
+                    deidentify=True,
+                    credentials=Credentials("bench", archive.password),
+                    workers=workers,
+                    staging=base / "staging",
+                    ingest_workers=1,
+                    progress=False,
+                )
+                total = time.monotonic() - t
+                assert report.exit_code == 0 and report.fetched == len(files), report.summary()
+                run[f"fetch_mb_per_s_{workers}_streams"] = round(report.megabytes_per_second, 1)
+                run[f"pull_s_{workers}_streams"] = round(total, 2)
+                run[f"pull_mb_per_s_{workers}_streams"] = round(mb / total, 1)
+            t = time.monotonic()
+            ingest(
+                files[0].parent,
+                base / f"folder{n}",
+                project="bench",
+                deidentify=True,
+                workers=1,
+                progress=False,
+            )
+            folder = time.monotonic() - t
+            run["folder_ingest_s"] = round(folder, 2)
+            run["folder_ingest_mb_per_s"] = round(mb / folder, 1)
+            runs.append(run)
+            print(run, flush=True)
+    finally:
+        archive.close()
+        shutil.rmtree(base, ignore_errors=True)
+    median = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    print(json.dumps(median, indent=2))
+    return {
+        "series": SERIES.name,
+        "files": len(files),
+        "mb": round(mb, 1),
+        "query": "StudyInstanceUID (QIDO-RS), WADO-RS per instance, de-identified project",
+        "ingest_workers": 1,
+        "cpus": os.cpu_count(),
+        "load_average_before": round(load, 2),
+        "median": median,
+        "runs": runs,
+    }
+
+
+def bench_cstore(repeat: int) -> dict[str, object]:
     from voxelhub_dicom.arrivals import Arrivals
     from voxelhub_dicom.demo import AE_TITLE, CALLER, EDGE_IP, PORT, DemoPacs
     from voxelhub_hub.data_service import ensure_service_account
@@ -121,7 +284,7 @@ def main() -> None:
             if edge.poll() is not None:
                 raise SystemExit((base / "edge.log").read_text()[-3000:])
             time.sleep(0.1)
-        for n in range(args.repeat):
+        for n in range(repeat):
             files = _copy(base / f"send{n}")
             mb = sum(f.stat().st_size for f in files) / 1e6
             t0 = time.monotonic()
@@ -199,9 +362,8 @@ def main() -> None:
         "median": summary,
         "runs": runs,
     }
-    out = REPO / "benchmarks" / "results" / "arrival.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result["median"], indent=2))
+    return result
 
 
 if __name__ == "__main__":
