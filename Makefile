@@ -15,9 +15,11 @@ OUTSIDE     := $(if $(and $(PRIVATE_DIR),$(filter 0,$(shell id -u))),/opt/voxelh
 DEMO_STATE  ?= $(if $(OUTSIDE),$(OUTSIDE)/demo,$(abspath .demo))
 APT_STAMP   := $(VENV)/.apt-installed
 VENV_STAMP  := $(VENV)/.installed
+# rt-utils for the ROI tests and benchmark, in a venv of its own (requirements/rtutils.txt)
+RTUTILS     := .venv-rtutils
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install test lint typecheck pytest demo lab-demo bench clean
+.PHONY: install test lint typecheck pytest demo lab-demo bench clean rtutils
 
 install: $(VENV_STAMP)
 
@@ -56,6 +58,13 @@ $(VENV_STAMP): pyproject.toml requirements/lock.txt $(APT_STAMP)
 	$(BIN)/python -m pip install --quiet -c requirements/lock.txt -e ".[test,dev,hub,teaching]"
 	@touch $@
 
+rtutils: $(RTUTILS)/.installed
+
+$(RTUTILS)/.installed: requirements/rtutils.txt
+	@test -x $(RTUTILS)/bin/python || $(PYTHON) -m venv $(RTUTILS)
+	$(RTUTILS)/bin/python -m pip install --quiet -r requirements/rtutils.txt
+	@touch $@
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -65,7 +74,7 @@ typecheck: install
 
 # PostgreSQL for the catalog tests: a throwaway cluster on loopback, owned by an unprivileged
 # user when run as root (postgres refuses to run as root), stopped after the tests.
-pytest: install hub-deps
+pytest: install hub-deps rtutils
 	@set -e; PGBIN=$$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1); \
 	  PGPORT=$$($(BIN)/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'); \
 	  PGD=$$(mktemp -d /tmp/voxelhub-pg.XXXXXX); \
@@ -85,7 +94,7 @@ demo: hub-demo
 lab-demo: install
 	$(BIN)/python -m voxelhub.demo --shared "$(SHARED)" --state "$(DEMO_STATE)"
 
-bench: install hub-deps
+bench: install hub-deps rtutils
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/viewer.py
 	$(BIN)/python benchmarks/radiomics.py
@@ -93,6 +102,6 @@ bench: install hub-deps
 	$(BIN)/python benchmarks/backup.py
 
 clean:
-	rm -rf $(VENV) .node .demo tests/artifacts $(OUTSIDE)
+	rm -rf $(VENV) $(RTUTILS) .node .demo tests/artifacts $(OUTSIDE)
 
 include hub_config/hub.mk

@@ -27,8 +27,8 @@ mask against rt-utils' for the same ROI, and VoxelHub's SEG masks against the ma
 written from (must be exact).
 
 rt-utils (``rt-utils==1.2.7``, with opencv) is not a VoxelHub dependency: it lives in its own
-venv, ``benchmarks/work/rtutils-venv``, which this script creates on first use with
-``/usr/bin/python3 -m venv`` and pip.  Results go to ``benchmarks/results/roi.json``.
+venv, ``.venv-rtutils`` (``make rtutils``, pinned in ``requirements/rtutils.txt``), which the ROI
+tests use too.  Results go to ``benchmarks/results/roi.json``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -50,8 +49,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "roi.json"
 WORK = REPO / "benchmarks" / "work" / "roi"
-RTUTILS_VENV = REPO / "benchmarks" / "work" / "rtutils-venv"
-RTUTILS_PACKAGE = "rt-utils==1.2.7"
+RTUTILS_VENV = REPO / ".venv-rtutils"  # `make rtutils`: requirements/rtutils.txt
 SHARED = Path(os.environ.get("VOXELHUB_SHARED", REPO.parent / "shared"))
 SERIES = SHARED / "data" / "dicom" / "ct_philips_ingenuity_phantom"
 ROIS = ("body", "dense")
@@ -173,15 +171,10 @@ print(json.dumps({"call_s": t2 - t1, "import_s": t1 - t0, "shape": list(array.sh
 
 def ensure_rtutils() -> str | None:
     exe = RTUTILS_VENV / "bin" / "python"
-    if not exe.exists():
-        print(f"creating {RTUTILS_VENV.relative_to(REPO)} with {RTUTILS_PACKAGE} …", flush=True)
-        base = shutil.which("python3", path="/usr/bin") or sys.executable
-        try:
-            subprocess.run([base, "-m", "venv", str(RTUTILS_VENV)], check=True)
-            subprocess.run([str(exe), "-m", "pip", "install", "-q", RTUTILS_PACKAGE], check=True)
-        except subprocess.CalledProcessError as exc:
-            print(f"could not install rt-utils ({exc}); measuring without it")
-            shutil.rmtree(RTUTILS_VENV, ignore_errors=True)
+    if not exe.exists():  # `make bench` makes it first; by hand, the same command
+        print(f"making {RTUTILS_VENV.relative_to(REPO)} (make rtutils) …", flush=True)
+        if subprocess.run(["make", "-C", str(REPO), "rtutils"], check=False).returncode != 0:
+            print("could not install rt-utils; measuring without it")
             return None
     return str(exe)
 

@@ -32,7 +32,8 @@ Boundary rule (``boundary=``):
     (holes shrink).
 
 A contour goes to the slice whose plane (along the normal) its mean position lies on, within half
-the gap to the next slice; contours between slices are counted and skipped.
+the smallest gap between two slices; contours further from every slice (between slices, or
+outside the stack) are counted, skipped and named in the import's notes.
 """
 
 from __future__ import annotations
