@@ -64,6 +64,40 @@ def _pull(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def _cohort(args: argparse.Namespace) -> int:
+    import json
+
+    from voxelhub.cohort import export_cohort, import_cohort
+
+    options = json.loads(os.environ.get("VOXELHUB_COHORT_STORAGE_OPTIONS") or "{}")
+    if args.cohort_command == "export":
+        done = export_cohort(
+            args.store,
+            args.target,
+            project=args.project,
+            modality=args.modality,
+            text=args.text,
+            volumes=args.volume or None,
+            site=args.site,
+            catalog_url=args.catalog_url,
+            storage_options=options,
+        )
+        print(
+            f"exported {done.volumes} volume(s), {done.objects} object(s) to {done.target}; "
+            f"manifest sha256 {done.manifest_sha256} (tell the receiving site)"
+        )
+        return 0
+    imported = import_cohort(
+        args.package,
+        args.store,
+        project=args.project,
+        catalog_url=args.catalog_url,
+        storage_options=options,
+    )
+    print(imported.summary())
+    return 0
+
+
 def _list(args: argparse.Namespace) -> int:
     from voxelhub import open_catalog
 
@@ -291,6 +325,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--catalog-url", default=None, help="SQLAlchemy URL (default: SQLite in store)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_pull)
+
+    p = sub.add_parser(
+        "cohort",
+        help="export a de-identified selection as a checksummed package, or import one",
+        description="Cohorts between sites. export: the volumes of a de-identified project "
+        "selected by a catalog query, with their label images and feature rows, a manifest "
+        "with the SHA-256 of every object, the de-identification profile and the provenance, "
+        "to a new folder or s3:// prefix ($VOXELHUB_COHORT_STORAGE_OPTIONS: fsspec options as "
+        "JSON). import: every checksum verified first, identifiable data refused, idempotent.",
+    )
+    cohort = p.add_subparsers(dest="cohort_command", required=True)
+    q = cohort.add_parser("export", help="write a package from a de-identified project")
+    q.add_argument("target", help="a new folder or an empty s3://bucket/prefix")
+    q.add_argument("--store", required=True)
+    q.add_argument("--project", required=True, help="a de-identified project")
+    q.add_argument("--modality", default=None)
+    q.add_argument("--text", default=None, help="free-text search on descriptions")
+    q.add_argument("--volume", action="append", default=[], help="only these UIDs; repeatable")
+    q.add_argument("--site", default=None, help="this site's pseudonym [$VOXELHUB_SITE]")
+    q.add_argument("--catalog-url", default=None)
+    q.set_defaults(func=_cohort)
+    q = cohort.add_parser("import", help="verify a package and import it into a project")
+    q.add_argument("package", help="the package's folder or s3:// prefix")
+    q.add_argument("--store", required=True)
+    q.add_argument("--project", required=True, help="created de-identified if new")
+    q.add_argument("--catalog-url", default=None)
+    q.set_defaults(func=_cohort)
 
     p = sub.add_parser("list", help="list the volumes in a store")
     p.add_argument("--store", required=True)
