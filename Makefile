@@ -99,6 +99,7 @@ bench: install hub-deps rtutils
 	$(BIN)/python benchmarks/viewer.py
 	$(BIN)/python benchmarks/radiomics.py
 	$(BIN)/python benchmarks/roi.py
+	$(BIN)/python benchmarks/encryption.py
 	$(BIN)/python benchmarks/backup.py
 
 clean:
