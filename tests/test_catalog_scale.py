@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import create_engine, delete, insert, text, update
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-from tests.test_catalog import POSTGRES, catalog_url, postgres_url  # noqa: F401 - fixtures
+from tests.test_catalog import catalog_url  # noqa: F401 - a fixture
 from voxelhub.catalog import (
     Base,
     Catalog,
@@ -33,6 +33,7 @@ from voxelhub.catalog import (
 )
 from voxelhub.errors import CatalogError
 
+POSTGRES = os.environ.get("VOXELHUB_TEST_POSTGRES_URL")
 PROJECTS = ["alpha", "beta", "gamma"]
 STUDY_UIDS = [f"1.2.826.0.1.{n}" for n in (7, 10, 11, 9, 100, 3, 12, 1, 8, 2)]
 SERIES_TEXT = [
@@ -588,7 +589,12 @@ def test_old_catalog_is_upgraded_on_open(
     (tmp_path / "store").mkdir()
     _old_catalog(url, reference)
     sqlite = url.startswith("sqlite")
-    new_objects = {"ix_volumes_study_order", "ix_studies_uid_id", "ix_patients_patient_key"}
+    new_objects = {
+        "ix_volumes_study_order",
+        "ix_studies_uid_id_patient",
+        "ix_studies_date_uid_id_patient",
+        "ix_patients_patient_key",
+    }
     new_objects |= (
         {"volumes_fts", "studies_fts", "volume_flags", "volumes_fts_insert", "volume_flags_delete"}
         if sqlite
@@ -618,9 +624,20 @@ def test_old_catalog_is_upgraded_on_open(
         assert _pages(ro.series, 11, text="ches") == list(ro.series(text="ches")["volume_uid"])
         ro.close()
 
-    # a writer upgrades it once: indexes created, full-text and flag tables filled
+    # the first keyset indexes, which the ones with the patient replaced
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE INDEX ix_studies_uid_id ON studies (study_uid, id)"))
+        conn.execute(
+            text("CREATE INDEX ix_studies_date_uid_id ON studies (study_date, study_uid, id)")
+        )
+    engine.dispose()
+
+    # a writer upgrades it once: indexes created (the replaced ones dropped), full-text and flag
+    # tables filled
     cat = Catalog(_Store(tmp_path / "store"), url)
     assert new_objects <= _search_objects(cat)
+    assert not {"ix_studies_uid_id", "ix_studies_date_uid_id"} & _search_objects(cat)
     _fts_integrity(cat)
     for query in QUERIES:
         assert set(cat.search(query)["volume_uid"]) == reference.matching(query), query

@@ -116,9 +116,11 @@ class Study(Base):
     __tablename__ = "studies"
     __table_args__ = (
         UniqueConstraint("patient_id", "study_uid"),
-        # the orders of series() and studies(): keyset pages are index range scans
-        Index("ix_studies_uid_id", "study_uid", "id"),
-        Index("ix_studies_date_uid_id", "study_date", "study_uid", "id"),
+        # the orders of series() and studies(), with the patient for the project filter: keyset
+        # pages are range scans of these indexes, and a deep OFFSET walks them alone, without a
+        # table row per study (2.5x faster at offset 50,000: benchmarks/README.md)
+        Index("ix_studies_uid_id_patient", "study_uid", "id", "patient_id"),
+        Index("ix_studies_date_uid_id_patient", "study_date", "study_uid", "id", "patient_id"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"))
@@ -337,8 +339,16 @@ def _index_names(engine: Engine) -> set[str]:
         return set(conn.scalars(sql_text(query)))
 
 
+_REPLACED_INDEXES = {
+    "ix_studies_uid_id": "ix_studies_uid_id_patient",
+    "ix_studies_date_uid_id": "ix_studies_date_uid_id_patient",
+}
+"""Indexes of earlier catalogs → the index that replaced them (dropped once it exists)."""
+
+
 def _add_missing_indexes(engine: Engine) -> None:
-    """Create the indexes of the schema an existing catalog lacks (``create_all`` skips them)."""
+    """Create the indexes of the schema an existing catalog lacks (``create_all`` skips them),
+    then drop those they replace (every write would keep updating them)."""
     from sqlalchemy.schema import CreateIndex
 
     present = _index_names(engine)
@@ -352,6 +362,11 @@ def _add_missing_indexes(engine: Engine) -> None:
             except DBAPIError:  # another process created it at the same moment
                 if index.name not in _index_names(engine):
                     raise
+            present.add(str(index.name))
+    for old, new in _REPLACED_INDEXES.items():
+        if old in present and new in present:
+            with engine.begin() as conn:
+                conn.execute(sql_text(f"DROP INDEX IF EXISTS {old}"))
 
 
 # -- full-text and flag indexes ------------------------------------------------------------------
