@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import voxelhub
+from tests.processes import free_port, stop
 from voxelhub.catalog import Catalog
 from voxelhub.cohort import (
     IdentifiableData,
@@ -152,9 +160,6 @@ def test_identifiable_data_never_travels(source: Path, tmp_path: Path) -> None:
 
 
 def test_the_command_line(source: Path, tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "PYTHONPATH": str(REPO / "workspace"), "VOXELHUB_SITE": "site-a"}
         return subprocess.run(
@@ -180,3 +185,57 @@ def test_the_command_line(source: Path, tmp_path: Path) -> None:
     (package / MANIFEST).unlink()
     gone = cli("import", str(package), "--store", str(target), "--project", "shared")
     assert gone.returncode == 2 and "not a VoxelHub cohort package" in gone.stderr
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3 API (moto's server) on loopback, in its own process, stopped by PID."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(url, timeout=0.5)
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield url
+    finally:
+        stop(proc, signal.SIGTERM)
+
+
+def test_a_package_on_object_storage(
+    source: Path, tmp_path: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import s3fs
+
+    for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(k, raising=False)
+    options = {"key": "test", "secret": "test", "endpoint_url": s3_endpoint}
+    fs = s3fs.S3FileSystem(**options, skip_instance_cache=True)
+    bucket = f"vh-{uuid.uuid4().hex[:10]}"
+    fs.mkdir(bucket)
+    url = f"s3://{bucket}/cohorts/trial-1"
+    exported = export_cohort(source, url, project="trial", site="site-a", storage_options=options)
+    assert fs.exists(f"{bucket}/cohorts/trial-1/{MANIFEST}")
+    target = tmp_path / "site-b"
+    imported = import_cohort(url, target, project="shared", storage_options=options)
+    assert len(imported.written) == exported.volumes == 2
+    a, b = Catalog(open_location(str(source))), Catalog(open_location(str(target)))
+    for uid in a.series(project="trial")["volume_uid"]:
+        assert np.array_equal(a.open_series(uid).values, b.open_series(uid).values)
+        assert a.stored_volume(uid).geometry == b.stored_volume(uid).geometry
+    a.close()
+    b.close()
+    # tampered in the bucket: refused, the object named
+    manifest = json.loads(fs.cat_file(f"{bucket}/cohorts/trial-1/{MANIFEST}"))
+    victim = next(rel for rel in sorted(manifest["objects"]) if rel.endswith("zarr.json"))
+    fs.pipe_file(f"{bucket}/cohorts/trial-1/{victim}", b'{"zarr_format": 3}')
+    with pytest.raises(TamperedPackage) as info:
+        import_cohort(url, tmp_path / "site-c", project="shared", storage_options=options)
+    assert info.value.object == victim

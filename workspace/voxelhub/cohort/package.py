@@ -43,6 +43,7 @@ class Package:
     @classmethod
     def at(cls, url: str, storage_options: dict[str, Any] | None = None) -> Package:
         fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        fs.invalidate_cache()  # an object store's listing and ETags from an earlier look
         return cls(fs, root.rstrip("/"))
 
     def path(self, rel: str) -> str:
