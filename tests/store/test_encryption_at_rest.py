@@ -241,3 +241,34 @@ def test_labels_of_an_encrypted_volume_are_encrypted(
         write_labels(cat, uid, "again", mask)
     assert not (store / stored.labels_path("again")).exists()
     cat.close()
+
+
+def test_a_seg_kept_pending_in_an_encrypted_project_is_sealed(
+    tmp_path: Path, shared_dicom: Path, key_file: Path
+) -> None:
+    """A SEG that arrives before its series is kept in the store until the series comes: in an
+    encrypted project its bytes and UIDs are sealed like everything else, and it still attaches."""
+    import shutil
+
+    from voxelhub.roi import list_labels, read_labels
+
+    dcmqi = shared_dicom.parent / "roi" / "dcmqi_ct3_liver"
+    seg = pydicom.dcmread(dcmqi / "liver.dcm", stop_before_pixels=True)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(dcmqi / "liver.dcm", folder)
+    store = tmp_path / "store"
+    early = ingest(folder, store, project="p", encrypt=True, key_file=key_file, progress=False)
+    assert [i["status"] for i in early.labels] == ["pending"]
+    pending = disk_bytes(store / "projects" / "p" / "pending-labels")
+    secrets = {b"DICM", str(seg.SOPInstanceUID).encode(), str(seg.PatientID).encode()}
+    assert found_in(secrets, pending) == []
+    report = ingest(dcmqi / "image", store, project="p", key_file=key_file, progress=False)
+    assert [i["status"] for i in report.labels] == ["attached"], report.labels
+    cat = open_catalog(store)
+    row = cat.series().iloc[0]
+    (name,) = list_labels(cat, row)
+    assert np.asarray(read_labels(cat, row, name)).any()
+    label0 = store / cat.stored_volume(row.volume_uid).labels_path(name) / "0" / "zarr.json"
+    assert b"voxelhub.aes256gcm" in label0.read_bytes()
+    cat.close()

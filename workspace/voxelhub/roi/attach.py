@@ -45,7 +45,7 @@ from voxelhub.dicom.index import ZIP_SEP, open_source
 from voxelhub.dicom.roi_objects import RoiObject, pending_root
 from voxelhub.errors import VoxelHubError
 from voxelhub.roi.imports import import_rtstruct, import_seg
-from voxelhub.store.stored import StoredVolume
+from voxelhub.store.stored import StoredVolume, read_attributes
 
 __all__ = ["attach_rois", "keep_pending", "label_name", "pending_objects"]
 
@@ -103,20 +103,49 @@ def keep_pending(
     zarr.open_group(location.zarr_store(root), mode="a", zarr_format=3)
     tmp = location.new_temporary(suffix="")
     try:
-        group = zarr.open_group(location.zarr_store(tmp), mode="w-", zarr_format=3)
-        array = group.create_array("bytes", shape=(len(data),), dtype="uint8")
+        store = location.zarr_store(tmp)
+        group = zarr.open_group(store, mode="w-", zarr_format=3)
+        codec = _encryption(catalog, project)  # an encrypted project's object: sealed too
+        extra: dict[str, Any] = {} if codec is None else {"compressors": [codec]}
+        array = group.create_array("bytes", shape=(len(data),), dtype="uint8", **extra)
         array[:] = np.frombuffer(data, dtype=np.uint8)
-        group.attrs["voxelhub"] = {
+        attrs: dict[str, Any] = {
             "kind": obj.kind,
             "sop_instance_uid": out_uid(obj.sop_instance_uid),
             "referenced_series": [out_uid(u) for u in obj.referenced_series],
             "referenced_instances": [out_uid(u) for u in obj.referenced_instances],
         }
+        if codec is not None:
+            attrs = _sealed(store, attrs, codec.key_id)
+        group.attrs["voxelhub"] = attrs
         location.commit(tmp, final)
     except BaseException:
         location.remove(tmp)
         raise
     return final
+
+
+def _encryption(catalog: Catalog, project: str) -> Any:
+    """The chunk codec of an encrypted project (None for a clear one)."""
+    rows = catalog.projects(projects=[project])
+    if rows.empty or not bool(rows.encrypted.iloc[0]):
+        return None
+    from voxelhub.store.encryption import codec_for
+
+    return codec_for(project)
+
+
+def _sealed(store: Any, attrs: dict[str, Any], key_id: str) -> dict[str, Any]:
+    """Keep only ``kind`` clear; the UIDs go into the group's sealed attributes object."""
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    from voxelhub.store import sidecar
+
+    clear, sealed = sidecar.split(attrs, key_id)
+    clear["kind"] = attrs["kind"]
+    sync(store.set(sidecar.SIDECAR_KEY, default_buffer_prototype().buffer.from_bytes(sealed)))
+    return clear
 
 
 def pending_objects(catalog: Catalog, project: str) -> list[RoiObject]:
@@ -131,6 +160,7 @@ def pending_objects(catalog: Catalog, project: str) -> list[RoiObject]:
     out = []
     for name in sorted(group.group_keys()):
         meta: dict[str, Any] = dict(group[name].attrs.get("voxelhub") or {})  # type: ignore[arg-type]
+        meta = read_attributes(location, posixpath.join(root, name), meta)  # encrypted: sealed
         out.append(
             RoiObject(
                 source=PENDING + posixpath.join(root, name),
