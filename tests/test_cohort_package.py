@@ -7,6 +7,7 @@ named, refuse identifiable data, and import idempotently.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,7 +29,9 @@ from voxelhub.catalog import Catalog
 from voxelhub.cohort import (
     IdentifiableData,
     IdentifiableProject,
+    ImportConflict,
     TamperedPackage,
+    UnsupportedPackage,
     export_cohort,
     import_cohort,
 )
@@ -239,3 +243,75 @@ def test_a_package_on_object_storage(
     with pytest.raises(TamperedPackage) as info:
         import_cohort(url, tmp_path / "site-c", project="shared", storage_options=options)
     assert info.value.object == victim
+
+
+def _rewrite(package: Path, change: Any) -> None:
+    """Edit a package as an attacker who also updates the manifest's checksums."""
+    manifest = json.loads((package / MANIFEST).read_text())
+    change(manifest)
+    for rel in manifest["objects"]:
+        if (package / rel).exists():
+            manifest["objects"][rel] = hashlib.sha256((package / rel).read_bytes()).hexdigest()
+    (package / MANIFEST).write_text(json.dumps(manifest))
+
+
+def test_forged_packages_are_refused_before_anything_is_written(
+    source: Path, tmp_path: Path
+) -> None:
+    package = tmp_path / "package"
+    export_cohort(source, str(package), project="trial", site="site-a")
+    target = tmp_path / "site-b"
+
+    # a volume whose own attributes say it was not de-identified, checksums updated
+    manifest = json.loads((package / MANIFEST).read_text())
+    first = manifest["volumes"][0]
+    root = package / first["path"] / "zarr.json"
+    original = root.read_text()
+    root.write_text(original.replace('"deidentified": true', '"deidentified": false'))
+    assert root.read_text() != original
+    _rewrite(package, lambda m: None)
+    with pytest.raises(IdentifiableData, match=first["volume_uid"]):
+        import_cohort(str(package), target, project="shared")
+    root.write_text(original)
+    _rewrite(package, lambda m: None)
+
+    # a volume path that leaves the package
+    def escape(m: dict[str, Any]) -> None:
+        m["volumes"][0]["path"] = "../../elsewhere.ome.zarr"
+
+    _rewrite(package, escape)
+    with pytest.raises(UnsupportedPackage, match="its path must be"):
+        import_cohort(str(package), target, project="shared")
+
+    # catalog rows with columns VoxelHub does not have
+    def extra_column(m: dict[str, Any]) -> None:
+        m["volumes"][0]["path"] = f"volumes/{m['volumes'][0]['volume_uid']}.ome.zarr"
+        m["volumes"][0]["volume"]["owner"] = "root"
+
+    _rewrite(package, extra_column)
+    with pytest.raises(UnsupportedPackage, match="not a VoxelHub catalog row"):
+        import_cohort(str(package), target, project="shared")
+    assert not (target / "projects").exists()
+
+    # into an identifiable project, or over a different volume with the same UID: refused
+    clean = tmp_path / "clean"
+    export_cohort(source, str(clean), project="trial", site="site-a")
+    voxelhub.ingest(SERIES, target, project="clinic", workers=1, progress=False)
+    with pytest.raises(IdentifiableData, match="'clinic' is not de-identified"):
+        import_cohort(str(clean), target, project="clinic")
+    import_cohort(str(clean), target, project="shared")
+
+    def other_content(m: dict[str, Any]) -> None:
+        m["volumes"][1]["volume"]["checksum"] = "sha256:" + "0" * 64
+
+    _rewrite(clean, other_content)
+    before = Catalog(open_location(str(target)))
+    count = len(before.series())
+    before.close()
+    with pytest.raises(ImportConflict, match="other content"):
+        import_cohort(str(clean), target, project="shared")
+    with pytest.raises(ImportConflict, match="already in project 'shared'"):
+        import_cohort(str(clean), target, project="elsewhere")
+    after = Catalog(open_location(str(target)))
+    assert len(after.series()) == count and after.projects(projects=["elsewhere"]).empty
+    after.close()

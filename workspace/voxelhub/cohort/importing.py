@@ -17,12 +17,15 @@ import io
 import json
 import os
 import posixpath
+import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from voxelhub.cohort.errors import IdentifiableData, ImportConflict
+from voxelhub.cohort.errors import IdentifiableData, ImportConflict, UnsupportedPackage
 from voxelhub.cohort.package import MANIFEST, Package
+
+FEATURES = "features/results.parquet"
 
 
 @dataclass
@@ -41,6 +44,56 @@ class Imported:
             f"{p.get('source_site')!r} (VoxelHub {p.get('voxelhub_version')}, exported "
             f"{p.get('exported_at')})"
         )
+
+
+_UID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.\-]{0,63}$")
+_HASH = re.compile(r"^[0-9a-f]{8,128}$")
+_REQUIRED = {
+    "patient": {"patient_key"},
+    "study": {"study_uid"},
+    "volume": {"volume_uid", "series_uid", "modality", "slices", "rows", "columns", "dtype",
+               "spacing_z", "spacing_y", "spacing_x", "checksum", "content_key", "n_instances"},
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PackagedVolume:
+    """One volume of a manifest, checked: a safe UID, its own path, known catalog columns."""
+
+    uid: str
+    path: str
+    patient: dict[str, Any]
+    study: dict[str, Any]
+    volume: dict[str, Any]
+
+
+def _checked(entry: Any) -> PackagedVolume:
+    from voxelhub.catalog import Patient, Study, Volume
+
+    uid = entry.get("volume_uid") if isinstance(entry, dict) else None
+    if not isinstance(uid, str) or not _UID.match(uid):
+        raise UnsupportedPackage(f"a volume entry of the manifest has no valid UID: {uid!r}")
+    path = f"volumes/{uid}.ome.zarr"
+    if entry.get("path") != path:
+        raise UnsupportedPackage(
+            f"volume {uid}: its path must be {path}, not {entry.get('path')!r}"
+        )
+    tables = {"patient": Patient, "study": Study, "volume": Volume}
+    rows = {}
+    for part, table in tables.items():
+        row = entry.get(part)
+        columns = {c.name for c in table.__table__.columns} - {"id", "study_id", "project_id"}
+        if not isinstance(row, dict) or not _REQUIRED[part] <= set(row) <= columns - {
+            "patient_id", "store_path", "ingested_at"
+        }:  # fmt: skip
+            raise UnsupportedPackage(
+                f"volume {uid}: its {part} row is not a VoxelHub catalog row (needs "
+                f"{sorted(_REQUIRED[part])}, knows {sorted(columns)})"
+            )
+        rows[part] = row
+    if rows["volume"]["volume_uid"] != uid:
+        raise UnsupportedPackage(f"volume {uid}: its catalog row names another volume")
+    return PackagedVolume(uid, path, rows["patient"], rows["study"], rows["volume"])
 
 
 def _volume_is_deidentified(package: Package, rel: str) -> bool:
@@ -73,7 +126,6 @@ def import_cohort(
     """Import the package at ``package_url`` into ``project`` (created de-identified)."""
     from voxelhub.catalog import Catalog
     from voxelhub.features.results import ResultStore
-    from voxelhub.features.settings import Settings
     from voxelhub.ingest import _PROJECT_NAME
     from voxelhub.store.location import open_location
 
@@ -86,12 +138,18 @@ def import_cohort(
         raise IdentifiableData(
             f"the package at {package_url} is not de-identified: refused for project {project!r}"
         )
-    for entry in manifest["volumes"]:
-        if not _volume_is_deidentified(package, entry["path"]):
+    entries = [_checked(entry) for entry in manifest.get("volumes") or []]
+    for entry in entries:
+        if not _volume_is_deidentified(package, entry.path):
             raise IdentifiableData(
-                f"volume {entry['volume_uid']} ({entry['path']}) is not marked de-identified: "
+                f"volume {entry.uid} ({entry.path}) is not marked de-identified: "
                 f"the package is refused for project {project!r}"
             )
+    features = manifest.get("features") or {}
+    for settings_hash in features.get("settings") or []:
+        if not isinstance(settings_hash, str) or not _HASH.match(settings_hash):
+            raise UnsupportedPackage(f"not a settings hash in the manifest: {settings_hash!r}")
+    feature_sets = _features(package, features)
     body = package.fs.cat_file(package.path(MANIFEST))
     cohort_id = hashlib.sha256(body).hexdigest()
     location = open_location(store)
@@ -99,52 +157,61 @@ def import_cohort(
     catalog = Catalog(location, catalog_url)
     result = Imported(project, provenance=dict(manifest.get("provenance", {})))
     try:
-        proj = catalog.ensure_project(project, deidentify=True)
-        if not proj.deidentify:
-            raise IdentifiableData(f"project {project!r} is not de-identified")  # never reached
-        location.ensure_private_dir(f"projects/{project}")
-        for entry in manifest["volumes"]:
-            uid = entry["volume_uid"]
-            existing = catalog.find_volume(uid)
-            if existing is not None:
-                if existing.checksum == entry["volume"]["checksum"] and location.exists(
-                    existing.store_path
-                ):
-                    result.unchanged.append(uid)
-                    continue
+        existing_project = catalog.projects(projects=[project])
+        if not existing_project.empty and not bool(existing_project.iloc[0]["deidentify"]):
+            raise IdentifiableData(
+                f"project {project!r} is not de-identified: a cohort goes into a de-identified "
+                "project"
+            )
+        # every conflict is found before anything is written
+        todo = []
+        for entry in entries:
+            existing = catalog.find_volume(entry.uid)
+            if existing is None:
+                todo.append(entry)
+                continue
+            held_by = catalog.volume_row(entry.uid)["project"]
+            if held_by != project:
                 raise ImportConflict(
-                    f"volume {uid} is already in the store with other content: not replaced"
+                    f"volume {entry.uid} is already in project {held_by!r} of this store (a "
+                    "volume UID is in one project only): the package is not imported"
                 )
+            if existing.checksum == entry.volume["checksum"] and location.exists(
+                existing.store_path
+            ):
+                result.unchanged.append(entry.uid)
+            else:
+                raise ImportConflict(
+                    f"volume {entry.uid} is already in the store with other content: the "
+                    "package is not imported"
+                )
+        proj = catalog.ensure_project(project, deidentify=True)
+        location.ensure_private_dir(f"projects/{project}")
+        for entry in todo:
             tmp = location.new_temporary()
             for rel in sorted(manifest["objects"]):
-                if rel.startswith(entry["path"] + "/"):
-                    dst = posixpath.join(tmp, posixpath.relpath(rel, entry["path"]))
+                if rel.startswith(entry.path + "/"):
+                    dst = posixpath.join(tmp, posixpath.relpath(rel, entry.path))
                     _put(location, dst, package.fs.cat_file(package.path(rel)))
-            final = f"projects/{project}/{uid}/{uuid.uuid4().hex[:16]}.ome.zarr"
+            final = f"projects/{project}/{entry.uid}/{uuid.uuid4().hex[:16]}.ome.zarr"
             location.commit(tmp, final)
             catalog.record_volume(
                 proj,
-                patient=entry["patient"],
-                study=entry["study"],
-                volume={**entry["volume"], "store_path": final},
+                patient=entry.patient,
+                study=entry.study,
+                volume={**entry.volume, "store_path": final},
             )
-            result.written.append(uid)
-        features = manifest.get("features") or {}
-        if features.get("rows"):
-            import pandas as pd
-
-            table = pd.read_parquet(
-                io.BytesIO(package.fs.cat_file(package.path("features/results.parquet")))
-            )
-            results = ResultStore(catalog)
-            for settings_hash, rows in table.groupby("settings_hash"):
-                text = package.fs.cat_file(package.path(f"features/settings/{settings_hash}.json"))
-                settings = Settings.from_json(text.decode())
-                results.save(rows, settings)
-            result.feature_rows = len(table)
-        record = {"cohort": cohort_id, "provenance": result.provenance, "volumes": [
-            e["volume_uid"] for e in manifest["volumes"]
-        ], "deidentification": manifest.get("deidentification")}  # fmt: skip
+            result.written.append(entry.uid)
+        results = ResultStore(catalog)
+        for settings, rows in feature_sets:
+            results.save(rows, settings)
+            result.feature_rows += len(rows)
+        record = {
+            "cohort": cohort_id,
+            "provenance": result.provenance,
+            "volumes": [e.uid for e in entries],
+            "deidentification": manifest.get("deidentification"),
+        }
         _put(
             location,
             f"projects/{project}/cohorts/{cohort_id}.json",
@@ -153,6 +220,25 @@ def import_cohort(
         return result
     finally:
         catalog.close()
+
+
+def _features(package: Package, features: dict[str, Any]) -> list[tuple[Any, Any]]:
+    """The package's feature rows by settings, read and checked before anything is written."""
+    from voxelhub.features.settings import Settings
+
+    if not features.get("rows"):
+        return []
+    import pandas as pd
+
+    table = pd.read_parquet(io.BytesIO(package.fs.cat_file(package.path(FEATURES))))
+    sets = []
+    for settings_hash, rows in table.groupby("settings_hash"):
+        name = str(settings_hash)
+        if name not in features["settings"]:
+            raise UnsupportedPackage(f"{FEATURES} has rows with unlisted settings {name!r}")
+        text = package.fs.cat_file(package.path(f"features/settings/{name}.json"))
+        sets.append((Settings.from_json(text.decode()), rows))
+    return sets
 
 
 def _put(location: Any, rel: str, data: bytes) -> None:

@@ -86,6 +86,13 @@ class Package:
             raise TamperedPackage(f"{MANIFEST} is not valid JSON: {exc}", obj=MANIFEST) from None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise UnsupportedPackage(f"{self.root}/{MANIFEST} is not a {FORMAT} manifest")
+        objects, volumes = manifest.get("objects"), manifest.get("volumes")
+        if not isinstance(objects, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in objects.items()
+        ):
+            raise UnsupportedPackage(f"{MANIFEST}: 'objects' must map each object to its SHA-256")
+        if not isinstance(volumes, list):
+            raise UnsupportedPackage(f"{MANIFEST}: 'volumes' must be a list")
         if manifest.get("version") != VERSION:
             raise UnsupportedPackage(
                 f"cohort package version {manifest.get('version')!r}; this VoxelHub reads "
