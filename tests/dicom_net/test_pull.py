@@ -33,11 +33,15 @@ from voxelhub.dicomweb import (
     AuthenticationFailed,
     Credentials,
     EmptyQuery,
+    PullBusy,
     ServerNotFound,
     ServerUnreachable,
     StudyQuery,
     pull,
 )
+from voxelhub.dicomweb.journal import Journal
+from voxelhub.dicomweb.pull import pull_folder
+from voxelhub.dicomweb.server import Server
 from voxelhub.ingest import ingest
 from voxelhub.store.location import open_location
 
@@ -351,6 +355,17 @@ def test_clear_errors_for_a_bad_server_credentials_or_query(
             **kw,  # type: ignore[arg-type]
         )
     assert not store.exists()  # nothing was written anywhere
+
+    # the same pull while another run of it holds its folder: refused, named
+    query = StudyQuery(modality="MR")
+    folder = pull_folder(tmp_path / "staging", Server(archive.url), query, "default")
+    folder.mkdir(parents=True)
+    running = Journal(folder)
+    try:
+        with pytest.raises(PullBusy, match="another run of the same pull"):
+            pull(archive.url, store, query, credentials=archive.credentials(), **kw)  # type: ignore[arg-type]
+    finally:
+        running.close()
 
     # the command line: exit status 2, one line naming the problem, no secret in it
     run = _cli(archive, store, tmp_path / "staging", "--patient-id", "NOBODY")

@@ -8,6 +8,7 @@ pull started again fetches only what is missing.
 from voxelhub.dicomweb.errors import (
     AuthenticationFailed,
     EmptyQuery,
+    PullBusy,
     PullError,
     PullIncomplete,
     QueryError,
@@ -24,6 +25,7 @@ __all__ = [
     "AuthenticationFailed",
     "Credentials",
     "EmptyQuery",
+    "PullBusy",
     "PullError",
     "PullIncomplete",
     "PullReport",

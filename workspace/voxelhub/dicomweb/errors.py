@@ -40,3 +40,7 @@ class TooManyStudies(PullError):
 
 class PullIncomplete(PullError):
     """Some instances could not be fetched; what was fetched is kept for the next run."""
+
+
+class PullBusy(PullError):
+    """The same pull (server, query, project) is already running."""

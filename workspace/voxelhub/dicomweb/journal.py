@@ -8,6 +8,7 @@ without its file (a disk that lost it) too.  A torn last line (killed mid-write)
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -17,6 +18,8 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import BinaryIO
+
+from voxelhub.dicomweb.errors import PullBusy
 
 _SAFE_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 STATE_FILE = "state.jsonl"
@@ -65,6 +68,13 @@ class Journal:
                 self.entries[entry.sop] = entry
         self._lock = threading.Lock()
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:  # one run per pull folder; the kernel lets go when a run dies, even by SIGKILL
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise PullBusy(
+                f"another run of the same pull is working in {folder}: wait for it to end"
+            ) from None
 
     def done(self, sop: str) -> bool:
         """Staged with its file in place, or rejected (a check failure is not fetched again)."""
