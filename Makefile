@@ -33,8 +33,8 @@ VENV_DIR = test -e $(VENV) || { \
 # Debian packages the tests and the demo need: PostgreSQL (catalog tests), Chromium (browser
 # tests; Playwright drives /usr/bin/chromium, never `playwright install`), Node.js + npm
 # (configurable-http-proxy), Orthanc with its DICOMweb plugin and dcmtk (the DICOM edge,
-# extensions/voxelhub_dicom; storescu in its tests).  One `apt-get update`, and only when
-# something is missing.
+# extensions/voxelhub_dicom; storescu in its tests), git (nbgitpuller).  One `apt-get update`,
+# and only when something is missing.
 $(APT_STAMP):
 	@$(VENV_DIR)
 	@missing=""; \
@@ -45,6 +45,7 @@ $(APT_STAMP):
 	  [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing="$$missing orthanc-dicomweb"; \
 	  command -v storescu >/dev/null || missing="$$missing dcmtk"; \
 	  command -v restic >/dev/null || missing="$$missing restic"; \
+	  command -v git >/dev/null || missing="$$missing git"; \
 	  if [ -n "$$missing" ]; then \
 	    $(SUDO) apt-get update && \
 	    $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \

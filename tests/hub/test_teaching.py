@@ -75,12 +75,14 @@ class Site:
             **kw,
         )
 
-    def server(self, user: str, path: str, method: str = "GET", **kw: Any) -> requests.Response:
-        """``/user/<user>/<path>`` with ``user``'s own token."""
+    def server(
+        self, user: str, path: str, method: str = "GET", as_user: str = "", **kw: Any
+    ) -> requests.Response:
+        """``/user/<user>/<path>`` with ``user``'s own token (or ``as_user``'s)."""
         return requests.request(
             method,
             f"{self.stack.url}/user/{user}/{path}",
-            headers={"Authorization": f"token {self.tokens[user]}"},
+            headers={"Authorization": f"token {self.tokens[as_user or user]}"},
             verify=self.stack.verify,
             timeout=60,
             **kw,
@@ -309,6 +311,11 @@ def test_an_admin_creates_a_course_from_a_roster(site: Site, tmp_path: Path) -> 
     assert course["students"] == sorted([ANNA, BEN]) and course["instructors"] == [PROF]
     assert course["project"] == COHORT and course["grader"] == GRADER
     assert course["created_users"] == [GRADER]  # the others existed
+    assert course["grader_shared_with"] == [PROF]
+    shares = site.hub("GET", f"/shares/{GRADER}/").json()["items"]
+    assert [(x["user"]["name"], sorted(x["scopes"])) for x in shares] == [
+        (PROF, sorted(f"{s}:servers!server={GRADER}/" for s in ("start", "delete", "access")))
+    ]
     again = _course_cli(site, *create, "--project", COHORT, token=admin)  # idempotent
     assert again.returncode == 0 and json.loads(again.stdout)["created_users"] == []
 
@@ -379,6 +386,7 @@ os.makedirs(f"{course}/source/{assignment}", exist_ok=True)
 nbformat.write(nb, f"{course}/source/{assignment}/{assignment}.ipynb")
 with open(f"{course}/nbgrader_config.py", "w") as f:
     f.write(f"c = get_config()\nc.CourseDirectory.course_id = {course_id!r}\n")
+    f.write("c.Execute.timeout = 300\n")  # notebook 2 reads the cohort through the service
 
 def nbgrader(*args):
     r = subprocess.run(["nbgrader", *args], cwd=course, capture_output=True, text=True)
@@ -405,9 +413,12 @@ print("LISTED", course_id in nbgrader("list").stdout + nbgrader("list").stderr)
 assert nbgrader("fetch_assignment", assignment, "--course", course_id).returncode == 0
 path = os.path.expanduser(f"~/{assignment}/{assignment}.ipynb")
 nb = json.load(open(path))
-src = "".join(nb["cells"][1]["source"])
-assert "raise NotImplementedError()" in src, src
-nb["cells"][1]["source"] = src.replace("raise NotImplementedError()", answer)
+todo = iter(answers)  # one answer per cell that says NotImplementedError, in order
+for cell in nb["cells"]:
+    src = "".join(cell["source"])
+    if "raise NotImplementedError()" in src:
+        cell["source"] = src.replace("raise NotImplementedError()", next(todo))
+assert next(todo, None) is None, "fewer answer cells than answers"
 json.dump(nb, open(path, "w"))
 assert nbgrader("submit", assignment, "--course", course_id).returncode == 0
 """
@@ -433,6 +444,39 @@ with Gradebook(f"sqlite:///{course}/gradebook.db", course_id) as gb:
 nbgrader("generate_feedback", assignment)
 nbgrader("release_feedback", assignment)
 print("AUTOGRADED_AS", __import__("getpass").getuser())
+import json
+for student in students:  # what the submissions' own code printed while it was graded
+    nb = json.load(open(f"{course}/autograded/{student}/{assignment}/{assignment}.ipynb"))
+    for cell in nb["cells"]:
+        for output in cell.get("outputs", []):
+            for line in "".join(output.get("text", "")).splitlines():
+                if line.startswith("TRESPASS "):
+                    print(line, student)
+"""
+
+GRADER_RELEASE = r"""
+import os, subprocess
+r = subprocess.run(["nbgrader", "generate_assignment", assignment, "--force"],
+                   cwd=os.path.expanduser("~/course"), capture_output=True, text=True)
+assert r.returncode == 0, r.stderr[-3000:]
+r = subprocess.run(["nbgrader", "release_assignment", assignment],
+                   cwd=os.path.expanduser("~/course"), capture_output=True, text=True)
+print("RELEASED", assignment, r.returncode, r.stderr[-2000:])
+"""
+
+#: top-level code appended to a wrong answer: what a submission tries while it is autograded
+MALICIOUS = """
+import os
+def _try(what, act):
+    try:
+        act()
+        print("TRESPASS", what, "done")
+    except OSError as exc:
+        print("TRESPASS", what, type(exc).__name__)
+_try("list_instructor_home", lambda: os.listdir({prof_home!r}))
+_try("read_instructor_file", lambda: open({prof_home!r} + "/secret.txt").read())
+_try("write_instructor_home", lambda: open({prof_home!r} + "/planted.txt", "w").write("x"))
+_try("list_student_home", lambda: os.listdir({anna_home!r}))
 """
 
 STUDENT_FEEDBACK = r"""
@@ -467,13 +511,14 @@ def _values(out: str, key: str) -> list[str]:
     return [line.split(" ", 1)[1] for line in out.splitlines() if line.startswith(key + " ")]
 
 
-def _run(site: Site, user: str, code: str, **names: Any) -> str:
+def _run(site: Site, user: str, code: str, as_user: str = ADMIN, **names: Any) -> str:
+    """Run ``code`` in ``user``'s server with ``as_user``'s token (the admin's by default)."""
     from voxelhub_hub.client import run_code
 
     prelude = "".join(f"{k} = {v!r}\n" for k, v in names.items())
     return run_code(
-        site.stack.url, user, site.tokens[ADMIN], prelude + code, cafile=site.stack.cafile,
-        timeout=400,
+        site.stack.url, user, site.tokens[as_user], prelude + code, cafile=site.stack.cafile,
+        timeout=500,
     )  # fmt: skip
 
 
@@ -489,10 +534,42 @@ def test_release_fetch_submit_collect_autograde_feedback(site: Site) -> None:
         assert time.monotonic() < deadline, site.stack.tail()
         time.sleep(1)
 
-    # the grader account authors, generates and releases (its own unix user, its own server)
-    site.start_server(GRADER)
-    out = _run(site, GRADER, GRADER_SETUP, **names)
+    # the instructor (a unix user with a private file) drives the grader account's server
+    # through the share `course create` made: he starts it and works in it with his own token
+    site.start_server(PROF)
+    prof_home = pwd.getpwnam(PROF).pw_dir
+    secret = Path(prof_home) / "secret.txt"
+    subprocess.run(["runuser", "-u", PROF, "--", "sh", "-c", f"echo exam > {secret}"], check=True)
+    grader_url = f"{site.stack.url}/user/{GRADER}/api/status"
+    for student in (ANNA, BEN):  # a student can neither start nor use it
+        r = _course_cli(site, "grader", COURSE, token=site.tokens[student])
+        assert r.returncode == 2 and "/server: 404" in r.stderr, r.stderr
+        assert site.hub("POST", f"/users/{GRADER}/server", user=student).status_code == 404
+    r = _course_cli(site, "grader", COURSE, token=site.tokens[PROF])
+    assert r.returncode == 0 and r.stdout.strip() == f"{site.stack.url}/user/{GRADER}/lab", r
+    site.start_server(GRADER)  # ready (the admin's view)
+    r = requests.get(
+        grader_url, headers={"Authorization": f"token {site.tokens[ANNA]}"},
+        verify=site.stack.verify, timeout=30, allow_redirects=False,
+    )  # fmt: skip
+    assert r.status_code in (403, 404), r.status_code
+    out = _run(site, GRADER, GRADER_SETUP, as_user=PROF, **names)
     assert "NBGRADER release_assignment ps1 -> 0" in out, out
+
+    # sample notebook 2 as an assignment: he uploads its source and releases it
+    from tests.hub.test_teaching_assignment import ASSIGNMENT, RIGHT, SCORES, SOURCE, WRONG
+
+    folder = f"course/source/{ASSIGNMENT}"
+    for part in ("course/source", folder):
+        body = {"type": "directory"}
+        r = site.server(GRADER, f"api/contents/{part}", "PUT", as_user=PROF, json=body)
+        assert r.status_code in (200, 201), r.text
+    body = {"type": "notebook", "format": "json", "content": json.loads(SOURCE.read_text())}
+    path = f"api/contents/{folder}/{ASSIGNMENT}.ipynb"
+    r = site.server(GRADER, path, "PUT", as_user=PROF, json=body)
+    assert r.status_code in (200, 201), r.text
+    out = _run(site, GRADER, GRADER_RELEASE, as_user=PROF, assignment=ASSIGNMENT)
+    assert _values(out, "RELEASED")[0].startswith(f"{ASSIGNMENT} 0"), out
 
     def call(user: str, method: str, path: str, **kw: Any) -> requests.Response:
         headers = {"Authorization": f"token {site.tokens[user]}"} if user else {}
@@ -503,19 +580,38 @@ def test_release_fetch_submit_collect_autograde_feedback(site: Site) -> None:
     assert call(ANNA, "GET", "courses").json()["courses"] == {COURSE: "student"}
     assert call(PROF, "GET", "courses").json()["courses"] == {COURSE: "instructor"}
 
-    # two students fetch it in their own servers; anna answers right, ben wrong
+    # two students fetch both in their own servers; anna answers right, ben wrong, and ben's
+    # answer to ps1 also tries the instructor's and anna's files when it runs at autograde
     site.start_server(BEN)
-    answers = {ANNA: "return x * x", BEN: "return 4 if x == 2 else 0"}
+    trespass = MALICIOUS.format(prof_home=prof_home, anna_home=pwd.getpwnam(ANNA).pw_dir)
+    answers = {ANNA: ["return x * x"], BEN: ["return 4 if x == 2 else 0\n" + trespass]}
     for student, answer in answers.items():
-        out = _run(site, student, STUDENT_WORK, answer=answer, **names)
+        out = _run(site, student, STUDENT_WORK, answers=answer, **names)
         assert "LISTED True" in out and "NBGRADER submit" in out, out
+    for student, answer in ((ANNA, RIGHT), (BEN, WRONG)):
+        out = _run(site, student, STUDENT_WORK, answers=answer, assignment=ASSIGNMENT,
+                   course_id=COURSE)  # fmt: skip
+        assert f"NBGRADER submit {ASSIGNMENT}" in out, out
 
-    # collect and autograde in the grader's server (student code runs as the grader account)
-    out = _run(site, GRADER, GRADER_GRADE, students=[ANNA, BEN], **names)
+    # the instructor collects and autogrades in the grader's server: student code runs as the
+    # grader account, which cannot reach his files or another student's
+    out = _run(site, GRADER, GRADER_GRADE, as_user=PROF, students=[ANNA, BEN], **names)
     assert _values(out, "COLLECTED") == [str(sorted([ANNA, BEN]))], out
     scores = {line.split()[0]: line.split()[1:] for line in _values(out, "SCORE")}
     assert scores == {ANNA: ["3.0", "3.0"], BEN: ["1.0", "3.0"]}, out
     assert _values(out, "AUTOGRADED_AS") == [GRADER]
+    assert sorted(_values(out, "TRESPASS")) == [
+        f"list_instructor_home PermissionError {BEN}",
+        f"list_student_home PermissionError {BEN}",
+        f"read_instructor_file PermissionError {BEN}",
+        f"write_instructor_home PermissionError {BEN}",
+    ], out
+    assert secret.read_text() == "exam\n" and not (Path(prof_home) / "planted.txt").exists()
+    out = _run(site, GRADER, GRADER_GRADE, as_user=PROF, students=[ANNA, BEN],
+               assignment=ASSIGNMENT, course_id=COURSE)  # fmt: skip
+    scores = {line.split()[0]: line.split()[1:] for line in _values(out, "SCORE")}
+    expected = {ANNA: SCORES["right"], BEN: SCORES["wrong"]}
+    assert scores == {k: [str(a), str(b)] for k, (a, b) in expected.items()}, out
 
     # feedback reaches each student, their own only
     for student, score in ((ANNA, "3.0 / 3.0"), (BEN, "1.0 / 3.0")):
@@ -527,9 +623,10 @@ def test_release_fetch_submit_collect_autograde_feedback(site: Site) -> None:
         with tarfile.open(fileobj=io.BytesIO(r.content), mode="r:gz") as tar:
             return [m.name for m in tar.getmembers() if m.isfile()]
 
-    anna_feedback = tar_names(call(ANNA, "GET", f"feedback/{COURSE}"))
-    ben_feedback = tar_names(call(BEN, "GET", f"feedback/{COURSE}"))
+    one = f"feedback/{COURSE}?assignment={EXERCISE}"
+    anna_feedback, ben_feedback = (tar_names(call(u, "GET", one)) for u in (ANNA, BEN))
     assert len(anna_feedback) == len(ben_feedback) == 1 and anna_feedback != ben_feedback
+    ben_feedback = tar_names(call(BEN, "GET", f"feedback/{COURSE}"))  # both exercises
     refused = {
         "collect": call(BEN, "GET", f"inbound/{COURSE}"),
         "collect one": call(BEN, "GET", f"inbound/{COURSE}?assignment={EXERCISE}"),
@@ -590,3 +687,187 @@ def test_release_fetch_submit_collect_autograde_feedback(site: Site) -> None:
     assert f"refused user={BEN} action=inbound.collect" in log
     assert f"refused user={BEN} action=feedback.release" in log
     assert f"refused user={BEN} action=outbound.release" in log
+
+
+# ---- 4. ungraded material: nbgitpuller ------------------------------------------------------------
+
+
+def _git(*args: str, cwd: Path) -> None:
+    ident = ["-c", "user.name=Instructor", "-c", "user.email=instructor@example.org"]
+    subprocess.run(["git", *ident, *args], cwd=cwd, check=True, capture_output=True)
+
+
+def test_nbgitpuller_pulls_material_and_keeps_the_students_edit(site: Site) -> None:
+    """A link pulls the instructor's repository into anna's home; the second pull brings the
+    new material and keeps her edit.  The repository is served over plain (dumb) HTTP, as on
+    Kubernetes: over file:// git refuses a repository another unix user owns ("dubious
+    ownership"), and dumb HTTP has no shallow clones, hence depth=0."""
+    from urllib.parse import urlencode
+
+    site.start_server(ANNA)
+    served = Path(tempfile.mkdtemp(prefix="vhlecture-"))
+    os.chmod(served, 0o755)
+    bare, work = served / "lecture.git", served / "work"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
+    subprocess.run(["git", "clone", "-q", str(bare), str(work)], check=True, capture_output=True)
+    week1 = "# Week 1\n\nTopics:\n\nWindowing a CT.\n\nYour notes:\n"
+    (work / "notes.md").write_text(week1)
+    _git("add", "notes.md", cwd=work)
+    _git("commit", "-qm", "week 1", cwd=work)
+    _git("push", "-q", "origin", "main", cwd=work)
+    _git("update-server-info", cwd=bare)
+    http = subprocess.Popen(
+        [sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory", str(served)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        line = http.stdout.readline() if http.stdout else ""
+        port = int(line.split("port ")[1].split()[0])
+        query = urlencode({
+            "repo": f"http://127.0.0.1:{port}/lecture.git", "branch": "main",
+            "targetpath": "lecture", "depth": "0",
+        })  # fmt: skip
+
+        def pull() -> str:
+            r = site.server(ANNA, f"git-pull/api?{query}")
+            assert r.status_code == 200, r.text
+            return r.text
+
+        assert '"phase": "finished"' in pull()
+        page = site.server(ANNA, f"git-pull?{query}")  # the link's page, as a browser gets it
+        assert page.status_code == 200 and "nbgitpuller" in page.text.lower()
+        notes = site.server(ANNA, "api/contents/lecture/notes.md").json()
+        assert notes["content"] == week1 and notes["writable"]
+        # she rewrites a line and adds a note
+        mine = week1.replace("a CT.", "a CT: W/L 400/40 for soft tissue.") + "- my note\n"
+        put = {"type": "file", "format": "text", "content": mine}
+        assert site.server(ANNA, "api/contents/lecture/notes.md", "PUT", json=put).ok
+
+        # the instructor publishes week 2 and changes the file she edited: the title, and the
+        # very line she rewrote
+        (work / "week2.md").write_text("# Week 2\n\nThresholds.\n")
+        revised = week1.replace("Week 1", "Week 1 (revised)").replace("a CT.", "and level a CT.")
+        (work / "notes.md").write_text(revised)
+        _git("add", "-A", cwd=work)
+        _git("commit", "-qm", "week 2", cwd=work)
+        _git("push", "-q", "origin", "main", cwd=work)
+        _git("update-server-info", cwd=bare)
+
+        assert '"phase": "finished"' in pull()
+        week2 = site.server(ANNA, "api/contents/lecture/week2.md").json()
+        assert week2["content"] == "# Week 2\n\nThresholds.\n"
+        # his new title merges in; her line and her note stay hers
+        merged = site.server(ANNA, "api/contents/lecture/notes.md").json()["content"]
+        assert merged == mine.replace("Week 1", "Week 1 (revised)"), merged
+        owner = Path(pwd.getpwnam(ANNA).pw_dir, "lecture", "week2.md").stat().st_uid
+        assert owner == pwd.getpwnam(ANNA).pw_uid  # pulled as her, into her home
+    finally:
+        http.kill()
+        http.wait(timeout=10)
+        shutil.rmtree(served, ignore_errors=True)
+
+
+# ---- 5. the student's screens, in a real browser ---------------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's package; never `playwright install`
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                 "--disable-background-networking", "--disable-quic"]  # fmt: skip
+ARTIFACTS = REPO / "tests" / "artifacts" / "hub"
+BROWSER_EXERCISE = "ps2"
+
+
+def _browser_missing() -> str:
+    if not os.path.exists(CHROMIUM):
+        return f"needs Debian's chromium at {CHROMIUM}"
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        return "needs the playwright package (pip), not its browser download"
+    return ""
+
+
+@pytest.mark.skipif(bool(_browser_missing()), reason=_browser_missing() or "ok")
+def test_a_student_fetches_and_submits_in_the_browser(site: Site) -> None:
+    """Chromium: ben signs up and logs in through the hub's forms, sees examples/ in
+    JupyterLab's file browser, opens nbgrader's Assignments screen from its menu, and fetches
+    and submits a released exercise with its buttons; the submission reaches the exchange under
+    his name.  Every request of the page goes to 127.0.0.1."""
+    from urllib.parse import urlparse
+
+    from playwright.sync_api import sync_playwright
+    from voxelhub_hub.client import HubBrowser
+
+    # the instructor releases another exercise through the grader's server
+    out = _run(site, GRADER, GRADER_SETUP, as_user=PROF, assignment=BROWSER_EXERCISE,
+               course_id=COURSE)  # fmt: skip
+    assert f"NBGRADER release_assignment {BROWSER_EXERCISE} -> 0" in out, out
+    # ben (made by the API) signs up for a password; the admin approves him
+    password = secrets.token_urlsafe(18)
+    assert "sent to the admin" in HubBrowser(site.stack.url, site.stack.verify).signup(
+        BEN, password
+    )
+    assert site.admin is not None
+    site.admin.approve(BEN)
+    site.start_server(BEN)
+
+    external: list[str] = []
+
+    def on_request(request: Any) -> None:
+        url = urlparse(request.url)
+        if url.scheme not in ("data", "blob") and url.hostname != "127.0.0.1":
+            external.append(request.url)
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(
+                ignore_https_errors=True, viewport={"width": 1400, "height": 1000}
+            )
+            page = context.new_page()
+            page.on("request", on_request)
+            try:
+                page.goto(site.stack.url + "/hub/login", timeout=60_000)
+                page.fill("#username_input", BEN)
+                page.fill("#password_input", password)
+                page.click("#login_submit")
+                page.wait_for_url(f"**/user/{BEN}/lab**", timeout=120_000)
+                page.locator(".jp-DirListing-item", has_text="examples").first.wait_for(
+                    timeout=120_000
+                )
+                page.locator(".lm-MenuBar-item", has_text="Nbgrader").first.click()
+                page.locator(".lm-Menu-item", has_text="Assignment List").first.click()
+                released = page.locator("#released_assignments_list .list_item").filter(
+                    has_text=BROWSER_EXERCISE
+                )
+                released.first.wait_for(timeout=120_000)
+                released.first.get_by_role("button", name="Fetch").click()
+                fetched = page.locator("#fetched_assignments_list .list_item").filter(
+                    has_text=BROWSER_EXERCISE
+                )
+                fetched.first.wait_for(timeout=120_000)
+                fetched.first.get_by_role("button", name="Submit").click()
+                page.locator("#submitted_assignments_list .list_item").filter(
+                    has_text=BROWSER_EXERCISE
+                ).first.wait_for(timeout=120_000)
+                page.screenshot(path=str(ARTIFACTS / "nbgrader_assignments.png"), full_page=True)
+            except Exception:
+                page.screenshot(path=str(ARTIFACTS / "nbgrader_failure.png"), full_page=True)
+                raise
+        finally:
+            browser.close()
+    assert not external, external
+    # fetched into his home, and his submission is at the exchange under his name
+    home = Path(pwd.getpwnam(BEN).pw_dir)
+    assert (home / BROWSER_EXERCISE / f"{BROWSER_EXERCISE}.ipynb").exists()
+    ex = f"{site.stack.url}/services/voxelhub-exchange/api/inbound/{COURSE}"
+    r = requests.get(
+        ex, params={"assignment": BROWSER_EXERCISE}, verify=site.stack.verify, timeout=60,
+        headers={"Authorization": f"token {site.tokens[PROF]}"},
+    )  # fmt: skip
+    import io
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(r.content), mode="r:gz") as tar:
+        owners = {m.name.split("+")[0] for m in tar.getmembers() if m.isfile()}
+    assert owners == {BEN}, owners

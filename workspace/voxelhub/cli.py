@@ -541,13 +541,13 @@ def build_parser() -> argparse.ArgumentParser:
         "Talks to the hub's REST API with an admin's token from $VOXELHUB_HUB_TOKEN.",
     )
     course = p.add_subparsers(dest="course_command", required=True)
-    for cmd in ("create", "show"):
-        q = course.add_parser(
-            cmd,
-            help="create a course, or add a roster to it"
-            if cmd == "create"
-            else "print a course's members and project",
-        )
+    helps = {
+        "create": "create a course, or add a roster to it",
+        "show": "print a course's members and project",
+        "grader": "start the grader account's server (instructors) and print its URL",
+    }
+    for cmd in ("create", "show", "grader"):
+        q = course.add_parser(cmd, help=helps[cmd])
         q.add_argument("name", help="course name (lower case, e.g. mri101)")
         q.add_argument(
             "--hub", default="http://127.0.0.1:8000", help="the hub's public URL [%(default)s]"
@@ -558,8 +558,8 @@ def build_parser() -> argparse.ArgumentParser:
             default=None,
             help="the data service's URL [<hub>/services/voxelhub-data]",
         )
-        if cmd == "show":
-            q.set_defaults(func=_course_show)
+        if cmd in ("show", "grader"):
+            q.set_defaults(func=_course_show if cmd == "show" else _course_grader)
             continue
         q.add_argument("--instructor", action="append", required=True, help="repeatable")
         q.add_argument("--project", required=True, help="the project whose cohort it reads")
@@ -615,6 +615,14 @@ def _course_create(args: argparse.Namespace) -> int:
             f"with these names and an admin approves them",
             file=sys.stderr,
         )
+    return 0
+
+
+def _course_grader(args: argparse.Namespace) -> int:
+    from voxelhub.course import start_grader_server
+
+    hub, _ = _course_hub(args)
+    print(start_grader_server(hub, args.name))  # type: ignore[arg-type]
     return 0
 
 

@@ -10,7 +10,15 @@ hub's REST API with an admin's token and makes, or brings up to date:
 - membership of group ``P`` for every student, instructor and the grader: ``P`` makes them
   *viewers* of project ``P`` at the data service (``voxelhub_data.access.roles_from_groups``),
   so the class reads the same de-identified cohort, read-only, without copying it.  The project
-  must exist and be de-identified (``--identifiable`` overrides that for non-patient data).
+  must exist and be de-identified (``--identifiable`` overrides that for non-patient data);
+- a share of the grader's server with every instructor (JupyterHub shares, scopes
+  ``start:servers``, ``delete:servers`` and ``access:servers`` filtered to
+  ``!server=grader-NAME/``): instructors start, stop and work in it (formgrader, ``nbgrader
+  autograde``; ``voxelhub course grader NAME``) with their own login or token, and reach no
+  student's server.  A share, not a role: roles cannot be made through the REST API, and
+  ``!group=`` filters do not work for tokens at a single-user server.  The scopes are the
+  specific ones: a share's scopes reach a token unexpanded, so ``servers`` would not imply
+  ``start:servers`` (JupyterHub 6.1.1).
 
 The course is recorded in the groups' properties (``{"course": NAME, "project": P, "grader":
 ...}``), where the exchange service and the admin UI see it.  Running ``create`` again with a
@@ -26,6 +34,7 @@ import json
 import os
 import re
 import ssl
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -174,7 +183,47 @@ def create_course(
     hub.request(
         "POST", f"/groups/{urllib.parse.quote(project, safe='')}/users", {"users": everyone}
     )
+    for instructor in instructors:
+        share_grader_server(hub, name, instructor)
     return show_course(hub, name) | {"created_users": new}
+
+
+def grader_scopes(course: str) -> list[str]:
+    """What an instructor may do with the grader's server: start and stop it, and use it."""
+    server = f"!server={grader_account(course)}/"
+    return [f"start:servers{server}", f"delete:servers{server}", f"access:servers{server}"]
+
+
+def share_grader_server(hub: Hub, course: str, instructor: str) -> None:
+    """Let ``instructor`` drive the grader account's server (idempotent)."""
+    grader = urllib.parse.quote(grader_account(course), safe="")
+    hub.request("POST", f"/shares/{grader}/", {"user": instructor, "scopes": grader_scopes(course)})
+
+
+def start_grader_server(hub: Hub, course: str, timeout: float = 300) -> str:
+    """Start the grader account's server with an instructor's token (its share allows that);
+    return its JupyterLab URL once it answers."""
+    grader = grader_account(course)
+    hub.request("POST", f"/users/{urllib.parse.quote(grader, safe='')}/server", ok=(400,))
+    url = f"{hub.url.rstrip('/')}/user/{grader}/"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            hub.get(url + "api/status")
+            return url + "lab"
+        except (CourseError, ValueError) as exc:  # ValueError: the hub's HTML while it spawns
+            if time.monotonic() > deadline:
+                raise CourseError(f"{grader}'s server did not start: {exc}") from None
+        time.sleep(1)
+
+
+def grader_shares(hub: Hub, course: str) -> dict[str, list[str]]:
+    """Who the grader's server is shared with, and with which scopes."""
+    grader = urllib.parse.quote(grader_account(course), safe="")
+    got = hub.request("GET", f"/shares/{grader}/", ok=(404,)) or {"items": []}
+    return {
+        item["user"]["name"]: sorted(item["scopes"]) for item in got["items"] if item.get("user")
+    }
 
 
 def show_course(hub: Hub, name: str) -> dict[str, Any]:
@@ -194,4 +243,5 @@ def show_course(hub: Hub, name: str) -> dict[str, Any]:
         "instructors": sorted(
             set(groups[instructors_group(name)]["users"]) - {props.get("grader")}
         ),
+        "grader_shared_with": sorted(grader_shares(hub, name)),
     }
