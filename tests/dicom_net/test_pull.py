@@ -386,3 +386,32 @@ def test_clear_errors_for_a_bad_server_credentials_or_query(
     )
     assert bad.returncode == 2
     assert "HTTP 401" in bad.stderr and "wrong-secret-xyz" not in bad.stderr + bad.stdout
+
+
+def test_the_notebook_panel_pulls_with_progress(archive: Archive, tmp_path: Path) -> None:
+    from voxelhub.dicomweb import pull_panel
+
+    panel = pull_panel(tmp_path / "store", project="panel", url=archive.url,
+                       staging=tmp_path / "staging")  # fmt: skip
+    panel.user.value, panel.password.value = USER, "wrong"
+    panel.modality.value = "MR"
+    panel.study_uid.value = str(header(dicom_files(SMALL)[0]).StudyInstanceUID)
+    panel.pull_button.click()
+    panel.thread.join(120)  # type: ignore[union-attr]
+    assert panel.report is None and panel.error.startswith("AuthenticationFailed: ")
+    assert "HTTP 401" in panel.status.value and "Traceback" not in panel.status.value
+    assert not panel.pull_button.disabled
+
+    panel.password.value = archive.password
+    panel.find_button.click()
+    assert f"1 study(ies), {len(dicom_files(SMALL))} instance(s)" in panel.status.value
+    panel.pull_button.click()
+    assert panel.pull_button.disabled  # while it runs
+    panel.thread.join(300)  # type: ignore[union-attr]
+    assert panel.report is not None and panel.report.exit_code == 0, panel.error
+    assert panel.progress.value == panel.progress.max == len(dicom_files(SMALL))
+    assert "volume(s) written" in panel.status.value
+    assert archive.password not in panel.status.value
+    cat = Catalog(open_location(str(tmp_path / "store")))
+    assert len(cat.series(project="panel")) >= 1
+    cat.close()

@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,6 +144,7 @@ def pull(
     max_studies: int = 50,
     ingest_workers: int | None = None,
     progress: bool = True,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> PullReport:
     """Pull the studies ``query`` selects on the DICOMweb server ``url`` into ``project``.
 
@@ -150,6 +152,7 @@ def pull(
     answer, refuses the credentials (401/403), is not there (404), or a query that matches
     nothing; :class:`PullIncomplete` when some instances could not be fetched (run the same
     pull again: it fetches only those).  Rejected instances are listed in the report.
+    ``on_progress(done, total)`` follows the instances (a widget's progress bar).
     """
     from tqdm.auto import tqdm
 
@@ -176,6 +179,7 @@ def pull(
         log.info("resuming: %d of %d instances already staged", report.resumed, report.instances)
     started = time.monotonic()
     bar = tqdm(total=len(todo), desc="pulling", unit="instance", disable=not progress)
+    handled = 0
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pull") as pool:
             futures = {pool.submit(_fetch, server, journal, ref): ref for ref in todo}
@@ -191,6 +195,9 @@ def pull(
                     report.nbytes += entry.nbytes
                 bar.update(1)
                 bar.set_postfix_str(f"{report.nbytes / 1e6:.0f} MB", refresh=False)
+                handled += 1
+                if on_progress is not None:
+                    on_progress(report.resumed + handled, report.instances)
     finally:
         bar.close()
         journal.close()
