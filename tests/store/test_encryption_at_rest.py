@@ -272,3 +272,31 @@ def test_a_seg_kept_pending_in_an_encrypted_project_is_sealed(
     label0 = store / cat.stored_volume(row.volume_uid).labels_path(name) / "0" / "zarr.json"
     assert b"voxelhub.aes256gcm" in label0.read_bytes()
     cat.close()
+
+
+def test_fsck_verifies_encrypted_volumes_with_the_key_file(
+    tmp_path: Path, shared_dicom: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+    import sys
+
+    from voxelhub.fsck import check_store
+
+    store = tmp_path / "store"
+    ingest(shared_dicom / SERIES, store, project="p", encrypt=True, key_file=key_file)
+    use_keys(None)
+    monkeypatch.delenv("VOXELHUB_KEY_FILE", raising=False)
+    cli = [sys.executable, "-m", "voxelhub.cli", "fsck", "--store", str(store), "--verify"]
+    out = subprocess.run(cli, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "needs the master key file" in out.stderr + out.stdout
+    out = subprocess.run([*cli, "--key-file", str(key_file)], capture_output=True, text=True)
+    assert out.returncode == 0 and "0 corrupt" in out.stdout, out.stdout + out.stderr
+    cat = open_catalog(store)
+    row = cat.series().iloc[0]
+    shard = next(p for p in sorted((store / row.store_path / "0" / "c").rglob("*")) if p.is_file())
+    raw = bytearray(shard.read_bytes())
+    raw[300] ^= 0x10
+    shard.write_bytes(bytes(raw))
+    check = check_store(cat.location, cat, verify=True, key_file=str(key_file))
+    assert check.corrupt == [row.store_path]
+    cat.close()

@@ -191,7 +191,12 @@ def _fsck(args: argparse.Namespace) -> int:
     if not isinstance(cat, Catalog):
         raise VoxelHubError(f"fsck runs where the store is, not through {cat.url}")
     check = check_store(
-        cat.location, cat, repair=args.repair, verify=args.verify, min_age_seconds=args.min_age
+        cat.location,
+        cat,
+        repair=args.repair,
+        verify=args.verify,
+        min_age_seconds=args.min_age,
+        key_file=args.key_file,
     )
     for kind in ("missing", "corrupt", "unlisted", "temporaries", "removed"):
         for path in getattr(check, kind):
@@ -427,6 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--catalog-url", default=None)
     p.add_argument("--repair", action="store_true", help="remove leftovers of crashed ingests")
     p.add_argument("--verify", action="store_true", help="re-read every volume's checksum (slow)")
+    p.add_argument(
+        "--key-file", default=None, help="master key file of encrypted projects (for --verify)"
+    )
     p.add_argument(
         "--min-age",
         type=float,

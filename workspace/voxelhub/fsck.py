@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from voxelhub.catalog import Catalog
 from voxelhub.store.location import Location
@@ -59,6 +60,16 @@ def collect_garbage(
     return removed
 
 
+def _same_checksum(level0: Any, checksum: str) -> bool:
+    from voxelhub.store.encryption import CorruptChunk
+    from voxelhub.store.writer import content_checksum
+
+    try:
+        return bool(content_checksum(level0) == checksum)
+    except CorruptChunk:  # a changed chunk of an encrypted volume
+        return False
+
+
 def check_store(
     location: Location,
     catalog: Catalog,
@@ -66,19 +77,24 @@ def check_store(
     repair: bool = False,
     verify: bool = False,
     min_age_seconds: float = GRACE_SECONDS,
+    key_file: str | None = None,
 ) -> StoreCheck:
     """Compare the store with the catalog; with ``repair``, collect the garbage.
 
     ``verify`` re-reads every listed volume's level 0 and compares its checksum (slow: it reads
     the whole store).  Missing or corrupt volumes are only reported: their source DICOM must be
-    ingested again.
+    ingested again.  Encrypted projects are verified with the master key file (``key_file``,
+    default ``$VOXELHUB_KEY_FILE``); a chunk that fails authentication makes its volume corrupt.
     """
     import zarr
 
-    from voxelhub.store.writer import content_checksum
-
     check = StoreCheck()
     listed = catalog.series()
+    projects = catalog.projects()
+    if verify and not projects.empty and projects.encrypted.any():
+        from voxelhub.store.encryption import open_store_keys
+
+        open_store_keys(location, key_file)
     paths = set(listed["store_path"]) if not listed.empty else set()
     check.temporaries = location.list_temporary()
     check.unlisted = [rel for rel in location.list_volumes() if rel not in paths]
@@ -89,7 +105,7 @@ def check_store(
         elif verify:
             level0 = location.open_group(rel)["0"]
             assert isinstance(level0, zarr.Array)
-            if content_checksum(level0) != checksum:
+            if not _same_checksum(level0, checksum):
                 check.corrupt.append(rel)
     if repair:
         check.removed = collect_garbage(location, catalog, min_age_seconds=min_age_seconds)

@@ -204,14 +204,14 @@ def ingest(
     try:
         for leftover in collect_garbage(location, catalog):
             log.info("removed %s, left by an interrupted ingest", leftover)
+        from voxelhub.store.encryption import codec_for, open_store_keys
+
         if encrypt:  # the key first: a project is never marked encrypted without one
-            _open_keys(location, key_file)
+            open_store_keys(location, key_file)
         proj = catalog.ensure_project(project, deidentify=deidentify, encrypt=encrypt)
         if proj.encrypted and not encrypt:
-            _open_keys(location, key_file)
+            open_store_keys(location, key_file)
         if proj.encrypted:  # the project's data key, made here before workers fork
-            from voxelhub.store.encryption import codec_for
-
             codec_for(project)
         # a new project's folder starts private; the hub opens it to the project's unix group
         location.ensure_private_dir(f"projects/{project}")
@@ -297,28 +297,6 @@ def ingest(
         return report
     finally:
         catalog.close()
-
-
-def _open_keys(location: Location, key_file: str | os.PathLike[str] | None) -> None:
-    """Give this process (and the workers it forks) the store's key ring."""
-    from voxelhub.store.encryption import keys_in_use, use_keys
-    from voxelhub.store.keys import KEYS_FOLDER, MissingKey, store_key_ring
-
-    root = getattr(location, "root", None)
-    if root is None:
-        raise StoreError(
-            f"encrypted projects need a local store folder (the key ring lives in it); "
-            f"{location.url_of('')} is not one: use the bucket's default encryption (SSE-KMS)"
-        )
-    path = key_file or config.key_file()
-    if path is None:
-        raise MissingKey(
-            f"an encrypted project needs the master key file: set ${config.KEY_FILE_ENV} or "
-            f"pass --key-file"
-        )
-    ring = keys_in_use()
-    if ring is None or str(ring.folder) != os.path.join(str(root), KEYS_FOLDER):
-        use_keys(store_key_ring(str(root), path))
 
 
 def _attach_labels(

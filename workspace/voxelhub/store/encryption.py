@@ -138,6 +138,31 @@ def unseal(blob: bytes) -> bytes:
         ) from None
 
 
+def open_store_keys(location: Any, key_file: str | os.PathLike[str] | None = None) -> KeyRing:
+    """Give this process (and the workers it forks) the key ring of a local store, opened with
+    ``key_file`` (default ``$VOXELHUB_KEY_FILE``); the ring already in use if it is that one."""
+    from voxelhub import config
+    from voxelhub.store.keys import KEYS_FOLDER, store_key_ring
+
+    root = getattr(location, "root", None)
+    if root is None:
+        raise StoreError(
+            f"encrypted projects need a local store folder (the key ring lives in it); "
+            f"{location.url_of('')} is not one: use the bucket's default encryption (SSE-KMS)"
+        )
+    path = key_file or config.key_file()
+    if path is None:
+        raise MissingKey(
+            f"an encrypted project needs the master key file: set ${config.KEY_FILE_ENV} or "
+            f"pass --key-file"
+        )
+    ring = _ring
+    if ring is None or str(ring.folder) != os.path.join(str(root), KEYS_FOLDER):
+        ring = store_key_ring(str(root), path)
+        use_keys(ring)
+    return ring
+
+
 def codec_for(project: str) -> Aes256GcmCodec:
     """The codec new arrays of an encrypted ``project`` get: its current data key (made on the
     project's first write); :class:`MissingKey` if this process was given no keys."""
