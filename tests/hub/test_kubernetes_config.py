@@ -310,7 +310,8 @@ def test_gateway_extra_config_sets_real_cluster_config_traits() -> None:
 def test_hub_and_gateway_agree_with_each_other_and_with_one_machine(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, data_account: str
 ) -> None:
-    # the nbgrader exchange (opt-in on one machine) is not in the Kubernetes values yet (issue 12)
+    # the nbgrader exchange: loading it here would make its system account; compared in
+    # test_the_course_setup_matches_one_machine instead
     monkeypatch.delenv("VOXELHUB_EXCHANGE_USER", raising=False)
     hub, gateway = load("jupyterhub.values.yaml"), load("dask-gateway.values.yaml")["gateway"]
     env = hub["singleuser"]["extraEnv"]
