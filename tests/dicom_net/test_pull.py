@@ -367,6 +367,14 @@ def test_clear_errors_for_a_bad_server_credentials_or_query(
     finally:
         running.close()
 
+    # --list: the studies a query finds, nothing fetched
+    small = header(dicom_files(SMALL)[0])
+    listed = _cli(archive, store, tmp_path / "staging", "--list", "--patient-id", small.PatientID)
+    out, _ = listed.communicate(timeout=120)
+    assert listed.returncode == 0, out
+    assert str(small.StudyInstanceUID) in out and "1 study(ies)" in out, out
+    assert not store.exists()
+
     # the command line: exit status 2, one line naming the problem, no secret in it
     run = _cli(archive, store, tmp_path / "staging", "--patient-id", "NOBODY")
     out, _ = run.communicate(timeout=120)
@@ -405,6 +413,7 @@ def test_the_notebook_panel_pulls_with_progress(archive: Archive, tmp_path: Path
     panel.password.value = archive.password
     panel.find_button.click()
     assert f"1 study(ies), {len(dicom_files(SMALL))} instance(s)" in panel.status.value
+    assert panel.study_uid.value in panel.status.value  # the study, listed
     panel.pull_button.click()
     assert panel.pull_button.disabled  # while it runs
     panel.thread.join(300)  # type: ignore[union-attr]

@@ -47,6 +47,15 @@ def _pull(args: argparse.Namespace) -> int:
         study_uid=args.study_uid,
         extra=extra,
     )
+    if args.list:
+        from voxelhub.dicomweb.query import find_studies
+        from voxelhub.dicomweb.server import Server
+
+        studies = find_studies(Server(args.url, Credentials.resolve(user=args.user)), query)
+        for study in studies:
+            print(study.line())
+        print(f"{len(studies)} study(ies); pull one with --study-uid UID")
+        return 0
     report = pull(
         args.url,
         args.store,
@@ -318,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEYWORD=VALUE",
         help="any other study attribute, e.g. PatientName=DOE*; repeatable",
+    )
+    p.add_argument(
+        "--list", action="store_true", help="only list the studies the query finds (QIDO-RS)"
     )
     p.add_argument("--workers", type=int, default=4, help="parallel WADO-RS streams [4]")
     p.add_argument("--max-studies", type=int, default=50, help="refuse a query matching more [50]")

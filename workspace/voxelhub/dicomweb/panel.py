@@ -22,7 +22,7 @@ import ipywidgets as w
 
 from voxelhub.dicomweb.errors import PullError
 from voxelhub.dicomweb.pull import PullReport, pull
-from voxelhub.dicomweb.query import PullPlan, StudyQuery, plan_pull
+from voxelhub.dicomweb.query import PullPlan, StudyQuery, find_studies, plan_pull
 from voxelhub.dicomweb.server import Credentials, Server
 from voxelhub.errors import VoxelHubError
 
@@ -97,12 +97,19 @@ class PullPanel(w.VBox):
     def find(self) -> PullPlan | None:
         """The QIDO-RS query alone: how many studies and instances a pull would bring."""
         try:
-            plan = plan_pull(Server(self.url.value.strip(), self.credentials()), self.query())
+            server = Server(self.url.value.strip(), self.credentials())
+            studies = find_studies(server, self.query())
+            plan = plan_pull(server, self.query())
         except VoxelHubError as exc:
             self.error = f"{type(exc).__name__}: {exc}"
             self._say(self.error, error=True)
             return None
-        self._say(f"{len(plan.studies)} study(ies), {len(plan.instances)} instance(s)")
+        lines = [study.line() for study in studies]
+        self._say(
+            "\n".join(
+                [*lines, f"{len(plan.studies)} study(ies), {len(plan.instances)} instance(s)"]
+            )
+        )
         return plan
 
     def start(self) -> threading.Thread:

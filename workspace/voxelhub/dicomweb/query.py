@@ -31,23 +31,32 @@ def _value(item: Mapping[str, Any], tag: str) -> str:
     return str(values[0])
 
 
-def _all_uids(search: Callable[..., list[dict[str, Any]]], tag: str, **kwargs: Any) -> list[str]:
-    """Every UID ``search`` finds, page by page.
+def _all_items(
+    search: Callable[..., list[dict[str, Any]]], tag: str, **kwargs: Any
+) -> dict[str, dict[str, Any]]:
+    """Every item ``search`` finds, by its UID in ``tag``, page by page.
 
     Not dicomweb-client's ``get_remaining``: it asks until a page comes back empty, which never
     happens on a server that ignores ``offset`` (Orthanc's DICOMweb 1.7 at instance level).
     Here a short page, or one with nothing new, ends it.
     """
-    seen: dict[str, None] = {}
+    seen: dict[str, dict[str, Any]] = {}
     offset = 0
     while True:
         found = search(limit=_PAGE, offset=offset, **kwargs)
-        uids = [u for u in (_value(item, tag) for item in found) if u]
-        new = [u for u in uids if u not in seen]
-        seen.update(dict.fromkeys(uids))
+        new = 0
+        for item in found:
+            uid = _value(item, tag)
+            if uid and uid not in seen:
+                seen[uid] = item
+                new += 1
         if len(found) < _PAGE or not new:
-            return sorted(seen)
+            return seen
         offset += len(found)
+
+
+def _all_uids(search: Callable[..., list[dict[str, Any]]], tag: str, **kwargs: Any) -> list[str]:
+    return sorted(_all_items(search, tag, **kwargs))
 
 
 @dataclass(frozen=True)
@@ -104,6 +113,57 @@ class StudyQuery:
 
 
 @dataclass(frozen=True)
+class StudySummary:
+    """One study a query found, as QIDO-RS describes it (for choosing before a pull)."""
+
+    uid: str
+    patient_id: str
+    date: str
+    description: str
+    modalities: tuple[str, ...]
+    instances: int | None
+
+    @classmethod
+    def from_qido(cls, item: Mapping[str, Any]) -> StudySummary:
+        count = _value(item, "00201208")
+        return cls(
+            uid=_value(item, _STUDY_UID),
+            patient_id=_value(item, "00100020"),
+            date=_value(item, "00080020"),
+            description=_value(item, "00081030"),
+            modalities=tuple(str(v) for v in item.get("00080061", {}).get("Value") or ()),
+            instances=int(count) if count.isdigit() else None,
+        )
+
+    def line(self) -> str:
+        count = "?" if self.instances is None else str(self.instances)
+        return (
+            f"{self.uid}  {self.date or '-':8}  {'/'.join(self.modalities) or '-':8}  "
+            f"{count:>6} instance(s)  patient {self.patient_id or '-'}  {self.description}"
+        )
+
+
+_STUDY_FIELDS = ["StudyInstanceUID", "PatientID", "StudyDate", "StudyDescription",
+                 "ModalitiesInStudy", "NumberOfStudyRelatedInstances"]  # fmt: skip
+
+
+def find_studies(server: Server, query: StudyQuery) -> list[StudySummary]:
+    """The studies ``query`` selects (QIDO-RS), sorted by date then UID; EmptyQuery if none."""
+    filters = query.filters()
+    with server.speaking("QIDO-RS study search"):
+        found = _all_items(
+            server.client().search_for_studies,
+            _STUDY_UID,
+            search_filters=filters,
+            fields=_STUDY_FIELDS,
+        )
+    if not found:
+        raise EmptyQuery(f"no study on {server.url} matches {query.describe()}")
+    studies = [StudySummary.from_qido(item) for item in found.values()]
+    return sorted(studies, key=lambda s: (s.date, s.uid))
+
+
+@dataclass(frozen=True)
 class InstanceRef:
     study: str
     series: str
@@ -118,14 +178,8 @@ class PullPlan:
 
 def plan_pull(server: Server, query: StudyQuery, *, max_studies: int = 50) -> PullPlan:
     """Every instance the query selects, asked for with QIDO-RS (studies → series → instances)."""
-    filters = query.filters()
+    studies = sorted(s.uid for s in find_studies(server, query))
     client = server.client()
-    with server.speaking("QIDO-RS study search"):
-        studies = _all_uids(
-            client.search_for_studies, _STUDY_UID, search_filters=filters, fields=[_STUDY_UID]
-        )
-    if not studies:
-        raise EmptyQuery(f"no study on {server.url} matches {query.describe()}")
     if len(studies) > max_studies:
         raise TooManyStudies(
             f"{len(studies)} studies on {server.url} match {query.describe()}, more than the "
