@@ -91,6 +91,9 @@ def test_delete_removes_the_row_the_tree_its_labels_and_features(
     assert patients == {kept.patient_id} and features == {kept.volume_uid}
     assert not (store / doomed.store_path).exists()
     assert (store / kept.store_path / "zarr.json").exists()
+    # the full-text and flag indexes follow (their triggers): searches find the kept one only
+    assert list(cat.search("synthetic").volume_uid) == [kept.volume_uid]
+    assert list(cat.studies(text="synthetic").study_uid) == [kept.study_uid]
     check = check_store(cat.location, cat, verify=True)
     assert check.consistent and not check.temporaries, check.summary()
     with pytest.raises(NotFound, match="no volume or series"):
