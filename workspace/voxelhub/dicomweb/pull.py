@@ -126,7 +126,13 @@ def _fetch(server: Server, journal: Journal, ref: InstanceRef) -> Entry:
         problem = f"the server sent instance {ds.get('SOPInstanceUID', '?')} instead"
     if problem is not None:
         return Entry(ref.sop, ref.series, Outcome.REJECTED, 0, problem)
-    size = write_atomically(journal.instances, name, lambda f: ds.save_as(f))
+    try:
+        size = write_atomically(journal.instances, name, lambda f: ds.save_as(f))
+    except OSError as exc:  # a full or read-only staging disk: the instance is fetched again
+        raise PullError(f"cannot stage instance {ref.sop} in {journal.instances}: {exc}") from None
+    except Exception as exc:  # pydicom cannot write what it read: the instance is not usable
+        reason = f"cannot be written as a DICOM file: {type(exc).__name__}: {exc}"[:300]
+        return Entry(ref.sop, ref.series, Outcome.REJECTED, 0, reason)
     return Entry(ref.sop, ref.series, Outcome.STAGED, size)
 
 
@@ -154,8 +160,6 @@ def pull(
     pull again: it fetches only those).  Rejected instances are listed in the report.
     ``on_progress(done, total)`` follows the instances (a widget's progress bar).
     """
-    from tqdm.auto import tqdm
-
     if workers < 1:
         raise PullError(f"workers must be at least 1, not {workers}")
     server = Server(url, credentials)
@@ -177,31 +181,67 @@ def pull(
     report.resumed = len(plan.instances) - len(todo)
     if report.resumed:
         log.info("resuming: %d of %d instances already staged", report.resumed, report.instances)
+    try:  # the folder stays locked until its instances are in the store
+        _fetch_all(server, journal, todo, report, workers, progress, on_progress)
+        return _ingest_staged(
+            journal, plan.instances, report, store, project, deidentify, catalog_url,
+            ingest_workers, progress,
+        )  # fmt: skip
+    finally:
+        journal.close()
+
+
+def _fetch_all(
+    server: Server,
+    journal: Journal,
+    todo: list[InstanceRef],
+    report: PullReport,
+    workers: int,
+    progress: bool,
+    on_progress: Callable[[int, int], None] | None,
+) -> None:
+    """Fetch ``todo`` in ``workers`` streams; an interrupt cancels what has not started."""
+    from tqdm.auto import tqdm
+
     started = time.monotonic()
     bar = tqdm(total=len(todo), desc="pulling", unit="instance", disable=not progress)
     handled = 0
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pull")
     try:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pull") as pool:
-            futures = {pool.submit(_fetch, server, journal, ref): ref for ref in todo}
-            for future in as_completed(futures):
-                ref = futures[future]
-                try:
-                    entry = future.result()
-                except PullError as exc:
-                    report.failed.append({"sop": ref.sop, "reason": str(exc)})
-                else:
-                    journal.record(entry)
-                    report.fetched += 1
-                    report.nbytes += entry.nbytes
-                bar.update(1)
-                bar.set_postfix_str(f"{report.nbytes / 1e6:.0f} MB", refresh=False)
-                handled += 1
-                if on_progress is not None:
-                    on_progress(report.resumed + handled, report.instances)
+        futures = {pool.submit(_fetch, server, journal, ref): ref for ref in todo}
+        for future in as_completed(futures):
+            ref = futures[future]
+            try:
+                entry = future.result()
+            except PullError as exc:
+                report.failed.append({"sop": ref.sop, "reason": str(exc)})
+            else:
+                journal.record(entry)
+                report.fetched += 1
+                report.nbytes += entry.nbytes
+            bar.update(1)
+            bar.set_postfix_str(f"{report.nbytes / 1e6:.0f} MB", refresh=False)
+            handled += 1
+            if on_progress is not None:
+                on_progress(report.resumed + handled, report.instances)
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
-        journal.close()
         report.seconds = time.monotonic() - started
+
+
+def _ingest_staged(
+    journal: Journal,
+    instances: list[InstanceRef],
+    report: PullReport,
+    store: str | os.PathLike[str],
+    project: str,
+    deidentify: bool | None,
+    catalog_url: str | None,
+    ingest_workers: int | None,
+    progress: bool,
+) -> PullReport:
+    """Every instance is staged or rejected: ingest the staged ones, then remove them."""
     if report.failed:
         raise PullIncomplete(
             f"{len(report.failed)} of {report.instances} instance(s) could not be fetched "
@@ -210,10 +250,10 @@ def pull(
         )
     report.rejected = [
         {"sop": e.sop, "reason": e.reason}
-        for ref in plan.instances
+        for ref in instances
         if (e := journal.entries[ref.sop]).outcome is Outcome.REJECTED
     ]
-    staged = [r for r in plan.instances if journal.entries[r.sop].outcome is Outcome.STAGED]
+    staged = [r for r in instances if journal.entries[r.sop].outcome is Outcome.STAGED]
     if staged:
         from voxelhub.ingest import ingest
 
@@ -228,6 +268,6 @@ def pull(
         )
         if report.ingest.exit_code < 2:
             # in the store now: the staged copies (identifiable) go
-            shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(journal.folder, ignore_errors=True)
     log.info("%s", report.summary())
     return report
