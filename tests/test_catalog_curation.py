@@ -158,6 +158,18 @@ def test_a_split_series_is_deleted_by_volume_uid(tmp_path: Path) -> None:
     assert len(volumes) == 2
     with pytest.raises(NotFound, match="split into 2 volumes"):
         cat.delete_volume("1.2.3.4")
+    # the data service's view: the series UID finds the project for the role check, but the
+    # delete itself is refused, never resolved to one split
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "extensions"))
+    from voxelhub_data.catalog_view import CatalogView, NotInCatalog
+
+    view = CatalogView(str(store))
+    found = view.volume("1.2.3.4")
+    assert found is not None and found.volume_uid in volumes
+    with pytest.raises(NotInCatalog, match="split into 2 volumes"):
+        view.delete_volume("1.2.3.4")
+    assert len(cat.series()) == 2
+    view.catalog.close()
     cat.delete_volume(volumes[0])
     assert list(cat.series().volume_uid) == [volumes[1]]
     cat.close()

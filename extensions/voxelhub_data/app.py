@@ -619,8 +619,10 @@ class VolumeHandler(BaseHandler):
         where = {"patient": found.patient, "study": found.study_uid, "volume": found.volume_uid}
         self.require(found.project, Role.CURATOR, action, **where)
         try:
-            deleted = await self.run(self.service.catalog.delete_volume, found.volume_uid)
-        except NotInCatalog as exc:  # another curator deleted it a moment ago
+            # by the UID as given: a SeriesInstanceUID split into several volumes is refused
+            # there (one of them must be named), never resolved to an arbitrary split
+            deleted = await self.run(self.service.catalog.delete_volume, unquote(uid))
+        except NotInCatalog as exc:  # split, or another curator deleted it a moment ago
             self.deny(action, str(exc), status=404, project=found.project, **where)
         self.allow(
             action,
