@@ -28,6 +28,7 @@ import requests
 from pydicom.uid import generate_uid
 
 from tests.dicom_net.conftest import DICOM, REPO, PacsHost
+from voxelhub import audit
 from voxelhub.catalog import Catalog
 from voxelhub.dicomweb import (
     AuthenticationFailed,
@@ -197,9 +198,14 @@ def test_pull_by_qido_query_matches_a_folder_ingest(archive: Archive, tmp_path: 
         staging=tmp_path / "staging",
         ingest_workers=1,
         progress=False,
+        audit_log=tmp_path / "audit.jsonl",
     )
     assert report.exit_code == 0, report.summary()
     assert (report.studies, report.instances) == (1, len(dicom_files(SMALL)))
+    [record] = audit.query(tmp_path / "audit.jsonl", action="dicom.pull")
+    assert record.decision == "allow" and record.project == "pulled"
+    assert record.count == report.instances and record.nbytes == report.nbytes
+    assert record.detail["query"] == f"ModalitiesInStudy=MR PatientID={patient}"
     assert report.fetched == report.instances and report.resumed == 0
     assert not report.rejected
     assert report.ingest is not None and report.ingest.files_seen == report.instances
@@ -317,10 +323,15 @@ def test_truncated_and_non_image_instances_are_rejected(archive: Archive, tmp_pa
         staging=tmp_path / "staging",
         ingest_workers=1,
         progress=False,
+        audit_log=tmp_path / "audit.jsonl",
     )
     assert report.exit_code == 1, report.summary()
     reasons = {r["sop"]: r["reason"] for r in report.rejected}
     assert reasons[str(cut.SOPInstanceUID)].startswith("truncated: pixel data holds"), reasons
+    # audited without the query: it names the patient
+    [record] = audit.query(tmp_path / "audit.jsonl", action="dicom.pull")
+    assert record.decision == "allow" and record.detail["rejected"] == 2
+    assert patient not in json.dumps(record.to_dict()) and "query" not in record.detail
     assert reasons[str(sr.SOPInstanceUID)].startswith("not an image: Basic Text SR"), reasons
     assert len(reasons) == 2
     assert report.ingest is not None and report.ingest.files_seen == len(datasets) - 1
@@ -342,7 +353,9 @@ def test_clear_errors_for_a_bad_server_credentials_or_query(
         pull(f"http://{archive.host.ip}:1/dicom-web", store, some, **kw)  # type: ignore[arg-type]
     with pytest.raises(AuthenticationFailed, match="HTTP 401"):
         wrong = Credentials(USER, "not-the-password")
-        pull(archive.url, store, some, credentials=wrong, **kw)  # type: ignore[arg-type]
+        pull(archive.url, store, some, credentials=wrong, audit_log=tmp_path / "a.jsonl", **kw)  # type: ignore[arg-type]
+    [denied] = audit.query(tmp_path / "a.jsonl", action="dicom.pull")
+    assert (denied.decision, denied.reason) == ("deny", "AuthenticationFailed")
     with pytest.raises(ServerNotFound, match="HTTP 404"):
         root = archive.url.removesuffix("/dicom-web") + "/not-dicom-web"
         pull(root, store, some, credentials=archive.credentials(), **kw)  # type: ignore[arg-type]

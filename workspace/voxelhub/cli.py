@@ -68,6 +68,7 @@ def _pull(args: argparse.Namespace) -> int:
         catalog_url=args.catalog_url,
         max_studies=args.max_studies,
         progress=not args.quiet,
+        audit_log=args.audit_log,
     )
     print(report.summary())
     return report.exit_code
@@ -339,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="where instances wait for ingest [$VOXELHUB_PULL_STAGING or ~/.cache/voxelhub/pulls]",
     )
     p.add_argument("--user", default=None, help="basic-auth user [$VOXELHUB_DICOMWEB_USER]")
+    p.add_argument(
+        "--audit-log", default=None, help="record the pull (dicom.pull) in this audit trail"
+    )
     p.add_argument("--catalog-url", default=None, help="SQLAlchemy URL (default: SQLite in store)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_pull)

@@ -151,6 +151,7 @@ def pull(
     ingest_workers: int | None = None,
     progress: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
+    audit_log: str | os.PathLike[str] | None = None,
 ) -> PullReport:
     """Pull the studies ``query`` selects on the DICOMweb server ``url`` into ``project``.
 
@@ -159,7 +160,93 @@ def pull(
     nothing; :class:`PullIncomplete` when some instances could not be fetched (run the same
     pull again: it fetches only those).  Rejected instances are listed in the report.
     ``on_progress(done, total)`` follows the instances (a widget's progress bar).
+    ``audit_log``: an audit trail (:mod:`voxelhub.audit`) to record the pull in, allowed or
+    denied, as ``dicom.pull`` (where the puller may write one, e.g. a site's admin).
     """
+    if audit_log is None:
+        return _pull(
+            url, store, query, project, deidentify, credentials, workers, staging, catalog_url,
+            max_studies, ingest_workers, progress, on_progress,
+        )  # fmt: skip
+    try:
+        report = _pull(
+            url, store, query, project, deidentify, credentials, workers, staging, catalog_url,
+            max_studies, ingest_workers, progress, on_progress,
+        )  # fmt: skip
+    except PullError as exc:  # its kind only: the message may quote the query (a patient ID)
+        _audit(audit_log, url, project, deidentify, decision="deny", reason=type(exc).__name__)
+        raise
+    _audit(audit_log, url, project, deidentify, report=report)
+    return report
+
+
+def _audit(
+    path: str | os.PathLike[str],
+    url: str,
+    project: str,
+    deidentify: bool | None,
+    *,
+    report: PullReport | None = None,
+    decision: str = "",
+    reason: str = "",
+) -> None:
+    """One ``dicom.pull`` record.  A de-identified project's record names no study and no
+    query (a query may hold a patient ID)."""
+    import getpass
+
+    from voxelhub import audit
+    from voxelhub.dicomweb.server import redact
+
+    withheld = bool(deidentify) or bool(report and report.ingest and report.ingest.paths_withheld)
+    detail: dict[str, object] = {"server": redact(url)}
+    if report is not None:
+        decision = "allow" if report.exit_code < 2 else "deny"
+        reason = report.summary().splitlines()[0][:500]
+        ingested = report.ingest
+        detail.update(
+            studies=report.studies,
+            fetched=report.fetched,
+            resumed=report.resumed,
+            rejected=len(report.rejected),
+            volumes=(ingested.written + ingested.unchanged) if ingested else [],
+        )
+        if not withheld:
+            detail["query"] = report.query
+    if withheld and report is not None:
+        reason = reason.replace(report.query, "…")
+    log_file = audit.AuditLog(path, fsync_every=1)
+    try:
+        log_file.record(
+            user=getpass.getuser(),
+            client="cli",
+            action="dicom.pull",
+            decision=decision,
+            reason=reason,
+            project=project,
+            source=redact(url),
+            nbytes=report.nbytes if report else 0,
+            count=report.instances if report else 0,
+            detail=detail,
+        )
+    finally:
+        log_file.close()
+
+
+def _pull(
+    url: str,
+    store: str | os.PathLike[str],
+    query: StudyQuery,
+    project: str,
+    deidentify: bool | None,
+    credentials: Credentials | None,
+    workers: int,
+    staging: str | os.PathLike[str] | None,
+    catalog_url: str | None,
+    max_studies: int,
+    ingest_workers: int | None,
+    progress: bool,
+    on_progress: Callable[[int, int], None] | None,
+) -> PullReport:
     if workers < 1:
         raise PullError(f"workers must be at least 1, not {workers}")
     server = Server(url, credentials)
