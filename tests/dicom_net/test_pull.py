@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from voxelhub.dicomweb import (
     Credentials,
     EmptyQuery,
     PullBusy,
+    PullIncomplete,
     ServerNotFound,
     ServerUnreachable,
     StudyQuery,
@@ -62,11 +64,45 @@ class Archive:
     url: str
     password: str
     host: PacsHost
-    proc: subprocess.Popen[bytes]
     workdir: Path
+    proc: subprocess.Popen[bytes] | None = None
 
     def credentials(self) -> Credentials:
         return Credentials(USER, self.password)
+
+    def start(self) -> None:
+        """Orthanc in the archive's namespace (its storage kept across restarts)."""
+        log = open(self.workdir / "orthanc.log", "ab")  # noqa: SIM115 - the process has it
+        self.proc = subprocess.Popen(
+            ["nsenter", f"--net={self.host.ns}", "--", ORTHANC, str(self.workdir / "orthanc.json")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+            start_new_session=True,
+        )
+        log.close()
+        system = self.url.removesuffix("/dicom-web") + "/system"
+        deadline = time.monotonic() + 60
+        while True:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"Orthanc did not start: {(self.workdir / 'orthanc.log').read_text()[-2000:]}"
+                )
+            try:
+                if requests.get(system, auth=(USER, self.password), timeout=1).ok:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
     def stow(self, datasets: list[pydicom.Dataset]) -> None:
         from dicomweb_client import DICOMwebClient
@@ -100,13 +136,13 @@ def archive() -> Iterator[Archive]:
             pytest.fail(f"{need} is missing: `make install` installs orthanc-dicomweb")
     host = PacsHost(subnet=220 + secrets.randbelow(30))  # the edge's tests use 20-219
     workdir = Path(tempfile.mkdtemp(prefix="vh-archive-"))
-    proc: subprocess.Popen[bytes] | None = None
+    password = secrets.token_urlsafe(12)
+    archive = Archive(f"http://{host.ip}:{HTTP_PORT}/dicom-web", password, host, workdir)
     try:
         subprocess.run(
             ["ip", "addr", "add", f"{host.edge_ip}/24", "dev", host.edge_link], check=True
         )
         subprocess.run(["ip", "link", "set", host.edge_link, "up"], check=True)
-        password = secrets.token_urlsafe(12)
         config = {
             "Name": "second-site-archive",
             "StorageDirectory": str(workdir / "storage"),
@@ -123,40 +159,12 @@ def archive() -> Iterator[Archive]:
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True},
         }
         (workdir / "orthanc.json").write_text(json.dumps(config))
-        log = open(workdir / "orthanc.log", "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(
-            ["nsenter", f"--net={host.ns}", "--", ORTHANC, str(workdir / "orthanc.json")],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=workdir,
-            start_new_session=True,
-        )
-        log.close()
-        base = f"http://{host.ip}:{HTTP_PORT}"
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"Orthanc did not start: {(workdir / 'orthanc.log').read_text()[-2000:]}"
-                )
-            try:
-                if requests.get(f"{base}/system", auth=(USER, password), timeout=1).ok:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        archive = Archive(f"{base}/dicom-web", password, host, proc, workdir)
+        archive.start()
         archive.stow([pydicom.dcmread(p) for p in dicom_files(SMALL)])
         archive.stow([pydicom.dcmread(p) for p in dicom_files(LARGE)])
         yield archive
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        archive.stop()
         host.close()  # the veth goes with the namespace
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -437,3 +445,46 @@ def test_the_notebook_panel_pulls_with_progress(archive: Archive, tmp_path: Path
     cat = Catalog(open_location(str(tmp_path / "store")))
     assert len(cat.series(project="panel")) >= 1
     cat.close()
+
+
+def test_a_server_lost_mid_pull_is_resumed_once_it_is_back(
+    archive: Archive, tmp_path: Path
+) -> None:
+    """Orthanc killed while instances are being fetched: the pull fails naming what is missing
+    and keeps what it has; with the server back, the same pull fetches the rest."""
+    store, staging = tmp_path / "store", tmp_path / "staging"
+    query = StudyQuery(study_uid=str(header(dicom_files(LARGE)[0]).StudyInstanceUID))
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(pull(archive.url, store, query, project="lost",
+                                credentials=archive.credentials(), workers=1, staging=staging,
+                                ingest_workers=1, progress=False))  # fmt: skip
+        except Exception as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    deadline = time.monotonic() + 120
+    while _journal_lines(staging) < 20:
+        assert worker.is_alive() and time.monotonic() < deadline, outcome
+        time.sleep(0.005)
+    assert archive.proc is not None
+    archive.proc.kill()
+    archive.proc.wait()
+    worker.join(300)
+    [failure] = outcome
+    assert isinstance(failure, PullIncomplete), failure
+    assert "could not be fetched" in str(failure) and "run the same pull again" in str(failure)
+    staged = _journal_lines(staging)
+    assert 20 <= staged < len(dicom_files(LARGE))
+    assert not store.exists() or Catalog(open_location(str(store))).series().empty
+
+    archive.start()
+    report = pull(archive.url, store, query, project="lost", credentials=archive.credentials(),
+                  staging=staging, ingest_workers=1, progress=False)  # fmt: skip
+    assert report.exit_code == 0, report.summary()
+    assert report.resumed == staged and report.fetched == len(dicom_files(LARGE)) - staged
+    ingest(LARGE, tmp_path / "folder", project="lost", workers=1, progress=False)
+    same_volumes(store, tmp_path / "folder", "lost")
