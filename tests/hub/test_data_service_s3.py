@@ -208,7 +208,6 @@ def test_the_hub_serves_an_s3_store(moto: str) -> None:
             project=PROJECT,
             catalog_url=catalog_url,
             progress=False,
-            workers=1,  # s3fs in forked workers: "This class is not fork-safe" (reported)
         )
         assert len(report.written) == 2, report.summary()
         local = voxelhub.open_catalog(url, catalog_url=catalog_url, storage_options=direct)

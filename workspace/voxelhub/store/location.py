@@ -346,10 +346,20 @@ class FsspecLocation(_FsspecTree):
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
         self.url = url.rstrip("/")
         self.storage_options = dict(storage_options or {})
-        self.fs, self.root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+        self._fs, self.root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+        self._pid = os.getpid()
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (FsspecLocation, (self.url, self.storage_options))
+
+    @property
+    def fs(self) -> Any:
+        """The file system, made again in a forked child (ingest's workers): an async one such
+        as s3fs runs on its maker's event loop and refuses a child ("not fork-safe")."""
+        if self._pid != os.getpid():
+            self._fs, self.root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+            self._pid = os.getpid()
+        return self._fs
 
 
 class ServiceLocation:
