@@ -199,7 +199,7 @@ def test_key_rotation_under_reads_through_the_service(site: Site, shared_dicom: 
     """Readers read the encrypted volume through the service while the master key is rotated
     and retired and the project gets a new data key (a new series sealed with it): 0 errors,
     and the new volume reads through the same running service."""
-    from voxelhub import ingest, open_catalog
+    from voxelhub import open_catalog
     from voxelhub.store.encryption import use_keys
     from voxelhub.store.keys import FileKeyProvider, KeyRing
 
@@ -228,26 +228,38 @@ def test_key_rotation_under_reads_through_the_service(site: Site, shared_dicom: 
         provider.retire(old)
         old_data_key = ring.current(SEALED)
         assert ring.rotate(SEALED) != old_data_key
-        use_keys(ring)
-        report = ingest(
-            shared_dicom / "mr_siemens_transfer_syntaxes",
-            site.store,
-            project=SEALED,
-            key_file=site.key_file,
-            progress=False,
-        )
-        use_keys(None)
-        assert report.written and not report.failed, report.summary()
-        # as the hub does on the next server start: root's new files to the service's account
+        # the rotated files are root's now: to the service's account, as the hub's next start
         hand_over_store(site.store, SERVICE_ACCOUNT)
         hand_over_key_file(site.key_file, site.store, SERVICE_ACCOUNT)
+        # a new series ingested as the service's account (visible at once, README), sealed
+        # with the new data key while the readers read
+        code = (
+            "import sys\n"
+            "from voxelhub import ingest\n"
+            "r = ingest(sys.argv[1], sys.argv[2], project=sys.argv[3], progress=False)\n"
+            "print('WRITTEN', *r.written)\n"
+            "sys.exit(1 if r.failed or not r.written else 0)\n"
+        )
+        python = str(Path(sys.executable).parent.resolve() / "python")
+        source = shared_dicom / "mr_siemens_transfer_syntaxes"
+        env = f"VOXELHUB_KEY_FILE={site.key_file}"
+        args = [python, "-c", code, str(source), str(site.store), SEALED]
+        out = subprocess.run(
+            ["runuser", "-u", SERVICE_ACCOUNT, "--", "env", env, *args],
+            capture_output=True,
+            text=True,
+            cwd="/",
+            timeout=600,
+        )
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        written = out.stdout.split("WRITTEN", 1)[1].split()
         time.sleep(2)
         stop = time.monotonic()
         for f in futures:
             f.result()
     assert errors == [], errors[:3]
     assert reads[0] >= 6
-    new_uid = report.written[0]
+    new_uid = written[0]
     cat = open_catalog(site.store)
     row = cat.series(uid=new_uid).iloc[0]
     assert row.project == SEALED
