@@ -58,6 +58,9 @@ choice is an explicit setting below; what differs between sites comes from envir
                                  the hub refuses to start.  Only its path reaches the service.
 ``VOXELHUB_DATA_PRESIGN_SECONDS``  on S3, answer chunk reads with presigned URLs valid this long
                                  (0-3600, advised ≤ 60) [0: every byte through the service].
+``VOXELHUB_KEY_FILE``            master key file of encrypted projects (0600, outside the store):
+                                 handed to the data service's account, which alone decrypts;
+                                 users' servers never get it [unset: no encrypted projects].
 ``VOXELHUB_DICOM_EDGE``          JSON file of the DICOM edge's settings (AE titles ->
                                  projects, allowed callers, ...; hub_config/dicom_edge_config.py)
                                  [unset: no edge].
