@@ -289,3 +289,17 @@ def test_a_flipped_bit_is_an_error_through_the_service(site: Site) -> None:
     with pytest.raises(Exception) as caught:
         np.asarray(site.catalog().open_series(site.sealed_uid))
     assert "502" in str(caught.value) or "Bad Gateway" in str(caught.value)
+
+
+def test_a_key_the_service_does_not_hold_is_a_503_naming_it(site: Site) -> None:
+    import requests
+
+    sealed = site.catalog().stored_volume(site.sealed_uid)
+    meta_file = site.store / sealed.store_path / "1" / "zarr.json"
+    meta = json.loads(meta_file.read_text())
+    meta["codecs"][0]["configuration"]["codecs"][-1]["configuration"]["key_id"] = "0123abcd0123abcd"
+    meta_file.write_text(json.dumps(meta))
+    url = f"{site.stack.data_url}/api/store/{sealed.store_path}/1/c/0/0/0"
+    response = requests.get(url, headers={"Authorization": f"token {site.token}"}, timeout=30)
+    assert response.status_code == 503, response.text
+    assert "0123abcd0123abcd" in response.json()["message"]
