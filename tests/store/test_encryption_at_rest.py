@@ -300,3 +300,18 @@ def test_fsck_verifies_encrypted_volumes_with_the_key_file(
     check = check_store(cat.location, cat, verify=True, key_file=str(key_file))
     assert check.corrupt == [row.store_path]
     cat.close()
+
+
+def test_on_a_laptop_the_key_file_in_the_environment_opens_the_store(
+    tmp_path: Path, shared_dicom: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = tmp_path / "store"
+    ingest(shared_dicom / SERIES, store, project="p", encrypt=True, key_file=key_file)
+    use_keys(None)
+    monkeypatch.setenv("VOXELHUB_KEY_FILE", str(key_file))
+    cat = open_catalog(store)
+    uid = cat.series().volume_uid.iloc[0]
+    volume = cat.open_series(uid)
+    assert volume.attrs["acquisition"] and np.asarray(volume).any()
+    assert keys_in_use() is not None
+    cat.close()

@@ -276,11 +276,18 @@ class StoredVolume:
 
 def read_attributes(location: Location, rel: str, meta: Mapping[str, Any]) -> dict[str, Any]:
     """A volume's ``voxelhub`` attributes with its sealed ones merged back (encrypted projects;
-    through the data service they come merged already)."""
+    through the data service they come merged already).  A process holding no keys opens the
+    store's key ring with ``$VOXELHUB_KEY_FILE`` when it is set (the single-user shape)."""
     if not sidecar.is_sealed(meta):
         return dict(meta)
     from zarr.core.buffer import default_buffer_prototype
     from zarr.core.sync import sync
+
+    from voxelhub import config
+    from voxelhub.store.encryption import keys_in_use, open_store_keys
+
+    if keys_in_use() is None and config.key_file() is not None:
+        open_store_keys(location)  # a laptop's own store: $VOXELHUB_KEY_FILE opens it
 
     store = location.zarr_store(rel, read_only=True)
 
