@@ -192,6 +192,44 @@ def _locate(args: argparse.Namespace) -> int:
     return 0 if found else 1
 
 
+def _keys(args: argparse.Namespace) -> int:
+    """voxelhub keys rotate|reencrypt|retire: a project's data key versions (issue 13)."""
+    from voxelhub import open_catalog
+    from voxelhub.catalog import Catalog
+    from voxelhub.store.encryption import open_store_keys
+    from voxelhub.store.reencrypt import Outcome, reencrypt_project, retire_old_keys
+
+    cat = open_catalog(args.store, catalog_url=args.catalog_url)
+    if not isinstance(cat, Catalog):
+        raise VoxelHubError(f"keys runs where the store is, not through {cat.url}")
+    try:
+        ring = open_store_keys(cat.location, args.key_file)
+        if args.keys_command == "rotate":
+            print(f"project {args.project}: new data key {ring.rotate(args.project)}", flush=True)
+        if args.keys_command == "reencrypt" or getattr(args, "reencrypt", False):
+            done = reencrypt_project(
+                cat,
+                args.project,
+                ring,
+                progress=lambda step: print(
+                    f"{step.done}/{step.total} {step.volume_uid}: {step.outcome.value}", flush=True
+                ),
+                linger_seconds=args.linger,
+            )
+            print(
+                f"{done.count(Outcome.REWRITTEN)} volume(s) re-encrypted with data key "
+                f"{done.key_id}, {done.count(Outcome.ALREADY_CURRENT)} already were; "
+                f"{len(done.removed)} old tree(s) removed",
+                flush=True,
+            )
+        if args.keys_command == "retire" or getattr(args, "retire", False):
+            retired = retire_old_keys(cat, args.project, ring)
+            print(f"retired data key(s): {', '.join(retired) or 'none'}")
+    finally:
+        cat.close()
+    return 0
+
+
 def _fsck(args: argparse.Namespace) -> int:
     from voxelhub import open_catalog
     from voxelhub.catalog import Catalog
@@ -556,6 +594,38 @@ def build_parser() -> argparse.ArgumentParser:
                 "--catalog-url", default=None, help="an empty PostgreSQL database to load into"
             )
         q.set_defaults(func=_backup)
+
+    p = sub.add_parser(
+        "keys",
+        help="rotate a project's data key and re-encrypt its volumes (encrypted projects)",
+        description="Data key versions of an encrypted project. `rotate` makes a new current "
+        "key (new writes use it); `--reencrypt` (or `reencrypt`, which also resumes an "
+        "interrupted run) rewrites every volume under it while readers keep reading; `retire` "
+        "then forgets the old versions, refused while anything still uses one.",
+    )
+    keys = p.add_subparsers(dest="keys_command", required=True)
+    for name, text in (
+        ("rotate", "make a new current data key for the project"),
+        ("reencrypt", "rewrite the project's volumes under its current data key (resumable)"),
+        ("retire", "forget the project's old data key versions once nothing uses them"),
+    ):
+        q = keys.add_parser(name, help=text)
+        q.add_argument("--store", required=True)
+        q.add_argument("--catalog-url", default=None)
+        q.add_argument("--project", required=True)
+        q.add_argument(
+            "--key-file", default=None, help="master key file (default $VOXELHUB_KEY_FILE)"
+        )
+        q.add_argument(
+            "--linger",
+            type=float,
+            default=30.0,
+            help="seconds old trees stay for readers that opened them before the switch",
+        )
+        if name == "rotate":
+            q.add_argument("--reencrypt", action="store_true", help="then re-encrypt at once")
+            q.add_argument("--retire", action="store_true", help="then retire the old keys")
+        q.set_defaults(func=_keys)
 
     p = sub.add_parser(
         "course",

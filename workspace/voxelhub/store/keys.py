@@ -235,6 +235,29 @@ class KeyRing:
             record = self._record(project) or {"project": project, "current": "", "versions": {}}
             return self._add_version(project, record)
 
+    def versions(self, project: str) -> list[str]:
+        """Ids of every data key version ``project`` has (current and older)."""
+        with self._lock:
+            record = self._record(project)
+            return [] if record is None else list(record["versions"])
+
+    def retire_data_key(self, project: str, key_id: str) -> None:
+        """Forget an old data key version of ``project`` (what it sealed becomes unreadable).
+
+        Callers check first that nothing uses it
+        (:func:`voxelhub.store.reencrypt.retire_old_keys`); the current version is refused."""
+        with self._lock, self._folder_lock():
+            record = self._record(project)
+            if record is None or key_id not in record["versions"]:
+                raise MissingKey(f"project {project!r} has no data key {key_id}")
+            if record["current"] == key_id:
+                raise MissingKey(
+                    f"data key {key_id} is project {project!r}'s current one: rotate first"
+                )
+            del record["versions"][key_id]
+            _write_private(self._path(project), record)
+            self._plain.pop(key_id, None)
+
     def rewrap(self) -> int:
         """Wrap every data key under the provider's current master key; return how many changed.
 
