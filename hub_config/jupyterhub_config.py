@@ -438,6 +438,8 @@ if DATA_SERVICE:
                 **DATA_STORE_ENV,
                 "VOXELHUB_AUDIT_LOG": AUDIT_LOG,
                 **({"VOXELHUB_KEY_FILE": KEY_FILE} if KEY_FILE else {}),
+                # caps on curators' uploads (DataService.upload_max_*; issue 11)
+                **{k: v for k, v in os.environ.items() if k.startswith("VOXELHUB_DATA_UPLOAD")},
                 "PATH": f"{VENV_BIN}:/usr/bin:/bin",
             },
             "cwd": AUDIT_DIR,

@@ -30,6 +30,10 @@ OAuth cookie of a browser):
 ``GET  api/arrivals?project=P``                  studies the DICOM edge received for ``P``
                                                  and their state (curators of ``P``; hub
                                                  admins may leave ``project`` out)
+``POST api/projects/<name>/uploads``             a zip of DICOM files to ingest (curators):
+                                                 202 with the upload's id
+``GET  api/uploads/<id>``                        an upload's state, progress and report
+                                                 (the uploader, curators of its project)
 ``GET  api/health``                              liveness, no authentication
 ===============================================  ============================================
 
@@ -76,6 +80,7 @@ from voxelhub_data import decrypted_view, paths
 from voxelhub_data.access import Caller, Role, roles_from_groups
 from voxelhub_data.audit_trail import AuditTrail
 from voxelhub_data.catalog_view import CatalogView, Conflict, Found, NotInCatalog, QueryError
+from voxelhub_data.uploads import Limits, Upload, UploadRefused, Uploads
 
 log = logging.getLogger("voxelhub.data")
 
@@ -200,6 +205,44 @@ class DataService(Application):
     def _arrivals_default(self) -> str:
         return os.environ.get("VOXELHUB_DICOM_ARRIVALS", "")
 
+    upload_dir = Unicode(
+        help="Private (0700) folder of this service's account where uploaded zips are unpacked "
+        "and checked before ingest, and deleted after; default $VOXELHUB_DATA_UPLOADS, else "
+        "'uploads' beside the audit log."
+    ).tag(config=True)
+
+    @default("upload_dir")
+    def _upload_dir_default(self) -> str:
+        return os.environ.get("VOXELHUB_DATA_UPLOADS", "")
+
+    upload_max_bytes = Integer(
+        help="Largest zip one upload may send (bytes, compressed); larger: 413.  Default "
+        "$VOXELHUB_DATA_UPLOAD_MAX_BYTES, else 1 GiB."
+    ).tag(config=True)
+
+    @default("upload_max_bytes")
+    def _upload_max_bytes_default(self) -> int:
+        return int(os.environ.get("VOXELHUB_DATA_UPLOAD_MAX_BYTES") or 1 << 30)
+
+    upload_max_unpacked_bytes = Integer(
+        help="Most bytes one upload may unpack to: a zip whose directory says more is refused "
+        "(400), and bytes are counted again while unpacking (a zip bomb stops there).  Default "
+        "$VOXELHUB_DATA_UPLOAD_MAX_UNPACKED_BYTES, else 4 GiB."
+    ).tag(config=True)
+
+    @default("upload_max_unpacked_bytes")
+    def _upload_max_unpacked_default(self) -> int:
+        return int(os.environ.get("VOXELHUB_DATA_UPLOAD_MAX_UNPACKED_BYTES") or 4 << 30)
+
+    upload_max_files = Integer(
+        help="Most files one uploaded zip may hold; more: refused with 400.  Default "
+        "$VOXELHUB_DATA_UPLOAD_MAX_FILES, else 100000."
+    ).tag(config=True)
+
+    @default("upload_max_files")
+    def _upload_max_files_default(self) -> int:
+        return int(os.environ.get("VOXELHUB_DATA_UPLOAD_MAX_FILES") or 100_000)
+
     bind_url = Unicode(help="Where to listen (the hub sets $JUPYTERHUB_SERVICE_URL).").tag(
         config=True
     )
@@ -247,6 +290,12 @@ class DataService(Application):
         decrypted_view.use_key_file(self.store, self.key_file)  # encrypted volumes served clear
         self.audit = AuditTrail(self.audit_log)
         self.pool = ThreadPoolExecutor(self.read_threads, thread_name_prefix="voxelhub-data")
+        self.uploads = Uploads(
+            self.upload_dir
+            or os.path.join(os.path.dirname(os.path.abspath(self.audit_log)), "uploads"),
+            Limits(self.upload_max_files, self.upload_max_unpacked_bytes),
+        )
+        self.upload_pool = ThreadPoolExecutor(2, thread_name_prefix="voxelhub-upload")
         # the singleton the HubOAuthenticated handlers and the OAuth callback all use
         hub_auth = HubOAuth.instance(
             api_token=os.environ.get("JUPYTERHUB_API_TOKEN", ""),
@@ -277,11 +326,21 @@ class DataService(Application):
                 (p + r"api/store/(.*)", StoreHandler),
                 (p + "api/audit", AuditHandler),
                 (p + "api/arrivals", ArrivalsHandler),
+                (p + r"api/projects/([^/]+)/uploads", UploadHandler),
+                (p + r"api/uploads/([^/]+)", UploadStatusHandler),
                 (p + "oauth_callback", HubOAuthCallbackHandler),
                 (p + ".*", NotFoundHandler),
             ],
             **settings,
         )
+
+    def ingest_upload(self, folder: str, project: str) -> Any:
+        """Ingest an upload's checked files into ``project`` (its de-identification setting)."""
+        from voxelhub.ingest import ingest
+
+        return ingest(folder, self.catalog.location, project=project,
+                      catalog_url=self.catalog_url or None, workers=1, progress=False,
+                      key_file=self.key_file or None)  # fmt: skip
 
     def start(self) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s voxelhub-data %(message)s")
@@ -1079,6 +1138,94 @@ def _arrivals(path: str, project: str, limit: int) -> list[dict[str, Any]]:
         return db.list([project] if project else None, limit=limit)
     finally:
         db.close()
+
+
+@web.stream_request_body
+class UploadHandler(BaseHandler):
+    """A curator's zip, streamed to the service's private upload folder, then ingested in the
+    background (:mod:`voxelhub_data.uploads`); 202 with the id ``GET api/uploads/<id>`` reads."""
+
+    upload: Upload | None = None
+
+    async def prepare(self) -> None:  # type: ignore[override]
+        await super().prepare()
+        if self._finished:
+            return
+        action = "upload.create"
+        if self.request.method != "POST":
+            self.deny(action, "uploads are sent with POST", status=405)
+        project = unquote(self.path_args[0])
+        self.require(project, Role.CURATOR, action)
+        size = int(self.request.headers.get("Content-Length") or 0)
+        limit = self.service.upload_max_bytes
+        if size > limit:
+            self.deny(action, f"the zip is {size} bytes; uploads may be {limit}", status=413,
+                      project=project)  # fmt: skip
+        self.request.connection.set_max_body_size(limit)
+        self.upload, path = self.service.uploads.new(project, self.caller.name)
+        self.file = open(path, "wb")  # noqa: SIM115 - written chunk by chunk as the body comes
+
+    def data_received(self, chunk: bytes) -> None:
+        self.file.write(chunk)
+        assert self.upload is not None
+        self.upload.nbytes += len(chunk)
+
+    async def post(self, raw: str) -> None:
+        action = "upload.create"
+        upload = self.upload
+        assert upload is not None
+        self.file.close()
+        zip_path = os.path.join(self.service.uploads.directory, upload.id, "upload.zip")
+        try:
+            await self.run(self.service.uploads.check, zip_path)
+        except UploadRefused as exc:
+            self.service.uploads.discard(upload)
+            self.deny(action, str(exc), status=400, project=upload.project, nbytes=upload.nbytes,
+                      detail={"kind": type(exc).__name__})  # fmt: skip
+        self.service.uploads.register(upload)
+        self.allow(
+            action, project=upload.project, nbytes=upload.nbytes, detail={"upload": upload.id}
+        )
+        loop = IOLoop.current()
+        service = self.service
+        caller = self.caller
+
+        def finished() -> None:  # on the IOLoop: the audit trail is written from there
+            service.audit.decision(
+                user=caller.name, client=caller.client, source=caller.source,
+                action="upload.ingest", decision="allow" if upload.volumes else "deny",
+                reason=upload.message[:500], project=upload.project, nbytes=upload.nbytes,
+                count=upload.files, detail={"upload": upload.id, "state": upload.state.value,
+                "volumes": upload.volumes, "rejected": len(upload.rejected)},
+            )  # fmt: skip
+
+        def work() -> None:
+            try:
+                service.uploads.run(upload, service.ingest_upload)
+            finally:
+                loop.add_callback(finished)
+
+        service.upload_pool.submit(work)
+        self.write_json(upload.to_json(), status=202)
+
+    def on_connection_close(self) -> None:
+        if self.upload is not None and self.service.uploads.get(self.upload.id) is None:
+            self.file.close()
+            self.service.uploads.discard(self.upload)
+
+
+class UploadStatusHandler(BaseHandler):
+    """An upload's state and report: its uploader, curators of its project, hub admins."""
+
+    def get(self, upload_id: str) -> None:
+        action = "upload.read"
+        upload = self.service.uploads.get(upload_id[:64])
+        if upload is None:
+            self.deny(action, f"no upload {upload_id[:64]!r}", status=404)
+        if upload.user != self.caller.name and not self.caller.admin:
+            self.require(upload.project, Role.CURATOR, action, detail={"upload": upload.id})
+        self.allow(action, project=upload.project, detail={"upload": upload.id})
+        self.write_json(upload.to_json())
 
 
 def _json_default(value: Any) -> Any:

@@ -107,13 +107,16 @@ def read(key: paths.VolumeKey, volume: LocalVolume) -> View | None:
     an encrypted array or volume (serve it as stored).  FileNotFoundError: nothing there (the
     sealed attributes object is never served)."""
     name = key.key
-    if name == sidecar.SIDECAR_KEY:
+    if name.rsplit("/", 1)[-1] == sidecar.SIDECAR_KEY:  # a volume's, or a label image's
         raise FileNotFoundError(name)
     if name == "zarr.json":
         merged = _group_metadata(volume)
         return None if merged is None else View.of(merged)
     if name.endswith("/zarr.json"):
         meta = _metadata(volume, name)
+        if meta.get("node_type") == "group":  # a label image's sealed names and source
+            merged = _group_metadata(volume, name)
+            return None if merged is None else View.of(merged)
         rewritten = _plain_metadata(meta) if meta.get("node_type") == "array" else None
         return None if rewritten is None else View.of(json.dumps(rewritten).encode())
     split = _chunk_split(name)
@@ -126,16 +129,17 @@ def read(key: paths.VolumeKey, volume: LocalVolume) -> View | None:
     return layout.view(name, volume)
 
 
-def _group_metadata(volume: LocalVolume) -> bytes | None:
-    meta = json.loads(volume.read("zarr.json"))
+def _group_metadata(volume: LocalVolume, name: str = "zarr.json") -> bytes | None:
+    meta = json.loads(volume.read(name))
+    folder = name[: -len("zarr.json")]
     attrs = meta.get("attributes") or {}
     own = attrs.get("voxelhub")
     if not isinstance(own, dict) or not sidecar.is_sealed(own):
         return None
 
-    def sealed(name: str) -> bytes | None:
+    def sealed(key: str) -> bytes | None:
         try:
-            return volume.read(name)
+            return volume.read(folder + key)
         except FileNotFoundError:
             return None
 

@@ -116,6 +116,8 @@ def test_a_keyless_reader_gets_the_volume_from_the_view(
         and meta["acquisition"]
         and "attributes" not in meta["encryption"]
     )
+    label_meta = dict(group["labels/mask"].attrs["voxelhub"])  # sealed names merged back
+    assert label_meta["names"] == {"1": "mask"} and "attributes" not in label_meta["encryption"]
     mask = group["labels/mask/0"][...]
     assert np.array_equal(mask.astype(bool), voxels > voxels.mean())
     assert not any(k.endswith(SIDECAR_KEY) for k in served)

@@ -243,6 +243,47 @@ def test_labels_of_an_encrypted_volume_are_encrypted(
     cat.close()
 
 
+def test_label_names_and_source_of_an_encrypted_volume_are_sealed(
+    tmp_path: Path, shared_dicom: Path, key_file: Path
+) -> None:
+    """Value names and the source of a label image can name a patient or a reader: in an
+    encrypted project they go into the label group's sealed object; reads merge them back."""
+    from voxelhub.roi.labels import read_labels, write_labels
+
+    store = tmp_path / "store"
+    ingest(shared_dicom / SERIES, store, project="p", encrypt=True, key_file=key_file)
+    cat = open_catalog(store)
+    uid = cat.series().volume_uid.iloc[0]
+    volume = np.asarray(cat.open_series(uid))
+    regions = (volume > np.percentile(volume, 80)).astype(np.uint8)
+    regions[volume > np.percentile(volume, 95)] = 2
+    names = {1: "metastasis-of-Jane-Roe", 2: "necrotic-core-Roe-2024-03-05"}
+    source = {"reader": "Dr Quentin Blackwood", "note": "outlined from the 2024-03-05 report"}
+    write_labels(cat, uid, "findings", regions, names=names, source=source)
+    secrets = [n.encode() for n in names.values()] + [v.encode() for v in source.values()]
+    files = disk_bytes(store)
+    group = store / cat.stored_volume(uid).labels_path("findings")
+    assert (group / "voxelhub-attributes.sealed").is_file()
+    assert found_in(secrets, files) == []
+    # the same write in a clear project shows them: the search can fail
+    clear = tmp_path / "clear"
+    ingest(shared_dicom / SERIES, clear, project="c")
+    plain = open_catalog(clear)
+    write_labels(plain, plain.series().volume_uid.iloc[0], "findings", regions, names=names,
+                 source=source)  # fmt: skip
+    assert len(found_in(secrets, disk_bytes(clear))) == len(secrets)
+    plain.close()
+
+    labels = read_labels(cat, uid, "findings")
+    assert labels.attrs["label_names"] == names
+    assert labels.attrs["source"] == source and labels.attrs["stale"] is False
+    assert np.array_equal(np.asarray(labels), regions)
+    use_keys(None)
+    with pytest.raises(MissingKey):
+        read_labels(cat, uid, "findings")
+    cat.close()
+
+
 def test_a_seg_kept_pending_in_an_encrypted_project_is_sealed(
     tmp_path: Path, shared_dicom: Path, key_file: Path
 ) -> None:

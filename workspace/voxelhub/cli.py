@@ -155,6 +155,27 @@ def _project(args: argparse.Namespace) -> int:
     return 0
 
 
+def _upload(args: argparse.Namespace) -> int:
+    from voxelhub import open_catalog
+    from voxelhub.uploads import UploadState
+
+    cat = open_catalog(args.store)
+    if not hasattr(cat, "upload"):
+        print("voxelhub: error: uploads go to the hub's data service: --store is its URL",
+              file=sys.stderr)  # fmt: skip
+        return 2
+
+    def say(report: Any) -> None:
+        print(f"{report.state.value}: {report.checked}/{report.files} file(s) checked",
+              file=sys.stderr)  # fmt: skip
+
+    report = cat.upload(args.path, project=args.project, on_progress=say)
+    print(report.summary())
+    if report.state is UploadState.FAILED:
+        return 2
+    return 1 if report.rejected else 0
+
+
 def export_path(uid: str, output: str | None) -> Path:
     """Where ``voxelhub export`` writes: ``output``, ``output/<uid>.nii.gz`` for a folder, or
     ``<export_dir>/<uid>.nii.gz`` (the user's own folder, created 0700) when none is given."""
@@ -444,6 +465,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", default=store, required=not store, help="[$VOXELHUB_STORE]")
     p.add_argument("--catalog-url", default=None)
     p.set_defaults(func=_project)
+
+    p = sub.add_parser(
+        "upload",
+        help="send a zip or a folder of DICOM files to the data service, into a project you curate",
+        description="The service checks every file and ingests the good ones (de-identified "
+        "when the project is), then deletes the upload. Prints the report; exits 0 all "
+        "ingested, 1 some files rejected, 2 nothing ingested.",
+    )
+    p.add_argument("path", help="a .zip file or a folder (zipped on the fly)")
+    p.add_argument("--project", required=True, help="the project (you are one of its curators)")
+    p.add_argument("--store", default=store, required=not store, help="[$VOXELHUB_STORE]")
+    p.set_defaults(func=_upload)
 
     p = sub.add_parser(
         "export",

@@ -12,7 +12,9 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Mapping
+import os
+import time
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
     import xarray as xr
 
     from voxelhub.features.settings import Settings
+    from voxelhub.uploads import UploadReport
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +244,39 @@ class ServiceCatalog:
         data = self._send(f"projects/{quote(name, safe='')}/settings", "PUT", body)
         data.pop("locked", None)
         return ProjectSettings(**data)
+
+    # -- uploads (curators) -----------------------------------------------------------------------
+    def upload(
+        self,
+        path: str | os.PathLike[str] | bytes,
+        *,
+        project: str,
+        wait: bool = True,
+        on_progress: Callable[[UploadReport], None] | None = None,
+    ) -> UploadReport:
+        """Send a zip (or a folder, zipped on the fly, or the zip's bytes) to be checked and
+        ingested into ``project`` (curators); with ``wait``, poll until it ends and return the
+        report, calling ``on_progress`` with each state seen."""
+        from voxelhub.uploads import UploadReport, zip_bytes
+
+        body = path if isinstance(path, bytes) else zip_bytes(path)
+        report = UploadReport.from_json(
+            self._send(f"projects/{quote(project, safe='')}/uploads", "POST", body)
+        )
+        while wait and not report.state.finished:
+            if on_progress is not None:
+                on_progress(report)
+            time.sleep(0.5)
+            report = self.upload_status(report.id)
+        if on_progress is not None:
+            on_progress(report)
+        return report
+
+    def upload_status(self, upload_id: str) -> UploadReport:
+        """An upload's state, progress and report (its uploader, curators of its project)."""
+        from voxelhub.uploads import UploadReport
+
+        return UploadReport.from_json(self._send("uploads/" + quote(upload_id, safe=""), "GET"))
 
     # -- feature tables ------------------------------------------------------------------------
     def put_features(self, table: pd.DataFrame, settings: Settings) -> dict[str, Any]:

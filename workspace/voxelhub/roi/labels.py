@@ -32,7 +32,7 @@ from voxelhub.errors import GeometryError, StoreError
 from voxelhub.service_catalog import ServiceCatalog
 from voxelhub.store import ngff
 from voxelhub.store.location import Location
-from voxelhub.store.stored import StoredVolume
+from voxelhub.store.stored import StoredVolume, read_attributes
 from voxelhub.store.writer import content_checksum
 
 log = logging.getLogger(__name__)
@@ -240,16 +240,18 @@ def write_labels(
                 coarse[start:stop] = small[: stop - start]
         values = sorted(present - {0})
         label_names = _names(values, names, name, is_mask)
-        ngff.write_metadata(group, levels, tuple(scale), name)
+        # an encrypted volume's label metadata names nothing in the clear (multiscale name too)
+        ngff.write_metadata(group, levels, tuple(scale), name if codec is None else "labels")
+        properties: list[Any] = [{"label-value": v, "name": label_names[v]} for v in values]
         ome = dict(group.attrs["ome"])  # type: ignore[arg-type]
         ome["image-label"] = {
             "colors": _colors(values, colors),
-            "properties": [{"label-value": v, "name": label_names[v]} for v in values],
+            "properties": properties if codec is None else [{"label-value": v} for v in values],
             "source": {"image": "../../"},
         }
         checksum = content_checksum(array)  # re-reads what was written: verifies it too
         group.attrs["ome"] = ome
-        group.attrs["voxelhub"] = {
+        meta: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "kind": "labels",
             "volume_uid": stored.volume_uid,
@@ -259,6 +261,9 @@ def write_labels(
             "checksum": checksum,
             "source": dict(source or {}),
         }
+        if codec is not None:
+            meta = _sealed_label_meta(group, {**meta, "label_properties": properties}, codec)
+        group.attrs["voxelhub"] = meta
         _commit(location, tmp, final, overwrite)
     except BaseException:
         location.remove(tmp)
@@ -309,6 +314,24 @@ def _send(
         str(written["dtype"]),
         str(written["checksum"]),
     )
+
+
+LABEL_CLEAR_KEYS = frozenset({"format_version", "kind", "volume_uid", "dtype", "checksum"})
+"""``voxelhub`` attributes a label image of an encrypted volume keeps in ``zarr.json``; its
+value names, source and volume checksum go into the group's sealed object."""
+
+
+def _sealed_label_meta(group: zarr.Group, meta: dict[str, Any], codec: Any) -> dict[str, Any]:
+    """Write the label group's sealed object; return the clear attributes with the marker."""
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    from voxelhub.store import sidecar
+
+    clear, sealed = sidecar.split(meta, codec.key_id, clear_keys=LABEL_CLEAR_KEYS)
+    buffer = default_buffer_prototype().buffer.from_bytes(sealed)
+    sync(group.store.set(f"{group.path}/{sidecar.SIDECAR_KEY}".lstrip("/"), buffer))
+    return clear
 
 
 def _encryption_of(vol_group: Any, project: str) -> Any:
@@ -446,7 +469,10 @@ def read_stored_labels(stored: StoredVolume, name: str, level: int = 0) -> xr.Da
     data = da.from_zarr(array, chunks=(int(shards[0]), *(int(s) for s in array.shape[1:])))
     ome: dict[str, Any] = dict(group.attrs["ome"])  # type: ignore[arg-type]
     meta: dict[str, Any] = dict(group.attrs.get("voxelhub") or {})  # type: ignore[arg-type]
-    image_label = ome.get("image-label", {})
+    meta = read_attributes(stored.location, stored.labels_path(name), meta)  # encrypted: sealed
+    image_label = dict(ome.get("image-label", {}))
+    if "label_properties" in meta:  # sealed value names (encrypted volumes)
+        image_label["properties"] = meta["label_properties"]
     keep = ("volume_uid", "series_uid", "level", "affine_lps", "direction_lps", "origin_lps")
     attrs: dict[str, Any] = {k: volume.attrs[k] for k in keep if k in volume.attrs}
     attrs.update(

@@ -27,12 +27,15 @@ MARKER = "encryption"
 """Clear attribute saying which data key seals the volume and where its private attributes are."""
 
 
-def split(attrs: Mapping[str, Any], key_id: str) -> tuple[dict[str, Any], bytes]:
-    """``(clear attributes with the marker, sealed private attributes)``."""
+def split(
+    attrs: Mapping[str, Any], key_id: str, *, clear_keys: frozenset[str] = CLEAR_KEYS
+) -> tuple[dict[str, Any], bytes]:
+    """``(clear attributes with the marker, sealed private attributes)``: only ``clear_keys``
+    stay clear (a volume's by default; label images pass their own)."""
     from voxelhub.store.encryption import seal
 
-    clear = {k: v for k, v in attrs.items() if k in CLEAR_KEYS}
-    private = {k: v for k, v in attrs.items() if k not in CLEAR_KEYS}
+    clear = {k: v for k, v in attrs.items() if k in clear_keys}
+    private = {k: v for k, v in attrs.items() if k not in clear_keys}
     clear[MARKER] = {"key_id": key_id, "attributes": SIDECAR_KEY}
     return clear, seal(key_id, json.dumps(private).encode())
 

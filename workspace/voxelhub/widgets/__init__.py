@@ -22,15 +22,18 @@ if TYPE_CHECKING:
     from voxelhub.widgets.browser import StudyBrowser
     from voxelhub.widgets.feature_panel import FeaturePanel
     from voxelhub.widgets.slices import SliceViewer
+    from voxelhub.widgets.upload_panel import UploadPanel
     from voxelhub.widgets.volume3d import VolumeViewer
 
 __all__ = [
     "FeaturePanel",
     "SliceViewer",
     "StudyBrowser",
+    "UploadPanel",
     "VolumeViewer",
     "browse",
     "features_panel",
+    "upload_panel",
     "view",
     "view3d",
 ]
@@ -67,12 +70,20 @@ def features_panel(catalog: Any, **kwargs: Any) -> FeaturePanel:
     return FeaturePanel(catalog, **kwargs)
 
 
+def upload_panel(catalog: Any = None) -> UploadPanel:
+    """Send a zip of DICOM files to the data service into a project you curate (on the hub)."""
+    from voxelhub.widgets.upload_panel import UploadPanel
+
+    return UploadPanel(catalog)
+
+
 def __getattr__(name: str) -> Any:
     modules = {
         "SliceViewer": "slices",
         "StudyBrowser": "browser",
         "VolumeViewer": "volume3d",
         "FeaturePanel": "feature_panel",
+        "UploadPanel": "upload_panel",
     }
     if name in modules:
         import importlib
