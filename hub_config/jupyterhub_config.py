@@ -58,6 +58,11 @@ choice is an explicit setting below; what differs between sites comes from envir
                                  the hub refuses to start.  Only its path reaches the service.
 ``VOXELHUB_DATA_PRESIGN_SECONDS``  on S3, answer chunk reads with presigned URLs valid this long
                                  (0-3600, advised ≤ 60) [0: every byte through the service].
+``VOXELHUB_DATA_DICOMWEB_SERVERS``  DICOMweb roots curators may ``voxelhub pull`` from through
+                                 the data service (space-separated) [none: no pulls].
+``VOXELHUB_DATA_DICOMWEB_CREDENTIALS_FILE``  JSON ``{"<root>": {"user", "password"} | {"token"}}``
+                                 for those servers, mode 0600: handed to the service's account
+                                 like the storage options file; never sent by users.
 ``VOXELHUB_KEY_FILE``            master key file of encrypted projects (0600, outside the store):
                                  handed to the data service's account, which alone decrypts;
                                  users' servers never get it [unset: no encrypted projects].

@@ -34,6 +34,10 @@ OAuth cookie of a browser):
                                                  202 with the upload's id
 ``GET  api/uploads/<id>``                        an upload's state, progress and report
                                                  (the uploader, curators of its project)
+``POST api/projects/<name>/pulls``               pull studies from an allowed DICOMweb server
+                                                 (curators): 202 with the pull's id
+``GET  api/pulls/<id>``                          a pull's state, progress and report (the
+                                                 requester, curators of its project)
 ``GET  api/health``                              liveness, no authentication
 ===============================================  ============================================
 
@@ -69,7 +73,7 @@ from jupyterhub.services.auth import (
 from tornado import httpclient, web
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop, PeriodicCallback
-from traitlets import Dict, Float, Integer, TraitError, Unicode, default, validate
+from traitlets import Dict, Float, Integer, List, TraitError, Unicode, default, validate
 from traitlets.config import Application
 
 from voxelhub.catalog import ProjectSettings
@@ -80,6 +84,18 @@ from voxelhub_data import decrypted_view, paths
 from voxelhub_data.access import Caller, Role, roles_from_groups
 from voxelhub_data.audit_trail import AuditTrail
 from voxelhub_data.catalog_view import CatalogView, Conflict, Found, NotInCatalog, QueryError
+from voxelhub_data.pulls import (
+    PullRefused,
+    PullRequest,
+    Pulls,
+    PullState,
+    ServerNotAllowed,
+    ServicePull,
+    audit_detail,
+    load_credentials,
+    parse_request,
+    server_key,
+)
 from voxelhub_data.uploads import Limits, Upload, UploadRefused, Uploads
 
 log = logging.getLogger("voxelhub.data")
@@ -196,6 +212,43 @@ class DataService(Application):
     def _audit_log_default(self) -> str:
         return os.environ.get("VOXELHUB_AUDIT_LOG", "")
 
+    dicomweb_servers = List(
+        Unicode(),
+        help="DICOMweb roots (e.g. https://pacs.example.org/dicom-web) curators may pull from "
+        "through this service; any other URL is refused with 403 and audited, so a curator "
+        "cannot make the service fetch arbitrary URLs.  Default: $VOXELHUB_DATA_DICOMWEB_SERVERS "
+        "(space-separated); empty: no pulls.",
+    ).tag(config=True)
+
+    @default("dicomweb_servers")
+    def _dicomweb_servers_default(self) -> list[str]:
+        return os.environ.get("VOXELHUB_DATA_DICOMWEB_SERVERS", "").split()
+
+    dicomweb_credentials_file = Unicode(
+        help='JSON file {"<DICOMweb root>": {"user": …, "password": …} | {"token": …}} with '
+        "the credentials of the allowed servers, mode 0600 (refused when others may read it); "
+        "read at each pull, never logged.  Default: $VOXELHUB_DATA_DICOMWEB_CREDENTIALS_FILE."
+    ).tag(config=True)
+
+    @default("dicomweb_credentials_file")
+    def _dicomweb_credentials_file_default(self) -> str:
+        return os.environ.get("VOXELHUB_DATA_DICOMWEB_CREDENTIALS_FILE", "")
+
+    pull_staging = Unicode(
+        help="Private (0700) folder of this service's account where pulled instances wait for "
+        "ingest (an interrupted pull resumes from it); default 'pulls' beside the audit log."
+    ).tag(config=True)
+
+    secrets_dir = Unicode(
+        help="Private (0700) folder of the projects' de-identification secrets, for what this "
+        "service ingests (pulls) into de-identified projects; default $VOXELHUB_SECRETS_DIR, "
+        "else 'secrets' beside the audit log (the service's account has no home)."
+    ).tag(config=True)
+
+    pull_max_workers = Integer(
+        8, help="Most parallel WADO-RS streams one pull may use (a request asking more gets this)."
+    ).tag(config=True)
+
     arrivals = Unicode(
         help="The DICOM edge's arrivals database (extensions/voxelhub_dicom), read for "
         "GET api/arrivals; empty when the hub runs no edge."
@@ -288,6 +341,16 @@ class DataService(Application):
         prefix = "/" + self.prefix.strip("/") + "/"
         self.catalog = CatalogView(self.store, self.catalog_url or None, self.store_options())
         decrypted_view.use_key_file(self.store, self.key_file)  # encrypted volumes served clear
+        audit_dir = os.path.dirname(os.path.abspath(self.audit_log))
+        self.pulls = Pulls(self.pull_staging or os.path.join(audit_dir, "pulls"))
+        secrets_dir = (
+            self.secrets_dir
+            or os.environ.get("VOXELHUB_SECRETS_DIR")
+            or os.path.join(audit_dir, "secrets")
+        )
+        os.makedirs(secrets_dir, mode=0o700, exist_ok=True)
+        os.environ["VOXELHUB_SECRETS_DIR"] = secrets_dir  # read by the de-identification
+        self.pull_pool = ThreadPoolExecutor(2, thread_name_prefix="voxelhub-pull")
         self.audit = AuditTrail(self.audit_log)
         self.pool = ThreadPoolExecutor(self.read_threads, thread_name_prefix="voxelhub-data")
         self.uploads = Uploads(
@@ -325,6 +388,8 @@ class DataService(Application):
                 (p + r"api/features/settings/([^/]+)", FeatureSettingsHandler),
                 (p + r"api/store/(.*)", StoreHandler),
                 (p + "api/audit", AuditHandler),
+                (p + r"api/projects/([^/]+)/pulls", PullHandler),
+                (p + r"api/pulls/([^/]+)", PullStatusHandler),
                 (p + "api/arrivals", ArrivalsHandler),
                 (p + r"api/projects/([^/]+)/uploads", UploadHandler),
                 (p + r"api/uploads/([^/]+)", UploadStatusHandler),
@@ -341,6 +406,29 @@ class DataService(Application):
         return ingest(folder, self.catalog.location, project=project,
                       catalog_url=self.catalog_url or None, workers=1, progress=False,
                       key_file=self.key_file or None)  # fmt: skip
+
+    def pull_into(self, request: PullRequest, project: str, progress: Any) -> Any:
+        """Run a pull as this service's account into the store (the same code as
+        ``voxelhub pull``), with the site's credentials for the server."""
+        from voxelhub.dicomweb import Credentials, pull
+
+        known = load_credentials(self.dicomweb_credentials_file)
+        credentials = known.get(server_key(request.url)) or Credentials()
+        return pull(request.url, self.catalog.location, request.query, project=project,
+                    deidentify=request.deidentify, credentials=credentials,
+                    workers=request.workers, staging=self.pulls.staging,
+                    catalog_url=self.catalog_url or None, max_studies=request.max_studies,
+                    ingest_workers=1, progress=False, on_progress=progress)  # fmt: skip
+
+    def withheld(self, project: str, request: PullRequest) -> bool:
+        """Whether the audit trail must not name the pull's query or studies (the project is
+        de-identified, or the pull asks for it)."""
+        if request.deidentify:
+            return True
+        try:
+            return bool(self.catalog.project_settings(project).deidentify)
+        except NotInCatalog:
+            return False
 
     def start(self) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s voxelhub-data %(message)s")
@@ -1104,6 +1192,68 @@ class AuditHandler(BaseHandler):
             self.deny("audit.query", str(exc), status=400)
         self.allow("audit.query", detail=args)
         self.write_json({"records": rows})
+
+
+class PullHandler(BaseHandler):
+    """A curator's pull from an allowed DICOMweb server, run by the service in the background
+    (:mod:`voxelhub_data.pulls`); 202 with the id ``GET api/pulls/<id>`` reads."""
+
+    async def post(self, raw: str) -> None:
+        action = "dicom.pull"
+        try:
+            project = paths.project_name(unquote(raw))
+        except paths.BadPath as exc:
+            self.deny(action, str(exc), status=400)
+        self.require(project, Role.CURATOR, action)
+        service = self.service
+        try:
+            request = parse_request(self.request.body, service.dicomweb_servers,
+                                    service.pull_max_workers)  # fmt: skip
+        except ServerNotAllowed as exc:
+            self.deny(action, str(exc), status=403, project=project,
+                      detail={"kind": type(exc).__name__})  # fmt: skip
+        except PullRefused as exc:
+            self.deny(action, str(exc), status=400, project=project,
+                      detail={"kind": type(exc).__name__})  # fmt: skip
+        withheld = await self.run(service.withheld, project, request)
+        job = service.pulls.new(project, self.caller.name, request)
+        self.allow(action, project=project, detail=audit_detail(job, withheld))
+        loop = IOLoop.current()
+        caller = self.caller
+
+        def finished(state: PullState) -> None:  # on the IOLoop, where the trail is written
+            report = job.report or {}
+            first_line = (job.message.splitlines() or [""])[0][:500]
+            reason = job.error if withheld and job.error else first_line
+            if withheld and not job.error:
+                reason = f"pull {job.id}: {state.value}, exit status {job.exit_code}"
+            service.audit.decision(
+                user=caller.name, client=caller.client, source=caller.source,
+                action="dicom.pull.result", decision="allow" if job.exit_code < 2 else "deny",
+                reason=reason, project=project, nbytes=int(report.get("nbytes", 0)),
+                count=int(report.get("instances", 0)), detail=audit_detail(job, withheld),
+            )  # fmt: skip
+            job.state = state
+
+        def work() -> None:
+            loop.add_callback(finished, service.pulls.run(job, request, service.pull_into))
+
+        service.pull_pool.submit(work)
+        self.write_json(job.to_json(), status=202)
+
+
+class PullStatusHandler(BaseHandler):
+    """A pull's state and report: its requester, curators of its project, hub admins."""
+
+    def get(self, pull_id: str) -> None:
+        action = "dicom.pull.read"
+        job: ServicePull | None = self.service.pulls.get(pull_id[:64])
+        if job is None:
+            self.deny(action, f"no pull {pull_id[:64]!r}", status=404)
+        if job.user != self.caller.name:
+            self.require(job.project, Role.CURATOR, action, detail={"pull": job.id})
+        self.allow(action, project=job.project, detail={"pull": job.id})
+        self.write_json(job.to_json())
 
 
 class ArrivalsHandler(BaseHandler):

@@ -107,6 +107,8 @@ STORE_SETTINGS = {
     "VOXELHUB_DATA_CATALOG_URL": "the catalog's SQLAlchemy URL (needed for object storage)",
     "VOXELHUB_DATA_STORAGE_OPTIONS_FILE": "JSON file of fsspec options, credentials included",
     "VOXELHUB_DATA_PRESIGN_SECONDS": "presigned URLs for chunk reads on S3 (0-3600; 0 = off)",
+    "VOXELHUB_DATA_DICOMWEB_SERVERS": "DICOMweb roots curators may pull from (space-separated)",
+    "VOXELHUB_DATA_DICOMWEB_CREDENTIALS_FILE": "JSON file of those servers' credentials (0600)",
 }
 """The site's settings for the store the hub passes on to the data service, and what each is."""
 
@@ -142,6 +144,10 @@ def store_environment(
     options = given.get("VOXELHUB_DATA_STORAGE_OPTIONS_FILE")
     if options:
         given["VOXELHUB_DATA_STORAGE_OPTIONS_FILE"] = str(hand_over_credentials(options, account))
+    dicomweb = given.get("VOXELHUB_DATA_DICOMWEB_CREDENTIALS_FILE")
+    if dicomweb:
+        setting = "VOXELHUB_DATA_DICOMWEB_CREDENTIALS_FILE"
+        given[setting] = str(hand_over_credentials(dicomweb, account, setting))
     seconds = given.get("VOXELHUB_DATA_PRESIGN_SECONDS", "0")
     if not seconds.isdigit() or not 0 <= int(seconds) <= 3600:
         raise SystemExit(f"VOXELHUB_DATA_PRESIGN_SECONDS must be 0-3600 seconds, not {seconds!r}")
@@ -165,19 +171,23 @@ def hand_over_catalog_folder(path: str, account: str = DEFAULT_ACCOUNT) -> None:
     hand_over_store(folder, account)
 
 
-def hand_over_credentials(path: str | os.PathLike[str], account: str = DEFAULT_ACCOUNT) -> Path:
+def hand_over_credentials(
+    path: str | os.PathLike[str],
+    account: str = DEFAULT_ACCOUNT,
+    setting: str = "VOXELHUB_DATA_STORAGE_OPTIONS_FILE",
+) -> Path:
     """Check a credentials file (regular, no link, nobody but its owner may read it, owned by
     root or ``account``) and make it ``account``'s, ``0600``; return its absolute path."""
     target = Path(path).absolute()
     try:
         st = os.lstat(target)
     except FileNotFoundError:
-        raise SystemExit(f"VOXELHUB_DATA_STORAGE_OPTIONS_FILE {target} does not exist") from None
+        raise SystemExit(f"{setting} {target} does not exist") from None
     if not stat.S_ISREG(st.st_mode):
-        raise SystemExit(f"VOXELHUB_DATA_STORAGE_OPTIONS_FILE {target} is not a regular file")
+        raise SystemExit(f"{setting} {target} is not a regular file")
     if st.st_mode & 0o077:
         raise SystemExit(
-            f"VOXELHUB_DATA_STORAGE_OPTIONS_FILE {target} is readable by others (mode "
+            f"{setting} {target} is readable by others (mode "
             f"{st.st_mode & 0o777:o}): its credentials may have leaked; rotate them, then "
             "write the file again with mode 0600"
         )
@@ -185,7 +195,7 @@ def hand_over_credentials(path: str | os.PathLike[str], account: str = DEFAULT_A
         owner = pwd.getpwnam(account)
         if st.st_uid not in (0, owner.pw_uid):
             raise SystemExit(
-                f"VOXELHUB_DATA_STORAGE_OPTIONS_FILE {target} belongs to uid {st.st_uid}: "
+                f"{setting} {target} belongs to uid {st.st_uid}: "
                 f"only root or {account} may own the store's credentials"
             )
         os.lchown(target, owner.pw_uid, owner.pw_gid)

@@ -347,6 +347,17 @@ class ServiceCatalog:
         """Cohort results stored through the service (what ``extract_many(save_to=…)`` uses)."""
         return ServiceResults(self)
 
+    # -- DICOMweb pulls (curators) ------------------------------------------------------------
+    def start_pull(self, project: str, request: Mapping[str, Any]) -> dict[str, Any]:
+        """Ask the service to pull from an allowed DICOMweb server into ``project`` (curators;
+        see :mod:`voxelhub.dicomweb.service_pull`); the pull's state, with its ``id``."""
+        body = json.dumps(dict(request)).encode()
+        return dict(self._send(f"projects/{quote(project, safe='')}/pulls", "POST", body))
+
+    def pull_status(self, pull_id: str) -> dict[str, Any]:
+        """A pull's state, progress and report (its requester, curators of its project)."""
+        return dict(self._send("pulls/" + quote(pull_id, safe=""), "GET"))
+
 
 class ServiceResults:
     """:class:`voxelhub.features.results.ResultStore`'s interface over the data service.

@@ -30,6 +30,7 @@ from voxelhub.dicomweb.server import Credentials, Server
 
 if TYPE_CHECKING:
     from voxelhub.ingest import IngestReport
+    from voxelhub.service_catalog import ServiceCatalog
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,21 @@ def pull(
     ``on_progress(done, total)`` follows the instances (a widget's progress bar).
     ``audit_log``: an audit trail (:mod:`voxelhub.audit`) to record the pull in, allowed or
     denied, as ``dicom.pull`` (where the puller may write one, e.g. a site's admin).
+
+    When ``store`` is the data service's URL (on the hub), the service runs the pull
+    (:mod:`voxelhub.dicomweb.service_pull`: curators, allowed servers, the site's credentials,
+    audited there); ``staging``, ``catalog_url``, ``ingest_workers`` and ``audit_log`` are the
+    service's business then.
     """
+    service = _service_catalog(store)
+    if service is not None:
+        from voxelhub.dicomweb.service_pull import pull_through_service
+
+        return pull_through_service(
+            service, url, query, project=project, deidentify=deidentify,
+            credentials=credentials, workers=workers, max_studies=max_studies,
+            on_progress=on_progress, progress=progress,
+        )  # fmt: skip
     if audit_log is None:
         return _pull(
             url, store, query, project, deidentify, credentials, workers, staging, catalog_url,
@@ -178,6 +193,21 @@ def pull(
         raise
     _audit(audit_log, url, project, deidentify, report=report)
     return report
+
+
+def _service_catalog(store: object) -> ServiceCatalog | None:
+    """The data service's catalog when ``store`` is its URL (on the hub), else None."""
+    from voxelhub.store.location import ServiceLocation, open_location
+
+    if isinstance(store, str | os.PathLike):
+        if os.fspath(store).split("://", 1)[0] not in ("http", "https"):
+            return None
+        store = open_location(store)
+    if not isinstance(store, ServiceLocation):
+        return None
+    from voxelhub.service_catalog import ServiceCatalog
+
+    return ServiceCatalog(store)
 
 
 def _audit(
