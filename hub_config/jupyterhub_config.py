@@ -69,6 +69,9 @@ choice is an explicit setting below; what differs between sites comes from envir
 ``VOXELHUB_DICOM_EDGE``          JSON file of the DICOM edge's settings (AE titles ->
                                  projects, allowed callers, ...; hub_config/dicom_edge_config.py)
                                  [unset: no edge].
+``VOXELHUB_DATA_UPLOAD_MAX_BYTES``, ``…_MAX_UNPACKED_BYTES``, ``…_MAX_FILES``  caps on a
+                                 curator's zip upload through the data service (compressed
+                                 size, unpacked size, file count) [1 GiB, 4 GiB, 100000].
 ``VOXELHUB_CATALOG_URL``         catalog URL given to kernels [unset: a local store's SQLite
                                  catalog, which other users open read-only by themselves].
 ``VOXELHUB_BACKUP_REPO``         restic repository for the stack's scheduled backups of the

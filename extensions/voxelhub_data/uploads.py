@@ -29,6 +29,7 @@ from typing import Any
 from voxelhub.dicom.checks import check_instance
 
 _COPY = 1 << 20
+_KEEP_REPORTS = 1000  # finished uploads whose reports the service keeps (newest)
 
 
 class UploadRefused(ValueError):
@@ -69,6 +70,9 @@ class UploadState(enum.Enum):
     INGESTING = "ingesting"
     DONE = "done"
     FAILED = "failed"
+
+
+_FINISHED = (UploadState.DONE, UploadState.FAILED)
 
 
 @dataclass
@@ -187,6 +191,9 @@ class Uploads:
     def register(self, upload: Upload) -> None:
         with self._lock:
             self._uploads[upload.id] = upload
+            finished = [u for u in self._uploads.values() if u.state in _FINISHED]
+            for old in finished[: max(0, len(finished) - _KEEP_REPORTS)]:  # oldest first
+                del self._uploads[old.id]
 
     def get(self, upload_id: str) -> Upload | None:
         with self._lock:

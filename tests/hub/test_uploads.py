@@ -374,3 +374,23 @@ def test_browser_uploads_a_zip_through_the_panel(site: Site, tmp_path: Path) -> 
     assert ": done;" in status_text and "1 volume(s) written" in status_text, status_text
     assert list(site.uploads_dir.iterdir()) == []
     assert not page_errors, page_errors
+
+
+def test_voxelhub_upload_cli(
+    site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``voxelhub upload`` with a hub token: the report and exit 0 for the curator; the
+    analyst's refusal in one line with exit 2."""
+    from voxelhub.cli import main
+
+    write_series(tmp_path / "cli", slices=4, rows=16, columns=16, seed=31, patient_id="PCLI")
+    command = ["upload", str(tmp_path / "cli"), "--project", A, "--store", site.stack.data_url]
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", site.tokens[CUR])
+    assert main(command) == 0
+    out = capsys.readouterr()
+    assert ": done; 1 volume(s) written" in out.out, out
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", site.tokens[ANA])
+    assert main(command) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("voxelhub: error:") and "needs curator" in err, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
