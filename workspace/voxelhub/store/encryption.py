@@ -139,16 +139,21 @@ def unseal(blob: bytes) -> bytes:
 
 
 def open_store_keys(location: Any, key_file: str | os.PathLike[str] | None = None) -> KeyRing:
-    """Give this process (and the workers it forks) the key ring of a local store, opened with
-    ``key_file`` (default ``$VOXELHUB_KEY_FILE``); the ring already in use if it is that one."""
+    """Give this process (and the workers it forks) the key ring of a store, opened with
+    ``key_file`` (default ``$VOXELHUB_KEY_FILE``); the ring already in use if it is that one.
+
+    A local store keeps the ring in ``<store>/.keys/`` (0700, files 0600); a store on object
+    storage (``s3://bucket/store``) in ``<store>/.keys/`` of the bucket: only wrapped keys are
+    there, useless without the master key file, which never goes into the bucket."""
     from voxelhub import config
-    from voxelhub.store.keys import KEYS_FOLDER, store_key_ring
+    from voxelhub.store.keys import KEYS_FOLDER, FileKeyProvider
+    from voxelhub.store.location import LocalLocation
 
     root = getattr(location, "root", None)
-    if root is None:
+    if root is None or getattr(location, "fs", None) is None:
         raise StoreError(
-            f"encrypted projects need a local store folder (the key ring lives in it); "
-            f"{location.url_of('')} is not one: use the bucket's default encryption (SSE-KMS)"
+            f"{location.url_of('')} holds no key ring: encrypted projects are read through the "
+            f"data service, or where the store is (its folder or bucket) with the master key"
         )
     path = key_file or config.key_file()
     if path is None:
@@ -156,9 +161,11 @@ def open_store_keys(location: Any, key_file: str | os.PathLike[str] | None = Non
             f"an encrypted project needs the master key file: set ${config.KEY_FILE_ENV} or "
             f"pass --key-file"
         )
+    local = isinstance(location, LocalLocation)
+    folder = os.path.join(str(root), KEYS_FOLDER) if local else f"{root}/{KEYS_FOLDER}"
     ring = _ring
-    if ring is None or str(ring.folder) != os.path.join(str(root), KEYS_FOLDER):
-        ring = store_key_ring(str(root), path)
+    if ring is None or str(ring.folder) != folder or (ring.files is None) != local:
+        ring = KeyRing(folder, FileKeyProvider(path), files=None if local else location)
         use_keys(ring)
     return ring
 

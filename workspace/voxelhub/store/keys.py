@@ -24,6 +24,7 @@ import json
 import os
 import secrets
 import stat
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -41,6 +42,14 @@ KEY_BYTES = 32
 NONCE_BYTES = 12
 KEYS_FOLDER = ".keys"
 """Folder of a store's wrapped data keys (never served: the data service serves volumes only)."""
+
+
+class HasFs(Protocol):
+    """What holds a remote key ring's file system (a store location: it remakes the file
+    system in a forked child)."""
+
+    @property
+    def fs(self) -> Any: ...
 
 
 class MissingKey(StoreError):
@@ -167,8 +176,13 @@ class KeyRing:
     Thread-safe; unwrapped keys are cached in this process only (never written, never pickled).
     """
 
-    def __init__(self, folder: str | os.PathLike[str], provider: KeyProvider) -> None:
-        self.folder = Path(folder)
+    def __init__(
+        self, folder: str | os.PathLike[str], provider: KeyProvider, *, files: HasFs | None = None
+    ) -> None:
+        self.files = files
+        """Where the records live: None for a local folder, else a holder of an fsspec file
+        system (a store location on object storage: the wrapped keys sit in the bucket)."""
+        self.folder: Any = Path(folder) if files is None else str(folder).rstrip("/")
         self.provider = provider
         self._lock = threading.Lock()
         self._plain: dict[str, bytes] = {}
@@ -190,13 +204,47 @@ class KeyRing:
 
     @contextmanager
     def _folder_lock(self) -> Iterator[None]:
-        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        with self.lock(".lock", wait=True):
+            yield
+
+    @contextmanager
+    def lock(self, name: str, *, wait: bool) -> Iterator[None]:
+        """An exclusive lock ``name`` of this ring; :class:`BlockingIOError` if ``wait`` is
+        false and another process holds it.  A local ring locks a file in its folder; a ring
+        in a bucket (which has no locks) a file in this machine's temporary folder, so only
+        processes of one machine are serialised there."""
+        if self.files is None:
+            self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path = self.folder / name
+        else:
+            tag = hashlib.sha256(str(self.folder).encode()).hexdigest()[:16]
+            path = Path(tempfile.gettempdir()) / f"voxelhub-keys-{tag}{name}"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
             yield
         finally:
             os.close(fd)
+
+    def _record_paths(self) -> list[Any]:
+        if self.files is None:
+            return sorted(self.folder.glob("*.json"))
+        fs = self.files.fs
+        if not fs.exists(self.folder):
+            return []
+        return sorted(p for p in fs.ls(self.folder, detail=False) if str(p).endswith(".json"))
+
+    def _load(self, path: Any) -> dict[str, Any]:
+        if self.files is None:
+            return dict(json.loads(path.read_text()))
+        return dict(json.loads(self.files.fs.cat_file(path)))
+
+    def _save(self, path: Any, record: dict[str, Any]) -> None:
+        if self.files is None:
+            self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _write_private(path, record)
+        else:  # one PUT: an object is replaced whole, never half-written
+            self.files.fs.pipe_file(path, json.dumps(record, indent=1).encode())
 
     def data_key(self, key_id: str) -> bytes:
         """The data key ``key_id`` (any project, any version), unwrapped.
@@ -219,8 +267,8 @@ class KeyRing:
             return key
 
     def _unwrap(self, key_id: str) -> bytes:
-        for path in sorted(self.folder.glob("*.json")):
-            record = json.loads(path.read_text())
+        for path in self._record_paths():
+            record = self._load(path)
             version = record["versions"].get(key_id)
             if version is not None:
                 wrapped = Wrapped(version["master"], _unb64(version["wrapped"]))
@@ -255,7 +303,7 @@ class KeyRing:
                     f"data key {key_id} is project {project!r}'s current one: rotate first"
                 )
             del record["versions"][key_id]
-            _write_private(self._path(project), record)
+            self._save(self._path(project), record)
             self._plain.pop(key_id, None)
 
     def rewrap(self) -> int:
@@ -264,8 +312,8 @@ class KeyRing:
         Volumes are not touched: only the small key files are rewritten (atomically)."""
         changed = 0
         with self._lock:
-            for path in sorted(self.folder.glob("*.json")):
-                record = json.loads(path.read_text())
+            for path in self._record_paths():
+                record = self._load(path)
                 for key_id, version in record["versions"].items():
                     if version["master"] == self.provider.current_id:
                         continue
@@ -276,20 +324,22 @@ class KeyRing:
                     fresh = self.provider.wrap(key, context)
                     version.update(master=fresh.master_id, wrapped=_b64(fresh.blob))
                     changed += 1
-                _write_private(path, record)
+                self._save(path, record)
         return changed
 
     def masters_in_use(self) -> set[str]:
         """Master key ids some data key is still wrapped under (retire the others)."""
         return {
             str(v["master"])
-            for path in self.folder.glob("*.json")
-            for v in json.loads(path.read_text())["versions"].values()
+            for path in self._record_paths()
+            for v in self._load(path)["versions"].values()
         }
 
     def _record(self, project: str) -> dict[str, Any] | None:
         path = self._path(project)
-        return json.loads(path.read_text()) if path.exists() else None
+        if self.files is None:
+            return self._load(path) if path.exists() else None
+        return self._load(path) if self.files.fs.exists(path) else None
 
     def _add_version(self, project: str, record: dict[str, Any]) -> str:
         key_id = secrets.token_hex(8)
@@ -301,14 +351,14 @@ class KeyRing:
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         record["current"] = key_id
-        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _write_private(self._path(project), record)
+        self._save(self._path(project), record)
         self._plain[key_id] = key
         return key_id
 
-    def _path(self, project: str) -> Path:
+    def _path(self, project: str) -> Any:
         # file names carry no project name (a name may say what a study is about)
-        return self.folder / (hashlib.sha256(project.encode()).hexdigest()[:24] + ".json")
+        name = hashlib.sha256(project.encode()).hexdigest()[:24] + ".json"
+        return self.folder / name if self.files is None else f"{self.folder}/{name}"
 
 
 def store_key_ring(store_root: str | os.PathLike[str], key_file: str | os.PathLike[str]) -> KeyRing:

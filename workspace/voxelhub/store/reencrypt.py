@@ -20,7 +20,6 @@ paths) while anything of the project still uses one.
 from __future__ import annotations
 
 import enum
-import fcntl
 import hashlib
 import json
 import os
@@ -337,19 +336,13 @@ def _trees_under(location: Location, root: str) -> list[str]:
 
 @contextmanager
 def _exclusive(ring: KeyRing, project: str) -> Iterator[None]:
-    ring.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = ring.folder / f".{_job_tag(project)}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ReencryptionBusy(
-                f"project {project!r} is being re-encrypted by another process; wait for it"
-            ) from None
-        yield
-    finally:
-        os.close(fd)
+        with ring.lock(f".{_job_tag(project)}.lock", wait=False):
+            yield
+    except BlockingIOError:
+        raise ReencryptionBusy(
+            f"project {project!r} is being re-encrypted by another process; wait for it"
+        ) from None
 
 
 async def _collect(listing: AsyncIterator[str]) -> list[str]:
