@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import uuid
 from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 from sqlalchemy import create_engine, delete, insert, text, update
 from sqlalchemy.schema import CreateIndex, CreateTable
 
+from tests.conftest import postgres_database
 from tests.test_catalog import catalog_url  # noqa: F401 - a fixture
 from voxelhub.catalog import (
     Base,
@@ -33,7 +33,6 @@ from voxelhub.catalog import (
 )
 from voxelhub.errors import CatalogError
 
-POSTGRES = os.environ.get("VOXELHUB_TEST_POSTGRES_URL")
 PROJECTS = ["alpha", "beta", "gamma"]
 STUDY_UIDS = [f"1.2.826.0.1.{n}" for n in (7, 10, 11, 9, 100, 3, 12, 1, 8, 2)]
 SERIES_TEXT = [
@@ -199,20 +198,12 @@ def shared(
         yield cat, fill(cat, 240)
         cat.close()
         return
-    if not POSTGRES:
-        pytest.skip("VOXELHUB_TEST_POSTGRES_URL unset: run through `make test` to get a server")
-    name = f"vh_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    cat = Catalog(_Store(root), POSTGRES.rsplit("/", 1)[0] + f"/{name}")
-    try:
-        yield cat, fill(cat, 240)
-    finally:
-        cat.close()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with postgres_database() as url:
+        cat = Catalog(_Store(root), url)
+        try:
+            yield cat, fill(cat, 240)
+        finally:
+            cat.close()
 
 
 @pytest.fixture(params=["walk", "fetch"])
