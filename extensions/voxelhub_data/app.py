@@ -38,6 +38,8 @@ OAuth cookie of a browser):
                                                  (curators): 202 with the pull's id
 ``GET  api/pulls/<id>``                          a pull's state, progress and report (the
                                                  requester, curators of its project)
+``POST api/projects/<name>/cohorts``             import a cohort package, sent as a tar
+                                                 (curators): verified, then imported
 ``GET  api/health``                              liveness, no authentication
 ===============================================  ============================================
 
@@ -84,6 +86,7 @@ from voxelhub_data import decrypted_view, paths
 from voxelhub_data.access import Caller, Role, roles_from_groups
 from voxelhub_data.audit_trail import AuditTrail
 from voxelhub_data.catalog_view import CatalogView, Conflict, Found, NotInCatalog, QueryError
+from voxelhub_data.cohort_service import CohortImports, CohortLimits, CohortRefused
 from voxelhub_data.pulls import (
     PullRefused,
     PullRequest,
@@ -245,6 +248,14 @@ class DataService(Application):
         "else 'secrets' beside the audit log (the service's account has no home)."
     ).tag(config=True)
 
+    cohort_max_bytes = Integer(
+        16 << 30, help="Largest cohort package one import may send and unpack to (bytes)."
+    ).tag(config=True)
+
+    cohort_max_members = Integer(
+        500_000, help="Most files and folders one imported cohort package may hold."
+    ).tag(config=True)
+
     pull_max_workers = Integer(
         8, help="Most parallel WADO-RS streams one pull may use (a request asking more gets this)."
     ).tag(config=True)
@@ -351,6 +362,10 @@ class DataService(Application):
         os.makedirs(secrets_dir, mode=0o700, exist_ok=True)
         os.environ["VOXELHUB_SECRETS_DIR"] = secrets_dir  # read by the de-identification
         self.pull_pool = ThreadPoolExecutor(2, thread_name_prefix="voxelhub-pull")
+        self.cohorts = CohortImports(
+            os.path.join(audit_dir, "cohorts"),
+            CohortLimits(self.cohort_max_members, self.cohort_max_bytes),
+        )
         self.audit = AuditTrail(self.audit_log)
         self.pool = ThreadPoolExecutor(self.read_threads, thread_name_prefix="voxelhub-data")
         self.uploads = Uploads(
@@ -390,6 +405,7 @@ class DataService(Application):
                 (p + "api/audit", AuditHandler),
                 (p + r"api/projects/([^/]+)/pulls", PullHandler),
                 (p + r"api/pulls/([^/]+)", PullStatusHandler),
+                (p + r"api/projects/([^/]+)/cohorts", CohortImportHandler),
                 (p + "api/arrivals", ArrivalsHandler),
                 (p + r"api/projects/([^/]+)/uploads", UploadHandler),
                 (p + r"api/uploads/([^/]+)", UploadStatusHandler),
@@ -1254,6 +1270,74 @@ class PullStatusHandler(BaseHandler):
             self.require(job.project, Role.CURATOR, action, detail={"pull": job.id})
         self.allow(action, project=job.project, detail={"pull": job.id})
         self.write_json(job.to_json())
+
+
+@web.stream_request_body
+class CohortImportHandler(BaseHandler):
+    """A curator's cohort package (a tar of ``voxelhub cohort export``'s folder), streamed to
+    the service's private folder, verified and imported (:mod:`voxelhub_data.cohort_service`)."""
+
+    folder = ""
+
+    async def prepare(self) -> None:  # type: ignore[override]
+        await super().prepare()
+        if self._finished:
+            return
+        action = "cohort.import"
+        if self.request.method != "POST":
+            self.deny(action, "a package is sent with POST", status=405)
+        try:
+            self.project = paths.project_name(unquote(self.path_args[0]))
+        except paths.BadPath as exc:
+            self.deny(action, str(exc), status=400)
+        self.require(self.project, Role.CURATOR, action)
+        size = int(self.request.headers.get("Content-Length") or 0)
+        limit = self.service.cohort_max_bytes
+        if size > limit:
+            self.deny(action, f"the package is {size} bytes; one may be {limit}", status=413,
+                      project=self.project)  # fmt: skip
+        self.request.connection.set_max_body_size(limit)
+        self.folder = self.service.cohorts.new()
+        self.nbytes = 0
+        self.file = open(os.path.join(self.folder, "package.tar"), "wb")  # noqa: SIM115
+
+    def data_received(self, chunk: bytes) -> None:
+        self.file.write(chunk)
+        self.nbytes += len(chunk)
+
+    async def post(self, raw: str) -> None:
+        from voxelhub.cohort import CohortError, ImportConflict, TamperedPackage
+
+        action = "cohort.import"
+        self.file.close()
+        service = self.service
+        try:
+            done = await self.run(service.cohorts.run, self.folder, self.project,
+                                  service.catalog.location, service.catalog_url or None)  # fmt: skip
+        except (CohortRefused, CohortError) as exc:
+            status = 409 if isinstance(exc, ImportConflict) else 400
+            kind, message = type(exc).__name__, str(exc)[:2000]
+            try:  # audited as every denial; the answer also names the kind for the client
+                self.deny(action, message, status=status, project=self.project,
+                          nbytes=self.nbytes, detail={"kind": kind})  # fmt: skip
+            except web.HTTPError:
+                answer = {"status": status, "message": message, "kind": kind}
+                if isinstance(exc, TamperedPackage):
+                    answer["object"] = exc.object  # the object the package's checksums fault
+                self.write_json(answer, status)
+                return
+        provenance = done.get("provenance") or {}
+        self.allow(action, project=self.project, nbytes=self.nbytes,
+                   count=len(done["written"]) + len(done["unchanged"]),
+                   detail={"written": done["written"], "unchanged": done["unchanged"],
+                           "feature_rows": done["feature_rows"],
+                           "source_site": provenance.get("source_site")})  # fmt: skip
+        self.write_json(done)
+
+    def on_connection_close(self) -> None:
+        if self.folder:
+            self.file.close()
+            self.service.cohorts.discard(self.folder)
 
 
 class ArrivalsHandler(BaseHandler):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -51,13 +52,15 @@ pytestmark = [
 
 S = secrets.token_hex(3)
 ADMIN, ALICE, BOB, CAROL, DAVE = f"vpadm{S}", f"vpa{S}", f"vpb{S}", f"vpc{S}", f"vpd{S}"
-LUNG, BRAIN = f"lung{S}", f"brain{S}"
+LUNG, BRAIN, COHORT = f"lung{S}", f"brain{S}", f"cohort{S}"
 GROUPS = {
     LUNG: [ALICE, BOB, CAROL],
     f"{LUNG}:analyst": [BOB],
     f"{LUNG}:curator": [CAROL],
     BRAIN: [DAVE],
     f"{BRAIN}:curator": [DAVE],
+    COHORT: [ALICE, CAROL],
+    f"{COHORT}:curator": [CAROL],
 }
 SERVICE_ACCOUNT = f"vhdpull{S}"
 SERIES = DICOM / "mr_ge_mprage_3d_t1"  # 130 instances
@@ -300,3 +303,73 @@ def test_a_deidentified_projects_pull_names_no_patient_in_the_trail(site: Site) 
     assert patient not in json.dumps(records) and "query" not in records[0]["detail"]
     assert records[1]["detail"]["fetched"] == 24 and records[1]["detail"]["volumes"]
     assert patient not in (site.state / "audit" / "audit.log").read_text()
+
+
+def test_a_curator_imports_a_cohort_through_the_service(
+    site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``voxelhub cohort import`` with the service's URL as the store: the service verifies
+    and imports the package for curators, refuses the rest, and audits both."""
+    import io
+    import tarfile
+
+    from voxelhub import ingest, open_catalog
+    from voxelhub.cohort import IdentifiableData, TamperedPackage, export_cohort, import_cohort
+    from voxelhub.errors import AccessDenied
+
+    monkeypatch.setenv("VOXELHUB_SECRETS_DIR", str(tmp_path / "secrets"))
+    source = tmp_path / "source"
+    write_series(tmp_path / "dicom", slices=6, rows=16, columns=16, seed=7, patient_id="PCOH")
+    assert not ingest(tmp_path / "dicom", source, project="trial", deidentify=True,
+                      progress=False).failed  # fmt: skip
+    package = tmp_path / "package"
+    export_cohort(str(source), str(package), project="trial", site="site-a")
+    (uid,) = open_catalog(source).series(project="trial").volume_uid
+    with pytest.raises(AccessDenied, match=r"cohort\.import needs curator"):
+        import_cohort(str(package), site.location(ALICE), project=COHORT)
+    assert site.audit(user=ALICE, action="cohort.import")[-1]["decision"] == "deny"
+    # the CLI, as in a kernel's terminal
+    env = {**os.environ, "JUPYTERHUB_API_TOKEN": site.tokens[CAROL]}
+    done = subprocess.run(
+        [sys.executable, "-m", "voxelhub.cli", "cohort", "import", str(package),
+         "--store", site.stack.data_url, "--project", COHORT],
+        capture_output=True, text=True, env=env, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 volume(s) imported" in done.stdout, done.stdout
+    cat = site.catalog(CAROL)
+    assert list(cat.series(project=COHORT).volume_uid) == [uid]
+    ref = open_catalog(source)
+    assert np.array_equal(np.asarray(cat.open_series(uid)), np.asarray(ref.open_series(uid)))
+    again = import_cohort(str(package), site.location(CAROL), project=COHORT)
+    assert again.unchanged == [uid] and not again.written  # idempotent
+    # a tampered package is refused with the object named; identifiable projects refuse it
+    objects = sorted(p for p in package.rglob("*") if p.is_file() and "zarr" in str(p))
+    victim = objects[-1]
+    victim.write_bytes(victim.read_bytes() + b"x")
+    rel = str(victim.relative_to(package))
+    with pytest.raises(TamperedPackage, match=re.escape(rel)) as tampered:
+        import_cohort(str(package), site.location(CAROL), project=COHORT)
+    assert tampered.value.object == rel
+    victim.write_bytes(victim.read_bytes()[:-1])
+    with pytest.raises(IdentifiableData, match="not de-identified"):
+        import_cohort(str(package), site.location(CAROL), project=LUNG)
+    # a tar that climbs out of the service's folder: 400, nothing written
+    evil = io.BytesIO()
+    with tarfile.open(fileobj=evil, mode="w") as tar:
+        info = tarfile.TarInfo("../escaped.json")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"{}"))
+    r = site.api("POST", f"projects/{COHORT}/cohorts", CAROL, data=evil.getvalue())
+    assert r.status_code == 400 and r.json()["kind"] == "UnsafeMember", r.text
+    assert not (site.state / "audit" / "escaped.json").exists()
+    r = site.api("POST", f"projects/{COHORT}/cohorts", CAROL, data=b"not a tar")
+    assert r.status_code == 400 and r.json()["kind"] == "NotATar", r.text
+    # the service's private folder is empty again; the trail has each decision
+    assert not any((site.state / "audit" / "cohorts").iterdir())
+    records = site.audit(user=CAROL, action="cohort.import")
+    allowed = [r for r in records if r["decision"] == "allow"]
+    assert len(allowed) == 2 and allowed[0]["detail"]["written"] == [uid]
+    assert allowed[0]["detail"]["source_site"] == "site-a"
+    kinds = [r["detail"]["kind"] for r in records if r["decision"] == "deny"]
+    assert kinds == ["TamperedPackage", "IdentifiableData", "UnsafeMember", "NotATar"]

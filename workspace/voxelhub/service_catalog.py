@@ -358,6 +358,28 @@ class ServiceCatalog:
         """A pull's state, progress and report (its requester, curators of its project)."""
         return dict(self._send("pulls/" + quote(pull_id, safe=""), "GET"))
 
+    # -- cohort packages (curators) -----------------------------------------------------------
+    def import_cohort(self, project: str, package_tar: bytes) -> dict[str, Any]:
+        """Send a cohort package (a tar of its folder) for the service to verify and import
+        into ``project`` (curators); what was imported.  A refusal is raised as the
+        :mod:`voxelhub.cohort.errors` class the service names."""
+        path = f"projects/{quote(project, safe='')}/cohorts"
+        status, body, _ = self.location.request(path, method="POST", data=package_tar,
+                                                timeout=3600)  # fmt: skip
+        if status in (400, 409):
+            from voxelhub.cohort import errors
+
+            kind = getattr(errors, str(_json_field(body, "kind")), None)
+            message = service_message(body, status)
+            if kind is errors.TamperedPackage:
+                raise errors.TamperedPackage(message, obj=str(_json_field(body, "object")))
+            if isinstance(kind, type) and issubclass(kind, errors.CohortError):
+                raise kind(message)
+            raise errors.CohortError(message)
+        if status >= 400:
+            raise _error(status, body, self.url)
+        return dict(json.loads(body))
+
 
 class ServiceResults:
     """:class:`voxelhub.features.results.ResultStore`'s interface over the data service.
@@ -407,3 +429,10 @@ def _error(status: int, body: bytes, url: str) -> Exception:
     if status == 404:
         return NotFound(message)
     return CatalogError(f"the data service at {url} answered {status}: {message}")
+
+
+def _json_field(body: bytes, name: str) -> Any:
+    try:
+        return json.loads(body).get(name)
+    except (ValueError, AttributeError):
+        return None

@@ -123,7 +123,18 @@ def import_cohort(
     catalog_url: str | None = None,
     storage_options: dict[str, Any] | None = None,
 ) -> Imported:
-    """Import the package at ``package_url`` into ``project`` (created de-identified)."""
+    """Import the package at ``package_url`` into ``project`` (created de-identified).
+
+    When ``store`` is the data service's URL (on the hub), the service imports it
+    (:mod:`voxelhub.cohort.service_import`: curators only, verified and audited there).
+    """
+    service = _service_catalog(store)
+    if service is not None:
+        from voxelhub.cohort.service_import import import_through_service
+
+        return import_through_service(
+            service, package_url, project=project, storage_options=storage_options
+        )
     from voxelhub.catalog import Catalog
     from voxelhub.features.results import ResultStore
     from voxelhub.ingest import _PROJECT_NAME
@@ -220,6 +231,21 @@ def import_cohort(
         return result
     finally:
         catalog.close()
+
+
+def _service_catalog(store: object) -> Any:
+    """The data service's catalog when ``store`` is its URL (on the hub), else None."""
+    from voxelhub.store.location import ServiceLocation, open_location
+
+    if isinstance(store, str | os.PathLike):
+        if os.fspath(store).split("://", 1)[0] not in ("http", "https"):
+            return None
+        store = open_location(store)
+    if not isinstance(store, ServiceLocation):
+        return None
+    from voxelhub.service_catalog import ServiceCatalog
+
+    return ServiceCatalog(store)
 
 
 def _features(package: Package, features: dict[str, Any]) -> list[tuple[Any, Any]]:
