@@ -18,6 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
+from zarr.core.buffer import cpu
+from zarr.storage import MemoryStore
 
 from voxelhub import ingest, open_catalog
 from voxelhub.roi.labels import read_labels, write_labels
@@ -26,6 +29,7 @@ from voxelhub.store.keys import FileKeyProvider, MissingKey, store_key_ring
 from voxelhub.store.reencrypt import (
     KeyInUse,
     Outcome,
+    Step,
     reencrypt_project,
     retire_old_keys,
     tree_key_ids,
@@ -110,18 +114,52 @@ def test_readers_never_fail_while_a_project_is_reencrypted(encrypted: tuple[Path
         finally:
             mine.close()
 
+    def service_reader() -> None:
+        """As the data service serves a user without keys: the decrypted view, key by key."""
+        from tests.store.test_decrypted_view import view_of
+
+        mine = open_catalog(store)
+        try:
+            while not stop.is_set():
+                for uid, (voxels, label, _) in expected.items():
+                    served = view_of(store, mine.stored_volume(uid).store_path)
+                    buffers = {k: cpu.Buffer.from_bytes(v) for k, v in served.items()}
+                    group = zarr.open_group(MemoryStore(buffers), mode="r", zarr_format=3)
+                    assert np.array_equal(group["0"][...], voxels), uid
+                    if label is not None:
+                        assert np.array_equal(group["labels/bright/0"][...], label)
+                    view_reads[0] += 1
+        except BaseException as exc:  # every failure is what the test counts
+            errors.append(exc)
+        finally:
+            mine.close()
+
+    view_reads = [0]
     threads = [threading.Thread(target=reader) for _ in range(3)]
+    threads.append(threading.Thread(target=service_reader))
     for t in threads:
         t.start()
     steps = []
-    result = reencrypt_project(cat, PROJECT, ring, progress=steps.append, linger_seconds=1.0)
-    during = reads[0]
+    # a reader that opened a volume before its switch reads it after (old trees linger)
+    opened = {uid: cat.open_series(uid) for uid in expected}
+    late_reads = []
+
+    def progress(step: Step) -> None:
+        steps.append(step)
+        late_reads.append(
+            np.array_equal(np.asarray(opened[step.volume_uid]), expected[step.volume_uid][0])
+        )
+
+    # old trees stay 10 s after the last switch: longer than one read of a volume takes here
+    result = reencrypt_project(cat, PROJECT, ring, progress=progress, linger_seconds=10.0)
+    during = reads[0], view_reads[0]
     stop.set()
     for t in threads:
         t.join()
     assert errors == [], errors[:3]
-    assert during > 0
+    assert min(during) > 0, during
     assert [s.outcome for s in steps] == [Outcome.REWRITTEN] * len(expected)
+    assert late_reads == [True] * len(expected)
     assert len(result.removed) == len(expected)
     for rel in cat.series(project=PROJECT).store_path:
         assert tree_key_ids(cat.location, rel) == {new}
