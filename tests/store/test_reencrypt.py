@@ -29,7 +29,9 @@ from voxelhub.store.keys import FileKeyProvider, MissingKey, store_key_ring
 from voxelhub.store.reencrypt import (
     KeyInUse,
     Outcome,
+    ReencryptionBusy,
     Step,
+    _job_tag,
     reencrypt_project,
     retire_old_keys,
     tree_key_ids,
@@ -242,3 +244,22 @@ def test_a_run_killed_midway_completes_when_run_again(encrypted: tuple[Path, Pat
 def snapshot_with_key(store: Path, key_file: Path) -> dict[str, tuple]:
     use_keys(store_key_ring(store, key_file))
     return snapshot(store)
+
+
+def test_one_reencryption_per_project_and_the_current_key_stays(
+    encrypted: tuple[Path, Path],
+) -> None:
+    store, key_file = encrypted
+    cat = open_catalog(store)
+    ring = open_store_keys(cat.location, key_file)
+    current = ring.current(PROJECT)
+    with pytest.raises(MissingKey, match="current"):
+        ring.retire_data_key(PROJECT, current)
+    assert retire_old_keys(cat, PROJECT, ring) == []  # nothing old: nothing to retire
+    ring.rotate(PROJECT)
+    held = store_key_ring(store, key_file)  # another process's run, as far as locks go
+    lock = held.lock(f".{_job_tag(PROJECT)}.lock", wait=False)
+    with lock, pytest.raises(ReencryptionBusy, match=PROJECT):
+        reencrypt_project(cat, PROJECT, ring, linger_seconds=0)
+    assert reencrypt_project(cat, PROJECT, ring, linger_seconds=0).count(Outcome.REWRITTEN) >= 2
+    cat.close()
