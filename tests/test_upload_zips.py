@@ -67,3 +67,36 @@ def test_unpack_uses_numbered_names_and_catches_a_lying_directory(tmp_path: Path
     (tmp_path / "out2").mkdir()
     with pytest.raises(uploads.DamagedMember, match=r"'bomb\.dcm' in the zip"):
         uploads.unpack(str(tmp_path / "lie.zip"), str(tmp_path / "out2"), LIMITS)
+
+
+def _related(parts: list[bytes], boundary: str = "b0und") -> tuple[bytes, str]:
+    body = b"".join(
+        b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + p + b"\r\n"
+        for p in parts
+    )
+    body += b"--" + boundary.encode() + b"--\r\n"
+    return body, f'multipart/related; type="application/dicom"; boundary="{boundary}"'
+
+
+def test_stow_rs_bodies_split_into_their_parts() -> None:
+    parts = [b"\x00\r\n--b0un\r\n" * 10, b"", b"DICM" * 100]  # near-boundaries inside data
+    body, content_type = _related(parts)
+    assert uploads.split_related(body, content_type) == parts
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "message"),
+    [
+        ("application/zip", b"x", "multipart/related"),
+        ('multipart/related; type="application/dicom+json"; boundary=x', b"x", "only application"),
+        (
+            "multipart/related; boundary=x",
+            b"--x\r\nContent-Type: text/plain\r\n\r\nhi\r\n--x--",
+            "not application/dicom",
+        ),
+        ("multipart/related; boundary=x", b"--x\r\n\r\nno end", "closing boundary"),
+    ],
+)
+def test_stow_rs_bad_requests_are_named(content_type: str, body: bytes, message: str) -> None:
+    with pytest.raises(uploads.NotStowRequest, match=message):
+        uploads.split_related(body, content_type)

@@ -34,6 +34,8 @@ OAuth cookie of a browser):
                                                  202 with the upload's id
 ``GET  api/uploads/<id>``                        an upload's state, progress and report
                                                  (the uploader, curators of its project)
+``POST api/projects/<name>/studies``             STOW-RS (multipart/related DICOM) into a
+                                                 project (curators), checked like an upload
 ``POST api/projects/<name>/pulls``               pull studies from an allowed DICOMweb server
                                                  (curators): 202 with the pull's id
 ``GET  api/pulls/<id>``                          a pull's state, progress and report (the
@@ -99,7 +101,14 @@ from voxelhub_data.pulls import (
     parse_request,
     server_key,
 )
-from voxelhub_data.uploads import Limits, Upload, UploadRefused, Uploads
+from voxelhub_data.uploads import (
+    Limits,
+    Upload,
+    UploadRefused,
+    Uploads,
+    split_related,
+    stow_response,
+)
 
 log = logging.getLogger("voxelhub.data")
 
@@ -409,6 +418,7 @@ class DataService(Application):
                 (p + "api/arrivals", ArrivalsHandler),
                 (p + r"api/projects/([^/]+)/uploads", UploadHandler),
                 (p + r"api/uploads/([^/]+)", UploadStatusHandler),
+                (p + r"api/projects/([^/]+)/studies", StowHandler),
                 (p + "oauth_callback", HubOAuthCallbackHandler),
                 (p + ".*", NotFoundHandler),
             ],
@@ -1446,6 +1456,49 @@ class UploadHandler(BaseHandler):
         if self.upload is not None and self.service.uploads.get(self.upload.id) is None:
             self.file.close()
             self.service.uploads.discard(self.upload)
+
+
+class StowHandler(BaseHandler):
+    """STOW-RS into a project (curators): the instances of a ``multipart/related`` body are
+    checked and ingested like an upload's, and the answer lists each one stored or failed."""
+
+    async def post(self, raw: str) -> None:
+        action = "upload.create"
+        project = unquote(raw)
+        self.require(project, Role.CURATOR, action, detail={"via": "stow-rs"})
+        service, body = self.service, bytes(self.request.body)
+        if len(body) > service.upload_max_bytes:
+            self.deny(action, f"the request is {len(body)} bytes; uploads may be "
+                      f"{service.upload_max_bytes}", status=413, project=project)  # fmt: skip
+        try:
+            parts = split_related(body, self.request.headers.get("Content-Type", ""))
+            if len(parts) > service.upload_max_files:
+                raise UploadRefused(
+                    f"{len(parts)} instances; an upload may hold {service.upload_max_files}"
+                )
+        except UploadRefused as exc:
+            self.deny(action, str(exc), status=400, project=project, detail={"via": "stow-rs"})
+        upload, _ = service.uploads.new(project, self.caller.name)
+        upload.nbytes = len(body)
+        service.uploads.register(upload)
+        detail = {"upload": upload.id, "via": "stow-rs"}
+        self.allow(action, project=project, nbytes=len(body), detail=detail)
+        await asyncio.wrap_future(
+            service.upload_pool.submit(service.uploads.run, upload, service.ingest_upload, parts)
+        )
+        self.service.audit.decision(
+            user=self.caller.name, client=self.caller.client, source=self.caller.source,
+            action="upload.ingest", decision="allow" if upload.volumes else "deny",
+            reason=upload.message[:500], project=project, nbytes=upload.nbytes,
+            count=upload.files, detail={**detail, "state": upload.state.value,
+            "volumes": upload.volumes, "rejected": len(upload.rejected)},
+        )  # fmt: skip
+        status, answer = await self.run(stow_response, upload, parts)
+        self.set_status(status)
+        self.set_header("Content-Type", "application/dicom+json")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-VoxelHub-Upload", upload.id)
+        self.finish(json.dumps(answer))
 
 
 class UploadStatusHandler(BaseHandler):

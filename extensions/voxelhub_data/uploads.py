@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import io
 import os
 import secrets
 import shutil
@@ -24,6 +25,7 @@ import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from email.message import Message
 from typing import Any
 
 from voxelhub.dicom.checks import check_instance
@@ -206,12 +208,18 @@ class Uploads:
     def discard(self, upload: Upload) -> None:
         shutil.rmtree(os.path.join(self.directory, upload.id), ignore_errors=True)
 
-    def run(self, upload: Upload, ingest_into: Callable[[str, str], Any]) -> None:
-        """In a worker thread: unpack, check, ingest (``ingest_into(folder, project)`` gives an
-        IngestReport).  The upload's folder is removed whatever happened, before the final
-        state is published: a finished upload has left nothing behind."""
+    def run(
+        self,
+        upload: Upload,
+        ingest_into: Callable[[str, str], Any],
+        parts: list[bytes] | None = None,
+    ) -> None:
+        """In a worker thread: unpack (or write the STOW-RS ``parts``), check, ingest
+        (``ingest_into(folder, project)`` gives an IngestReport).  The upload's folder is removed
+        whatever happened, before the final state is published: a finished upload has left
+        nothing behind."""
         try:
-            state, message = self._ingest(upload, ingest_into)
+            state, message = self._ingest(upload, ingest_into, parts)
         except UploadRefused as exc:
             state, message = UploadState.FAILED, str(exc)
         except Exception as exc:  # reported, never a half-known state
@@ -222,15 +230,18 @@ class Uploads:
         upload.state = state
 
     def _ingest(
-        self, upload: Upload, ingest_into: Callable[[str, str], Any]
+        self, upload: Upload, ingest_into: Callable[[str, str], Any], parts: list[bytes] | None
     ) -> tuple[UploadState, str]:
         folder = os.path.join(self.directory, upload.id)
         files_dir = os.path.join(folder, "files")
         upload.state = UploadState.CHECKING
         os.mkdir(files_dir, 0o700)
-        zip_path = os.path.join(folder, "upload.zip")
-        files = unpack(zip_path, files_dir, self.limits)
-        os.unlink(zip_path)
+        if parts is None:
+            zip_path = os.path.join(folder, "upload.zip")
+            files = unpack(zip_path, files_dir, self.limits)
+            os.unlink(zip_path)
+        else:
+            files = write_parts(parts, files_dir)
         upload.files = len(files)
         good = 0
         for name, path in files:
@@ -262,3 +273,88 @@ class Uploads:
             + (f"; failed: {failed}" if failed else "")
         )
         return (UploadState.DONE if done else UploadState.FAILED), message
+
+
+# -- STOW-RS (PS3.18 10.5): instances in a multipart/related body ---------------------------------
+class NotStowRequest(UploadRefused):
+    """The body is not ``multipart/related; type="application/dicom"`` with a boundary."""
+
+
+def split_related(body: bytes, content_type: str) -> list[bytes]:
+    """The ``application/dicom`` parts of a STOW-RS request body, in order."""
+    header = Message()
+    header["Content-Type"] = content_type
+    boundary = header.get_param("boundary")
+    kind = str(header.get_param("type") or "application/dicom").lower()
+    if header.get_content_type() != "multipart/related" or not isinstance(boundary, str):
+        raise NotStowRequest(
+            'STOW-RS takes multipart/related; type="application/dicom" with a boundary, not '
+            f"{content_type[:100]!r}"
+        )
+    if kind != "application/dicom":
+        raise NotStowRequest(f"only application/dicom parts are taken, not {kind[:60]!r}")
+    delimiter = b"\r\n--" + boundary.encode()
+    pieces = (b"\r\n" + body).split(delimiter)
+    if len(pieces) < 3 or not pieces[-1].startswith(b"--"):
+        raise NotStowRequest("the multipart body has no parts or no closing boundary")
+    parts: list[bytes] = []
+    for n, piece in enumerate(pieces[1:-1]):
+        head, sep, data = piece.partition(b"\r\n\r\n")
+        if not sep:
+            raise NotStowRequest(f"part {n + 1} has no header end")
+        for line in head.decode("latin-1").split("\r\n"):
+            name, _, value = line.partition(":")
+            part_kind = value.split(";")[0].strip().lower()
+            if name.strip().lower() == "content-type" and part_kind != "application/dicom":
+                raise NotStowRequest(f"part {n + 1} is {part_kind[:60]!r}, not application/dicom")
+        parts.append(data)
+    return parts
+
+
+def write_parts(parts: list[bytes], dest: str) -> list[tuple[str, str]]:
+    """Each part to a numbered private file; ``(part N, file)`` pairs."""
+    out = []
+    for n, data in enumerate(parts):
+        target = os.path.join(dest, f"{n:06d}.dcm")
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        out.append((part_name(n), target))
+    return out
+
+
+def part_name(n: int) -> str:
+    return f"part {n + 1}"
+
+
+def stow_response(upload: Upload, parts: list[bytes]) -> tuple[int, dict[str, Any]]:
+    """The STOW-RS answer (status, DICOM JSON): each instance referenced, or failed with
+    0xC000 (processing failure) and the reason (PS3.18 table 10.5.3-1)."""
+    import pydicom
+
+    rejected = {r["file"]: r["reason"] for r in upload.rejected}
+    stored = upload.state is UploadState.DONE
+    referenced: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    for n, data in enumerate(parts):
+        try:
+            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+            uids = {
+                "00081150": {"vr": "UI", "Value": [str(ds.SOPClassUID)]},
+                "00081155": {"vr": "UI", "Value": [str(ds.SOPInstanceUID)]},
+            }
+        except Exception:  # an unreadable part has no UIDs to name it by
+            uids = {}
+        reason = rejected.get(part_name(n)) or ("" if stored else upload.message)
+        if reason:
+            failed.append({**uids, "00081197": {"vr": "US", "Value": [0xC000]},
+                           "00081196": {"vr": "US", "Value": [0xC000]}})  # fmt: skip
+        else:
+            referenced.append(uids)
+    body: dict[str, Any] = {}
+    if referenced:
+        body["00081199"] = {"vr": "SQ", "Value": referenced}
+    if failed:
+        body["00081198"] = {"vr": "SQ", "Value": failed}
+    status = 409 if not referenced else 202 if failed else 200
+    return status, body

@@ -394,3 +394,46 @@ def test_voxelhub_upload_cli(
     err = capsys.readouterr().err.strip()
     assert err.startswith("voxelhub: error:") and "needs curator" in err, err
     assert "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_stow_rs_into_a_project(site: Site, tmp_path: Path) -> None:
+    """dicomweb-client's STOW-RS as B's curator: the series is catalogued, a cut instance is
+    in FailedSOPSequence (202); an analyst of A is refused (403) and audited."""
+    import pydicom
+    from dicomweb_client.api import DICOMwebClient
+
+    from voxelhub import ingest, open_catalog
+
+    datasets = [pydicom.dcmread(p) for p in sorted(SERIES.glob("*.dcm"))]
+    cut = pydicom.dcmread(sorted(SERIES.glob("*.dcm"))[0])
+    cut.SOPInstanceUID = pydicom.uid.generate_uid()  # another instance, cut in its pixels
+    cut.PixelData = cut.PixelData[: len(cut.PixelData) // 2]
+
+    def client(user: str, project: str) -> DICOMwebClient:
+        session = requests.Session()
+        session.verify = site.stack.verify
+        session.headers["Authorization"] = f"token {site.tokens[user]}"
+        return DICOMwebClient(f"{site.stack.data_url}/api/projects/{project}", session=session)
+
+    before = set(site.catalog(OTHER).series(project=B).volume_uid)
+    answer = client(OTHER, B).store_instances([*datasets, cut])
+    referenced = answer.get("ReferencedSOPSequence", [])
+    failed = answer.get("FailedSOPSequence", [])
+    assert len(referenced) == len(datasets), answer
+    assert [str(f.ReferencedSOPInstanceUID) for f in failed] == [cut.SOPInstanceUID]
+    assert int(failed[0].FailureReason) == 0xC000
+    (new,) = set(site.catalog(OTHER).series(project=B).volume_uid) - before
+    assert not ingest(SERIES, tmp_path / "store", project=B, progress=False).failed
+    reference = open_catalog(tmp_path / "store")
+    (ref_uid,) = reference.series().volume_uid
+    np.testing.assert_array_equal(
+        np.asarray(site.catalog(OTHER).open_series(new)),
+        np.asarray(reference.open_series(ref_uid)),
+    )
+    assert list(site.uploads_dir.iterdir()) == []
+    with pytest.raises(requests.HTTPError) as refused:
+        client(ANA, A).store_instances(datasets[:1])
+    assert refused.value.response.status_code == 403
+    assert "needs curator" in refused.value.response.json()["message"]
+    denied = site.audit(user=ANA, action="upload.create")
+    assert any("stow-rs" in str(r["detail"]) for r in denied if r["decision"] == "deny")
