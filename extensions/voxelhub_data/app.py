@@ -42,6 +42,8 @@ OAuth cookie of a browser):
                                                  requester, curators of its project)
 ``POST api/projects/<name>/cohorts``             import a cohort package, sent as a tar
                                                  (curators): verified, then imported
+``POST api/projects/<name>/cohort-exports``      export a de-identified selection as a
+                                                 cohort package, answered as a tar (curators)
 ``GET  api/health``                              liveness, no authentication
 ===============================================  ============================================
 
@@ -88,7 +90,13 @@ from voxelhub_data import decrypted_view, paths
 from voxelhub_data.access import Caller, Role, roles_from_groups
 from voxelhub_data.audit_trail import AuditTrail
 from voxelhub_data.catalog_view import CatalogView, Conflict, Found, NotInCatalog, QueryError
-from voxelhub_data.cohort_service import CohortImports, CohortLimits, CohortRefused
+from voxelhub_data.cohort_service import (
+    CohortImports,
+    CohortLimits,
+    CohortRefused,
+    export_package,
+    parse_export,
+)
 from voxelhub_data.pulls import (
     PullRefused,
     PullRequest,
@@ -261,6 +269,16 @@ class DataService(Application):
         16 << 30, help="Largest cohort package one import may send and unpack to (bytes)."
     ).tag(config=True)
 
+    site_pseudonym = Unicode(
+        help="This site's pseudonym in the provenance of the cohort packages curators export "
+        "through this service (never a hospital's name); default $VOXELHUB_SITE; empty: the "
+        "curator names it in the request."
+    ).tag(config=True)
+
+    @default("site_pseudonym")
+    def _site_pseudonym_default(self) -> str:
+        return os.environ.get("VOXELHUB_SITE", "")
+
     cohort_max_members = Integer(
         500_000, help="Most files and folders one imported cohort package may hold."
     ).tag(config=True)
@@ -415,6 +433,7 @@ class DataService(Application):
                 (p + r"api/projects/([^/]+)/pulls", PullHandler),
                 (p + r"api/pulls/([^/]+)", PullStatusHandler),
                 (p + r"api/projects/([^/]+)/cohorts", CohortImportHandler),
+                (p + r"api/projects/([^/]+)/cohort-exports", CohortExportHandler),
                 (p + "api/arrivals", ArrivalsHandler),
                 (p + r"api/projects/([^/]+)/uploads", UploadHandler),
                 (p + r"api/uploads/([^/]+)", UploadStatusHandler),
@@ -1348,6 +1367,48 @@ class CohortImportHandler(BaseHandler):
         if self.folder:
             self.file.close()
             self.service.cohorts.discard(self.folder)
+
+
+class CohortExportHandler(BaseHandler):
+    """A curator's de-identified selection as a cohort package (``voxelhub cohort export`` on
+    the hub): curators only, as the package leaves the site; answered as a tar."""
+
+    async def post(self, raw: str) -> None:
+        from voxelhub.cohort import CohortError
+        from voxelhub.errors import NotFound
+
+        action = "cohort.export"
+        try:
+            project = paths.project_name(unquote(raw))
+        except paths.BadPath as exc:
+            self.deny(action, str(exc), status=400)
+        self.require(project, Role.CURATOR, action)
+        service = self.service
+        try:
+            request = parse_export(self.request.body)
+        except CohortRefused as exc:
+            self.deny(action, str(exc), status=400, project=project)
+        site = service.site_pseudonym or request.site or ""
+        folder = service.cohorts.new()
+        try:
+            body, done = await self.run(export_package, folder, project, request, site,
+                                        service.catalog.location, service.catalog_url or None)  # fmt: skip
+        except (CohortError, NotFound) as exc:
+            status, kind = (404 if isinstance(exc, NotFound) else 400), type(exc).__name__
+            try:  # audited as every denial; the answer also names the kind for the client
+                self.deny(action, str(exc)[:2000], status=status, project=project,
+                          detail={"kind": kind})  # fmt: skip
+            except web.HTTPError:
+                self.write_json({"status": status, "message": str(exc)[:2000], "kind": kind},
+                                status)  # fmt: skip
+                return
+        self.allow(action, project=project, nbytes=len(body), count=done["volumes"],
+                   detail={"manifest_sha256": done["manifest_sha256"], "site": site,
+                           "objects": done["objects"], "selection": asdict(request)})  # fmt: skip
+        self.set_header("Content-Type", "application/x-tar")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-VoxelHub-Manifest-SHA256", done["manifest_sha256"])
+        self.finish(body)
 
 
 class ArrivalsHandler(BaseHandler):

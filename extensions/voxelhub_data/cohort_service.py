@@ -128,3 +128,56 @@ class CohortImports:
             return {**asdict(imported), "summary": imported.summary()}
         finally:
             self.discard(folder)
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """A curator's selection for ``POST api/projects/<name>/cohort-exports``, checked."""
+
+    modality: str | None
+    text: str | None
+    volumes: list[str] | None
+    site: str | None
+
+
+def parse_export(body: bytes) -> ExportRequest:
+    """The JSON body as an :class:`ExportRequest`, or :class:`CohortRefused` naming the problem."""
+    import json
+
+    try:
+        data = json.loads(body or b"{}")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CohortRefused(f"the body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise CohortRefused('the body is a JSON object {"modality": …, "text": …, "volumes": […]}')
+    unknown = sorted(set(data) - {"modality", "text", "volumes", "site"})
+    if unknown:
+        raise CohortRefused(f"unknown field(s) {unknown}")
+    for name in ("modality", "text", "site"):
+        if data.get(name) is not None and not isinstance(data[name], str):
+            raise CohortRefused(f"{name} is a string")
+    volumes = data.get("volumes")
+    if volumes is not None and (
+        not isinstance(volumes, list) or not all(isinstance(v, str) for v in volumes)
+    ):
+        raise CohortRefused("volumes is a list of volume UIDs")
+    return ExportRequest(data.get("modality"), data.get("text"), volumes, data.get("site"))
+
+
+def export_package(
+    folder: str, project: str, request: ExportRequest, site: str, location: Any,
+    catalog_url: str | None,
+) -> tuple[bytes, dict[str, Any]]:  # fmt: skip
+    """Export the selection into ``folder``/package and return it as a tar, with what was
+    exported; the folder goes whatever happens."""
+    from voxelhub.cohort import export_cohort
+    from voxelhub.cohort.service_import import package_tar
+
+    try:
+        target = os.path.join(folder, "package")
+        done = export_cohort(location, target, project=project, modality=request.modality,
+                             text=request.text, volumes=request.volumes, site=site,
+                             catalog_url=catalog_url)  # fmt: skip
+        return package_tar(target), {**asdict(done), "target": ""}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -373,3 +373,50 @@ def test_a_curator_imports_a_cohort_through_the_service(
     assert allowed[0]["detail"]["source_site"] == "site-a"
     kinds = [r["detail"]["kind"] for r in records if r["decision"] == "deny"]
     assert kinds == ["TamperedPackage", "IdentifiableData", "UnsafeMember", "NotATar"]
+
+
+def test_a_curator_exports_a_deidentified_cohort_through_the_service(
+    site: Site, tmp_path: Path
+) -> None:
+    """``voxelhub cohort export`` with the service's URL as the store: curators only (the
+    package leaves the site), identifiable projects refused, the export audited."""
+    from voxelhub.cohort import IdentifiableProject, export_cohort, import_cohort
+    from voxelhub.errors import AccessDenied
+
+    uids = sorted(site.catalog(DAVE).series(project=BRAIN).volume_uid)
+    assert uids  # the de-identified pull above brought them
+    env = {**os.environ, "JUPYTERHUB_API_TOKEN": site.tokens[DAVE]}
+    target = tmp_path / "package"
+    done = subprocess.run(
+        [sys.executable, "-m", "voxelhub.cli", "cohort", "export", str(target),
+         "--store", site.stack.data_url, "--project", BRAIN, "--site", "site-b"],
+        capture_output=True, text=True, env=env, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    sha = done.stdout.split("manifest sha256 ")[1].split()[0]
+    # the package is whole: a fresh store imports it, voxel for voxel what the service serves
+    imported = import_cohort(str(target), tmp_path / "fresh", project="received")
+    assert sorted(imported.written) == uids and imported.provenance["source_site"] == "site-b"
+    from voxelhub import open_catalog
+
+    fresh = open_catalog(tmp_path / "fresh")
+    for uid in uids:
+        got = np.asarray(fresh.open_series(uid))
+        assert np.array_equal(got, np.asarray(site.catalog(DAVE).open_series(uid)))
+    # a viewer or outsider may not take data out of the site; an identifiable project is refused
+    with pytest.raises(AccessDenied, match="not a member"):
+        export_cohort(site.location(ALICE), str(tmp_path / "a"), project=BRAIN, site="x")
+    with pytest.raises(AccessDenied, match=r"cohort\.export needs curator"):
+        export_cohort(site.location(ALICE), str(tmp_path / "b"), project=COHORT, site="x")
+    with pytest.raises(IdentifiableProject, match="not de-identified"):
+        export_cohort(site.location(CAROL), str(tmp_path / "c"), project=LUNG, site="x")
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
+    records = site.audit(user=DAVE, action="cohort.export")
+    assert records[-1]["decision"] == "allow" and records[-1]["count"] == len(uids)
+    assert records[-1]["detail"]["manifest_sha256"] == sha
+    denied = site.audit(user=CAROL, action="cohort.export")
+    assert (
+        denied[-1]["decision"] == "deny" and denied[-1]["detail"]["kind"] == "IdentifiableProject"
+    )
+    assert len(site.audit(user=ALICE, action="cohort.export")) == 2
+    assert not any((site.state / "audit" / "cohorts").iterdir())

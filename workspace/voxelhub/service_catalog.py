@@ -380,6 +380,25 @@ class ServiceCatalog:
             raise _error(status, body, self.url)
         return dict(json.loads(body))
 
+    def export_cohort(self, project: str, selection: Mapping[str, Any]) -> tuple[bytes, str]:
+        """The service's cohort package of ``selection`` in ``project`` as a tar, and its
+        manifest's SHA-256 (curators).  A refusal is raised as its cohort error class."""
+        path = f"projects/{quote(project, safe='')}/cohort-exports"
+        body = json.dumps(dict(selection)).encode()
+        status, data, headers = self.location.request(path, method="POST", data=body,
+                                                      timeout=3600)  # fmt: skip
+        if status == 400:
+            from voxelhub.cohort import errors
+
+            kind = getattr(errors, str(_json_field(data, "kind")), None)
+            message = service_message(data, status)
+            if isinstance(kind, type) and issubclass(kind, errors.CohortError):
+                raise kind(message)
+            raise errors.CohortError(message)
+        if status >= 400:
+            raise _error(status, data, self.url)
+        return data, headers.get("x-voxelhub-manifest-sha256", "")
+
 
 class ServiceResults:
     """:class:`voxelhub.features.results.ResultStore`'s interface over the data service.

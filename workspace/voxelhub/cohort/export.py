@@ -90,7 +90,22 @@ def export_cohort(
     storage_options: dict[str, Any] | None = None,
 ) -> Exported:
     """Write the volumes of ``project`` selected by the catalog query to the package ``target``
-    (a new folder, or an empty ``s3://`` prefix)."""
+    (a new folder, or an empty ``s3://`` prefix).
+
+    When ``store`` is the data service's URL (on the hub), the service exports the selection
+    (:mod:`voxelhub.cohort.service_export`: curators only, audited there) and the package is
+    written to ``target`` here.
+    """
+    from voxelhub.cohort.importing import _service_catalog
+
+    service = _service_catalog(store)
+    if service is not None:
+        from voxelhub.cohort.service_export import export_through_service
+
+        return export_through_service(
+            service, target, project=project, modality=modality, text=text, volumes=volumes,
+            site=site or os.environ.get(SITE_ENV), storage_options=storage_options,
+        )  # fmt: skip
     from voxelhub.catalog import Catalog
     from voxelhub.errors import NotFound
     from voxelhub.features.results import ResultStore
