@@ -133,6 +133,22 @@ def test_a_pacs_sends_into_a_project_through_the_hub() -> None:
         assert get("/api/arrivals", ALICE, project=LUNG).status_code == 403
         assert get("/api/arrivals", CAROL).status_code == 400
         assert get("/api/arrivals", ADMIN).json()["arrivals"][0]["id"] == arrival["id"]
+
+        # the curator's arrivals panel shows the same, the viewer's says why it is empty
+        from voxelhub.widgets.arrivals_panel import ArrivalsPanel
+
+        panel = ArrivalsPanel(cat, LUNG)
+        [row] = panel.table.rows
+        assert (row["id"], row["state"], row["instances"]) == (
+            arrival["id"],
+            "ingested",
+            len(files),
+        )
+        assert row["volumes"] == len(arrival["volumes"]) and "PACSA" in row["caller"]
+        assert panel.arrivals[0].state.finished and not panel.error
+        viewer = open_catalog(stack.data_url, storage_options={"token": tokens[ALICE]})
+        refused = ArrivalsPanel(viewer, LUNG)
+        assert refused.table.rows == [] and "refused" in refused.error, refused.error
         records = get("/api/audit", ADMIN, action="dicom.arrival").json()["records"]
         assert [(r["project"], r["decision"]) for r in records] == [(LUNG, "allow")]
         denied = get("/api/audit", ADMIN, action="dicom.arrivals").json()["records"]

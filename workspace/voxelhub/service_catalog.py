@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import xarray as xr
 
+    from voxelhub.arrivals import Arrival
     from voxelhub.features.settings import Settings
     from voxelhub.uploads import UploadReport
 
@@ -225,6 +226,13 @@ class ServiceCatalog:
         if status >= 400:
             raise _error(status, body, self.url)
         return json.loads(body)
+
+    def arrivals(self, project: str, *, limit: int = 200) -> list[Arrival]:
+        """What the DICOM edge received for ``project``, newest first (its curators; audited)."""
+        from voxelhub.arrivals import Arrival
+
+        rows = self._json("arrivals", {"project": project, "limit": limit})["arrivals"]
+        return [Arrival.from_json(row) for row in rows]
 
     def delete_volume(self, uid: str) -> DeletedVolume:
         """Remove a volume with its labels and feature rows (curators of its project; see

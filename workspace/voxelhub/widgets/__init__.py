@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from voxelhub.widgets.arrivals_panel import ArrivalsPanel
     from voxelhub.widgets.browser import StudyBrowser
     from voxelhub.widgets.feature_panel import FeaturePanel
     from voxelhub.widgets.slices import SliceViewer
@@ -26,11 +27,13 @@ if TYPE_CHECKING:
     from voxelhub.widgets.volume3d import VolumeViewer
 
 __all__ = [
+    "ArrivalsPanel",
     "FeaturePanel",
     "SliceViewer",
     "StudyBrowser",
     "UploadPanel",
     "VolumeViewer",
+    "arrivals_panel",
     "browse",
     "features_panel",
     "upload_panel",
@@ -70,6 +73,13 @@ def features_panel(catalog: Any, **kwargs: Any) -> FeaturePanel:
     return FeaturePanel(catalog, **kwargs)
 
 
+def arrivals_panel(catalog: Any = None, project: str = "", **kwargs: Any) -> ArrivalsPanel:
+    """What PACSes sent to the DICOM edge for ``project``, with states and reasons (curators)."""
+    from voxelhub.widgets.arrivals_panel import ArrivalsPanel
+
+    return ArrivalsPanel(catalog, project, **kwargs)
+
+
 def upload_panel(catalog: Any = None) -> UploadPanel:
     """Send a zip of DICOM files to the data service into a project you curate (on the hub)."""
     from voxelhub.widgets.upload_panel import UploadPanel
@@ -84,6 +94,7 @@ def __getattr__(name: str) -> Any:
         "VolumeViewer": "volume3d",
         "FeaturePanel": "feature_panel",
         "UploadPanel": "upload_panel",
+        "ArrivalsPanel": "arrivals_panel",
     }
     if name in modules:
         import importlib
