@@ -63,6 +63,9 @@ choice is an explicit setting below; what differs between sites comes from envir
 ``VOXELHUB_DATA_DICOMWEB_CREDENTIALS_FILE``  JSON ``{"<root>": {"user", "password"} | {"token"}}``
                                  for those servers, mode 0600: handed to the service's account
                                  like the storage options file; never sent by users.
+``VOXELHUB_SITE``                this site's pseudonym (never a hospital's name) in the provenance
+                                 of cohort packages curators export through the data service
+                                 [unset: the curator's --site].
 ``VOXELHUB_KEY_FILE``            master key file of encrypted projects (0600, outside the store):
                                  handed to the data service's account, which alone decrypts;
                                  users' servers never get it [unset: no encrypted projects].

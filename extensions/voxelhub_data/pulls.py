@@ -102,6 +102,8 @@ def parse_request(body: bytes, allowed: Iterable[str], max_workers: int) -> Pull
     parts = urlsplit(url)
     if parts.username or parts.password:
         raise CredentialsInRequest("the URL carries a user part: give the server's plain URL")
+    if parts.query or parts.fragment:
+        raise BadPullRequest("the URL is a DICOMweb root: no query (?…) or fragment (#…)")
     if server_key(url) not in {server_key(a) for a in allowed}:
         raise ServerNotAllowed(
             f"{redact(url)[:200]} is not one of the DICOMweb servers this site allows "

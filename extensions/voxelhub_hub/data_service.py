@@ -109,6 +109,7 @@ STORE_SETTINGS = {
     "VOXELHUB_DATA_PRESIGN_SECONDS": "presigned URLs for chunk reads on S3 (0-3600; 0 = off)",
     "VOXELHUB_DATA_DICOMWEB_SERVERS": "DICOMweb roots curators may pull from (space-separated)",
     "VOXELHUB_DATA_DICOMWEB_CREDENTIALS_FILE": "JSON file of those servers' credentials (0600)",
+    "VOXELHUB_SITE": "this site's pseudonym in the provenance of cohorts curators export",
 }
 """The site's settings for the store the hub passes on to the data service, and what each is."""
 

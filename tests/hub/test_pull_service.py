@@ -420,3 +420,54 @@ def test_a_curator_exports_a_deidentified_cohort_through_the_service(
     )
     assert len(site.audit(user=ALICE, action="cohort.export")) == 2
     assert not any((site.state / "audit" / "cohorts").iterdir())
+
+
+def test_a_dicomweb_credentials_file_others_may_read_is_refused(tmp_path: Path) -> None:
+    """Neither the hub nor the service takes the servers' credentials from a file anyone else
+    may read (its secrets may have leaked); the message names the setting, never a secret."""
+    from voxelhub_data.pulls import BadCredentialsFile, load_credentials
+    from voxelhub_hub.data_service import store_environment
+
+    secret = secrets.token_urlsafe(12)
+    path = tmp_path / "dicomweb.json"
+    path.write_text(json.dumps({"http://a/dicom-web": {"user": "u", "password": secret}}))
+    path.chmod(0o644)
+    setting = "VOXELHUB_DATA_DICOMWEB_CREDENTIALS_FILE"
+    with pytest.raises(SystemExit, match=f"{setting} .* is readable by others") as refused:
+        store_environment(str(tmp_path / "store"), SERVICE_ACCOUNT, {setting: str(path)})
+    assert secret not in str(refused.value)
+    with pytest.raises(BadCredentialsFile, match="readable by others") as bad:
+        load_credentials(str(path))
+    assert secret not in str(bad.value)
+    path.chmod(0o600)
+    (credentials,) = load_credentials(str(path)).values()
+    assert credentials.password == secret and secret not in repr(credentials)
+
+
+def test_the_allow_list_matches_whole_roots_only() -> None:
+    """What a curator might try to slip past the allow-list (no stack needed)."""
+    from voxelhub_data.pulls import BadPullRequest, ServerNotAllowed, parse_request
+
+    allowed = ["https://pacs.example.org/dicom-web/"]
+
+    def ask(url: str) -> Any:
+        body = json.dumps({"url": url, "query": {"patient_id": "P1"}, "workers": 64})
+        return parse_request(body.encode(), allowed, max_workers=8)
+
+    # the same root however it is written; workers capped by the site
+    request = ask("HTTPS://PACS.example.org:443/dicom-web")
+    assert request.workers == 8 and request.query.patient_id == "P1"
+    for url in (
+        "https://pacs.example.org/dicom-web/../admin",
+        "https://pacs.example.org/dicom-web-other",
+        "https://pacs.example.org/",
+        "https://pacs.example.org:8443/dicom-web",
+        "http://pacs.example.org/dicom-web",
+        "https://pacs.example.org.evil.test/dicom-web",
+        "file:///etc/passwd",
+    ):
+        with pytest.raises(ServerNotAllowed):
+            ask(url)
+    for url in ("https://pacs.example.org/dicom-web?x=1", "https://pacs.example.org/dicom-web#@x"):
+        with pytest.raises(BadPullRequest, match="no query"):
+            ask(url)
