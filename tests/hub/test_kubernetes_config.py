@@ -560,3 +560,27 @@ def test_the_course_setup_matches_one_machine(monkeypatch: pytest.MonkeyPatch) -
         assert set(override["spawner_override"]) >= {"mem_limit", "cpu_limit"}, key
         limited = Spawner(**override["spawner_override"])  # the values parse as the traits
         assert limited.mem_limit < 8 * 2**30  # smaller than everybody's default (singleuser)
+
+
+def test_the_image_leaves_out_the_assignments_answers() -> None:
+    """The image copies sample_notebooks/ for examples/; the nbgrader sources in it (answers,
+    hidden tests) are excluded from the build context (issue 12)."""
+    import fnmatch
+
+    ignore = K8S / "Dockerfile.dockerignore"  # BuildKit: <Dockerfile>.dockerignore
+    patterns = [
+        line.strip()
+        for line in ignore.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    sources = sorted((REPO / "sample_notebooks" / "course").rglob("*.ipynb"))
+    assert sources, "no assignment source to leave out"
+    for path in sources:
+        rel = path.relative_to(REPO).as_posix()
+        parents = [rel.rsplit("/", n)[0] for n in range(rel.count("/") + 1)]
+        assert any(fnmatch.fnmatch(p, pat) for p in parents for pat in patterns), rel
+    copies = [r for w, r in _dockerfile() if w == "COPY" and r.startswith("sample_notebooks")]
+    assert copies, "the image no longer copies sample_notebooks/: drop this exclusion"
+    for example in (REPO / "sample_notebooks").glob("*.ipynb"):  # still shipped
+        rel = example.relative_to(REPO).as_posix()
+        assert not any(fnmatch.fnmatch(rel, pat) for pat in patterns), rel
