@@ -26,7 +26,7 @@ def _split(req: str) -> tuple[str, str]:
 def test_environment_yml_mirrors_pyproject() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     wanted = dict(_split(r) for r in project["dependencies"])
-    for extra in ("test", "dev", "s3", "hub"):
+    for extra in ("test", "dev", "s3", "hub", "teaching"):
         wanted.update(_split(r) for r in project["optional-dependencies"][extra])
     env = yaml.safe_load((REPO / "environment.yml").read_text())
     have: dict[str, str] = {}
