@@ -40,6 +40,8 @@ OAuth cookie of a browser):
                                                  (curators): 202 with the pull's id
 ``GET  api/pulls/<id>``                          a pull's state, progress and report (the
                                                  requester, curators of its project)
+``POST api/projects/<name>/pull-queries``        the studies a pull's query selects on an
+                                                 allowed server (QIDO-RS; curators)
 ``POST api/projects/<name>/cohorts``             import a cohort package, sent as a tar
                                                  (curators): verified, then imported
 ``POST api/projects/<name>/cohort-exports``      export a de-identified selection as a
@@ -432,6 +434,7 @@ class DataService(Application):
                 (p + "api/audit", AuditHandler),
                 (p + r"api/projects/([^/]+)/pulls", PullHandler),
                 (p + r"api/pulls/([^/]+)", PullStatusHandler),
+                (p + r"api/projects/([^/]+)/pull-queries", PullQueryHandler),
                 (p + r"api/projects/([^/]+)/cohorts", CohortImportHandler),
                 (p + r"api/projects/([^/]+)/cohort-exports", CohortExportHandler),
                 (p + "api/arrivals", ArrivalsHandler),
@@ -464,6 +467,18 @@ class DataService(Application):
                     workers=request.workers, staging=self.pulls.staging,
                     catalog_url=self.catalog_url or None, max_studies=request.max_studies,
                     ingest_workers=1, progress=False, on_progress=progress)  # fmt: skip
+
+    def find_studies(self, request: PullRequest) -> dict[str, Any]:
+        """The studies and instances a pull would bring (QIDO-RS), as the service sees them."""
+        from voxelhub.dicomweb import Credentials
+        from voxelhub.dicomweb.query import find_studies, plan_pull
+        from voxelhub.dicomweb.server import Server
+
+        known = load_credentials(self.dicomweb_credentials_file)
+        server = Server(request.url, known.get(server_key(request.url)) or Credentials())
+        studies = find_studies(server, request.query)
+        plan = plan_pull(server, request.query, max_studies=request.max_studies)
+        return {"studies": [asdict(s) for s in studies], "instances": len(plan.instances)}
 
     def withheld(self, project: str, request: PullRequest) -> bool:
         """Whether the audit trail must not name the pull's query or studies (the project is
@@ -1285,6 +1300,49 @@ class PullHandler(BaseHandler):
 
         service.pull_pool.submit(work)
         self.write_json(job.to_json(), status=202)
+
+
+class PullQueryHandler(BaseHandler):
+    """What a pull would bring, asked of an allowed server by the service (curators: the
+    answer names patients); the same body as a pull's."""
+
+    async def post(self, raw: str) -> None:
+        from voxelhub.dicomweb import PullError
+
+        action = "dicom.query"
+        try:
+            project = paths.project_name(unquote(raw))
+        except paths.BadPath as exc:
+            self.deny(action, str(exc), status=400)
+        self.require(project, Role.CURATOR, action)
+        service = self.service
+        try:
+            request = parse_request(self.request.body, service.dicomweb_servers,
+                                    service.pull_max_workers)  # fmt: skip
+        except ServerNotAllowed as exc:
+            self.deny(action, str(exc), status=403, project=project,
+                      detail={"kind": type(exc).__name__})  # fmt: skip
+        except PullRefused as exc:
+            self.deny(action, str(exc), status=400, project=project,
+                      detail={"kind": type(exc).__name__})  # fmt: skip
+        withheld = await self.run(service.withheld, project, request)
+        detail: dict[str, Any] = {"server": request.url}
+        if not withheld:
+            detail["query"] = request.describe()
+        try:
+            found = await self.run(service.find_studies, request)
+        except PullError as exc:
+            kind = type(exc).__name__
+            reason = kind if withheld else str(exc)[:500]
+            try:  # audited as every denial; the answer also names the kind for the client
+                self.deny(action, reason, status=400, project=project,
+                          detail={**detail, "kind": kind})  # fmt: skip
+            except web.HTTPError:
+                self.write_json({"status": 400, "message": str(exc)[:2000], "kind": kind}, 400)
+                return
+        self.allow(action, project=project, count=found["instances"],
+                   detail={**detail, "studies": len(found["studies"])})  # fmt: skip
+        self.write_json(found)
 
 
 class PullStatusHandler(BaseHandler):

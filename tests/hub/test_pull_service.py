@@ -471,3 +471,41 @@ def test_the_allow_list_matches_whole_roots_only() -> None:
     for url in ("https://pacs.example.org/dicom-web?x=1", "https://pacs.example.org/dicom-web#@x"):
         with pytest.raises(BadPullRequest, match="no query"):
             ask(url)
+
+
+def test_queries_and_the_panel_go_through_the_service(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``voxelhub pull --list`` and the panel's Find ask the service (the kernel may not reach
+    the archive); curators only; the panel pulls through it with its progress bar."""
+    from voxelhub.dicomweb import EmptyQuery, StudyQuery, pull_panel
+    from voxelhub.dicomweb.service_pull import find
+    from voxelhub.errors import AccessDenied
+
+    study = str(header(dicom_files(SERIES)[0]).StudyInstanceUID)
+    listed = _cli_pull(site, CAROL, "--project", LUNG, "--patient-id", PATIENT, "--list")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert study in listed.stdout and "1 study(ies)" in listed.stdout
+    refused = _cli_pull(site, ALICE, "--project", LUNG, "--patient-id", PATIENT, "--list")
+    assert refused.returncode == 2 and "dicom.query needs curator" in refused.stderr
+    with pytest.raises(EmptyQuery):
+        find(site.archive.url, site.location(CAROL), StudyQuery(patient_id="NOBODY-HERE"),
+             project=LUNG)  # fmt: skip
+    with pytest.raises(AccessDenied, match="not one of the DICOMweb servers"):
+        find(site.stack.url + "/hub/api", site.location(CAROL), StudyQuery(patient_id="x"),
+             project=LUNG)  # fmt: skip
+    asked = site.audit(user=CAROL, action="dicom.query")
+    assert [r["decision"] for r in asked] == ["allow", "deny", "deny"]
+    assert asked[0]["count"] == 130 and asked[1]["detail"]["kind"] == "EmptyQuery"
+    assert site.audit(user=ALICE, action="dicom.query")[-1]["decision"] == "deny"
+    # the panel, as a notebook on the hub uses it: the store is the service's URL
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", site.tokens[CAROL])
+    panel = pull_panel(site.stack.data_url, project=LUNG, url=site.archive.url)
+    panel.patient_id.value = PATIENT
+    panel.find_button.click()
+    assert "1 study(ies), 130 instance(s)" in panel.status.value, panel.status.value
+    panel.pull_button.click()
+    panel.thread.join(300)  # type: ignore[union-attr]
+    assert panel.report is not None and panel.report.exit_code == 0, panel.error
+    assert panel.progress.value == panel.progress.max == 130
+    assert panel.report.ingest is not None and panel.report.ingest.unchanged

@@ -47,11 +47,12 @@ def _pull(args: argparse.Namespace) -> int:
         study_uid=args.study_uid,
         extra=extra,
     )
-    if args.list:
-        from voxelhub.dicomweb.query import find_studies
-        from voxelhub.dicomweb.server import Server
+    if args.list:  # on the hub (--store is the data service) the service asks the server
+        from voxelhub.dicomweb.service_pull import find
 
-        studies = find_studies(Server(args.url, Credentials.resolve(user=args.user)), query)
+        credentials = Credentials.resolve(user=args.user)
+        studies, _ = find(args.url, args.store, query, project=args.project,
+                          credentials=credentials, max_studies=args.max_studies)  # fmt: skip
         for study in studies:
             print(study.line())
         print(f"{len(studies)} study(ies); pull one with --study-uid UID")

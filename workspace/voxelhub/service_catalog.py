@@ -362,6 +362,22 @@ class ServiceCatalog:
         body = json.dumps(dict(request)).encode()
         return dict(self._send(f"projects/{quote(project, safe='')}/pulls", "POST", body))
 
+    def pull_query(self, project: str, request: Mapping[str, Any]) -> dict[str, Any]:
+        """The studies (and instance count) a pull's query selects, asked by the service of
+        an allowed server (curators); a failure is raised as its ``voxelhub.dicomweb`` error."""
+        path = f"projects/{quote(project, safe='')}/pull-queries"
+        body = json.dumps(dict(request)).encode()
+        status, data, _ = self.location.request(path, method="POST", data=body, timeout=600)
+        if status == 400:
+            from voxelhub.dicomweb import errors
+
+            kind = getattr(errors, str(_json_field(data, "kind")), None)
+            if isinstance(kind, type) and issubclass(kind, errors.PullError):
+                raise kind(service_message(data, status))
+        if status >= 400:
+            raise _error(status, data, self.url)
+        return dict(json.loads(data))
+
     def pull_status(self, pull_id: str) -> dict[str, Any]:
         """A pull's state, progress and report (its requester, curators of its project)."""
         return dict(self._send("pulls/" + quote(pull_id, safe=""), "GET"))

@@ -22,8 +22,9 @@ import ipywidgets as w
 
 from voxelhub.dicomweb.errors import PullError
 from voxelhub.dicomweb.pull import PullReport, pull
-from voxelhub.dicomweb.query import PullPlan, StudyQuery, find_studies, plan_pull
-from voxelhub.dicomweb.server import Credentials, Server
+from voxelhub.dicomweb.query import StudyQuery, StudySummary
+from voxelhub.dicomweb.server import Credentials
+from voxelhub.dicomweb.service_pull import find
 from voxelhub.errors import VoxelHubError
 
 
@@ -94,23 +95,21 @@ class PullPanel(w.VBox):
         body = html.escape(text).replace("\n", "<br>")
         self.status.value = f"<div style='color:{color};font-family:monospace'>{body}</div>"
 
-    def find(self) -> PullPlan | None:
-        """The QIDO-RS query alone: how many studies and instances a pull would bring."""
+    def find(self) -> list[StudySummary] | None:
+        """The QIDO-RS query alone: which studies and how many instances a pull would bring
+        (asked by the data service when the store is its URL)."""
         try:
-            server = Server(self.url.value.strip(), self.credentials())
-            studies = find_studies(server, self.query())
-            plan = plan_pull(server, self.query())
+            studies, instances = find(self.url.value.strip(), self.store, self.query(),
+                                      project=self.project.value.strip() or "default",
+                                      credentials=self.credentials(),
+                                      count_instances=True)  # fmt: skip
         except VoxelHubError as exc:
             self.error = f"{type(exc).__name__}: {exc}"
             self._say(self.error, error=True)
             return None
         lines = [study.line() for study in studies]
-        self._say(
-            "\n".join(
-                [*lines, f"{len(plan.studies)} study(ies), {len(plan.instances)} instance(s)"]
-            )
-        )
-        return plan
+        self._say("\n".join([*lines, f"{len(studies)} study(ies), {instances} instance(s)"]))
+        return studies
 
     def start(self) -> threading.Thread:
         """Pull in a background thread; the buttons are off until it ends."""

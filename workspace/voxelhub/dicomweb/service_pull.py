@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from voxelhub.dicomweb import errors
 from voxelhub.dicomweb.errors import PullError
 from voxelhub.dicomweb.pull import PullReport
-from voxelhub.dicomweb.query import StudyQuery
+from voxelhub.dicomweb.query import StudyQuery, StudySummary
 from voxelhub.dicomweb.server import Credentials, redact
 
 if TYPE_CHECKING:
@@ -69,6 +69,15 @@ def _raise(state: dict[str, Any]) -> None:
     raise cls(f"the data service's pull {state['id']}: {state.get('message', '')}")
 
 
+def _refuse_credentials(credentials: Credentials | None) -> None:
+    """A caller's credentials never travel to the service (it uses the site's)."""
+    if credentials is not None and (credentials.user or credentials.password or credentials.token):
+        raise PullError(
+            "on the hub the data service pulls with the credentials the site configured for "
+            "each allowed server: give none (unset $VOXELHUB_DICOMWEB_USER/_PASSWORD/_TOKEN)"
+        )
+
+
 def pull_through_service(
     catalog: ServiceCatalog,
     url: str,
@@ -83,11 +92,7 @@ def pull_through_service(
     progress: bool,
 ) -> PullReport:
     """Ask the service to pull, follow it to the end; its report, or its error raised here."""
-    if credentials is not None and (credentials.user or credentials.password or credentials.token):
-        raise PullError(
-            "on the hub the data service pulls with the credentials the site configured for "
-            "each allowed server: give none (unset $VOXELHUB_DICOMWEB_USER/_PASSWORD/_TOKEN)"
-        )
+    _refuse_credentials(credentials)
     from tqdm.auto import tqdm
 
     body = request_body(url, query, workers, max_studies, deidentify)
@@ -110,3 +115,35 @@ def pull_through_service(
     if state.get("report") is None:
         _raise(state)
     return report_from_json(state["report"])
+
+
+def find(
+    url: str,
+    store: object,
+    query: StudyQuery,
+    *,
+    project: str,
+    credentials: Credentials | None = None,
+    max_studies: int = 50,
+    count_instances: bool = False,
+) -> tuple[list[StudySummary], int | None]:
+    """The studies ``query`` selects and, with ``count_instances``, how many instances a pull
+    would bring: asked of the server here, or by the data service when ``store`` is its URL
+    (on the hub the kernel may not reach the archive; curators only)."""
+    from voxelhub.dicomweb.pull import _service_catalog
+    from voxelhub.dicomweb.query import find_studies, plan_pull
+    from voxelhub.dicomweb.server import Server
+
+    service = _service_catalog(store)
+    if service is None:
+        server = Server(url, credentials)
+        studies = find_studies(server, query)
+        if not count_instances:
+            return studies, None
+        return studies, len(plan_pull(server, query, max_studies=max_studies).instances)
+    _refuse_credentials(credentials)
+    found = service.pull_query(project, request_body(url, query, 1, max_studies, None))
+    studies = [
+        StudySummary(**{**s, "modalities": tuple(s["modalities"])}) for s in found["studies"]
+    ]
+    return studies, int(found["instances"])
