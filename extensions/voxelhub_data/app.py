@@ -1545,6 +1545,7 @@ class UploadHandler(BaseHandler):
             self.service.uploads.discard(upload)
             self.deny(action, str(exc), status=400, project=upload.project, nbytes=upload.nbytes,
                       detail={"kind": type(exc).__name__})  # fmt: skip
+        upload.names_withheld = await self.run(_deidentifies, self.service.catalog, upload.project)
         self.service.uploads.register(upload)
         self.allow(
             action, project=upload.project, nbytes=upload.nbytes, detail={"upload": upload.id}
@@ -1575,6 +1576,14 @@ class UploadHandler(BaseHandler):
         if self.upload is not None and self.service.uploads.get(self.upload.id) is None:
             self.file.close()
             self.service.uploads.discard(self.upload)
+
+
+def _deidentifies(catalog: CatalogView, project: str) -> bool:
+    """Whether ``project`` is de-identified (a project not yet in the catalog is not)."""
+    try:
+        return catalog.project_settings(project).deidentify
+    except NotInCatalog:
+        return False
 
 
 class StowHandler(BaseHandler):

@@ -93,6 +93,9 @@ class Upload:
     unchanged: list[str] = field(default_factory=list)
     rejected: list[dict[str, str]] = field(default_factory=list)
     message: str = ""
+    names_withheld: bool = False
+    """True in a de-identified project: rejected files are named by position in the zip, not
+    by their names there (which can carry a patient's name or ID)."""
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -242,6 +245,8 @@ class Uploads:
             os.unlink(zip_path)
         else:
             files = write_parts(parts, files_dir)
+        if upload.names_withheld:
+            files = [(f"file {n + 1} of the zip", path) for n, (_, path) in enumerate(files)]
         upload.files = len(files)
         good = 0
         for name, path in files:

@@ -49,7 +49,7 @@ pytestmark = [
 SERIES = Path("/work/shared/data/dicom/ct_ge_hispeed_gantry_tilt")
 S = secrets.token_hex(3)
 ADMIN, CUR, ANA, VIEW, OTHER = (f"vu{k}{S}" for k in ("adm", "cur", "ana", "view", "oth"))
-A, B = f"upa{S}", f"upb{S}"
+A, B, C = f"upa{S}", f"upb{S}", f"upc{S}"  # C: de-identified
 SERVICE_ACCOUNT = f"vhupl{S}"
 CAP = 64 << 20  # the service's cap on unpacked bytes in this test
 GROUPS = {
@@ -58,6 +58,8 @@ GROUPS = {
     f"{A}:analyst": [ANA],
     B: [OTHER],
     f"{B}:curator": [OTHER],
+    C: [CUR],
+    f"{C}:curator": [CUR],
 }
 
 
@@ -206,6 +208,33 @@ def test_a_curators_zip_ends_as_the_volume_a_folder_ingest_makes(
     with pytest.raises(NotFound):
         site.catalog(OTHER).upload_status("no-such-upload")
     assert any(r["decision"] == "deny" for r in site.audit(user=OTHER, action="upload.read"))
+
+
+def test_a_deidentified_projects_upload_names_nothing_of_the_patient(site: Site) -> None:
+    """Into a de-identified project: the catalog holds pseudonyms, the report names rejected
+    files by position (their names in the zip carry the patient ID), and so does the trail."""
+    import json
+
+    import pydicom
+
+    from voxelhub.uploads import UploadState
+
+    first = sorted(SERIES.glob("*.dcm"))[0]
+    header = pydicom.dcmread(first, stop_before_pixels=True)
+    patient, study = str(header.PatientID), str(header.StudyInstanceUID)
+    curator = site.catalog(CUR)
+    assert curator.set_project_settings(C, deidentify=True).deidentify
+    files = {f"{patient}/{name.split('/')[-1]}": data for name, data in _series_files().items()}
+    files[f"{patient}/notes.txt"] = f"patient {patient}".encode()
+    report = curator.upload(_zip(files), project=C)
+    assert report.state is UploadState.DONE and len(report.volumes) == 1, report.summary()
+    assert [r["file"] for r in report.rejected] == [f"file {len(files)} of the zip"]
+    assert patient not in json.dumps(report.rejected)
+    frame = curator.series(project=C)
+    assert patient not in set(frame.patient_id) and study not in set(frame.study_uid)
+    trail = json.dumps(site.audit(user=CUR, project=C))
+    assert "upload.ingest" in trail and patient not in trail and study not in trail
+    assert list(site.uploads_dir.iterdir()) == []
 
 
 def test_a_folder_is_zipped_on_the_fly(site: Site, tmp_path: Path) -> None:
