@@ -202,9 +202,14 @@ class ServicePull:
 
 
 def report_json(report: PullReport) -> dict[str, Any]:
+    """The report for the caller: the service's private staging folder (in the ingest's paths
+    and rejected files' sources) is named ``pull-staging``, never by its path."""
     out = dataclasses.asdict(report)
-    out["staging"] = ""  # the service's private folder is none of the caller's business
-    return out
+    staging, out["staging"] = report.staging, ""
+    if not staging:
+        return out
+    text = json.dumps(out, default=str)
+    return dict(json.loads(text.replace(json.dumps(staging)[1:-1], "pull-staging")))
 
 
 PullInto = Callable[[PullRequest, str, Callable[[int, int], None]], PullReport]
@@ -256,7 +261,9 @@ class Pulls:
             job.report = report_json(report)
             job.exit_code = report.exit_code
             job.done = job.total = report.instances
-            job.message = report.summary()[:4000]
+            summary = report.summary()
+            job.message = (summary.replace(report.staging, "pull-staging") if report.staging
+                           else summary)[:4000]  # fmt: skip
             return PullState.DONE if report.exit_code < 2 else PullState.FAILED
 
 

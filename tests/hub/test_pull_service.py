@@ -267,6 +267,7 @@ def test_a_pulls_status_is_for_its_requester_and_the_projects_curators(site: Sit
         assert time.monotonic() < deadline, state
         time.sleep(0.5)
     assert state["state"] == "done" and state["user"] == CAROL, state
+    assert str(site.state) not in json.dumps(state)  # the service's folders stay its own
     # the same pull again: resumable and idempotent, nothing catalogued twice
     assert state["report"]["ingest"]["unchanged"] and not state["report"]["ingest"]["written"]
     r = site.api("GET", f"pulls/{pull_id}", ADMIN)
