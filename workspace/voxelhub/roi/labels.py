@@ -87,6 +87,20 @@ def _as_dask(labels: Any) -> da.Array:
     return da.from_array(np.asarray(labels), chunks=-1)
 
 
+def _refuse_4d(volume: StoredVolume, name: str) -> None:
+    """Label images are stored on 3-D volumes only, for now: say so before anything is written.
+
+    A 4-D volume (fMRI, diffusion) would need a spatial label image beside a ``(t, z, y, x)``
+    image, which the readers and OME-Zarr's label rules here do not cover yet."""
+    if volume.timepoints and len(volume.timepoints) > 1:
+        raise GeometryError(
+            f"label image {name!r}: volume {volume.volume_uid} is 4-D "
+            f"({len(volume.timepoints)} time points); label images are stored on 3-D volumes "
+            "only. Export the volume (voxelhub.store.export) and use the mask with it, or "
+            "segment a 3-D series of the same study (same frame of reference)"
+        )
+
+
 def _check_geometry(labels: Any, volume: StoredVolume, name: str) -> None:
     """Refuse a label image whose shape (or, when it carries one, affine) is not the volume's."""
     shape = tuple(int(s) for s in np.shape(labels))
@@ -201,6 +215,7 @@ def write_labels(
     if not _NAME.match(name):
         raise ValueError(f"invalid label name {name!r}: use letters, digits, '_', '.', '-'")
     stored = catalog.stored_volume(row_or_uid)
+    _refuse_4d(stored, name)
     _check_geometry(labels, stored, name)
     data = _as_dask(labels)
     is_mask = data.dtype == bool
