@@ -310,6 +310,9 @@ if DATA_SERVICE:
 
         hand_over_key_file(KEY_FILE, STORE, DATA_USER)
     AUDIT_LOG = str(prepare_audit(AUDIT_DIR, DATA_USER))
+    # one folder of per-project de-identification secrets for every ingest the stack runs (the
+    # service's uploads and pulls, the DICOM edge's arrivals): one patient, one pseudonym
+    DEID_SECRETS = os.path.join(AUDIT_DIR, "secrets")
     AUDIT_CHECKPOINTS = os.path.join(STATE, "audit-checkpoints.jsonl")  # root's, 0600
 
     def _hand_over_then(hook):  # volumes ingested by root since: the service's
@@ -448,6 +451,7 @@ if DATA_SERVICE:
                 "VOXELHUB_DATA_STORE": STORE,
                 **DATA_STORE_ENV,
                 "VOXELHUB_AUDIT_LOG": AUDIT_LOG,
+                "VOXELHUB_SECRETS_DIR": DEID_SECRETS,
                 **({"VOXELHUB_KEY_FILE": KEY_FILE} if KEY_FILE else {}),
                 # caps on curators' uploads (DataService.upload_max_*; issue 11)
                 **{k: v for k, v in os.environ.items() if k.startswith("VOXELHUB_DATA_UPLOAD")},
@@ -505,6 +509,7 @@ if DATA_SERVICE and DICOM_EDGE:
                 "VOXELHUB_DATA_STORE": STORE,
                 "VOXELHUB_DATA_USER": DATA_USER,
                 "VOXELHUB_AUDIT_LOG": AUDIT_LOG,
+                "VOXELHUB_SECRETS_DIR": DEID_SECRETS,
                 "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
             },
             "display": False,

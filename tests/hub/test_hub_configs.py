@@ -257,3 +257,17 @@ def test_a_backup_repository_starts_the_scheduled_backup_as_a_hub_service(
     assert app.store == str(hub_env / "store") and app.hub_state == str(hub_env / "state")
     assert app.interval == 3600 and app.catalog_url.startswith("postgresql")
     assert app.audit_log.endswith("audit.log")
+
+
+def test_every_ingest_of_the_stack_shares_one_set_of_deidentification_secrets(
+    hub_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The data service (uploads, pulls) and the DICOM edge (arrivals) de-identify with the same
+    per-project secrets, so a patient who arrives both ways gets one pseudonym."""
+    monkeypatch.setenv("VOXELHUB_DICOM_EDGE", str(hub_env / "edge.json"))
+    c = load("jupyterhub_config.py")
+    services = {s["name"]: s for s in c.JupyterHub.services}
+    data = services["voxelhub-data"]["environment"]["VOXELHUB_SECRETS_DIR"]
+    edge = services["voxelhub-dicom"]["environment"]["VOXELHUB_SECRETS_DIR"]
+    assert data == edge == str(hub_env / "state" / "audit" / "secrets")
+    assert "VOXELHUB_SECRETS_DIR" not in c.Spawner.environment  # users' servers never see it
