@@ -69,7 +69,7 @@ import time
 from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import quote, unquote
 
 from jupyterhub.services.auth import (
@@ -597,7 +597,7 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc]
             **{"source": self.request.remote_ip or "", **fields},
         )
 
-    def deny(self, action: str, reason: str, *, status: int = 403, **fields: Any) -> None:
+    def deny(self, action: str, reason: str, *, status: int = 403, **fields: Any) -> NoReturn:
         detail = {"path": self.request.path[:300], "method": self.request.method}
         self.service.audit.decision(
             user=self.caller.name,
@@ -633,6 +633,30 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc]
             self.deny(action, reason, project=project, **fields)
 
     # -- output -------------------------------------------------------------------------------
+    def curated_project(self, raw: str, action: str) -> str:
+        """The project named in the URL, of which the caller must be a curator (else 400 or
+        403, audited)."""
+        try:
+            project = paths.project_name(unquote(raw))
+        except paths.BadPath as exc:
+            self.deny(action, str(exc), status=400)
+        self.require(project, Role.CURATOR, action)
+        return project
+
+    def pull_request(self, project: str, action: str) -> Any:
+        """The pull (or query) in the body, for an allowed DICOMweb server (else 403 or 400,
+        audited with the kind of refusal)."""
+        service = self.service
+        try:
+            return parse_request(self.request.body, service.dicomweb_servers,
+                                 service.pull_max_workers)  # fmt: skip
+        except ServerNotAllowed as exc:
+            self.deny(action, str(exc), status=403, project=project,
+                      detail={"kind": type(exc).__name__})  # fmt: skip
+        except PullRefused as exc:
+            self.deny(action, str(exc), status=400, project=project,
+                      detail={"kind": type(exc).__name__})  # fmt: skip
+
     def write_json(self, payload: Any, status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
@@ -1260,21 +1284,9 @@ class PullHandler(BaseHandler):
 
     async def post(self, raw: str) -> None:
         action = "dicom.pull"
-        try:
-            project = paths.project_name(unquote(raw))
-        except paths.BadPath as exc:
-            self.deny(action, str(exc), status=400)
-        self.require(project, Role.CURATOR, action)
+        project = self.curated_project(raw, action)
         service = self.service
-        try:
-            request = parse_request(self.request.body, service.dicomweb_servers,
-                                    service.pull_max_workers)  # fmt: skip
-        except ServerNotAllowed as exc:
-            self.deny(action, str(exc), status=403, project=project,
-                      detail={"kind": type(exc).__name__})  # fmt: skip
-        except PullRefused as exc:
-            self.deny(action, str(exc), status=400, project=project,
-                      detail={"kind": type(exc).__name__})  # fmt: skip
+        request = self.pull_request(project, action)
         withheld = await self.run(service.withheld, project, request)
         job = service.pulls.new(project, self.caller.name, request)
         self.allow(action, project=project, detail=audit_detail(job, withheld))
@@ -1310,21 +1322,9 @@ class PullQueryHandler(BaseHandler):
         from voxelhub.dicomweb import PullError
 
         action = "dicom.query"
-        try:
-            project = paths.project_name(unquote(raw))
-        except paths.BadPath as exc:
-            self.deny(action, str(exc), status=400)
-        self.require(project, Role.CURATOR, action)
+        project = self.curated_project(raw, action)
         service = self.service
-        try:
-            request = parse_request(self.request.body, service.dicomweb_servers,
-                                    service.pull_max_workers)  # fmt: skip
-        except ServerNotAllowed as exc:
-            self.deny(action, str(exc), status=403, project=project,
-                      detail={"kind": type(exc).__name__})  # fmt: skip
-        except PullRefused as exc:
-            self.deny(action, str(exc), status=400, project=project,
-                      detail={"kind": type(exc).__name__})  # fmt: skip
+        request = self.pull_request(project, action)
         withheld = await self.run(service.withheld, project, request)
         detail: dict[str, Any] = {"server": request.url}
         if not withheld:
@@ -1436,11 +1436,7 @@ class CohortExportHandler(BaseHandler):
         from voxelhub.errors import NotFound
 
         action = "cohort.export"
-        try:
-            project = paths.project_name(unquote(raw))
-        except paths.BadPath as exc:
-            self.deny(action, str(exc), status=400)
-        self.require(project, Role.CURATOR, action)
+        project = self.curated_project(raw, action)
         service = self.service
         try:
             request = parse_export(self.request.body)
