@@ -24,7 +24,6 @@ import json
 import os
 import secrets
 import stat
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -211,14 +210,19 @@ class KeyRing:
     def lock(self, name: str, *, wait: bool) -> Iterator[None]:
         """An exclusive lock ``name`` of this ring; :class:`BlockingIOError` if ``wait`` is
         false and another process holds it.  A local ring locks a file in its folder; a ring
-        in a bucket (which has no locks) a file in this machine's temporary folder, so only
-        processes of one machine are serialised there."""
+        in a bucket (which has no locks) a file in the caller's private secrets folder
+        (:func:`voxelhub.config.secrets_dir`), so only one account's processes on one machine
+        are serialised there (on the hub: the data service's)."""
         if self.files is None:
             self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             path = self.folder / name
         else:
+            from voxelhub.config import secrets_dir
+
             tag = hashlib.sha256(str(self.folder).encode()).hexdigest()[:16]
-            path = Path(tempfile.gettempdir()) / f"voxelhub-keys-{tag}{name}"
+            locks = secrets_dir() / "locks"
+            locks.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path = locks / f"keys-{tag}{name}"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
