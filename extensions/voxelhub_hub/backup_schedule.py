@@ -215,7 +215,10 @@ def _history(status: Path) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = BackupSchedule()
-    app.initialize(argv)
+    try:
+        app.initialize(argv)
+    except VoxelHubError as exc:
+        raise SystemExit(str(exc)) from None  # a setting is missing: one line, no traceback
     app.start()
 
 

@@ -81,9 +81,8 @@ class Retention:
     monthly: int = 12
 
     def restic_args(self) -> list[str]:
-        rules = {"last": self.last, "daily": self.daily, "weekly": self.weekly}
-        rules["monthly"] = self.monthly
-        args = [f"--keep-{name}={n}" for name, n in rules.items() if n > 0]
+        rules = (("last", self.last), ("daily", self.daily), ("weekly", self.weekly))
+        args = [f"--keep-{name}={n}" for name, n in (*rules, ("monthly", self.monthly)) if n > 0]
         if not args:
             raise BackupError("a retention policy must keep something")
         return args
@@ -289,7 +288,7 @@ def _pg(tool: str, url: str, *args: str) -> None:
 
     parsed = make_url(url)
     if not parsed.drivername.startswith("postgresql"):
-        raise BackupError(f"{url!r} is not a PostgreSQL URL")
+        raise BackupError(f"{parsed.render_as_string(hide_password=True)} is not a PostgreSQL URL")
     if shutil.which(tool) is None:
         raise BackupError(f"{tool} is not installed (Debian: apt-get install postgresql-client)")
     env = dict(os.environ)
