@@ -90,3 +90,12 @@ def postgres_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL database for one test."""
     with postgres_database() as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3 API (moto's server) on loopback for one test module."""
+    from tests.processes import moto_s3
+
+    with moto_s3() as url:
+        yield url

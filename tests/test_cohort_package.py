@@ -10,13 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +20,6 @@ import numpy as np
 import pytest
 
 import voxelhub
-from tests.processes import free_port, stop
 from voxelhub.catalog import Catalog
 from voxelhub.cohort import (
     IdentifiableData,
@@ -189,28 +184,6 @@ def test_the_command_line(source: Path, tmp_path: Path) -> None:
     (package / MANIFEST).unlink()
     gone = cli("import", str(package), "--store", str(target), "--project", "shared")
     assert gone.returncode == 2 and "not a VoxelHub cohort package" in gone.stderr
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    """A real S3 API (moto's server) on loopback, in its own process, stopped by PID."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(url, timeout=0.5)
-                break
-            except OSError:
-                time.sleep(0.1)
-        yield url
-    finally:
-        stop(proc, signal.SIGTERM)
 
 
 def test_a_package_on_object_storage(

@@ -31,7 +31,7 @@ import pytest
 import requests
 
 from tests.dicom_factory import write_series
-from tests.processes import free_port, stop
+from tests.processes import moto_s3
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "extensions"))
@@ -154,18 +154,8 @@ def _wait_for(url: str, proc: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture
 def moto() -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
-        _wait_for(endpoint, proc)
+    with moto_s3() as endpoint:
         yield endpoint
-    finally:
-        stop(proc)
 
 
 @pytest.mark.slow

@@ -45,6 +45,10 @@ from voxelhub_hub.system_users import (  # noqa: E402
     unreachable_folder,
 )
 
+import voxelhub  # noqa: E402
+from tests.dicom_factory import write_series  # noqa: E402
+from voxelhub.backup import Repository  # noqa: E402
+
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.timeout(900),
@@ -63,8 +67,8 @@ USER_PYTHON = str(Path(sys.executable).parent.resolve() / "python")
 
 
 class Site:
-    def __init__(self, stack: HubStack, state: Path) -> None:
-        self.stack, self.state = stack, state
+    def __init__(self, stack: HubStack, state: Path, store: Path | None = None) -> None:
+        self.stack, self.state, self.store = stack, state, store
         self.admin: HubBrowser | None = None
         self.tokens: dict[str, str] = {}
 
@@ -152,9 +156,21 @@ def site(request: pytest.FixtureRequest) -> Iterator[Site]:
         outer, checkout = private_checkout()
         config = checkout / "hub_config" / "jupyterhub_config.py"
     state = Path(tempfile.mkdtemp(prefix="vhsecstate-"))
+    # the data service (a store of the victim's project) and the stack's scheduled backups run
+    # too, so their files and endpoints are attacked in both checkouts
+    data = Path(tempfile.mkdtemp(prefix="vhsecdata-"))
+    os.chmod(data, 0o711)  # the service's account passes through to its store
+    store = data / "store"
+    write_series(data / "dicom", slices=4, rows=16, columns=16, seed=4, patient_id=SECRET)
+    assert not voxelhub.ingest(data / "dicom", store, project=PROJECT_A, progress=False).failed
+    shutil.rmtree(data / "dicom")
+    backups = Path(tempfile.mkdtemp(prefix="vhsecbackup-"))  # root's, 0700
+    (backups / "password").write_text(secrets.token_urlsafe(24) + "\n")
+    Repository(str(backups / "repo"), backups / "password").init()
     limits = {PROJECT_B: {"mem_limit": ATTACKER_MEMORY, "max_processes": ATTACKER_PIDS}}
     stack = HubStack(
         state,
+        store=store,
         admins=[ADMIN],
         projects={PROJECT_A: [VICTIM], PROJECT_B: [ATTACKER]},
         spawner="system",
@@ -162,12 +178,14 @@ def site(request: pytest.FixtureRequest) -> Iterator[Site]:
         extra_env={
             "VOXELHUB_DATA_USER": SERVICE_ACCOUNT,
             "VOXELHUB_HUB_GROUP_LIMITS": json.dumps(limits),
+            "VOXELHUB_BACKUP_REPO": str(backups / "repo"),
+            "VOXELHUB_BACKUP_PASSWORD_FILE": str(backups / "password"),
         },
         config=config,
     )
     try:
         stack.start(timeout=180)
-        site = Site(stack, state)
+        site = Site(stack, state, store)
         admin = HubBrowser(stack.url, stack.verify)
         password = secrets.token_urlsafe(18)
         admin.signup(ADMIN, password)
@@ -192,6 +210,8 @@ def site(request: pytest.FixtureRequest) -> Iterator[Site]:
         for project in (PROJECT_A, PROJECT_B):
             remove_group(project)
         shutil.rmtree(state, ignore_errors=True)
+        shutil.rmtree(data, ignore_errors=True)
+        shutil.rmtree(backups, ignore_errors=True)
         if outer is not None:
             shutil.rmtree(outer, ignore_errors=True)
     assert not survivors, f"processes outlived the hub: {survivors}"
@@ -298,6 +318,11 @@ def test_the_hubs_files_are_private_from_the_start(site: Site) -> None:
     assert own_log.stat().st_mode & 0o077 == 0
     assert own_log.stat().st_uid == pwd.getpwnam(VICTIM).pw_uid
 
+    deadline = time.monotonic() + 120  # the stack's first scheduled backup runs at start
+    while not (site.state / "backup-status.json").exists():
+        assert time.monotonic() < deadline, site.stack.tail()
+        time.sleep(0.5)
+
     exposed = []
     # published for every user on purpose: a private checkout's code, and the sample notebooks
     runtime, examples = site.state / "runtime", site.state / "examples"
@@ -334,6 +359,12 @@ def test_the_hubs_files_are_private_from_the_start(site: Site) -> None:
         str(site.state / "jupyterhub.sqlite"),
         str(site.state / "jupyterhub_cookie_secret"),
         str(site.state / "sessions"),
+        str(site.state / "backup-status.json"),
+        str(site.state / "audit"),
+        str(site.state / "audit" / "audit.log"),
+        str(site.state / "audit" / "secrets"),
+        str(site.store),
+        str(site.store / "catalog.sqlite"),
         str(own_log),
         pwd.getpwnam(VICTIM).pw_dir,
     ]
@@ -351,6 +382,39 @@ def test_the_hubs_files_are_private_from_the_start(site: Site) -> None:
     )
     result = as_user(ATTACKER, code)
     assert set(result.values()) == {"denied"}, result
+
+
+def test_the_data_services_curator_doors_refuse_others(site: Site) -> None:
+    """Uploads, STOW-RS, pulls, cohorts, deletes, settings, arrivals and the audit trail (with the
+    stack's backup outcomes) of the victim's project: the attacker, and the victim who is only a
+    viewer there, are refused; an admin reads the backup outcome."""
+    data = "/services/voxelhub-data/api/"
+    admin = site.tokens[ADMIN]
+    uid = site.get(data + "series", admin).json()["rows"][0]["volume_uid"]
+    doors = [
+        ("POST", f"projects/{PROJECT_A}/uploads", {"data": b"PK\x05\x06" + bytes(18)}),
+        ("POST", f"projects/{PROJECT_A}/studies", {"data": b"--x--"}),
+        ("POST", f"projects/{PROJECT_A}/pulls", {"json": {"url": "http://127.0.0.1:1/"}}),
+        ("POST", f"projects/{PROJECT_A}/pull-queries", {"json": {"url": "http://127.0.0.1:1/"}}),
+        ("POST", f"projects/{PROJECT_A}/cohorts", {"data": b"not a tar"}),
+        ("POST", f"projects/{PROJECT_A}/cohort-exports", {"json": {}}),
+        ("PUT", f"projects/{PROJECT_A}/settings", {"json": {"deidentify": True}}),
+        ("DELETE", f"volumes/{uid}", {}),
+        ("GET", f"arrivals?project={PROJECT_A}", {}),
+        ("GET", "audit?action=backup.run", {}),
+    ]
+    answers = {
+        (who, method, path): site.request(method, data + path, site.tokens[who], **kw).status_code
+        for who in (ATTACKER, VICTIM)
+        for method, path, kw in doors
+    }
+    assert set(answers.values()) == {403}, answers
+    assert site.get(data + f"volumes/{uid}", admin).status_code == 200  # nothing was deleted
+    deadline = time.monotonic() + 120
+    while not (records := site.get(data + "audit?action=backup.run", admin).json()["records"]):
+        assert time.monotonic() < deadline, "no backup outcome in the audit trail"
+        time.sleep(1)
+    assert records[0]["reason"] == "completed", records[0]
 
 
 # ---- 5. user names cannot capture project groups -------------------------------------------------

@@ -9,11 +9,6 @@ the bucket (``<store>/.keys/``), wrapped; the master key file stays on local dis
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +17,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.processes import free_port, stop
 from tests.store.test_encryption_at_rest import SERIES, found_in, source_secrets, voxel_runs
 from voxelhub import ingest, open_catalog, open_location
 from voxelhub.store.encryption import keys_in_use, use_keys
@@ -34,28 +28,6 @@ from voxelhub.store.reencrypt import Outcome, reencrypt_project, retire_old_keys
 def _no_keys_left() -> Iterator[None]:
     yield
     use_keys(None)
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    """moto's S3 server on loopback, in its own process, stopped by PID."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(url, timeout=0.5)
-                break
-            except OSError:
-                time.sleep(0.1)
-        yield url
-    finally:
-        stop(proc, signal.SIGTERM)
 
 
 def bucket_objects(fs: Any, bucket: str) -> dict[Path, bytes]:

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -18,7 +13,6 @@ import zarr
 
 import voxelhub
 from tests.dicom_factory import random_orientation, write_series
-from tests.processes import free_port, stop
 
 
 @pytest.fixture(scope="module")
@@ -118,28 +112,6 @@ def test_missing_store_folder_is_a_clear_error(stored, tmp_path: Path) -> None:
     loc = voxelhub.open_location(store)
     with pytest.raises(voxelhub.StoreError, match="no volume at"):
         loc.open_group("projects/default/absent.ome.zarr")
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    """A real S3 API (moto's server) on loopback, in its own process, stopped by PID."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(url, timeout=0.5)
-                break
-            except OSError:
-                time.sleep(0.1)
-        yield url
-    finally:
-        stop(proc, signal.SIGTERM)
 
 
 def test_store_on_object_storage(tmp_path: Path, s3_endpoint: str, monkeypatch) -> None:

@@ -15,7 +15,6 @@ import pytest
 
 import voxelhub
 from tests.dicom_factory import write_series
-from tests.store.test_formats import s3_endpoint  # noqa: F401 - the fixture
 
 
 def _exists(location: object, rel: str, out: mp.Queue) -> None:  # type: ignore[type-arg]
@@ -27,7 +26,7 @@ def _exists(location: object, rel: str, out: mp.Queue) -> None:  # type: ignore[
 
 def test_a_forked_child_uses_an_s3_location_made_before_the_fork(
     tmp_path: Path,
-    s3_endpoint: str,  # noqa: F811
+    s3_endpoint: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import s3fs
