@@ -25,7 +25,7 @@ from pydicom.uid import ImplicitVRLittleEndian
 import voxelhub
 from tests.dicom_factory import write_series
 from voxelhub.dicom.index import index, read_frames
-from voxelhub.dicom.pixels import decode_frame
+from voxelhub.dicom.pixels import _fast_path, decode_frame
 from voxelhub.errors import StoreError
 from voxelhub.store.location import open_location
 from voxelhub.store.writer import _HashingStore, _verify, content_checksum
@@ -119,6 +119,29 @@ def test_pixels_read_at_the_indexed_offset_equal_pydicom(tmp_path: Path, implici
         assert frame.pixel_offset is not None
         expected = pydicom.dcmread(path).pixel_array
         np.testing.assert_array_equal(decode_frame(frame), expected)
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_pixels_with_unused_high_bits_read_at_the_offset_equal_pydicom(
+    tmp_path: Path, signed: bool
+) -> None:
+    """Bits Stored 12 of 16 (most CT): garbage in the top 4 bits is cleared, or sign-extended
+    when signed, as pydicom does; read at the offset, not through a second parse."""
+    write_series(tmp_path / "in", slices=2, rows=12, columns=10, modality="CT")
+    rng = np.random.default_rng(3)
+    for path in sorted((tmp_path / "in").iterdir()):
+        ds = pydicom.dcmread(path)
+        ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 12, 11, int(signed)
+        raw = rng.integers(0, 1 << 16, size=(12, 10), dtype=np.uint16)  # high bits set too
+        ds.PixelData = raw.tobytes()
+        ds.save_as(path, enforce_file_format=True)
+        (frame,) = read_frames(str(path)).frames
+        assert frame.pixel_offset is not None and _fast_path(frame)
+        expected = pydicom.dcmread(path).pixel_array
+        got = decode_frame(frame)
+        assert got.dtype == expected.dtype
+        np.testing.assert_array_equal(got, expected)
+        assert (got < 0).any() == signed
 
 
 def test_a_stale_pixel_offset_falls_back_to_parsing_the_file(tmp_path: Path) -> None:

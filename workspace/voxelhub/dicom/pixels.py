@@ -87,7 +87,7 @@ def decode_frame(frame: Frame) -> np.ndarray:
                     f"<{'i' if frame.pixel_representation else 'u'}{frame.bits_allocated // 8}"
                 )
                 arr = np.frombuffer(raw, dtype=dtype, count=frame.rows * frame.columns)
-                return arr.reshape(frame.rows, frame.columns)
+                return _unused_bits_cleared(arr.reshape(frame.rows, frame.columns), frame)
             arr = _pixel_array(fp, index=frame.frame_index)  # type: ignore[arg-type]
     except DicomError:
         raise
@@ -160,14 +160,27 @@ def _read_at_offset(fp: Any, frame: Frame) -> np.ndarray | None:
     raw = fp.read(need)
     if len(raw) != need:
         return None
-    return np.frombuffer(raw, dtype=dtype).reshape(frame.rows, frame.columns)
+    arr = np.frombuffer(raw, dtype=dtype).reshape(frame.rows, frame.columns)
+    return _unused_bits_cleared(arr, frame)
+
+
+def _unused_bits_cleared(arr: np.ndarray, frame: Frame) -> np.ndarray:
+    """Bits above Bits Stored ignored (PS3.5 8.1.1), sign-extended when signed: what pydicom's
+    ``pixel_array`` returns for native data (``correct_unused_bits``), without its parse."""
+    shift = frame.bits_allocated - frame.bits_stored
+    if shift <= 0:
+        return arr
+    arr = arr.copy()
+    np.left_shift(arr, shift, out=arr)
+    np.right_shift(arr, shift, out=arr)
+    return arr
 
 
 def _fast_path(frame: Frame) -> bool:
     return (
         frame.transfer_syntax_uid in _NATIVE_LE
         and frame.bits_allocated in (8, 16, 32)
-        and frame.bits_stored == frame.bits_allocated
+        and 0 < frame.bits_stored <= frame.bits_allocated
         and frame.samples_per_pixel == 1
     )
 
