@@ -33,8 +33,8 @@ VENV_DIR = test -e $(VENV) || { \
 # Debian packages the tests and the demo need: PostgreSQL (catalog tests), Chromium (browser
 # tests; Playwright drives /usr/bin/chromium, never `playwright install`), Node.js + npm
 # (configurable-http-proxy), Orthanc with its DICOMweb plugin and dcmtk (the DICOM edge,
-# extensions/voxelhub_dicom; storescu in its tests), git (nbgitpuller).  One `apt-get update`,
-# and only when something is missing.
+# extensions/voxelhub_dicom; storescu in its tests), git (nbgitpuller), bubblewrap (the sandbox
+# of autograding kernels).  One `apt-get update`, and only when something is missing.
 $(APT_STAMP):
 	@$(VENV_DIR)
 	@missing=""; \
@@ -46,6 +46,7 @@ $(APT_STAMP):
 	  command -v storescu >/dev/null || missing="$$missing dcmtk"; \
 	  command -v restic >/dev/null || missing="$$missing restic"; \
 	  command -v git >/dev/null || missing="$$missing git"; \
+	  command -v bwrap >/dev/null || missing="$$missing bubblewrap"; \
 	  if [ -n "$$missing" ]; then \
 	    $(SUDO) apt-get update && \
 	    $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
