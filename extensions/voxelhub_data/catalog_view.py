@@ -125,7 +125,11 @@ class CatalogView:
         )
         with self.catalog.engine.connect() as conn:
             row = conn.execute(stmt).first()
-        return Found(*(str(v) for v in row)) if row is not None else None
+        if row is None:
+            return None
+        uid, path, project, patient, study = (str(v) for v in row)
+        # an encrypted identifiable project's patient ID is sealed: this service holds the key
+        return Found(uid, path, project, self.catalog.patient_id_of(project, patient), study)
 
     def volume(self, uid: str) -> Found | None:
         """A volume by volume UID (or its unsplit SeriesInstanceUID)."""

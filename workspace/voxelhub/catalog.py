@@ -38,6 +38,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    and_,
     cast,
     create_engine,
     event,
@@ -63,6 +64,7 @@ from voxelhub.store.location import Location
 if TYPE_CHECKING:
     import pandas as pd
 
+    from voxelhub.catalog_sealing import ColumnSealer
     from voxelhub.store.stored import StoredVolume
 
 CATALOG_FILE = "catalog.sqlite"
@@ -101,13 +103,17 @@ class Patient(Base):
     __table_args__ = (
         UniqueConstraint("project_id", "patient_key"),
         Index("ix_patients_patient_key", "patient_key"),
+        Index("ux_patients_key_index", "project_id", "patient_key_index", unique=True),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"))
-    patient_key: Mapped[str] = mapped_column(String(128))
-    patient_name: Mapped[str] = mapped_column(String(256), default="")
+    # Text: an encrypted identifiable project keeps these sealed (voxelhub.catalog_sealing)
+    patient_key: Mapped[str] = mapped_column(Text)
+    patient_name: Mapped[str] = mapped_column(Text, default="")
     sex: Mapped[str] = mapped_column(String(16), default="")
-    birth_date: Mapped[str] = mapped_column(String(16), default="")
+    birth_date: Mapped[str] = mapped_column(Text, default="")
+    # blind index of a sealed patient_key (HMAC), for finding the patient again; else NULL
+    patient_key_index: Mapped[str | None] = mapped_column(String(96), nullable=True)
     project: Mapped[Project] = relationship(back_populates="patients")
     studies: Mapped[list[Study]] = relationship(back_populates="patient")
 
@@ -127,7 +133,7 @@ class Study(Base):
     study_uid: Mapped[str] = mapped_column(String(64), index=True)
     study_date: Mapped[str] = mapped_column(String(16), default="")
     description: Mapped[str] = mapped_column(Text, default="")
-    accession_number: Mapped[str] = mapped_column(String(64), default="")
+    accession_number: Mapped[str] = mapped_column(Text, default="")
     patient: Mapped[Patient] = relationship(back_populates="studies")
     volumes: Mapped[list[Volume]] = relationship(back_populates="study")
 
@@ -302,6 +308,7 @@ _ADDED_COLUMNS = {
     "volumes": {"timepoints": "INTEGER NOT NULL DEFAULT 1"},
     "ingest_reports": {"paths_withheld": "BOOLEAN NOT NULL DEFAULT FALSE"},
     "projects": {"encrypted": "BOOLEAN NOT NULL DEFAULT FALSE"},
+    "patients": {"patient_key_index": "VARCHAR(96)"},
 }
 """Columns added after a catalog may have been created: (table → column → SQL type)."""
 
@@ -317,6 +324,34 @@ def _add_missing_columns(engine: Engine) -> None:
             if name not in present:
                 with engine.begin() as conn:
                     conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}"))
+
+
+_WIDENED_COLUMNS = {
+    "patients": ("patient_key", "patient_name", "birth_date"),
+    "studies": ("accession_number",),
+}
+"""VARCHAR(n) columns of earlier catalogs that now hold sealed values (TEXT)."""
+
+
+def _widen_sealed_columns(engine: Engine) -> None:
+    """PostgreSQL: make the columns a sealed value goes into TEXT (SQLite enforces no length)."""
+    if engine.dialect.name != "postgresql":
+        return
+    with engine.connect() as conn:
+        narrow = {
+            (str(t), str(c))
+            for t, c in conn.execute(
+                sql_text(
+                    "SELECT table_name, column_name FROM information_schema.columns WHERE "
+                    "table_schema = current_schema() AND character_maximum_length IS NOT NULL"
+                )
+            )
+        }
+    for table, columns in _WIDENED_COLUMNS.items():
+        for column in columns:
+            if (table, column) in narrow:
+                with engine.begin() as conn:
+                    conn.execute(sql_text(f"ALTER TABLE {table} ALTER COLUMN {column} TYPE TEXT"))
 
 
 def _index_names(engine: Engine) -> set[str]:
@@ -596,6 +631,18 @@ def _add_search_indexes(engine: Engine) -> None:
         _add_postgres_search(engine)
 
 
+def _sealed_values(
+    sealing: ColumnSealer, table: str, values: dict[str, Any], key_id: str
+) -> dict[str, Any]:
+    """``values`` of a ``table`` row with its identifying columns sealed under ``key_id``."""
+    from voxelhub.catalog_sealing import SEALED_COLUMNS
+
+    return {
+        k: sealing.seal(table, k, str(v or ""), key_id) if (table, k) in SEALED_COLUMNS else v
+        for k, v in values.items()
+    }
+
+
 def _whole_number(name: str, value: Any) -> int:
     """``value`` as an int ≥ 0 (numpy integers too); :class:`CatalogError` if it is not one."""
     try:
@@ -701,6 +748,7 @@ class Catalog:
                 location.ensure_root()
             Base.metadata.create_all(self.engine)
             _add_missing_columns(self.engine)
+            _widen_sealed_columns(self.engine)
             _add_missing_indexes(self.engine)
             _add_search_indexes(self.engine)
 
@@ -772,13 +820,26 @@ class Catalog:
         """Insert or replace a volume row with its patient and study, in one transaction.
 
         Returns the store path of the version it replaced (for the caller to delete), if any.
+        An encrypted identifiable project's identifying values are sealed first, and its
+        patient is found by the blind index of the patient ID (:mod:`voxelhub.catalog_sealing`).
         """
-        with self.session() as s:
-            p = s.scalar(
-                select(Patient).where(
-                    Patient.project_id == project.id, Patient.patient_key == patient["patient_key"]
-                )
+        same_patient: Any = Patient.patient_key == patient["patient_key"]
+        if project.encrypted and not project.deidentify:
+            from voxelhub.catalog_sealing import sealer
+
+            sealing = sealer(project.name, self.location)
+            key_id = sealing.current_key_id()
+            same_patient = Patient.patient_key_index.in_(
+                sealing.blind_indexes(patient["patient_key"])
             )
+            patient = {
+                **_sealed_values(sealing, "patients", patient, key_id),
+                "patient_key_index": sealing.blind_index(patient["patient_key"], key_id),
+            }
+            study = _sealed_values(sealing, "studies", study, key_id)
+            volume = _sealed_values(sealing, "volumes", volume, key_id)
+        with self.session() as s:
+            p = s.scalar(select(Patient).where(Patient.project_id == project.id, same_patient))
             if p is None:
                 p = Patient(project_id=project.id, **patient)
                 s.add(p)
@@ -846,7 +907,7 @@ class Catalog:
                 volume_uid=volume.volume_uid,
                 store_path=volume.store_path,
                 project=patient.project.name,
-                patient=patient.patient_key,
+                patient=self.patient_id_of(patient.project.name, patient.patient_key),
                 study_uid=study.study_uid,
                 feature_rows=0,
             )
@@ -864,6 +925,217 @@ class Catalog:
             rows = self._delete_feature_rows(s, names)
         self._remove_tree(deleted.store_path)
         return replace(deleted, feature_rows=rows)
+
+    # -- sealed columns (encrypted identifiable projects) ------------------------------------------
+    def sealed_projects(self) -> frozenset[str]:
+        """Projects whose identifying columns are sealed: encrypted and not de-identified."""
+        with self.engine.connect() as conn:
+            return frozenset(
+                conn.scalars(
+                    select(Project.name).where(
+                        Project.encrypted.is_(True), Project.deidentify.is_(False)
+                    )
+                )
+            )
+
+    def _sealed_in_scope(self, project: str | None, projects: Sequence[str] | None) -> list[str]:
+        sealed = set(self.sealed_projects())
+        if project:
+            sealed &= {project}
+        if projects is not None:
+            sealed &= set(_names(projects))
+        return sorted(sealed)
+
+    def patient_id_of(self, project: str, stored: str) -> str:
+        """A patient ID as the catalog stores it → the patient ID (opened if sealed; as stored
+        in a process holding no keys)."""
+        if project not in self.sealed_projects():
+            return stored
+        from voxelhub.catalog_sealing import sealer
+
+        sealing = sealer(project, self.location)
+        return stored if sealing.ring is None else sealing.unseal("patients", "patient_key", stored)
+
+    def _unseal_frame(
+        self, frame: pd.DataFrame, columns: dict[str, tuple[str, str]], *, opaque: bool = False
+    ) -> Any:
+        """Open the sealed values of ``frame`` (its rows of sealed projects) in place; with
+        ``opaque``, a process holding no keys at all gets them as stored (still sealed)."""
+        if frame.empty or "project" not in frame:
+            return frame
+        rows = frame["project"].isin(self.sealed_projects())
+        if not rows.any():
+            return frame
+        from voxelhub.catalog_sealing import sealer
+
+        names = frame.loc[rows, "project"]
+        sealers = {str(p): sealer(str(p), self.location) for p in set(names)}
+        if opaque and any(s.ring is None for s in sealers.values()):
+            return frame
+        for name, (table, column) in columns.items():
+            if name in frame:
+                opened = [
+                    sealers[str(p)].unseal(table, column, str(v))
+                    for p, v in zip(names, frame.loc[rows, name], strict=True)
+                ]
+                frame[name] = frame[name].astype(object)
+                frame.loc[rows, name] = opened
+        return frame
+
+    def _sealed_text_matches(self, text: str, sealed: list[str], kind: str) -> list[int]:
+        """Row ids (volumes for series, studies for studies) of ``sealed`` projects whose
+        description (or study's) holds ``text``: each opened here, since no index can search
+        ciphertext (a scan of those projects' rows per search)."""
+        from voxelhub.catalog_sealing import sealer
+
+        needle = text.casefold()
+        stmt: Any
+        if kind == "series":
+            stmt = select(Volume.id, Project.name, Volume.description, Study.description)
+            stmt = stmt.join(Study, Volume.study_id == Study.id)
+        else:
+            stmt = select(Study.id, Project.name, literal_column("NULL"), Study.description)
+        stmt = (
+            stmt.join(Patient, Study.patient_id == Patient.id)
+            .join(Project, Patient.project_id == Project.id)
+            .where(Project.name.in_(sealed))
+        )
+        sealers = {p: sealer(p, self.location) for p in sealed}
+        studies: dict[str, bool] = {}
+        hits = []
+        with self.engine.connect() as conn:
+            for row_id, name, own, of_study in conn.execute(stmt):
+                sealing = sealers[name]
+                if of_study not in studies:
+                    opened = sealing.unseal("studies", "description", of_study)
+                    studies[of_study] = needle in opened.casefold()
+                if studies[of_study] or (
+                    own is not None
+                    and needle in sealing.unseal("volumes", "description", own).casefold()
+                ):
+                    hits.append(int(row_id))
+        return hits
+
+    def _text_clause(
+        self, clause: Any, text: str, project: str | None, projects: Sequence[str] | None, kind: str
+    ) -> Any:
+        """``clause`` (the SQL text search) for clear projects, opened values for sealed ones."""
+        sealed = self._sealed_in_scope(project, projects)
+        if not sealed:
+            return clause
+        ids = Volume.id if kind == "series" else Study.id
+        return or_(
+            and_(clause, Project.name.not_in(sealed)),
+            ids.in_(self._sealed_text_matches(text, sealed, kind)),
+        )
+
+    def _patient_clause(
+        self, patient: str, project: str | None, projects: Sequence[str] | None
+    ) -> Any:
+        """Rows of patient ``patient``: by value, or in sealed projects by blind index."""
+        clause = Patient.patient_key == patient
+        sealed = self._sealed_in_scope(project, projects)
+        if not sealed:
+            return clause
+        from voxelhub.catalog_sealing import sealer
+
+        tokens = []
+        for name in sealed:
+            sealing = sealer(name, self.location)
+            if sealing.ring is None:
+                raise sealing.no_keys(", ".join(sorted(self.sealed_key_ids(name))))
+            tokens += sealing.blind_indexes(patient)
+        return or_(and_(clause, Project.name.not_in(sealed)), Patient.patient_key_index.in_(tokens))
+
+    def identities(
+        self, *, project: str | None = None, projects: Sequence[str] | None = None
+    ) -> pd.DataFrame:
+        """Who each study is of: patient ID, name, sex, birth date, accession number and study
+        description (opened where sealed); one row per study, in study order."""
+        stmt = (
+            select(
+                Project.name.label("project"),
+                Patient.patient_key.label("patient_id"),
+                Patient.patient_name,
+                Patient.sex,
+                Patient.birth_date,
+                Study.study_uid,
+                Study.study_date,
+                Study.accession_number,
+                Study.description,
+            )
+            .join(Patient, Study.patient_id == Patient.id)
+            .join(Project, Patient.project_id == Project.id)
+            .order_by(Study.study_date, Study.study_uid, Study.id)
+        )
+        if project:
+            stmt = stmt.where(Project.name == project)
+        if projects is not None:
+            stmt = stmt.where(Project.name.in_(_names(projects)))
+        return self._unseal_frame(
+            self._frame(stmt),
+            {
+                "patient_id": ("patients", "patient_key"),
+                "patient_name": ("patients", "patient_name"),
+                "birth_date": ("patients", "birth_date"),
+                "accession_number": ("studies", "accession_number"),
+                "description": ("studies", "description"),
+            },
+        )
+
+    def _sealed_rows(self, s: Session, project: str) -> Iterator[tuple[Any, str]]:
+        """Every ORM row of ``project`` that holds sealed values, with its table name."""
+        patients = s.scalars(
+            select(Patient)
+            .join(Project, Patient.project_id == Project.id)
+            .where(Project.name == project)
+        ).all()
+        for patient in patients:
+            yield patient, "patients"
+            for study in patient.studies:
+                yield study, "studies"
+                for volume in study.volumes:
+                    yield volume, "volumes"
+
+    def sealed_key_ids(self, project: str) -> set[str]:
+        """Ids of the data keys ``project``'s sealed catalog values (and blind index) use."""
+        from voxelhub.catalog_sealing import SEALED_COLUMNS, key_id_of
+
+        found: set[str] = set()
+        with self.session() as s:
+            for row, table in self._sealed_rows(s, project):
+                values = [getattr(row, c) for t, c in SEALED_COLUMNS if t == table]
+                if table == "patients":
+                    values.append(row.patient_key_index)
+                found |= {k for v in values if (k := key_id_of(v))}
+        return found
+
+    def reseal(self, project: str) -> int:
+        """Seal ``project``'s identifying columns again under its current data key and rebuild
+        the blind index (after a rotation); return how many rows changed.
+
+        One transaction: readers meanwhile see the old values, which the old key (still in the
+        ring until :func:`~voxelhub.store.reencrypt.retire_old_keys`) opens."""
+        if project not in self.sealed_projects():
+            return 0
+        from voxelhub.catalog_sealing import SEALED_COLUMNS, key_id_of, sealer
+
+        sealing = sealer(project, self.location)
+        current = sealing.current_key_id()
+        changed = 0
+        with self.session() as s:
+            for row, table in self._sealed_rows(s, project):
+                columns = sorted(c for t, c in SEALED_COLUMNS if t == table)
+                stale = {c for c in columns if key_id_of(getattr(row, c)) != current}
+                if table == "patients" and key_id_of(row.patient_key_index) != current:
+                    stale.add("patient_key")
+                for column in sorted(stale):
+                    value = sealing.unseal(table, column, getattr(row, column))
+                    setattr(row, column, sealing.seal(table, column, value, current))
+                    if table == "patients" and column == "patient_key":
+                        row.patient_key_index = sealing.blind_index(value, current)
+                changed += bool(stale)
+        return changed
 
     @staticmethod
     def _delete_feature_rows(s: Session, series: list[str]) -> int:
@@ -1207,12 +1479,19 @@ class Catalog:
         if projects is not None:
             stmt = stmt.where(Project.name.in_(_names(projects)))
         if patient:
-            stmt = stmt.where(Patient.patient_key == patient)
+            stmt = stmt.where(self._patient_clause(patient, project, projects))
         if text:
-            stmt = stmt.where(self._study_text(text))
+            stmt = stmt.where(
+                self._text_clause(self._study_text(text), text, project, projects, "studies")
+            )
         keys = (Study.study_date, Study.study_uid, Study.id)
-        return self._page(
+        frame = self._page(
             stmt, "studies", keys, (str, str, int), limit=limit, offset=offset, after=after
+        )
+        return self._unseal_frame(
+            frame,
+            {"patient_id": ("patients", "patient_key"), "description": ("studies", "description")},
+            opaque=True,
         )
 
     def series(
@@ -1284,18 +1563,22 @@ class Catalog:
         if projects is not None:
             stmt = stmt.where(Project.name.in_(_names(projects)))
         if patient:
-            stmt = stmt.where(Patient.patient_key == patient)
+            stmt = stmt.where(self._patient_clause(patient, project, projects))
         limit = None if limit is None else _whole_number("limit", limit)
         offset = _whole_number("offset", offset)
         wanted = None if limit is None else offset + limit + 1
         if text:
-            stmt = stmt.where(self._series_text(text, wanted))
+            stmt = stmt.where(
+                self._text_clause(
+                    self._series_text(text, wanted), text, project, projects, "series"
+                )
+            )
         if flag:
             stmt = stmt.where(self._flag(flag, wanted))
         if uid:
             stmt = stmt.where(or_(Volume.volume_uid == uid, Volume.series_uid == uid))
         keys = (Study.study_uid, Study.id, _series_number_key, Volume.split, Volume.id)
-        return self._page(
+        frame = self._page(
             stmt,
             "series",
             keys,
@@ -1303,6 +1586,11 @@ class Catalog:
             limit=limit,
             offset=offset,
             after=after,
+        )
+        return self._unseal_frame(
+            frame,
+            {"patient_id": ("patients", "patient_key"), "description": ("volumes", "description")},
+            opaque=True,
         )
 
     def search(self, text: str, **filters: Any) -> pd.DataFrame:

@@ -82,6 +82,8 @@ class Reencryption:
     key_id: str
     steps: list[Step] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    resealed_rows: int = 0
+    """catalog rows whose identifying columns were sealed again under ``key_id``"""
 
     def count(self, outcome: Outcome) -> int:
         return sum(step.outcome is outcome for step in self.steps)
@@ -130,6 +132,8 @@ def reencrypt_project(
             result.steps.append(step)
             if progress is not None:
                 progress(step)
+        # the catalog's sealed columns and blind index (an encrypted identifiable project)
+        result.resealed_rows = catalog.reseal(project)
         if switched:
             time.sleep(linger_seconds)
             for rel in switched:
@@ -158,6 +162,8 @@ def retire_old_keys(catalog: Catalog, project: str, ring: KeyRing) -> list[str]:
             if (ids := tree_key_ids(location, rel)) & old
         }
     )
+    if in_catalog := catalog.sealed_key_ids(project) & old:
+        used["the catalog's sealed columns"] = in_catalog
     if used:
         listing = "; ".join(
             f"{rel} ({', '.join(sorted(ids))})" for rel, ids in sorted(used.items())
