@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
 from voxelhub import ingest, open_catalog
@@ -61,9 +62,21 @@ def header(folder: Path) -> pydicom.Dataset:
 
 def identifying_values(*folders: Path) -> set[bytes]:
     """The identifying values the scanners wrote (5+ characters: not found by chance)."""
-    found = {str(header(f).get(k, "") or "").strip().encode() for f in folders for k in IDENTIFYING}
+    found = {
+        str(pydicom.dcmread(path, stop_before_pixels=True).get(k, "") or "").strip().encode()
+        for folder in folders
+        for path in sorted(folder.rglob("*.dcm"))
+        for k in IDENTIFYING
+    }
     found = {v for v in found if len(v) >= 5}
-    assert {b"stc_test", b"crlab", b"19800707", b"ROGERS_20180526", b"19700101"} <= found
+    assert {
+        b"stc_test",
+        b"crlab",
+        b"19800707",
+        b"ROGERS_20180526",
+        b"19700101",
+        b"19931022",
+    } <= found
     return found
 
 
@@ -259,3 +272,34 @@ def test_the_postgresql_catalog_holds_no_identifier(
     ).stdout
     assert b"CREATE TABLE" in dump and b"vhc1." in dump
     assert leaks(needles, dump) == []
+
+
+def test_an_earlier_postgresql_catalog_is_widened_for_sealed_values(
+    tmp_path: Path, shared_dicom: Path, key_file: Path, postgres_url: str
+) -> None:
+    """A catalog made before sealing (VARCHAR(n) columns, no blind index) takes sealed rows."""
+    location = open_location(str(tmp_path / "store"))
+    Catalog(location, postgres_url).close()
+    engine = create_engine(postgres_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP INDEX ux_patients_key_index")
+        conn.exec_driver_sql("ALTER TABLE patients DROP COLUMN patient_key_index")
+        for table, column, size in (
+            ("patients", "patient_key", 128),
+            ("patients", "patient_name", 256),
+            ("patients", "birth_date", 16),
+            ("studies", "accession_number", 64),
+        ):
+            conn.exec_driver_sql(f"ALTER TABLE {table} ALTER COLUMN {column} TYPE VARCHAR({size})")
+    Catalog(location, postgres_url).close()
+    with engine.connect() as conn:
+        narrow = conn.exec_driver_sql(
+            "SELECT column_name FROM information_schema.columns WHERE table_name IN "
+            "('patients', 'studies') AND character_maximum_length IS NOT NULL"
+        ).scalars()
+        assert set(narrow) <= {"sex", "study_uid", "study_date", "patient_key_index"}
+    engine.dispose()
+    ingest_into(tmp_path / "store", shared_dicom / ENHANCED, key_file, catalog_url=postgres_url)
+    cat = Catalog(location, postgres_url)
+    assert "19700101" in set(cat.identities().birth_date)
+    cat.close()

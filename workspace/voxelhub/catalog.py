@@ -166,6 +166,7 @@ class Volume(Base):
     content_key: Mapped[str] = mapped_column(String(80))
     n_instances: Mapped[int] = mapped_column(Integer)
     timepoints: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    channels: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # 3: RGB
     ingested_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
     study: Mapped[Study] = relationship(back_populates="volumes")
 
@@ -305,7 +306,10 @@ def readonly_sqlite_url(path: str) -> str:
 
 
 _ADDED_COLUMNS = {
-    "volumes": {"timepoints": "INTEGER NOT NULL DEFAULT 1"},
+    "volumes": {
+        "timepoints": "INTEGER NOT NULL DEFAULT 1",
+        "channels": "INTEGER NOT NULL DEFAULT 1",
+    },
     "ingest_reports": {"paths_withheld": "BOOLEAN NOT NULL DEFAULT FALSE"},
     "projects": {"encrypted": "BOOLEAN NOT NULL DEFAULT FALSE"},
     "patients": {"patient_key_index": "VARCHAR(96)"},
@@ -1535,6 +1539,7 @@ class Catalog:
                 Volume.description,
                 Volume.slices,
                 Volume.timepoints,
+                Volume.channels,
                 Volume.rows,
                 Volume.columns,
                 Volume.spacing_z,

@@ -26,7 +26,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from tqdm.auto import tqdm
 
-from voxelhub.dicom import acquisition, multiframe
+from voxelhub.dicom import acquisition, colour, multiframe
 from voxelhub.dicom.acquisition import Diffusion
 from voxelhub.dicom.roi_objects import RoiObject, roi_object
 
@@ -84,6 +84,8 @@ class Frame:
     pepolar_mode: int | None = None
     philips_scale_slope: float | None = None
     repetition_time: float | None = None
+    photometric: str = "MONOCHROME2"
+    """PhotometricInterpretation: a colour frame (``samples_per_pixel`` 3) decodes to RGB."""
     pixel_offset: int | None = field(default=None, compare=False)
     """Where the file's Pixel Data element starts (its tag), for a classic single-frame file:
     the pixels can be read there without parsing the header again."""
@@ -226,6 +228,8 @@ def _check_pixel_payload(ds: Dataset, remaining: int, source: str) -> Rejected |
         * int(ds.BitsAllocated)
         // 8
     )
+    if colour.is_subsampled(ds):  # native YBR_FULL_422: two samples per pixel on average
+        expected = expected * 2 // 3
     explicit = ts is None or pydicom.uid.UID(ts) != pydicom.uid.ImplicitVRLittleEndian
     available = remaining - _EXPECTED_VR_HEADER[explicit]
     if available < expected:
@@ -306,14 +310,13 @@ def _frames_of(ds: Dataset, source: str, remaining: int, result: IndexResult) ->
         name = pydicom.uid.UID(sop_class).name if sop_class else "no SOP class"
         result.rejected.append(Rejected(source, f"not an image: {name}", "(0028,0010)"))
         return
+    refusal = colour.unsupported(ds)
+    if refusal is not None:
+        result.rejected.append(Rejected(source, refusal.reason, refusal.tag))
+        return
     problem = _check_pixel_payload(ds, remaining, source)
     if problem is not None:
         result.rejected.append(problem)
-        return
-    if int(_num(ds, "SamplesPerPixel", 1)) != 1:
-        result.rejected.append(
-            Rejected(source, "colour images are not volumes VoxelHub converts", "(0028,0002)")
-        )
         return
     frames = int(_num(ds, "NumberOfFrames", 1) or 1)
     if frames > 1 and not multiframe.is_enhanced(ds):
@@ -360,6 +363,7 @@ def _common(ds: Dataset, source: str) -> dict[str, Any]:
         instance_number=_int_or_none(ds.get("InstanceNumber")),
         pepolar_mode=acquisition.ge_pepolar_mode(ds),
         repetition_time=_first_float(ds.get("RepetitionTime")),
+        photometric=colour.photometric(ds),
     )
 
 

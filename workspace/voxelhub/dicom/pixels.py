@@ -11,7 +11,9 @@ Output dtype rules (:func:`choose_dtype`):
   −1024 *could* overflow int16 in theory, so it is written as int16 with a per-slab range check
   and rewritten as int32 only if a value really does not fit (:class:`DtypeOverflow`);
 * any other slope → ``float32`` (the stored integers are recoverable as ``round(v / slope)``;
-  never float64 by accident).
+  never float64 by accident);
+* colour (3 samples per pixel) → the samples unchanged, ``uint8`` or ``uint16``: a colour frame
+  decodes to RGB (YBR converted by pydicom) with the channel axis first, ``(3, rows, columns)``.
 """
 
 from __future__ import annotations
@@ -55,6 +57,10 @@ def _stored_range(frame: Frame) -> tuple[int, int]:
 
 def choose_dtype(frames: Sequence[Frame], *, wider: bool = False) -> DtypeChoice:
     """Pick the output dtype for a volume made of ``frames`` (see the module docstring)."""
+    if any(f.samples_per_pixel == 3 for f in frames):
+        bits = max(f.bits_allocated for f in frames)
+        kind = np.dtype("uint8") if bits <= 8 else np.dtype("uint16")
+        return DtypeChoice(kind, False, f"colour: {bits}-bit RGB samples, stored unchanged")
     slopes = {f.rescale_slope for f in frames}
     intercepts = {f.rescale_intercept for f in frames}
     if slopes != {1.0} or any(not float(i).is_integer() for i in intercepts):
@@ -95,13 +101,21 @@ def decode_frame(frame: Frame) -> np.ndarray:
         raise DicomError(
             f"cannot decode pixel data: {exc}", path=frame.source, tag="(7FE0,0010)"
         ) from exc
-    if arr.shape != (frame.rows, frame.columns):
+    return _checked(arr, frame)
+
+
+def _checked(arr: np.ndarray, frame: Frame) -> np.ndarray:
+    """The decoded frame after checking its shape; a colour one with its channels first."""
+    expected: tuple[int, ...] = (frame.rows, frame.columns)
+    if frame.samples_per_pixel == 3:
+        expected = (*expected, 3)
+    if arr.shape != expected:
         raise DicomError(
-            f"decoded frame has shape {arr.shape}, header says {(frame.rows, frame.columns)}",
+            f"decoded frame has shape {arr.shape}, header says {expected}",
             path=frame.source,
             tag="(0028,0010)",
         )
-    return arr
+    return np.moveaxis(arr, -1, 0) if frame.samples_per_pixel == 3 else arr
 
 
 def decode_frames(frames: Sequence[Frame]) -> list[np.ndarray]:
@@ -123,14 +137,7 @@ def decode_frames(frames: Sequence[Frame]) -> list[np.ndarray]:
             path=source,
             tag="(7FE0,0010)",
         ) from exc
-    for f, arr in zip(frames, arrays, strict=True):
-        if arr.shape != (f.rows, f.columns):
-            raise DicomError(
-                f"decoded frame has shape {arr.shape}, header says {(f.rows, f.columns)}",
-                path=source,
-                tag="(0028,0010)",
-            )
-    return arrays
+    return [_checked(arr, f) for f, arr in zip(frames, arrays, strict=True)]
 
 
 _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010), little endian
@@ -186,7 +193,13 @@ def _fast_path(frame: Frame) -> bool:
 
 
 def rescale_into(out: np.ndarray, stored: np.ndarray, frame: Frame, choice: DtypeChoice) -> None:
-    """Write ``stored * slope + intercept`` into ``out`` (one slice), checking the range if asked."""
+    """Write ``stored * slope + intercept`` into ``out`` (one slice), checking the range if asked.
+
+    Colour samples (``(3, rows, columns)``) have no rescale and are copied unchanged.
+    """
+    if frame.samples_per_pixel == 3:
+        out[...] = stored
+        return
     if out.dtype.kind == "f":
         np.multiply(stored, np.float32(frame.rescale_slope), out=out, casting="unsafe")
         out += np.float32(frame.rescale_intercept)

@@ -30,6 +30,7 @@ _ALWAYS_SPLIT: list[tuple[str, Callable[[Frame], Any]]] = [
     ("pixel_spacing", lambda f: _round(f.pixel_spacing, 4)),
     ("echo", lambda f: (f.echo_number, None if f.echo_time is None else round(f.echo_time, 3))),
     ("mosaic", lambda f: f.is_mosaic),
+    ("colour", lambda f: f.samples_per_pixel == 3),  # RGB frames never join a grey volume
 ]
 
 # Fields that separate volumes only when positions repeat (else they are one stack).  ImageType

@@ -26,10 +26,19 @@ def volume_shape(plan: VolumePlan) -> tuple[int, int, int]:
     return (len(plan.frames) // plan.n_timepoints, first.rows, first.columns)
 
 
+def channels(plan: VolumePlan) -> int | None:
+    """3 for a colour volume (stored with a channel axis ``c``), None for a grey one."""
+    return 3 if plan.frames[0].samples_per_pixel == 3 else None
+
+
 def stored_shape(plan: VolumePlan) -> tuple[int, ...]:
-    """Shape of the stored array: ``(t, z, y, x)`` for a 4-D volume, else ``(z, y, x)``."""
-    spatial = volume_shape(plan)
-    return (plan.n_timepoints, *spatial) if plan.is_4d else spatial
+    """Shape of the stored array: ``(t, z, y, x)`` for a 4-D volume, ``(c, z, y, x)`` for a
+    colour one, ``(t, c, z, y, x)`` for both (NGFF's axis order), else ``(z, y, x)``."""
+    shape = volume_shape(plan)
+    n_c = channels(plan)
+    if n_c is not None:
+        shape = (n_c, *shape)  # type: ignore[assignment]
+    return (plan.n_timepoints, *shape) if plan.is_4d else shape
 
 
 def read_slab(
@@ -41,14 +50,17 @@ def read_slab(
     t: int = 0,
     pool: Executor | None = None,
 ) -> np.ndarray:
-    """Slices ``start:stop`` of time point ``t``, rescaled into ``choice.dtype``.
+    """Slices ``start:stop`` of time point ``t``, rescaled into ``choice.dtype``; a colour
+    volume's slab is ``(c, stop - start, y, x)``, its three channels read together.
 
     ``pool`` (threads or processes) decodes the slab's files in parallel; results are placed by
     slice index, so the order never depends on which file finished first.  Rows a vendor stored
     reversed (GE ``epi_pepolar``) are flipped back here.
     """
     _, ny, nx = volume_shape(plan)
-    out = np.empty((stop - start, ny, nx), dtype=choice.dtype)
+    n_c = channels(plan)
+    lead: tuple[int, ...] = () if n_c is None else (n_c,)
+    out = np.empty((*lead, stop - start, ny, nx), dtype=choice.dtype)
     frames: list[Frame] = plan.frames_of(t)
     if plan.mosaic is not None:
         frame = frames[0]
@@ -58,9 +70,9 @@ def read_slab(
     else:
         wanted = frames[start:stop]
         for k, (frame, arr) in enumerate(zip(wanted, _decode(wanted, pool), strict=True)):
-            rescale_into(out[k], arr, frame, choice)
+            rescale_into(out[k] if n_c is None else out[:, k], arr, frame, choice)
     if plan.timepoints and plan.timepoints[t].rows_reversed:
-        out = out[:, ::-1, :].copy()
+        out = out[..., ::-1, :].copy()
     return out
 
 

@@ -84,6 +84,12 @@ def prepare(
     Only the mask's bounding box plus a margin (the intensity-peak sphere and the
     interpolation support) is read from ``volume`` and ``mask``.
     """
+    if "c" in getattr(volume, "dims", ()):
+        raise ValueError(
+            f"{getattr(volume, 'name', None) or 'volume'} is a colour volume (channels "
+            f"{', '.join(str(c) for c in volume['c'].values)}): features need one channel of "
+            "intensities; select one (volume.sel(c='R')) or convert to grey first"
+        )
     sp = _spacing_of(volume, spacing)
     vol, msk = _raw(volume), _raw(mask)
     if tuple(vol.shape) != tuple(msk.shape):

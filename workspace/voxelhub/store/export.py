@@ -8,8 +8,9 @@ Conventions
 -----------
 Image
     The array is written as (x, y, z[, t]) with x the DICOM column index, y the row index and z
-    the slice index (the store's axes, never flipped or reordered), with the exact sform of
-    :func:`~voxelhub.store.volume.nifti_affine` (sheared under gantry tilt, as dcm2niix does; the
+    the slice index (the store's axes, never flipped or reordered); a colour volume's channels
+    become RGB24 voxels (NIfTI datatype 128), as dcm2niix writes colour DICOM.  The sform is
+    :func:`~voxelhub.store.volume.nifti_affine`, exact (sheared under gantry tilt, as dcm2niix does; the
     qform, which cannot hold shear, is then left unset).  Units are mm and s; ``pixdim[4]`` is
     the repetition time when it is known.
 Sidecar
@@ -60,7 +61,7 @@ import numpy as np
 import xarray as xr
 
 from voxelhub.errors import GeometryError
-from voxelhub.store.volume import nifti_affine
+from voxelhub.store.volume import nifti_affine, nifti_voxels
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +113,7 @@ def export_nifti(volume: xr.DataArray, path: str | os.PathLike[str]) -> Exported
         _add_note(sidecar, note)
     sidecar_text = _json_text(sidecar, name)
 
-    order = ("x", "y", "z", "t") if four_d else ("x", "y", "z")
-    data = _nifti_data(np.asarray(volume.transpose(*order).data))
+    data = _nifti_data(nifti_voxels(volume))
     image = _nifti_image(data, affine, volume, sidecar, four_d)
 
     sidecar_path = stem.with_name(stem.name + ".json")
@@ -152,8 +152,11 @@ def _split_nifti_path(path: str | os.PathLike[str]) -> tuple[Path, Path]:
 
 
 def _check_dims(volume: xr.DataArray, name: object) -> bool:
-    """True for a 4-D (t, z, y, x) volume, False for 3-D (z, y, x); anything else is refused."""
-    dims = set(volume.dims)
+    """True for a 4-D (t, z, y, x) volume, False for 3-D (z, y, x); anything else is refused.
+
+    A colour volume's channel axis ``c`` is not a NIfTI dimension: it becomes RGB24 voxels.
+    """
+    dims = set(volume.dims) - {"c"}
     if dims == {"z", "y", "x"}:
         return False
     if dims == {"t", "z", "y", "x"}:

@@ -25,6 +25,8 @@ from zarr.codecs import BloscCodec, BloscShuffle
 NGFF_VERSION = "0.5"
 AXES = [{"name": n, "type": "space", "unit": "millimeter"} for n in ("z", "y", "x")]
 TIME_AXIS = {"name": "t", "type": "time", "unit": "second"}
+CHANNEL_AXIS = {"name": "c", "type": "channel"}
+"""A colour volume's channel axis: after ``t`` and before ``z, y, x``, as NGFF 0.5 orders them."""
 DIMENSION_NAMES = ("z", "y", "x")
 THUMBNAIL_SIZE = 64
 """The pyramid stops at the first level whose largest in-plane side is at most this."""
@@ -86,12 +88,15 @@ def create_level_array(
     dtype: Any,
     *,
     timepoints: int | None = None,
+    channels: int | None = None,
     encryption: Any = None,
 ) -> zarr.Array:
     """Create a level's sharded array: one shard per slab, inner chunks for viewers.
 
     A 4-D volume (``timepoints`` given) gets a leading ``t`` axis with one time point per
     chunk and shard, so a slab of one volume is written and read without touching the others.
+    A colour volume (``channels`` given) gets a ``c`` axis (after ``t``) whose channels all
+    share every chunk: a slice's R, G and B come together in one read.
     ``encryption`` (an :class:`~voxelhub.store.encryption.Aes256GcmCodec`) runs after Blosc on
     every inner chunk of an encrypted project.
     """
@@ -109,9 +114,12 @@ def create_level_array(
     )
     shape: tuple[int, ...] = level.shape
     names: tuple[str, ...] = DIMENSION_NAMES
+    if channels is not None:
+        shape, chunk, shard = (channels, *shape), (channels, *chunk), (channels, *shard)  # type: ignore[assignment]
+        names = ("c", *names)
     if timepoints is not None:
         shape, chunk, shard = (timepoints, *shape), (1, *chunk), (1, *shard)  # type: ignore[assignment]
-        names = ("t", *DIMENSION_NAMES)
+        names = ("t", *names)
     return group.create_array(
         level.path,
         shape=shape,
@@ -131,14 +139,20 @@ def write_metadata(
     name: str,
     *,
     time_step: float | None = None,
+    channels: tuple[str, ...] | None = None,
+    channel_max: float = 255.0,
 ) -> None:
     """Write the NGFF 0.5 ``ome`` attribute (multiscales) for ``levels``.
 
     ``time_step`` (seconds, e.g. the repetition time; 1.0 when unknown) makes the image 4-D
-    with a leading axis ``t`` of type time.
+    with a leading axis ``t`` of type time.  ``channels`` (labels, e.g. R, G, B) adds the axis
+    ``c`` of type channel (never downsampled: scale 1) and an ``omero`` block naming and
+    colouring each channel, which NGFF viewers use to show the image in colour.
     """
     lead_scale: list[float] = [] if time_step is None else [time_step]
     lead_shift: list[float] = [] if time_step is None else [0.0]
+    if channels is not None:
+        lead_scale, lead_shift = [*lead_scale, 1.0], [*lead_shift, 0.0]
     datasets: list[dict[str, Any]] = [
         {
             "path": lv.path,
@@ -149,12 +163,28 @@ def write_metadata(
         }
         for lv in levels
     ]
-    axes = AXES if time_step is None else [TIME_AXIS, *AXES]
+    axes = ([] if time_step is None else [TIME_AXIS]) + ([] if channels is None else [CHANNEL_AXIS])
     ome: dict[str, Any] = {
         "version": NGFF_VERSION,
-        "multiscales": [{"name": name, "axes": axes, "datasets": datasets}],
+        "multiscales": [{"name": name, "axes": [*axes, *AXES], "datasets": datasets}],
     }
+    if channels is not None:
+        ome["omero"] = _omero(channels, channel_max)
     group.attrs["ome"] = ome
+
+
+def _omero(channels: tuple[str, ...], maximum: float) -> dict[str, Any]:
+    """The transitional ``omero`` rendering block: each channel's label, colour and window."""
+    from voxelhub.dicom.colour import CHANNEL_COLOURS
+
+    window = {"min": 0.0, "max": maximum, "start": 0.0, "end": maximum}
+    return {
+        "channels": [
+            {"label": label, "color": colour, "active": True, "window": dict(window)}
+            for label, colour in zip(channels, CHANNEL_COLOURS, strict=False)
+        ],
+        "rdefs": {"model": "color"},
+    }
 
 
 def read_levels(group: zarr.Group) -> list[dict[str, Any]]:

@@ -107,6 +107,12 @@ class StoredVolume:
     encrypted: bool = False
     """Chunks and private attributes sealed with the project's data key (read through the data
     service, or with the master key file)."""
+    channels: tuple[str, ...] = ()
+    """A colour volume's channel labels (``R``, ``G``, ``B``: its ``c`` axis); empty for grey."""
+
+    @property
+    def is_colour(self) -> bool:
+        return bool(self.channels)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -222,6 +228,7 @@ class StoredVolume:
             labels=tuple(values.get("labels", [])),
             source_instance_uids=tuple(values.get("source_instance_uids", [])),
             timepoints=tuple(values.get("timepoints", [])),
+            channels=tuple(str(c) for c in values.get("channels", [])),
             location=location,
         )
 
@@ -271,6 +278,7 @@ class StoredVolume:
             deidentified=bool(meta.get("deidentified", False)),
             location=location,
             encrypted=sidecar.MARKER in meta,
+            channels=tuple(str(c) for c in meta.get("channels") or []),
         )
 
 
@@ -299,7 +307,16 @@ def read_attributes(location: Location, rel: str, meta: Mapping[str, Any]) -> di
 
 
 _TYPED = frozenset(
-    {"geometry", "levels", "flags", "labels", "source_instance_uids", "timepoints", "location"}
+    {
+        "geometry",
+        "levels",
+        "flags",
+        "labels",
+        "source_instance_uids",
+        "timepoints",
+        "channels",
+        "location",
+    }
 )
 
 

@@ -1,5 +1,6 @@
 """Stored volume → ``xarray.DataArray`` (lazy, dask-backed), and out to SimpleITK / NIfTI.
 
+A colour volume has a channel axis ``c`` (coordinates ``"R", "G", "B"``) before ``z, y, x``.
 Coordinates are millimetres in the volume's own frame: ``z`` is the distance of each slice from
 the first along the slice normal (the real, possibly non-uniform positions), ``y`` and ``x`` the
 in-plane distances from the first row and column.  ``attrs`` carry the LPS affine, direction,
@@ -73,7 +74,11 @@ def open_volume(location: Location, rel_path: str, *, level: int = 0) -> xr.Data
         "x": ("x", (np.arange(nx) * factor[2] + (factor[2] - 1) / 2) * dx, {"units": "mm"}),
     }
     dims: tuple[str, ...] = ("z", "y", "x")
-    if array.ndim == 4:
+    channels = meta.get("channels")
+    if channels:
+        dims = ("c", *dims)
+        coords["c"] = ("c", np.asarray(channels, dtype=object), {"long_name": "colour channel"})
+    if array.ndim == len(dims) + 1:
         dims = ("t", *dims)
         coords.update(_time_coords(meta.get("timepoints") or [], int(array.shape[0])))
     modality = meta.get("modality", "")
@@ -100,6 +105,8 @@ def open_volume(location: Location, rel_path: str, *, level: int = 0) -> xr.Data
         "store_url": location.url_of(rel_path),
         "acquisition": dict(meta.get("acquisition") or {}),
     }
+    if channels:
+        attrs["photometric_interpretation"] = meta.get("photometric_interpretation", "RGB")
     tr = attrs["acquisition"].get("RepetitionTime")
     if tr:
         attrs["repetition_time"] = float(tr)
@@ -166,9 +173,12 @@ def _normal_step(geometry: dict[str, Any], dz: float) -> float:
 def _dask_chunks(array: zarr.Array) -> tuple[int, ...]:
     """Dask chunks aligned with shards in z and whole slices in-plane: few, large tasks."""
     shards = array.shards or array.chunks
-    if array.ndim == 4:
-        return (1, int(shards[1]), int(array.shape[2]), int(array.shape[3]))
-    return (int(shards[0]), int(array.shape[1]), int(array.shape[2]))
+    names = tuple(array.metadata.dimension_names or ())  # type: ignore[union-attr]
+    # one time point per chunk; all channels of a colour volume together
+    lead = tuple(1 if n == "t" else int(s) for n, s in zip(names, array.shape[:-3], strict=False))
+    if len(lead) != array.ndim - 3:
+        lead = (1,) * (array.ndim - 3)
+    return (*lead, int(shards[-3]), int(array.shape[-2]), int(array.shape[-1]))
 
 
 def to_simpleitk(volume: xr.DataArray) -> Any:
@@ -191,7 +201,12 @@ def to_simpleitk(volume: xr.DataArray) -> Any:
             f"{volume.name}: SimpleITK images need an orthogonal, uniform grid, and this volume "
             f"has {', '.join(sorted(blocked))}; resample it explicitly first"
         )
-    image = sitk.GetImageFromArray(np.asarray(volume.data))
+    if "c" in volume.dims:  # colour: a vector image, one RGB pixel per voxel
+        image = sitk.GetImageFromArray(
+            np.asarray(volume.transpose("z", "y", "x", "c").data), isVector=True
+        )
+    else:
+        image = sitk.GetImageFromArray(np.asarray(volume.data))
     dz, dy, dx = volume.attrs["spacing_zyx"]
     image.SetSpacing((float(dx), float(dy), float(dz)))
     image.SetOrigin(tuple(float(v) for v in volume.attrs["origin_lps"]))
@@ -236,6 +251,28 @@ def nifti_affine(volume: xr.DataArray) -> np.ndarray:
     return np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(volume.attrs["affine_lps"], dtype=float)
 
 
+RGB24 = np.dtype([("R", "u1"), ("G", "u1"), ("B", "u1")])
+"""NIfTI's RGB24 voxel type (datatype 128), as dcm2niix writes colour DICOM."""
+
+
+def nifti_voxels(volume: xr.DataArray) -> np.ndarray:
+    """The voxels in NIfTI's order, (x, y, z[, t]); a colour volume as RGB24 (loads the data).
+
+    Only 8-bit colour has a NIfTI type (dcm2niix writes 16-bit colour as 8-bit); wider colour
+    samples are refused rather than truncated.
+    """
+    spatial = [d for d in ("x", "y", "z", "t") if d in volume.dims]
+    if "c" not in volume.dims:
+        return np.asarray(volume.transpose(*spatial).data)
+    if volume.dtype != np.uint8:
+        raise GeometryError(
+            f"{volume.name}: NIfTI holds colour as 8-bit RGB24 only, and this volume has "
+            f"{volume.dtype} samples; scale them to 8 bits first"
+        )
+    data = np.ascontiguousarray(np.asarray(volume.transpose(*spatial, "c").data))
+    return data.view(RGB24).reshape(data.shape[:-1])
+
+
 def to_nifti(volume: xr.DataArray, path: str) -> str:
     """Write the volume as NIfTI-1 with its exact affine (sheared under tilt, as dcm2niix does).
 
@@ -249,9 +286,8 @@ def to_nifti(volume: xr.DataArray, path: str) -> str:
             f"{volume.name}: NIfTI needs uniform slice spacing and this volume has "
             f"{', '.join(sorted(flags & {'non_uniform_spacing', 'missing_slices'}))}"
         )
-    data = np.asarray(volume.data)
-    data = data.transpose(tuple(reversed(range(data.ndim))))  # (t,)z,y,x -> x,y,z(,t)
-    image = nib.Nifti1Image(data, nifti_affine(volume))
+    data = nifti_voxels(volume)
+    image = nib.Nifti1Image(data, nifti_affine(volume), dtype=data.dtype)
     image.header.set_xyzt_units("mm")
     image.set_sform(image.affine, code=1)
     if "gantry_tilt" in flags:

@@ -27,9 +27,10 @@ from zarr.core.buffer import Buffer, default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import WrapperStore
 
+from voxelhub.dicom import colour
 from voxelhub.dicom.pixels import DtypeChoice, DtypeOverflow, choose_dtype
 from voxelhub.dicom.series import VolumePlan
-from voxelhub.dicom.slabs import read_slab, stored_shape, volume_shape
+from voxelhub.dicom.slabs import channels, read_slab, stored_shape, volume_shape
 from voxelhub.errors import StoreError
 from voxelhub.store import ngff, sidecar
 from voxelhub.store.location import Location
@@ -50,6 +51,9 @@ class WrittenVolume:
     checksum: str
     levels: int
     nbytes: int
+    timepoints: int = 1
+    channels: int = 1
+    """3 for a colour (RGB) volume, stored with a channel axis ``c``."""
 
 
 class _Hasher:
@@ -87,14 +91,22 @@ class _HashingStore(WrapperStore[Store]):
 def content_checksum(array: zarr.Array, slab_depth: int = ngff.SLAB_DEPTH) -> str:
     """Checksum of a stored level-0 array, read slab by slab (same definition as when writing).
 
-    A 4-D array is read one time point at a time, each slab by slab, in C order.
+    A 4-D array is read one time point at a time, each slab by slab, in C order; a colour
+    array's slabs hold all its channels, ``(c, slab, y, x)``.
     """
     shape = tuple(int(s) for s in array.shape)
+    names = tuple(array.metadata.dimension_names or ())  # type: ignore[union-attr]
+    timed = "t" in names if names else len(shape) == 4
+    coloured = "c" in names
     hasher = _Hasher(shape, np.dtype(array.dtype))
-    for t in range(shape[0]) if len(shape) == 4 else [None]:
+    for t in range(shape[0]) if timed else [None]:
         nz = shape[-3]
         for z in range(0, nz, slab_depth):
-            where = (slice(z, z + slab_depth),) if t is None else (t, slice(z, z + slab_depth))
+            where: tuple[int | slice, ...] = (slice(z, z + slab_depth),)
+            if coloured:
+                where = (slice(None), *where)
+            if t is not None:
+                where = (t, *where)
             hasher.update(np.asarray(array[where]))
     return hasher.hexdigest()
 
@@ -166,17 +178,22 @@ def _write(
     spacing = plan.geometry.spacing
     levels = ngff.pyramid(shape, spacing)
     n_t = plan.n_timepoints if plan.is_4d else None
+    n_c = channels(plan)
     tmp = location.new_temporary()
     try:
         store = _HashingStore(location.zarr_store(tmp))
         group = zarr.open_group(store, mode="w-", zarr_format=3)
         arrays = [
-            ngff.create_level_array(group, lv, choice.dtype, timepoints=n_t, encryption=codec)
+            ngff.create_level_array(
+                group, lv, choice.dtype, timepoints=n_t, channels=n_c, encryption=codec
+            )
             for lv in levels
         ]
         hasher = _Hasher(full_shape, choice.dtype)
         for t in range(plan.n_timepoints):
             lead: tuple[int | slice, ...] = () if n_t is None else (t,)
+            if n_c is not None:
+                lead = (*lead, slice(None))  # every channel of the slab at once
             for start in range(0, shape[0], ngff.SLAB_DEPTH):
                 stop = min(start + ngff.SLAB_DEPTH, shape[0])
                 slab = read_slab(plan, start, stop, choice, t=t, pool=pool)
@@ -187,7 +204,7 @@ def _write(
                 for lv, arr in zip(levels[1:], arrays[1:], strict=True):
                     # each level from the one above it: a 2× step, not a 2^k one from level 0
                     step = tuple(f // p for f, p in zip(lv.factor, previous, strict=True))
-                    small, previous = ngff.downsample(small, step), lv.factor  # type: ignore[arg-type]
+                    small, previous = _downsample(small, step, n_c), lv.factor  # type: ignore[arg-type]
                     z0 = start // lv.factor[0]
                     where = (*lead, slice(z0, z0 + small.shape[0]))
                     arr[where] = small
@@ -199,7 +216,16 @@ def _write(
         if n_t is not None:
             tr = plan.frames[0].repetition_time
             time_step = tr / 1000.0 if tr else 1.0
-        ngff.write_metadata(group, levels, spacing, name, time_step=time_step)
+        labels = None if n_c is None else colour.CHANNELS[:n_c]
+        ngff.write_metadata(
+            group,
+            levels,
+            spacing,
+            name,
+            time_step=time_step,
+            channels=labels,
+            channel_max=float(np.iinfo(choice.dtype).max) if n_c is not None else 255.0,
+        )
         meta = {
             **attrs,
             "format_version": FORMAT_VERSION,
@@ -210,6 +236,9 @@ def _write(
             "levels": [{"path": lv.path, "shape": lv.shape, "factor": lv.factor} for lv in levels],
             "timepoints": [tp.to_attrs() for tp in plan.timepoints] if plan.is_4d else [],
         }
+        if labels is not None:
+            meta["channels"] = list(labels)
+            meta["photometric_interpretation"] = plan.frames[0].photometric
         if codec is not None:
             meta, sealed = sidecar.split(meta, codec.key_id)
             sync(
@@ -222,7 +251,23 @@ def _write(
         location.remove(tmp)
         raise
     nbytes = int(np.prod(full_shape)) * choice.dtype.itemsize
-    return WrittenVolume(final_rel, full_shape, choice.dtype.str, checksum, len(levels), nbytes)
+    return WrittenVolume(
+        final_rel,
+        full_shape,
+        choice.dtype.str,
+        checksum,
+        len(levels),
+        nbytes,
+        timepoints=plan.n_timepoints,
+        channels=n_c or 1,
+    )
+
+
+def _downsample(block: np.ndarray, step: tuple[int, int, int], n_c: int | None) -> np.ndarray:
+    """One pyramid step of a slab; a colour slab's channels are each downsampled in z, y, x."""
+    if n_c is None:
+        return ngff.downsample(block, step)
+    return np.stack([ngff.downsample(channel, step) for channel in block])
 
 
 def _verify(location: Location, rel: str, written: dict[str, str]) -> None:

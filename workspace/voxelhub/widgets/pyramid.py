@@ -49,6 +49,13 @@ def as_volume(volume: Any, spacing: tuple[float, float, float] | None = None) ->
     x``) shows its first time point (``attrs["timepoint"]``); pass ``volume.isel(t=k)`` for
     another.
     """
+    if isinstance(volume, xr.DataArray) and "c" in volume.dims:
+        raise ValueError(
+            f"{volume.name}: a colour volume ({', '.join(map(str, volume['c'].values))}); the "
+            "viewers draw windowed grey intensities and cannot show colour yet. View one "
+            "channel as an array: voxelhub.view(volume.sel(c='R').values, "
+            "spacing=volume.attrs['spacing_zyx']), or see its colour thumbnail"
+        )
     if isinstance(volume, xr.DataArray) and "t" in volume.dims:
         volume = first_timepoint(volume)
     if isinstance(volume, xr.DataArray):
