@@ -1054,7 +1054,8 @@ def _read_key(
     if decrypted_view.enabled():
         view = decrypted_view.read(key, decrypted_view.LocalVolume(store, key))
         if view is not None:
-            return found, _served(view, header, body)
+            with view:
+                return found, _served(view, header, body)
     fd = paths.open_key(store, key)
     try:
         size = os.fstat(fd).st_size

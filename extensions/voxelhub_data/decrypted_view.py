@@ -19,10 +19,14 @@ the key as before.
 
 from __future__ import annotations
 
+import bisect
+import functools
 import json
 import math
 import os
+import re
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +39,7 @@ from voxelhub.store.encryption import (
     CODEC_NAME,
     OVERHEAD,
     decrypt_chunk,
+    decrypt_chunk_into,
     keys_in_use,
     use_keys,
 )
@@ -90,16 +95,31 @@ class LocalVolume:
 
 
 class View:
-    """A key as the view serves it: its size, and any byte range of it on demand."""
+    """A key as the view serves it: its size, and any byte range of it on demand.
 
-    def __init__(self, size: int, read: Callable[[int, int], bytes]) -> None:
+    A shard's view keeps the file it was planned from open (so a request walks the store's
+    path once, not once for the plan and again for the bytes); ``with view:`` or
+    :meth:`close` gives it back, and a view dropped unclosed closes it when collected."""
+
+    def __init__(self, size: int, read: Callable[[int, int], bytes], fd: int | None = None) -> None:
         self.size = size
         self.read = read
         """``read(start, stop)``: bytes ``start:stop`` of the served key."""
+        self._closer = weakref.finalize(self, os.close, fd) if fd is not None else None
 
     @classmethod
     def of(cls, data: bytes) -> View:
         return cls(len(data), lambda start, stop: data[start:stop])
+
+    def close(self) -> None:
+        if self._closer is not None:
+            self._closer()
+
+    def __enter__(self) -> View:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
 
 def read(key: paths.VolumeKey, volume: LocalVolume) -> View | None:
@@ -119,14 +139,10 @@ def read(key: paths.VolumeKey, volume: LocalVolume) -> View | None:
             return None if merged is None else View.of(merged)
         rewritten = _plain_metadata(meta) if meta.get("node_type") == "array" else None
         return None if rewritten is None else View.of(json.dumps(rewritten).encode())
-    split = _chunk_split(name)
-    if split is None:
+    array = _chunk_array(name)
+    if array is None:
         return None
-    array, _coords = split
-    layout = _layout(_metadata(volume, f"{array}/zarr.json" if array else "zarr.json"))
-    if layout is None:
-        return None
-    return layout.view(name, volume)
+    return _chunk_view(volume, name, f"{array}/zarr.json" if array else "zarr.json")
 
 
 def _group_metadata(volume: LocalVolume, name: str = "zarr.json") -> bytes | None:
@@ -182,28 +198,65 @@ def _metadata(volume: LocalVolume, name: str) -> dict[str, Any]:
         os.close(fd)
 
 
-def _chunk_split(name: str) -> tuple[str, tuple[int, ...]] | None:
-    """``(array path, chunk coordinates)`` of a chunk key (``<array>/c/1/2/3``), else None."""
-    parts = name.split("/")
-    for i, part in enumerate(parts):
-        rest = parts[i + 1 :]
-        if part == "c" and rest and all(p.isdigit() for p in rest):
-            return "/".join(parts[:i]), tuple(int(p) for p in rest)
-    return None
+_CHUNK_KEY = re.compile(r"(?:(.*)/)?c(?:/\d+)+")
+
+
+def _chunk_array(name: str) -> str | None:
+    """The array path of a chunk key (``<array>/c/1/2/3``; ``""`` for the root), else None."""
+    found = _CHUNK_KEY.fullmatch(name)
+    return None if found is None else found.group(1) or ""
 
 
 def _is_cipher(codec: Any) -> bool:
     return isinstance(codec, dict) and codec.get("name") == CODEC_NAME
 
 
+def _chunk_view(volume: LocalVolume, name: str, meta_name: str) -> View | None:
+    """The plaintext view of chunk (or shard) ``name``; None when its array is not encrypted.
+
+    One walk down to the chunk's file per request: its array's layout and its shard's plan are
+    cached under the file's identity (a rewritten shard or a replaced label image is a new
+    file: planned again, its ``zarr.json`` read again), and the view reads from that fd."""
+    fd = volume.open(name)
+    try:
+        identity = _identity(volume, name, fd)
+        size = identity[-1]
+        layout, plan = _cached(
+            "chunk", identity, lambda: _planned(volume, meta_name, name, fd, size)
+        )
+        if layout is None:
+            return None
+        if plan is None:  # an unsharded encrypted array: one chunk, decrypted whole
+            return View.of(decrypt_chunk(layout.key_id, layout.salt, os.pread(fd, size, 0)))
+        view = View(plan.size, functools.partial(layout.read, fd, name, plan), fd)
+        fd = -1  # the view closes it
+        return view
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _planned(
+    volume: LocalVolume, meta_name: str, name: str, fd: int, size: int
+) -> tuple[_Layout | None, _ShardPlan | None]:
+    """The layout of chunk ``name``'s array (None: not encrypted) and, for a shard, its plan."""
+    layout = _layout(_metadata(volume, meta_name))
+    if layout is None:
+        return None, None
+    if layout.separator != "/":
+        raise UnsupportedLayout(f"chunk key separator {layout.separator!r}")
+    return layout, layout.plan(name, fd, size) if layout.sharded else None
+
+
 @dataclass(frozen=True)
 class _ShardPlan:
     """A stored shard's inner chunks in file order, and the served shard's index."""
 
-    offsets: np.ndarray
-    lengths: np.ndarray
-    plain_ends: np.ndarray
-    """End of each inner chunk in the served shard (its start is end - length + 32)."""
+    offsets: tuple[int, ...]
+    lengths: tuple[int, ...]
+    plain_starts: tuple[int, ...]
+    """Where each inner chunk starts in the served shard (ascending)."""
+    plain_ends: tuple[int, ...]
     index: bytes
     size: int
 
@@ -234,48 +287,45 @@ class _Layout:
         self.key_id = str(cipher["configuration"]["key_id"])
         self.salt = str(cipher["configuration"]["salt"])
 
-    def view(self, stored: str, volume: LocalVolume) -> View:
-        """Chunk (or shard) ``stored`` with every inner chunk decrypted.
-
-        A shard is served as the shard zarr would have written without the cipher: the same
-        inner chunks in the same order, each 32 bytes shorter, then an index (``crc32c``) of
-        their new offsets; a range of it decrypts only the inner chunks it overlaps, so the
-        client's coalesced range reads (``ServiceStore``) work as on a clear volume."""
-        if self.separator != "/":
-            raise UnsupportedLayout(f"chunk key separator {self.separator!r}")
-        fd = volume.open(stored)
-        try:
-            identity = _identity(volume, stored, fd)
-            if not self.sharded:
-                plain = decrypt_chunk(self.key_id, self.salt, os.pread(fd, identity[-1], 0))
-                return View.of(plain)
-            plan = _cached("plan", identity, lambda: self._plan(stored, fd, identity[-1]))
-        finally:
-            os.close(fd)
-        return View(plan.size, lambda start, stop: self._read(volume, stored, plan, start, stop))
-
-    def _read(
-        self, volume: LocalVolume, stored: str, plan: _ShardPlan, start: int, stop: int
-    ) -> bytes:
-        parts: list[bytes] = []
-        first = int(np.searchsorted(plan.plain_ends, start, side="right"))
-        fd = volume.open(stored)
-        try:
-            for k in range(first, len(plan.offsets)):
-                plain_start = int(plan.plain_ends[k]) - int(plan.lengths[k]) + OVERHEAD
-                if plain_start >= stop:
-                    break
-                sealed = os.pread(fd, int(plan.lengths[k]), int(plan.offsets[k]))
-                plain = decrypt_chunk(self.key_id, self.salt, sealed)
-                parts.append(plain[max(0, start - plain_start) : stop - plain_start])
-        finally:
-            os.close(fd)
+    def read(self, fd: int, stored: str, plan: _ShardPlan, start: int, stop: int) -> bytes:
+        """Bytes ``start:stop`` of shard ``stored`` as served: the shard as zarr would have
+        written it without the cipher (the same inner chunks in the same order, each 32 bytes
+        shorter, then an index of their new offsets).  Only the inner chunks the range
+        overlaps are read (one ``pread`` for all of them) and decrypted, straight into the
+        answer; so the client's coalesced range reads (``ServiceStore``) work as on a clear
+        volume."""
+        stop = min(stop, plan.size)  # as slicing bytes would: a range past the end is cut
+        out = bytearray(max(0, stop - start))
+        target = memoryview(out)
+        first = bisect.bisect_right(plan.plain_ends, start)
+        last = bisect.bisect_left(plan.plain_starts, stop)
+        if first < last:
+            base = plan.offsets[first]
+            span = plan.offsets[last - 1] + plan.lengths[last - 1] - base
+            sealed = memoryview(os.pread(fd, span, base))
+            if len(sealed) < span:
+                raise _corrupt(self.key_id, stored, "shorter than its index says")
+            for k in range(first, last):
+                at = plan.offsets[k] - base
+                chunk = sealed[at : at + plan.lengths[k]]
+                lo, hi = plan.plain_starts[k], plan.plain_ends[k]
+                if start <= lo and hi <= stop:
+                    decrypt_chunk_into(
+                        self.key_id, self.salt, chunk, target[lo - start : hi - start]
+                    )
+                    continue
+                plain = decrypt_chunk(self.key_id, self.salt, chunk)
+                lo, hi = max(lo, start), min(hi, stop)
+                target[lo - start : hi - start] = plain[
+                    lo - plan.plain_starts[k] : hi - plan.plain_starts[k]
+                ]
         data_end = plan.size - len(plan.index)
         if stop > data_end:
-            parts.append(plan.index[max(0, start - data_end) : stop - data_end])
-        return b"".join(parts)
+            lo = max(start, data_end)
+            target[lo - start : stop - start] = plan.index[lo - data_end : stop - data_end]
+        return bytes(out)
 
-    def _plan(self, stored: str, fd: int, size: int) -> _ShardPlan:
+    def plan(self, stored: str, fd: int, size: int) -> _ShardPlan:
         """Where each inner chunk is in the stored shard and in the served one."""
         n = self._index_bytes
         if size < n:
@@ -298,7 +348,14 @@ class _Layout:
         body = served.astype("<u8").tobytes()
         new_index = body + np.uint32(google_crc32c.value(body)).tobytes()
         data = int(plain_ends[-1]) if len(order) else 0
-        return _ShardPlan(offsets, lengths, plain_ends, new_index, data + len(new_index))
+        return _ShardPlan(
+            tuple(offsets.tolist()),
+            tuple(lengths.tolist()),
+            tuple((plain_ends - plain_lengths).tolist()),
+            tuple(plain_ends.tolist()),
+            new_index,
+            data + len(new_index),
+        )
 
     @property
     def _index_bytes(self) -> int:

@@ -159,3 +159,25 @@ def test_the_view_names_the_key_and_refuses_a_changed_shard(
     view.read(view.size - 100, view.size)  # the index: no inner chunk decrypted
     with pytest.raises(CorruptChunk, match="failed authentication"):
         view.read(0, 10)
+
+
+def test_a_served_shard_holds_its_file_only_while_it_is_served(
+    encrypted: tuple[Path, str, np.ndarray],
+) -> None:
+    """The view reads a shard from the fd it planned it with (one walk per request); closing
+    it (``with view:``, as the service does) gives the fd back, and ranges across inner chunks
+    are the same bytes as that slice of the whole."""
+    store, volume, _ = encrypted
+    request = paths.parse(f"{volume}/0/c/0/0/0")
+    reader = decrypted_view.LocalVolume(str(store), request)
+    fds = Path("/proc/self/fd")
+    before = len(list(fds.iterdir()))
+    with decrypted_view.read(request, reader) as whole_view:  # type: ignore[union-attr]
+        whole = whole_view.read(0, whole_view.size)
+        assert len(list(fds.iterdir())) == before + 1
+    for start in range(0, len(whole), len(whole) // 7):
+        view = decrypted_view.read(request, reader)
+        assert view is not None
+        with view:
+            assert view.read(start, start + 100_003) == whole[start : start + 100_003]
+    assert len(list(fds.iterdir())) == before

@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -79,27 +80,52 @@ def _chunk_cipher(key_id: str, salt: str) -> AESGCM:
     return AESGCM(derived)
 
 
-def decrypt_chunk(key_id: str, salt: str, data: bytes) -> bytes:
+def decrypt_chunk(key_id: str, salt: str, data: bytes | memoryview) -> bytes:
     """The plaintext of one stored chunk (what the codec decodes; the data service calls it
-    directly to serve an inner chunk of a shard without decoding the rest)."""
-    if len(data) < OVERHEAD or data[: len(MAGIC)] != MAGIC:
+    directly to serve an inner chunk of a shard without decoding the rest).  ``data`` is any
+    bytes-like object: a view into a larger read is not copied."""
+    nonce, sealed = _parts(key_id, data)
+    try:
+        return _chunk_cipher(key_id, salt).decrypt(nonce, sealed, _aad(key_id, salt))
+    except InvalidTag:
+        raise _failed(key_id) from None
+
+
+def decrypt_chunk_into(
+    key_id: str, salt: str, data: bytes | memoryview, out: memoryview | bytearray
+) -> None:
+    """:func:`decrypt_chunk` written into ``out`` (exactly ``len(data) - OVERHEAD`` bytes):
+    the data service assembles a served shard this way, with no copy per inner chunk.  Nothing
+    in ``out`` is to be trusted when it raises."""
+    nonce, sealed = _parts(key_id, data)
+    try:
+        _chunk_cipher(key_id, salt).decrypt_into(nonce, sealed, _aad(key_id, salt), out)
+    except InvalidTag:
+        raise _failed(key_id) from None
+
+
+def _parts(key_id: str, data: bytes | memoryview) -> tuple[memoryview, memoryview]:
+    """``(nonce, ciphertext and tag)`` of a stored chunk, as views (no copy)."""
+    view = memoryview(data).cast("B")
+    if view.nbytes < OVERHEAD or view[: len(MAGIC)] != MAGIC:
         raise CorruptChunk(
             f"a chunk of an array encrypted with data key {key_id} is not an encrypted "
-            f"chunk ({len(data)} bytes): the store was changed outside VoxelHub"
+            f"chunk ({view.nbytes} bytes): the store was changed outside VoxelHub"
         )
     start = len(MAGIC)
-    try:
-        return _chunk_cipher(key_id, salt).decrypt(
-            data[start : start + NONCE_BYTES], data[start + NONCE_BYTES :], _aad(key_id, salt)
-        )
-    except InvalidTag:
-        raise CorruptChunk(
-            f"a chunk encrypted with data key {key_id} failed authentication: it was "
-            f"changed or damaged on disk (restore it from a backup)"
-        ) from None
+    return view[start : start + NONCE_BYTES], view[start + NONCE_BYTES :]
 
 
+def _failed(key_id: str) -> CorruptChunk:
+    return CorruptChunk(
+        f"a chunk encrypted with data key {key_id} failed authentication: it was "
+        f"changed or damaged on disk (restore it from a backup)"
+    )
+
+
+@lru_cache(maxsize=1024)
 def _aad(key_id: str, salt: str) -> bytes:
+    """The additional data every chunk of an array is bound to (cached: built per chunk)."""
     return MAGIC + key_id.encode() + b"\0" + salt.encode()
 
 
@@ -208,15 +234,22 @@ class Aes256GcmCodec(BytesBytesCodec):
         return input_byte_length + OVERHEAD
 
     def _encode_sync(self, chunk: Buffer, spec: Any) -> Buffer:
+        # sealed straight into the stored layout: no copy of the plaintext or the ciphertext
+        plain = chunk.as_numpy_array().data.cast("B")
+        out = np.empty(plain.nbytes + OVERHEAD, dtype=np.uint8)
         nonce = os.urandom(NONCE_BYTES)
-        sealed = _chunk_cipher(self.key_id, self.salt).encrypt(
-            nonce, chunk.to_bytes(), _aad(self.key_id, self.salt)
+        head = len(MAGIC) + NONCE_BYTES
+        out[:head] = np.frombuffer(MAGIC + nonce, dtype=np.uint8)
+        _chunk_cipher(self.key_id, self.salt).encrypt_into(
+            nonce, plain, _aad(self.key_id, self.salt), out.data[head:]
         )
-        return spec.prototype.buffer.from_bytes(MAGIC + nonce + sealed)
+        return spec.prototype.buffer.from_array_like(out)
 
     def _decode_sync(self, chunk: Buffer, spec: Any) -> Buffer:
-        plain = decrypt_chunk(self.key_id, self.salt, chunk.to_bytes())
-        return spec.prototype.buffer.from_bytes(plain)
+        sealed = chunk.as_numpy_array()  # a view of the bytes read: not copied
+        plain = np.empty(sealed.nbytes - OVERHEAD if sealed.nbytes >= OVERHEAD else 0, np.uint8)
+        decrypt_chunk_into(self.key_id, self.salt, sealed.data, plain.data)
+        return spec.prototype.buffer.from_array_like(plain)
 
     async def _encode_single(self, chunk: Buffer, spec: Any) -> Buffer:
         return await asyncio.to_thread(self._encode_sync, chunk, spec)
