@@ -174,3 +174,71 @@ def test_verification_finds_a_changed_byte_in_a_stored_file(tmp_path: Path) -> N
     chunk.unlink()
     with pytest.raises(StoreError, match="missing"):
         _verify(location, "vol", store.written)
+
+
+_SLAB_SPY = """
+import json, os, signal, sys
+import voxelhub
+import voxelhub.store.writer as writer
+
+_write_slab = writer._write_slab_in_worker
+def spy(t, start, stop):
+    with open(os.path.join(sys.argv[3], f"{os.getpid()}-{start}"), "w"):
+        pass
+    if sys.argv[4] == "kill" and start == 64:
+        os.kill(os.getpid(), signal.SIGKILL)  # as a codec segfault or the OOM killer would
+    return _write_slab(t, start, stop)
+writer._write_slab_in_worker = spy  # forked pool processes inherit it
+
+report = voxelhub.ingest(sys.argv[1], sys.argv[2], workers=2, progress=False)
+print(json.dumps({"pid": os.getpid(), "written": len(report.written), "failed": report.failed,
+                  "exit_code": report.exit_code}))
+"""
+
+
+def _ingest_with_slab_spy(tmp_path: Path, store: Path, mode: str) -> tuple[dict, list[str]]:
+    calls = tmp_path / f"calls-{mode}"
+    calls.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-c", _SLAB_SPY, str(tmp_path / "in"), str(store), str(calls), mode],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1]), sorted(p.name for p in calls.iterdir())
+
+
+def test_one_volume_s_slabs_are_written_by_several_workers_as_one_process_would(
+    tmp_path: Path,
+) -> None:
+    """150 slices = 3 slabs (64 + 64 + 22): each slab's decode, level 0 and pyramid shards are
+    written by a pool process; the tree, its checksum and every level equal --workers 1."""
+    write_series(tmp_path / "in", slices=150, rows=160, columns=144, modality="MR", seed=5)
+    one = voxelhub.ingest(tmp_path / "in", tmp_path / "one", workers=1, progress=False)
+    out, calls = _ingest_with_slab_spy(tmp_path, tmp_path / "two", "spy")
+    assert out["written"] == 1 and out["exit_code"] == 0, out
+    pids = {name.split("-")[0] for name in calls}
+    assert sorted(int(name.split("-")[1]) for name in calls) == [0, 64, 128]
+    assert len(pids) == 2 and str(out["pid"]) not in pids  # both workers, never the parent
+    (ref,), (row,) = _rows(tmp_path / "one"), _rows(tmp_path / "two")
+    assert row["checksum"] == ref["checksum"] and row["slices"] == 150
+    a = zarr.open_group(str(tmp_path / "one" / ref["store_path"]), mode="r")
+    b = zarr.open_group(str(tmp_path / "two" / row["store_path"]), mode="r")
+    assert sorted(a.array_keys()) == sorted(b.array_keys()) and len(list(b.array_keys())) > 1
+    for key in a.array_keys():
+        np.testing.assert_array_equal(np.asarray(b[key][...]), np.asarray(a[key][...]))
+    assert content_checksum(b["0"]) == row["checksum"]
+    assert one.exit_code == 0
+
+
+def test_a_slab_worker_that_dies_fails_the_volume_and_leaves_no_tree(tmp_path: Path) -> None:
+    write_series(tmp_path / "in", slices=150, rows=16, columns=20, modality="MR", seed=6)
+    store = tmp_path / "store"
+    out, _ = _ingest_with_slab_spy(tmp_path, store, "kill")
+    assert out["written"] == 0 and out["exit_code"] == 2, out
+    (failed,) = out["failed"]
+    assert "BrokenProcessPool" in failed["reason"]
+    assert not list(store.glob("projects/*/*/*.ome.zarr")) and not _rows(store)
+    tmp = store / ".tmp"  # Location.new_temporary's folder: the half-written tree is gone
+    assert not tmp.exists() or not list(tmp.iterdir())

@@ -456,8 +456,14 @@ def _convert_volumes(
             _record(catalog, location, project, job, existing, converted, names, report)
             bar.update(job.n_slices)
         return
+    from voxelhub.store.ngff import SLAB_DEPTH
+
     pool: Executor | None = None
-    if workers > 1 and any(_decode_is_costly(job.volume) for job, _ in jobs):
+    # a volume of several slabs spreads them over the workers; a one-slab volume of costly
+    # (compressed) frames spreads its frames instead
+    if workers > 1 and any(
+        _decode_is_costly(job.volume) and job.n_slices <= SLAB_DEPTH for job, _ in jobs
+    ):
         from concurrent.futures import ProcessPoolExecutor
 
         from voxelhub.dicom.index import process_context
@@ -465,7 +471,7 @@ def _convert_volumes(
         pool = ProcessPoolExecutor(workers, mp_context=process_context())
     try:
         for job, existing in jobs:
-            converted = _convert(location, deid, job, pool, bar.update)
+            converted = _convert(location, deid, job, pool, bar.update, workers)
             _record(catalog, location, project, job, existing, converted, names, report)
             release_free_memory()
     finally:
@@ -568,8 +574,10 @@ def _convert(
     job: _Job,
     pool: Executor | None,
     on_slab: Callable[[int], Any] | None,
+    workers: int = 1,
 ) -> _Converted:
-    """Read and de-identify the header, write the volume's tree and move it into place."""
+    """Read and de-identify the header, write the volume's tree and move it into place;
+    ``workers`` processes write its slabs."""
     from voxelhub.dicom.metadata import acquisition_block
     from voxelhub.store.writer import write_volume
 
@@ -609,6 +617,7 @@ def _convert(
             pool=pool,
             on_slab=on_slab,
             encrypt_for=job.encrypt_for,
+            workers=workers,
         )
     except Exception as exc:  # whatever one volume raises (MemoryError too) fails it alone
         if not isinstance(exc, DicomError | GeometryError | StoreError | OSError | ValueError):

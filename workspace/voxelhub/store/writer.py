@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -121,6 +122,7 @@ def write_volume(
     pool: Executor | None = None,
     on_slab: Callable[[int], None] | None = None,
     encrypt_for: str | None = None,
+    workers: int = 1,
 ) -> WrittenVolume:
     """Convert ``plan`` into an OME-Zarr at ``final_rel``, atomically.
 
@@ -145,15 +147,18 @@ def write_volume(
         The project, if it is encrypted: every chunk is sealed with its current data key and
         the attributes that can carry PHI go into a sealed object (:mod:`voxelhub.store.sidecar`)
         instead of ``zarr.json``.
+    workers
+        Processes that convert the slabs (decode, rescale, level 0 and the pyramid's shards)
+        of a volume of several slabs in parallel; each slab's shards belong to it alone.
     """
     choice = choose_dtype(plan.frames)
     args = (location, final_rel, plan)
     try:
-        return _write(*args, choice, name, attrs, pool, on_slab, encrypt_for)
+        return _write(*args, choice, name, attrs, pool, on_slab, encrypt_for, workers)
     except DtypeOverflow as exc:
         log.info("%s: %s; rewriting as int32", plan.series_instance_uid, exc)
         wider = choose_dtype(plan.frames, wider=True)
-        return _write(*args, wider, name, attrs, pool, on_slab, encrypt_for)
+        return _write(*args, wider, name, attrs, pool, on_slab, encrypt_for, workers)
 
 
 def _write(
@@ -166,6 +171,7 @@ def _write(
     pool: Executor | None,
     on_slab: Callable[[int], None] | None,
     encrypt_for: str | None = None,
+    workers: int = 1,
 ) -> WrittenVolume:
     codec = None
     if encrypt_for is not None:
@@ -190,27 +196,20 @@ def _write(
             for lv in levels
         ]
         hasher = _Hasher(full_shape, choice.dtype)
-        for t in range(plan.n_timepoints):
-            lead: tuple[int | slice, ...] = () if n_t is None else (t,)
-            if n_c is not None:
-                lead = (*lead, slice(None))  # every channel of the slab at once
-            for start in range(0, shape[0], ngff.SLAB_DEPTH):
-                stop = min(start + ngff.SLAB_DEPTH, shape[0])
-                slab = read_slab(plan, start, stop, choice, t=t, pool=pool)
-                hasher.update(slab)
-                where: tuple[int | slice, ...] = (*lead, slice(start, stop))
-                arrays[0][where] = slab
-                small, previous = slab, levels[0].factor
-                for lv, arr in zip(levels[1:], arrays[1:], strict=True):
-                    # each level from the one above it: a 2× step, not a 2^k one from level 0
-                    step = tuple(f // p for f, p in zip(lv.factor, previous, strict=True))
-                    small, previous = _downsample(small, step, n_c), lv.factor  # type: ignore[arg-type]
-                    z0 = start // lv.factor[0]
-                    where = (*lead, slice(z0, z0 + small.shape[0]))
-                    arr[where] = small
+        slabs = _SlabWriter(plan, choice, levels, tmp, n_t, n_c)
+        jobs = [
+            (t, start, min(start + ngff.SLAB_DEPTH, shape[0]))
+            for t in range(plan.n_timepoints)
+            for start in range(0, shape[0], ngff.SLAB_DEPTH)
+        ]
+        if workers > 1 and len(jobs) > 1:
+            _write_slabs_in_workers(slabs, location, jobs, workers, hasher, store, on_slab)
+        else:
+            slabs.attach(store, arrays)
+            for t, start, stop in jobs:
+                hasher.update(slabs.write(t, start, stop, pool))
                 if on_slab is not None:
                     on_slab(stop - start)
-                del slab
         checksum = hasher.hexdigest()
         time_step = None
         if n_t is not None:
@@ -261,6 +260,112 @@ def _write(
         timepoints=plan.n_timepoints,
         channels=n_c or 1,
     )
+
+
+class _SlabWriter:
+    """Writes one slab (slices ``start:stop`` of time point ``t``) into level 0 and every
+    pyramid level.  A slab fills whole shards at every level (a level-0 shard is one slab
+    deep, a level's shard the slab's share of it), so slabs can be written by different
+    processes at once without touching each other's files."""
+
+    def __init__(
+        self,
+        plan: VolumePlan,
+        choice: DtypeChoice,
+        levels: list[ngff.Level],
+        tmp: str,
+        n_t: int | None,
+        n_c: int | None,
+    ) -> None:
+        self.plan, self.choice, self.levels, self.tmp = plan, choice, levels, tmp
+        self.n_t, self.n_c = n_t, n_c
+        self.store: _HashingStore | None = None
+        self.arrays: list[zarr.Array] = []
+
+    def attach(self, store: _HashingStore, arrays: list[zarr.Array] | None = None) -> None:
+        """Write through ``store`` (its arrays opened from the tree when not given)."""
+        if arrays is None:
+            arrays = [zarr.open_array(store, path=lv.path, zarr_format=3) for lv in self.levels]
+        self.store, self.arrays = store, arrays
+
+    def write(self, t: int, start: int, stop: int, pool: Executor | None = None) -> np.ndarray:
+        """Decode, rescale and write one slab with its pyramid; returns the level-0 slab."""
+        lead: tuple[int | slice, ...] = () if self.n_t is None else (t,)
+        if self.n_c is not None:
+            lead = (*lead, slice(None))  # every channel of the slab at once
+        slab = read_slab(self.plan, start, stop, self.choice, t=t, pool=pool)
+        self.arrays[0][(*lead, slice(start, stop))] = slab
+        small, previous = slab, self.levels[0].factor
+        for lv, arr in zip(self.levels[1:], self.arrays[1:], strict=True):
+            # each level from the one above it: a 2× step, not a 2^k one from level 0
+            step = tuple(f // p for f, p in zip(lv.factor, previous, strict=True))
+            small, previous = _downsample(small, step, self.n_c), lv.factor  # type: ignore[arg-type]
+            z0 = start // lv.factor[0]
+            arr[(*lead, slice(z0, z0 + small.shape[0]))] = small
+        return slab
+
+
+# Set in each process of a slab pool (fork copies it: nothing is pickled).
+_worker_slabs: _SlabWriter | None = None
+
+
+def _init_slab_worker(slabs: _SlabWriter, location: Location) -> None:
+    global _worker_slabs
+    slabs.attach(_HashingStore(location.zarr_store(slabs.tmp)))
+    _worker_slabs = slabs
+
+
+def _write_slab_in_worker(t: int, start: int, stop: int) -> tuple[np.ndarray, dict[str, str]]:
+    """One slab written by a pool process: the slab (for the parent's in-order checksum) and
+    the sha256 of every file it wrote (for the parent's verification)."""
+    assert _worker_slabs is not None and _worker_slabs.store is not None
+    written = _worker_slabs.store.written
+    written.clear()
+    slab = _worker_slabs.write(t, start, stop)
+    return slab, dict(written)
+
+
+def _write_slabs_in_workers(
+    slabs: _SlabWriter,
+    location: Location,
+    jobs: list[tuple[int, int, int]],
+    workers: int,
+    hasher: _Hasher,
+    store: _HashingStore,
+    on_slab: Callable[[int], None] | None,
+) -> None:
+    """Write ``jobs`` (slabs) in ``workers`` processes, hashing the slabs here in order.
+
+    At most ``workers + 1`` slabs are in flight, so memory stays a few slabs whatever the
+    volume's size.  An error in any slab (a DtypeOverflow too) stops the pool before it is
+    raised, so no process is still writing when the caller removes the temporary tree.
+    """
+    from concurrent.futures import Future, ProcessPoolExecutor
+
+    from voxelhub.dicom.index import process_context
+
+    pool = ProcessPoolExecutor(
+        min(workers, len(jobs)),
+        mp_context=process_context(),
+        initializer=_init_slab_worker,
+        initargs=(slabs, location),
+    )
+    try:
+        todo = deque(jobs)
+        pending: deque[tuple[int, Future[tuple[np.ndarray, dict[str, str]]]]] = deque()
+        while todo or pending:
+            while todo and len(pending) <= workers:
+                t, start, stop = todo.popleft()
+                pending.append((stop - start, pool.submit(_write_slab_in_worker, t, start, stop)))
+            n, future = pending.popleft()
+            slab, written = future.result()
+            hasher.update(slab)
+            store.written.update(written)
+            del slab
+            if on_slab is not None:
+                on_slab(n)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _downsample(block: np.ndarray, step: tuple[int, int, int], n_c: int | None) -> np.ndarray:
