@@ -39,6 +39,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
+    bindparam,
     cast,
     create_engine,
     event,
@@ -1030,7 +1031,15 @@ class Catalog:
         ids = Volume.id if kind == "series" else Study.id
         return or_(
             and_(clause, Project.name.not_in(sealed)),
-            ids.in_(self._sealed_text_matches(text, sealed, kind)),
+            # the ids inline, not as one parameter each (SQLite allows 32,766 at most)
+            ids.in_(
+                bindparam(
+                    "sealed_matches",
+                    self._sealed_text_matches(text, sealed, kind),
+                    expanding=True,
+                    literal_execute=True,
+                )
+            ),
         )
 
     def _patient_clause(
