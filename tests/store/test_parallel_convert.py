@@ -242,3 +242,22 @@ def test_a_slab_worker_that_dies_fails_the_volume_and_leaves_no_tree(tmp_path: P
     assert not list(store.glob("projects/*/*/*.ome.zarr")) and not _rows(store)
     tmp = store / ".tmp"  # Location.new_temporary's folder: the half-written tree is gone
     assert not tmp.exists() or not list(tmp.iterdir())
+
+
+def test_index_lets_the_caller_work_once_its_workers_are_forked(tmp_path: Path) -> None:
+    """The ingest loads zarr and SQLAlchemy in a thread while the index workers read: only
+    after every worker has forked (a fork during an import could copy a held import lock)."""
+    import multiprocessing
+
+    _three_series(tmp_path / "in")
+    seen: list[int] = []
+    found = index(
+        [tmp_path / "in"],
+        workers=2,
+        batch_size=4,
+        progress=False,
+        while_reading=lambda: seen.append(len(multiprocessing.active_children())),
+    )
+    assert seen == [2] and len(found.frames) == 6 + 7 + 8
+    index([tmp_path / "in"], workers=1, progress=False, while_reading=lambda: seen.append(-1))
+    assert seen == [2]  # one worker: nothing runs beside the reading

@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import zipfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from multiprocessing import get_all_start_methods, get_context
@@ -442,6 +442,7 @@ def index(
     workers: int | None = None,
     batch_size: int = 64,
     progress: bool = True,
+    while_reading: Callable[[], object] | None = None,
 ) -> IndexResult:
     """Index every DICOM file under ``paths`` (headers only), in parallel processes.
 
@@ -456,6 +457,9 @@ def index(
         however large the folder is.
     progress
         Show a progress bar (tqdm) counting files.
+    while_reading
+        Called here once the worker processes are started (never with one worker): work of
+        the caller's that can overlap the reading, such as loading modules, goes there.
     """
     workers = (os.cpu_count() or 1) if workers is None else workers
     result = IndexResult()
@@ -471,6 +475,9 @@ def index(
             pending: list[tuple[int, Future[IndexResult]]] = []
             for batch in _batches(sources, batch_size):
                 pending.append((len(batch), pool.submit(_read_batch, batch)))
+                if while_reading is not None:  # every worker forked with the first batch
+                    while_reading()
+                    while_reading = None
                 if len(pending) >= 2 * workers:
                     n, fut = pending.pop(0)
                     result.extend(fut.result())
