@@ -158,6 +158,37 @@ def test_a_user_reads_an_encrypted_volume_through_the_service(site: Site) -> Non
         zarr.open_array(str(site.store / sealed.store_path / "0"))[0]
 
 
+def test_the_service_opens_the_sealed_catalog_columns_for_its_users(
+    site: Site, shared_dicom: Path
+) -> None:
+    """The encrypted project is identifiable: its catalog columns are sealed (issue 13), and the
+    service, holding the key, lists, searches and filters them in the clear for alice."""
+    import pydicom
+
+    ds = pydicom.dcmread(sorted((shared_dicom / SERIES).glob("*.dcm"))[0], stop_before_pixels=True)
+    cat = site.catalog()
+    series = cat.series(project=SEALED)
+    assert list(series.patient_id) == [ds.PatientID]
+    assert list(series.description) == [str(ds.get("SeriesDescription", ""))]
+    studies = cat.studies(project=SEALED, text=ds.StudyDescription.lower())
+    assert list(studies.description) == [ds.StudyDescription]
+    assert list(cat.studies(patient=ds.PatientID, project=SEALED).patient_id) == [ds.PatientID]
+    assert cat.series(project=SEALED, text="vhc1").empty  # the ciphertext is never searched
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{site.store / 'catalog.sqlite'}?mode=ro", uri=True)
+    try:
+        stored = db.execute(
+            "SELECT pa.patient_key, pa.patient_name, s.description, s.accession_number "
+            "FROM patients pa JOIN projects pr ON pa.project_id = pr.id "
+            "JOIN studies s ON s.patient_id = pa.id WHERE pr.name = ?",
+            (SEALED,),
+        ).fetchall()
+    finally:
+        db.close()
+    assert stored and all(v.startswith("vhc1.") for row in stored for v in row)
+
+
 def test_labels_written_through_the_service_are_encrypted(site: Site) -> None:
     from voxelhub.roi.labels import read_labels, write_labels
 

@@ -241,7 +241,8 @@ def _keys(args: argparse.Namespace) -> int:
             print(
                 f"{done.count(Outcome.REWRITTEN)} volume(s) re-encrypted with data key "
                 f"{done.key_id}, {done.count(Outcome.ALREADY_CURRENT)} already were; "
-                f"{len(done.removed)} old tree(s) removed",
+                f"{len(done.removed)} old tree(s) removed; {done.resealed_rows} catalog row(s) "
+                f"resealed",
                 flush=True,
             )
         if args.keys_command == "retire" or getattr(args, "retire", False):

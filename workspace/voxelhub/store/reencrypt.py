@@ -13,8 +13,10 @@ in one transaction: the same commit protocol as a re-ingest.  So
   :func:`tree_key_ids`); running again skips what is done, removes this job's temporaries and
   the old trees it switched away from, and finishes.
 
+An encrypted identifiable project's sealed catalog columns are sealed again under the new key,
+with the patient ID's blind index (:meth:`Catalog.reseal <voxelhub.catalog.Catalog.reseal>`).
 Then :func:`retire_old_keys` removes the old key versions from the ring, refused (naming the
-paths) while anything of the project still uses one.
+paths, or the catalog) while anything of the project still uses one.
 """
 
 from __future__ import annotations
