@@ -59,6 +59,8 @@ def test_ge_classic_fmri_is_one_4d_volume_in_acquisition_order(catalog, shared_d
     row = rows.iloc[0]
     assert (row["timepoints"], row["slices"], row["rows"], row["columns"]) == (10, 15, 64, 64)
     assert "volumes_by_instance_order" in row["flags"]
+    stored = catalog.stored_volume(row["volume_uid"])
+    assert stored.is_4d and stored.shape == (15, 64, 64)  # levels are spatial; t is the table
     volume = voxelhub.open_series(row, catalog=catalog)
     assert volume.dims == ("t", "z", "y", "x")
     ref_json = next((folder / "Ref").glob("*.json"))

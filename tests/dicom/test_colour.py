@@ -115,7 +115,7 @@ def test_colour_series_becomes_one_volume_with_a_channel_axis(
     assert volume.chunks is not None and volume.chunks[0] == (3,)  # lazy, channels together
     np.testing.assert_array_equal(volume.values, expected)
     stored = cat.stored_volume(row["volume_uid"])
-    assert stored.channels == ("R", "G", "B") and stored.is_colour
+    assert stored.channels == ("R", "G", "B") and stored.is_colour and not stored.is_4d
     assert stored.levels[0].shape == (SLICES, *expected.shape[2:])  # levels stay spatial
     _check_against(grey, volume, tmp_path)
     cat.close()

@@ -116,12 +116,14 @@ class StoredVolume:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        """Full-resolution shape: ``(z, y, x)``, or ``(t, z, y, x)`` for 4-D volumes."""
+        """Full-resolution spatial shape ``(z, y, x)``; a 4-D volume's ``t`` and a colour volume's
+        ``c`` axis are not in it (see :attr:`timepoints` and :attr:`channels`)."""
         return self.levels[0].shape
 
     @property
     def is_4d(self) -> bool:
-        return len(self.shape) == 4
+        """Several volumes along ``t`` (fMRI, diffusion): the per-volume table is not empty."""
+        return bool(self.timepoints)
 
     def open(self, level: int = 0) -> xr.DataArray:
         """The volume as a lazy ``xarray.DataArray`` (see :func:`voxelhub.open_series`)."""
