@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
@@ -250,6 +251,19 @@ class Aes256GcmCodec(BytesBytesCodec):
         plain = np.empty(sealed.nbytes - OVERHEAD if sealed.nbytes >= OVERHEAD else 0, np.uint8)
         decrypt_chunk_into(self.key_id, self.salt, sealed.data, plain.data)
         return spec.prototype.buffer.from_array_like(plain)
+
+    async def decode(
+        self, chunks_and_specs: Iterable[tuple[Buffer | None, Any]]
+    ) -> Iterable[Buffer | None]:
+        # a batch (a shard's inner chunks) in one trip to a thread, not one per chunk, and off
+        # zarr's event loop, which meanwhile reads and hands out the other shards
+        batch = list(chunks_and_specs)
+        if sum(len(c) for c, _ in batch if c is not None) <= INLINE_BYTES:
+            return self._decode_batch(batch)
+        return await asyncio.to_thread(self._decode_batch, batch)
+
+    def _decode_batch(self, batch: list[tuple[Buffer | None, Any]]) -> list[Buffer | None]:
+        return [None if c is None else self._decode_sync(c, spec) for c, spec in batch]
 
     async def _encode_single(self, chunk: Buffer, spec: Any) -> Buffer:
         return await asyncio.to_thread(self._encode_sync, chunk, spec)
