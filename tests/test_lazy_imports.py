@@ -85,5 +85,7 @@ def test_cli_ingest_reads_the_first_file_before_loading_store_and_catalog(
 ) -> None:
     write_series(tmp_path / "in", slices=3, rows=8, columns=8)
     store = tmp_path / "store"
-    out = _run(_FIRST_READ.format(heavy=HEAVY), str(tmp_path / "in"), str(store))
+    # a quiet one-worker ingest needs no process pool nor tqdm.auto's asyncio either
+    unneeded = (*HEAVY, "asyncio", "concurrent.futures.process", "multiprocessing")
+    out = _run(_FIRST_READ.format(heavy=unneeded), str(tmp_path / "in"), str(store))
     assert out == {"loaded": [], "store_exists": False}

@@ -72,11 +72,12 @@ def test_missing_path_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_one_worker_reads_in_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
     """`workers=1` (and `--workers 1`) must not start a process pool."""
-    import voxelhub.dicom.index as index_module
+    import concurrent.futures
 
     def no_pool(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("a process pool was started with workers=1")
 
-    monkeypatch.setattr(index_module, "ProcessPoolExecutor", no_pool)
+    # index() imports the pool class when it needs one (a quiet one-worker run never loads it)
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", no_pool)
     result = index([_bundled("CT_small.dcm"), _bundled("MR_small.dcm")], workers=1, progress=False)
     assert len(result.frames) == 2

@@ -15,20 +15,20 @@ import os
 import re
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
-from multiprocessing import get_all_start_methods, get_context
-from multiprocessing.context import BaseContext
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from tqdm.auto import tqdm
 
 from voxelhub.dicom import acquisition, colour, multiframe
 from voxelhub.dicom.acquisition import Diffusion
 from voxelhub.dicom.roi_objects import RoiObject, roi_object
+
+if TYPE_CHECKING:  # process pools and notebook progress bars load only when used
+    from concurrent.futures import Future
+    from multiprocessing.context import BaseContext
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,8 @@ class Frame:
     asl_label: str | None = None
     pepolar_mode: int | None = None
     philips_scale_slope: float | None = None
+    vendor_image_kind: str | None = None
+    """GE private image type (0043,102F): magnitude, phase, real or imaginary (None: not said)."""
     repetition_time: float | None = None
     photometric: str = "MONOCHROME2"
     """PhotometricInterpretation: a colour frame (``samples_per_pixel`` 3) decodes to RGB."""
@@ -362,6 +364,7 @@ def _common(ds: Dataset, source: str) -> dict[str, Any]:
         or _first_float(ds.get("SliceThickness")),
         instance_number=_int_or_none(ds.get("InstanceNumber")),
         pepolar_mode=acquisition.ge_pepolar_mode(ds),
+        vendor_image_kind=acquisition.ge_image_kind(ds),
         repetition_time=_first_float(ds.get("RepetitionTime")),
         photometric=colour.photometric(ds),
     )
@@ -425,6 +428,8 @@ def process_context() -> BaseContext:
     scripts without an ``if __name__ == "__main__"`` guard; the workers here only parse files
     and never touch locks the parent's threads may hold.
     """
+    from multiprocessing import get_all_start_methods, get_context
+
     methods = get_all_start_methods()
     return get_context("fork" if "fork" in methods else "spawn")
 
@@ -463,7 +468,11 @@ def index(
     """
     workers = (os.cpu_count() or 1) if workers is None else workers
     result = IndexResult()
-    bar = tqdm(desc="indexing", unit="file", disable=not progress)
+    bar: Any = _NoProgress()
+    if progress:
+        from tqdm.auto import tqdm  # a notebook widget where there is one
+
+        bar = tqdm(desc="indexing", unit="file")
     sources = iter_sources(paths)
     try:
         if workers <= 1:
@@ -471,6 +480,8 @@ def index(
                 result.extend(read_frames(source))
                 bar.update()
             return result
+        from concurrent.futures import ProcessPoolExecutor
+
         with ProcessPoolExecutor(workers, mp_context=process_context()) as pool:
             pending: list[tuple[int, Future[IndexResult]]] = []
             for batch in _batches(sources, batch_size):
@@ -488,6 +499,16 @@ def index(
     finally:
         bar.close()
     return result
+
+
+class _NoProgress:
+    """A quiet index's bar: even a disabled tqdm loads asyncio and multiprocessing (≈ 10 ms)."""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _batches(items: Iterator[str], size: int) -> Iterator[list[str]]:
