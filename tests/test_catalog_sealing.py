@@ -10,6 +10,7 @@ ingest finds them, so it can fail.
 from __future__ import annotations
 
 import re
+import shutil
 import sqlite3
 import subprocess
 import threading
@@ -302,4 +303,33 @@ def test_an_earlier_postgresql_catalog_is_widened_for_sealed_values(
     ingest_into(tmp_path / "store", shared_dicom / ENHANCED, key_file, catalog_url=postgres_url)
     cat = Catalog(location, postgres_url)
     assert "19700101" in set(cat.identities().birth_date)
+    cat.close()
+
+
+def test_an_ingest_reports_source_paths_are_sealed_too(
+    tmp_path: Path, shared_dicom: Path, key_file: Path
+) -> None:
+    """A source folder named after the patient (as they often are) stays out of the catalog."""
+    source = tmp_path / "Rogers_Jane_19700101"
+    source.mkdir()
+    for path in sorted((shared_dicom / SIEMENS).rglob("*.dcm")):
+        shutil.copy(path, source / path.name)
+    (source / "Rogers_Jane_referral.txt").write_text("not DICOM")
+    needle = b"Rogers_Jane"
+    clear = tmp_path / "clear"
+    ingest_into(clear, source, None)
+    assert needle in catalog_bytes(clear)  # the search can fail
+
+    store = tmp_path / "sealed"
+    ingest_into(store, source, key_file)
+    cat = open_catalog(store)
+    report = cat.reports().iloc[0]
+    assert list(report.paths) == [str(source)]
+    assert [Path(p).name for p in report.non_dicom] == ["Rogers_Jane_referral.txt"]
+    assert "project_id" not in cat.rejected().columns
+    cat.close()
+    assert needle not in catalog_bytes(store)
+    use_keys(None)  # no keys: the report lists them opaque
+    cat = open_catalog(store)
+    assert needle.decode() not in cat.reports().to_csv()
     cat.close()

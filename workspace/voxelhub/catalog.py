@@ -643,9 +643,16 @@ def _sealed_values(
     from voxelhub.catalog_sealing import SEALED_COLUMNS
 
     return {
-        k: sealing.seal(table, k, str(v or ""), key_id) if (table, k) in SEALED_COLUMNS else v
+        k: sealing.seal_value(table, k, v, key_id) if (table, k) in SEALED_COLUMNS else v
         for k, v in values.items()
     }
+
+
+def _object_series(values: list[Any], index: Any) -> Any:
+    """``values`` as a pandas Series on ``index`` (lists stay one cell each)."""
+    import pandas as pd
+
+    return pd.Series(values, index=index, dtype=object)
 
 
 def _whole_number(name: str, value: Any) -> int:
@@ -868,7 +875,17 @@ class Catalog:
     def record_report(
         self, project: Project, report: dict[str, Any], rejected: Sequence[dict[str, str]]
     ) -> int:
-        """Store an ingest report and its rejected files together; return the report id."""
+        """Store an ingest report and its rejected files together; return the report id (an
+        encrypted identifiable project's source paths and reasons sealed)."""
+        if project.encrypted and not project.deidentify:
+            from voxelhub.catalog_sealing import sealer
+
+            sealing = sealer(project.name, self.location)
+            key_id = sealing.current_key_id()
+            report = _sealed_values(sealing, "ingest_reports", report, key_id)
+            rejected = [
+                _sealed_values(sealing, "rejected_files", dict(item), key_id) for item in rejected
+            ]
         with self.session() as s:
             r = IngestReport(project_id=project.id, **report)
             s.add(r)
@@ -1098,10 +1115,13 @@ class Catalog:
 
     def _sealed_rows(self, s: Session, project: str) -> Iterator[tuple[Any, str]]:
         """Every ORM row of ``project`` that holds sealed values, with its table name."""
+        from sqlalchemy.orm import selectinload
+
         patients = s.scalars(
             select(Patient)
             .join(Project, Patient.project_id == Project.id)
             .where(Project.name == project)
+            .options(selectinload(Patient.studies).selectinload(Study.volumes))
         ).all()
         for patient in patients:
             yield patient, "patients"
@@ -1109,10 +1129,20 @@ class Catalog:
                 yield study, "studies"
                 for volume in study.volumes:
                     yield volume, "volumes"
+        reports = s.scalars(
+            select(IngestReport)
+            .join(Project, IngestReport.project_id == Project.id)
+            .where(Project.name == project)
+            .options(selectinload(IngestReport.rejected))
+        ).all()
+        for report in reports:
+            yield report, "ingest_reports"
+            for item in report.rejected:
+                yield item, "rejected_files"
 
     def sealed_key_ids(self, project: str) -> set[str]:
         """Ids of the data keys ``project``'s sealed catalog values (and blind index) use."""
-        from voxelhub.catalog_sealing import SEALED_COLUMNS, key_id_of
+        from voxelhub.catalog_sealing import SEALED_COLUMNS, key_ids_of
 
         found: set[str] = set()
         with self.session() as s:
@@ -1120,7 +1150,8 @@ class Catalog:
                 values = [getattr(row, c) for t, c in SEALED_COLUMNS if t == table]
                 if table == "patients":
                     values.append(row.patient_key_index)
-                found |= {k for v in values if (k := key_id_of(v))}
+                for value in values:
+                    found |= key_ids_of(value)
         return found
 
     def reseal(self, project: str) -> int:
@@ -1131,7 +1162,7 @@ class Catalog:
         ring until :func:`~voxelhub.store.reencrypt.retire_old_keys`) opens."""
         if project not in self.sealed_projects():
             return 0
-        from voxelhub.catalog_sealing import SEALED_COLUMNS, key_id_of, sealer
+        from voxelhub.catalog_sealing import SEALED_COLUMNS, key_id_of, key_ids_of, sealer
 
         sealing = sealer(project, self.location)
         current = sealing.current_key_id()
@@ -1139,14 +1170,14 @@ class Catalog:
         with self.session() as s:
             for row, table in self._sealed_rows(s, project):
                 columns = sorted(c for t, c in SEALED_COLUMNS if t == table)
-                stale = {c for c in columns if key_id_of(getattr(row, c)) != current}
+                stale = {c for c in columns if key_ids_of(getattr(row, c)) - {current}}
                 if table == "patients" and key_id_of(row.patient_key_index) != current:
                     stale.add("patient_key")
                 for column in sorted(stale):
-                    value = sealing.unseal(table, column, getattr(row, column))
-                    setattr(row, column, sealing.seal(table, column, value, current))
+                    value = sealing.unseal_value(table, column, getattr(row, column))
+                    setattr(row, column, sealing.seal_value(table, column, value, current))
                     if table == "patients" and column == "patient_key":
-                        row.patient_key_index = sealing.blind_index(value, current)
+                        row.patient_key_index = sealing.blind_index(str(value), current)
                 changed += bool(stale)
         return changed
 
@@ -1617,22 +1648,60 @@ class Catalog:
             return set(s.scalars(select(Volume.store_path)))
 
     def reports(self) -> pd.DataFrame:
-        """Ingest reports, newest first."""
+        """Ingest reports, newest first (with the keys, an encrypted identifiable project's
+        source paths opened)."""
         stmt = select(IngestReport).order_by(IngestReport.id.desc())
-        return self._frame(stmt)
+        return self._unseal_reports(
+            self._frame(stmt), {"paths": "ingest_reports", "non_dicom": "ingest_reports"}
+        )
 
     def rejected(self, report_id: int | None = None) -> pd.DataFrame:
         """Files (and volumes) that could not be ingested, with the reason and the tag."""
-        stmt = select(
-            RejectedFile.report_id,
-            RejectedFile.source,
-            RejectedFile.reason,
-            RejectedFile.tag,
-            RejectedFile.series_uid,
-        ).order_by(RejectedFile.id)
+        stmt = (
+            select(
+                RejectedFile.report_id,
+                RejectedFile.source,
+                RejectedFile.reason,
+                RejectedFile.tag,
+                RejectedFile.series_uid,
+                IngestReport.project_id,
+            )
+            .join(IngestReport, RejectedFile.report_id == IngestReport.id)
+            .order_by(RejectedFile.id)
+        )
         if report_id is not None:
             stmt = stmt.where(RejectedFile.report_id == report_id)
-        return self._frame(stmt)
+        frame = self._unseal_reports(
+            self._frame(stmt), {"source": "rejected_files", "reason": "rejected_files"}
+        )
+        return frame.drop(columns="project_id")
+
+    def _unseal_reports(self, frame: pd.DataFrame, columns: dict[str, str]) -> Any:
+        """Open the sealed columns of report rows (by ``project_id``) of sealed projects."""
+        if frame.empty:
+            return frame
+        with self.engine.connect() as conn:
+            ids = dict(
+                conn.execute(
+                    select(Project.id, Project.name).where(Project.name.in_(self.sealed_projects()))
+                ).all()
+            )
+        rows = frame["project_id"].isin(ids)
+        if not rows.any():
+            return frame
+        from voxelhub.catalog_sealing import sealer
+
+        sealers = {i: sealer(name, self.location) for i, name in ids.items()}
+        if any(s.ring is None for s in sealers.values()):
+            return frame  # a process with no keys: opaque, as listings are
+        for name, table in columns.items():
+            opened = [
+                sealers[int(i)].unseal_value(table, name, v)
+                for i, v in zip(frame.loc[rows, "project_id"], frame.loc[rows, name], strict=True)
+            ]
+            frame[name] = frame[name].astype(object)
+            frame.loc[rows, name] = _object_series(opened, frame.index[rows])
+        return frame
 
     def volume_row(self, uid: str) -> dict[str, Any]:
         """The catalog row of a volume, by volume UID or (unsplit) SeriesInstanceUID."""

@@ -48,9 +48,15 @@ SEALED_COLUMNS = frozenset(
         ("studies", "accession_number"),
         ("studies", "description"),
         ("volumes", "description"),
+        ("ingest_reports", "paths"),
+        ("ingest_reports", "non_dicom"),
+        ("rejected_files", "source"),
+        ("rejected_files", "reason"),
     }
 )
-"""(table, column) pairs sealed in an encrypted identifiable project."""
+"""(table, column) pairs sealed in an encrypted identifiable project (an ingest report's source
+paths too: a folder is often named after the patient).  Lists (the JSON columns) are sealed
+item by item."""
 
 
 class CorruptValue(CatalogError):
@@ -175,6 +181,18 @@ class ColumnSealer:
                 f"changed, moved from another row or column, or damaged in the database"
             ) from None
 
+    def seal_value(self, table: str, column: str, value: object, key_id: str) -> object:
+        """:meth:`seal` of a value, or of each item of a list (a JSON column)."""
+        if isinstance(value, list):
+            return [self.seal(table, column, str(v), key_id) for v in value]
+        return self.seal(table, column, str(value or ""), key_id)
+
+    def unseal_value(self, table: str, column: str, value: object) -> object:
+        """:meth:`unseal` of a value, or of each item of a list."""
+        if isinstance(value, list):
+            return [self.unseal(table, column, str(v)) for v in value]
+        return self.unseal(table, column, str(value))
+
     def blind_index(self, value: str, key_id: str | None = None) -> str:
         """An equality token for ``value`` (a patient ID) under ``key_id`` (default: current)."""
         key_id = key_id or self.current_key_id()
@@ -205,6 +223,12 @@ def sealer(project: str, location: Any = None) -> ColumnSealer:
     if ring is None and location is not None and config.key_file() is not None:
         ring = open_store_keys(location)
     return ColumnSealer(project, ring)
+
+
+def key_ids_of(value: object) -> set[str]:
+    """The data key ids a stored value (a list: its items) is sealed with."""
+    items = value if isinstance(value, list) else [value]
+    return {k for v in items if (k := key_id_of(v))}
 
 
 def key_id_of(text: object) -> str | None:
