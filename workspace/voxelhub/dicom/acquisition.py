@@ -107,6 +107,7 @@ _GE_ESP = _Private(0x0043, _GE_PARM, 0x10, 0x2C)
 _GE_B = _Private(0x0043, _GE_PARM, 0x10, 0x39)
 _GE_GROUP_DELAY = _Private(0x0043, _GE_PARM, 0x10, 0x7C)
 _GE_ASSET = _Private(0x0043, _GE_PARM, 0x10, 0x83)
+_GE_IMAGE_TYPE = _Private(0x0043, _GE_PARM, 0x10, 0x2F)
 _PHILIPS_B = _Private(0x2001, "Philips Imaging DD 001", 0x10, 0x03)
 _PHILIPS_SCALE = _Private(0x2005, _PHILIPS_001, 0x10, 0x0E)
 _PHILIPS_GRADIENT = tuple(_Private(0x2005, _PHILIPS_001, 0x10, e) for e in (0xB0, 0xB1, 0xB2))
@@ -717,6 +718,29 @@ def ge_pepolar_reversed(mode: int, volume_index: int) -> bool:
     if mode == 3:
         return volume_index % 2 == 1
     return False
+
+
+GE_IMAGE_KINDS = {0: "magnitude", 1: "phase", 2: "real", 3: "imaginary"}
+"""GE private image type (0043,102F) values, as dcm2niix readDICOMx() (case kImageTypeGE) reads them."""
+
+
+def ge_image_kind(ds: Dataset) -> str | None:
+    """What a GE image holds: "magnitude", "phase", "real" or "imaginary"; None if not said.
+
+    GE can write the magnitude, phase, real and imaginary images of one acquisition into one
+    series with the same public ImageType and the same slice positions; only the private
+    (0043,102F) SS tells them apart. Without it they would look like repeated volumes and be
+    cut into one 4-D volume by instance order, mixing magnitude and phase. dcm2niix reads it
+    for GE files only (readDICOMx(), case kImageTypeGE: isHasMagnitude/Phase/Real/Imaginary),
+    and so does this, by tag number only when Manufacturer says GE.
+    """
+    try:
+        if _vendor(ds) != "GE":
+            return None
+        value = _number(_private(ds, _GE_IMAGE_TYPE, True), "h")
+        return None if value is None else GE_IMAGE_KINDS.get(round(value))
+    except Exception:
+        return None
 
 
 def philips_scale_slope(ds: Dataset, frame_item: Dataset | None = None) -> float | None:

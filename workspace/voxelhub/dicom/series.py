@@ -41,6 +41,7 @@ _ALWAYS_SPLIT: list[tuple[str, Callable[[Frame], Any]]] = [
 # position (time, diffusion, label/control, acquisition) becomes the t axis of one 4-D volume.
 _SPLIT_IF_REPEATED: list[tuple[str, Callable[[Frame], Any]]] = [
     ("image_type", lambda f: f.image_type),
+    ("ge_image_type", lambda f: f.vendor_image_kind),  # GE (0043,102F): see ge_image_kind
     (
         "stack",
         lambda f: (
@@ -244,6 +245,7 @@ def plan_volumes(frames: Iterable[Frame]) -> Plan:
                     )
                     continue
                 for plan in new:
+                    _flag_vendor_split(plan, part_split)
                     if len(studies) > 1:
                         plan.geometry.flags.append(
                             Flag(
@@ -263,6 +265,21 @@ def plan_volumes(frames: Iterable[Frame]) -> Plan:
                         )
                     plans.append(plan)
     return Plan(plans, rejected, dropped)
+
+
+def _flag_vendor_split(plan: VolumePlan, split: dict[str, Any]) -> None:
+    """Say why a volume was split off on a vendor's private tag rather than a public one."""
+    kind = split.get("ge_image_type")
+    if "ge_image_type" in split:
+        plan.geometry.flags.append(
+            Flag(
+                "ge_private_image_type",
+                f"GE private image type (0043,102F) is {kind or 'absent'} here: GE wrote "
+                "magnitude/phase/real/imaginary images into one series with the same ImageType "
+                "and slice positions; split on the private tag into separate volumes, as dcm2niix "
+                "does, instead of being mistaken for repeated volumes",
+            )
+        )
 
 
 def _by_series(frames: list[Frame]) -> dict[tuple[str, str], list[Frame]]:

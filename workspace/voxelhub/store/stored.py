@@ -41,6 +41,7 @@ class VolumeFlag(StrEnum):
     GE_PEPOLAR_REVERSED = "ge_pepolar_reversed"
     UIH_MOSAIC = "uih_mosaic"
     UIH_GRADIENT_FRAME = "uih_gradient_frame"
+    GE_PRIVATE_IMAGE_TYPE = "ge_private_image_type"
 
 
 @dataclass(frozen=True)
