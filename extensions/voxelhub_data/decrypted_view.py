@@ -39,7 +39,6 @@ from voxelhub.store.encryption import (
     CODEC_NAME,
     OVERHEAD,
     decrypt_chunk,
-    decrypt_chunk_into,
     keys_in_use,
     use_keys,
 )
@@ -291,39 +290,30 @@ class _Layout:
         """Bytes ``start:stop`` of shard ``stored`` as served: the shard as zarr would have
         written it without the cipher (the same inner chunks in the same order, each 32 bytes
         shorter, then an index of their new offsets).  Only the inner chunks the range
-        overlaps are read (one ``pread`` for all of them) and decrypted, straight into the
-        answer; so the client's coalesced range reads (``ServiceStore``) work as on a clear
-        volume."""
-        stop = min(stop, plan.size)  # as slicing bytes would: a range past the end is cut
-        out = bytearray(max(0, stop - start))
-        target = memoryview(out)
+        overlaps are read and decrypted; so the client's coalesced range reads
+        (``ServiceStore``) work as on a clear volume.
+
+        One ``pread`` and one decryption per inner chunk, joined once: small buffers that
+        the allocator reuses.  (Reading the whole span at once and decrypting into one
+        preallocated answer was measured 4x slower for a whole 11 MB shard: three large fresh
+        buffers per request, each paid for in page faults.)"""
+        parts: list[bytes] = []
         first = bisect.bisect_right(plan.plain_ends, start)
-        last = bisect.bisect_left(plan.plain_starts, stop)
-        if first < last:
-            base = plan.offsets[first]
-            span = plan.offsets[last - 1] + plan.lengths[last - 1] - base
-            sealed = memoryview(os.pread(fd, span, base))
-            if len(sealed) < span:
+        for k in range(first, len(plan.offsets)):
+            lo, hi = plan.plain_starts[k], plan.plain_ends[k]
+            if lo >= stop:
+                break
+            sealed = os.pread(fd, plan.lengths[k], plan.offsets[k])
+            if len(sealed) < plan.lengths[k]:
                 raise _corrupt(self.key_id, stored, "shorter than its index says")
-            for k in range(first, last):
-                at = plan.offsets[k] - base
-                chunk = sealed[at : at + plan.lengths[k]]
-                lo, hi = plan.plain_starts[k], plan.plain_ends[k]
-                if start <= lo and hi <= stop:
-                    decrypt_chunk_into(
-                        self.key_id, self.salt, chunk, target[lo - start : hi - start]
-                    )
-                    continue
-                plain = decrypt_chunk(self.key_id, self.salt, chunk)
-                lo, hi = max(lo, start), min(hi, stop)
-                target[lo - start : hi - start] = plain[
-                    lo - plan.plain_starts[k] : hi - plan.plain_starts[k]
-                ]
+            plain = decrypt_chunk(self.key_id, self.salt, sealed)
+            parts.append(
+                plain[max(0, start - lo) : stop - lo] if start > lo or hi > stop else plain
+            )
         data_end = plan.size - len(plan.index)
         if stop > data_end:
-            lo = max(start, data_end)
-            target[lo - start : stop - start] = plan.index[lo - data_end : stop - data_end]
-        return bytes(out)
+            parts.append(plan.index[max(0, start - data_end) : stop - data_end])
+        return b"".join(parts)
 
     def plan(self, stored: str, fd: int, size: int) -> _ShardPlan:
         """Where each inner chunk is in the stored shard and in the served one."""
