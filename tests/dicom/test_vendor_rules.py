@@ -10,13 +10,26 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset
 
 import voxelhub
 from tests.dicom.test_4d_series import SLICES, _write_4d
 from voxelhub.dicom.acquisition import ge_image_kind
+from voxelhub.dicom.geometry import compute_geometry
+from voxelhub.dicom.index import read_frames
+from voxelhub.dicom.mosaic import plan_mosaic
+from voxelhub.dicom.series import VolumePlan
 
 GE = "GE MEDICAL SYSTEMS"
+MOSAIC = (
+    Path(__file__).resolve().parents[2].parent
+    / "shared"
+    / "data"
+    / "dicom"
+    / "mr_siemens_transfer_syntaxes"
+    / "1.dcm"
+)
 
 
 def _ge_image_type(kind: int, *, creator: bool = True) -> Dataset:
@@ -87,3 +100,37 @@ def test_a_series_without_the_ge_tag_is_not_split_on_it(tmp_path: Path) -> None:
     assert len(rows) == 1 and rows.iloc[0]["timepoints"] == 2
     assert "ge_private_image_type" not in rows.iloc[0]["flags"]
     cat.close()
+
+
+def _mosaic_plan(path: Path) -> VolumePlan:
+    result = read_frames(str(path))
+    assert not result.rejected and len(result.frames) == 1
+    (plan,) = plan_mosaic("study", "series", {}, result.frames)
+    return plan
+
+
+def test_negative_slice_spacing_does_not_mirror_a_mosaic(tmp_path: Path) -> None:
+    """The real Siemens mosaic with SpacingBetweenSlices negated lands where the original does.
+
+    Used as a signed step, -3.6 mm laid the 35 tiles out backwards along the CSA slice normal
+    (slice order reversed, every slice but the first misplaced) with no flag. The original's
+    geometry equals dcm2niix's (tests/dicom/test_mosaic.py).
+    """
+    ds = pydicom.dcmread(MOSAIC)
+    spacing = float(ds.SpacingBetweenSlices)
+    ds.SpacingBetweenSlices = -spacing
+    variant = tmp_path / "negative.dcm"
+    ds.save_as(variant)
+    original, negated = _mosaic_plan(MOSAIC), _mosaic_plan(variant)
+    assert negated.geometry.order == original.geometry.order == list(range(35))
+    np.testing.assert_allclose(negated.geometry.positions, original.geometry.positions, atol=1e-9)
+    np.testing.assert_allclose(negated.geometry.affine, original.geometry.affine, atol=1e-9)
+    assert "negative_slice_spacing" in negated.geometry.flag_codes()
+    assert "negative_slice_spacing" not in original.geometry.flag_codes()
+
+
+def test_negative_fallback_spacing_of_one_slice_is_a_distance() -> None:
+    g = compute_geometry(
+        [(0.0, 0.0, 0.0)], (1, 0, 0, 0, 1, 0), (0.5, 0.5), fallback_slice_spacing=-4
+    )
+    assert g.spacing[0] == 4.0 and np.linalg.det(g.affine[:3, :3]) > 0

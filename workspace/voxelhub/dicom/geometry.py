@@ -138,6 +138,8 @@ def compute_geometry(
     """
     n = len(positions)
     flags: list[Flag] = []
+    if fallback_slice_spacing is not None:  # a distance; a negative one would mirror the axis
+        fallback_slice_spacing = abs(fallback_slice_spacing)
     dy, dx = (float(pixel_spacing[0]), float(pixel_spacing[1])) if pixel_spacing else (1.0, 1.0)
     if not pixel_spacing:
         flags.append(Flag("no_pixel_spacing", "PixelSpacing is missing; 1 mm assumed in-plane"))

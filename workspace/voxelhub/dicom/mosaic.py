@@ -252,7 +252,9 @@ def _tile_positions(frame: Frame, header: _MosaicHeader) -> list[tuple[float, fl
     if normal is None:
         cross = np.cross(row_cos, col_cos)
         normal = cross / np.linalg.norm(cross)
-    step = float(frame.slice_spacing or 1.0)
+    # a distance: the direction is the normal's. A negative SpacingBetweenSlices (some writers)
+    # used as a step would lay the tiles out mirrored along the normal, silently
+    step = abs(float(frame.slice_spacing or 1.0))
     out = []
     for k in range(layout.n_slices):
         x, y, z = (float(v) for v in first + k * step * normal)
@@ -315,6 +317,15 @@ def plan_mosaic(
                     "no_slice_spacing",
                     "Siemens mosaic without SpacingBetweenSlices or SliceThickness: the tiles' "
                     "positions assume 1 mm between slices",
+                )
+            )
+        if frame.slice_spacing is not None and frame.slice_spacing < 0 and positions:
+            geometry.flags.append(
+                Flag(
+                    "negative_slice_spacing",
+                    f"the mosaic's slice spacing is negative ({frame.slice_spacing:g} mm): used "
+                    "as a distance, tiles laid out along the CSA slice normal. dcm2niix ignores a "
+                    "non-positive SpacingBetweenSlices and steps by SliceThickness instead",
                 )
             )
         if frame.mosaic_vendor == "uih":

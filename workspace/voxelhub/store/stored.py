@@ -42,6 +42,7 @@ class VolumeFlag(StrEnum):
     UIH_MOSAIC = "uih_mosaic"
     UIH_GRADIENT_FRAME = "uih_gradient_frame"
     GE_PRIVATE_IMAGE_TYPE = "ge_private_image_type"
+    NEGATIVE_SLICE_SPACING = "negative_slice_spacing"
 
 
 @dataclass(frozen=True)
