@@ -182,12 +182,12 @@ import voxelhub
 import voxelhub.store.writer as writer
 
 _write_slab = writer._write_slab_in_worker
-def spy(t, start, stop):
+def spy(t, start, stop, *slot):
     with open(os.path.join(sys.argv[3], f"{os.getpid()}-{start}"), "w"):
         pass
     if sys.argv[4] == "kill" and start == 64:
         os.kill(os.getpid(), signal.SIGKILL)  # as a codec segfault or the OOM killer would
-    return _write_slab(t, start, stop)
+    return _write_slab(t, start, stop, *slot)
 writer._write_slab_in_worker = spy  # forked pool processes inherit it
 
 report = voxelhub.ingest(sys.argv[1], sys.argv[2], workers=2, progress=False)

@@ -13,8 +13,10 @@ A crash at any point leaves at most a temporary tree that readers never see and
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import mmap
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -202,7 +204,7 @@ def _write(
             for t in range(plan.n_timepoints)
             for start in range(0, shape[0], ngff.SLAB_DEPTH)
         ]
-        if workers > 1 and len(jobs) > 1:
+        if workers > 1 and len(jobs) > 1 and _forks():
             _write_slabs_in_workers(slabs, location, jobs, workers, hasher, store, on_slab)
         else:
             slabs.attach(store, arrays)
@@ -288,6 +290,11 @@ class _SlabWriter:
             arrays = [zarr.open_array(store, path=lv.path, zarr_format=3) for lv in self.levels]
         self.store, self.arrays = store, arrays
 
+    def max_slab_bytes(self) -> int:
+        """Bytes of the largest slab (one slab deep, every channel)."""
+        _, ny, nx = volume_shape(self.plan)
+        return ngff.SLAB_DEPTH * ny * nx * (self.n_c or 1) * self.choice.dtype.itemsize
+
     def write(self, t: int, start: int, stop: int, pool: Executor | None = None) -> np.ndarray:
         """Decode, rescale and write one slab with its pyramid; returns the level-0 slab."""
         lead: tuple[int | slice, ...] = () if self.n_t is None else (t,)
@@ -305,24 +312,43 @@ class _SlabWriter:
         return slab
 
 
+def _forks() -> bool:
+    """Whether pool processes are forked, which the slab pool needs (it shares memory)."""
+    from voxelhub.dicom.index import process_context
+
+    return process_context().get_start_method() == "fork"
+
+
 # Set in each process of a slab pool (fork copies it: nothing is pickled).
 _worker_slabs: _SlabWriter | None = None
+_worker_slots: mmap.mmap | None = None
 
 
-def _init_slab_worker(slabs: _SlabWriter, location: Location) -> None:
-    global _worker_slabs
+def _init_slab_worker(slabs: _SlabWriter, location: Location, slots: mmap.mmap) -> None:
+    global _worker_slabs, _worker_slots
     slabs.attach(_HashingStore(location.zarr_store(slabs.tmp)))
-    _worker_slabs = slabs
+    _worker_slabs, _worker_slots = slabs, slots
 
 
-def _write_slab_in_worker(t: int, start: int, stop: int) -> tuple[np.ndarray, dict[str, str]]:
-    """One slab written by a pool process: the slab (for the parent's in-order checksum) and
-    the sha256 of every file it wrote (for the parent's verification)."""
+def _slot(slots: mmap.mmap, k: int, size: int, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """Slot ``k`` of the shared slab buffer, as an array of ``shape``."""
+    count = int(np.prod(shape))
+    return np.frombuffer(slots, dtype=dtype, count=count, offset=k * size).reshape(shape)
+
+
+def _write_slab_in_worker(
+    t: int, start: int, stop: int, k: int, size: int
+) -> tuple[tuple[int, ...], dict[str, str]]:
+    """One slab written by a pool process.  The slab goes into shared slot ``k`` for the
+    parent's in-order checksum (a copy, where pickling it back cost more than writing it);
+    returned: its shape and the sha256 of every file written, for the parent's verification."""
     assert _worker_slabs is not None and _worker_slabs.store is not None
+    assert _worker_slots is not None
     written = _worker_slabs.store.written
     written.clear()
     slab = _worker_slabs.write(t, start, stop)
-    return slab, dict(written)
+    np.copyto(_slot(_worker_slots, k, size, slab.shape, slab.dtype), slab)
+    return slab.shape, dict(written)
 
 
 def _write_slabs_in_workers(
@@ -334,38 +360,48 @@ def _write_slabs_in_workers(
     store: _HashingStore,
     on_slab: Callable[[int], None] | None,
 ) -> None:
-    """Write ``jobs`` (slabs) in ``workers`` processes, hashing the slabs here in order.
+    """Write ``jobs`` (slabs) in ``workers`` forked processes, hashing the slabs here in order.
 
-    At most ``workers + 1`` slabs are in flight, so memory stays a few slabs whatever the
-    volume's size.  An error in any slab (a DtypeOverflow too) stops the pool before it is
-    raised, so no process is still writing when the caller removes the temporary tree.
+    At most ``workers + 1`` slabs are in flight, each with its slot in an anonymous shared
+    mapping, so memory stays a few slabs whatever the volume's size.  An error in any slab
+    (a DtypeOverflow too) stops the pool before it is raised, so no process is still writing
+    when the caller removes the temporary tree.
     """
     from concurrent.futures import Future, ProcessPoolExecutor
 
     from voxelhub.dicom.index import process_context
 
+    n_slots = workers + 1
+    size = slabs.max_slab_bytes()
+    slots = mmap.mmap(-1, n_slots * size)  # MAP_SHARED: the forked workers write into it
     pool = ProcessPoolExecutor(
         min(workers, len(jobs)),
         mp_context=process_context(),
         initializer=_init_slab_worker,
-        initargs=(slabs, location),
+        initargs=(slabs, location, slots),
     )
+    dtype = slabs.choice.dtype
     try:
         todo = deque(jobs)
-        pending: deque[tuple[int, Future[tuple[np.ndarray, dict[str, str]]]]] = deque()
+        free = deque(range(n_slots))
+        pending: deque[tuple[int, int, Future[tuple[tuple[int, ...], dict[str, str]]]]] = deque()
         while todo or pending:
-            while todo and len(pending) <= workers:
+            while todo and free:
                 t, start, stop = todo.popleft()
-                pending.append((stop - start, pool.submit(_write_slab_in_worker, t, start, stop)))
-            n, future = pending.popleft()
-            slab, written = future.result()
-            hasher.update(slab)
+                k = free.popleft()
+                future = pool.submit(_write_slab_in_worker, t, start, stop, k, size)
+                pending.append((stop - start, k, future))
+            n, k, future = pending.popleft()
+            shape, written = future.result()
+            hasher.update(_slot(slots, k, size, shape, dtype))
             store.written.update(written)
-            del slab
+            free.append(k)
             if on_slab is not None:
                 on_slab(n)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        with contextlib.suppress(BufferError):  # a view kept by a traceback: freed with it
+            slots.close()
 
 
 def _downsample(block: np.ndarray, step: tuple[int, int, int], n_c: int | None) -> np.ndarray:
