@@ -28,6 +28,9 @@ next to it), and the load average is recorded before and after.
   volume a shard-index read per shard and a ``pread`` per inner chunk; for the encrypted one
   :func:`voxelhub_data.decrypted_view.read` and a one-chunk range of its view (index plan
   cached, ``pread``, AES-GCM).  Over HTTP both add the same request handling on top.
+  ``serve shards``: the same for a full read, each level-0 shard requested whole (what
+  ``ServiceStore`` asks for when a read covers a shard): a ``pread`` of the file against the
+  view decrypting all its inner chunks.
 
 Writes ``benchmarks/results/encryption.json`` (``--quick``: the work folder only).
 """
@@ -144,8 +147,40 @@ def serve_time(store: Path, uid: str) -> float:
     return time.perf_counter() - start
 
 
-def service_times(key_file: Path, reads: int) -> dict[str, list[float]]:
-    """Level 0 through the real data service, clear and encrypted, alternating.
+def serve_shards_time(store: Path, uid: str) -> float:
+    """Every level-0 shard whole, as the service hands it out (see the module docstring)."""
+    from voxelhub_data import decrypted_view, paths
+
+    from voxelhub import open_catalog
+
+    cat = open_catalog(store)
+    rel = cat.stored_volume(uid).store_path
+    cat.close()
+    shards = sorted((store / rel / "0" / "c").rglob("*"))
+    names = [s.relative_to(store / rel).as_posix() for s in shards if s.is_file()]
+    reader = decrypted_view.LocalVolume(str(store), paths.parse(rel))
+    encrypted = "aes256gcm" in (store / rel / "0" / "zarr.json").read_text()
+    start = time.perf_counter()
+    for name in names:
+        if not encrypted:  # as a service holding no keys reads a key
+            fd = reader.open(name)
+            try:
+                os.pread(fd, os.fstat(fd).st_size, 0)
+            finally:
+                os.close(fd)
+            continue
+        view = decrypted_view.read(paths.parse(f"{rel}/{name}"), reader)
+        assert view is not None
+        with view:
+            view.read(0, view.size)
+    return time.perf_counter() - start
+
+
+def service_times(
+    key_file: Path, reads: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Level 0 through the real data service, clear and encrypted, alternating: the whole
+    read, and the part of it that opened the volume (catalog row, metadata).
 
     In a throwaway folder under /tmp that the hub's accounts can pass through (0755)."""
     import secrets
@@ -193,6 +228,7 @@ def service_times(key_file: Path, reads: int) -> dict[str, list[float]]:
     )
     stack.store = str(store)
     times: dict[str, list[float]] = {"clear": [], "encrypted": []}
+    opening: dict[str, list[float]] = {"clear": [], "encrypted": []}
     try:
         stack.start(timeout=180)
         admin = HubBrowser(stack.url, stack.verify)
@@ -208,9 +244,12 @@ def service_times(key_file: Path, reads: int) -> dict[str, list[float]]:
         for run in range(reads + 1):  # the first round warms both up
             for side in ("clear", "encrypted") if run % 2 == 0 else ("encrypted", "clear"):
                 start = time.perf_counter()
-                values = service.open_series(uids[side]).values
+                volume = service.open_series(uids[side])
+                opened = time.perf_counter()
+                values = volume.values
                 if run:
                     times[side].append(time.perf_counter() - start)
+                    opening[side].append(opened - start)
                 sums[side] = float(np.asarray(values, dtype=np.float64).sum())
         if sums["clear"] != sums["encrypted"]:
             raise RuntimeError(f"the service returned other voxels: {sums}")
@@ -224,7 +263,7 @@ def service_times(key_file: Path, reads: int) -> dict[str, list[float]]:
         for group in groups:
             remove_group(group)
         shutil.rmtree(folder, ignore_errors=True)
-    return times
+    return times, opening
 
 
 def main() -> None:
@@ -242,6 +281,7 @@ def main() -> None:
     rounds, reads = (1, 2) if args.quick else (3, 15)
     load_before = os.getloadavg()
     service: dict[str, list[float]] = {}
+    service_open: dict[str, list[float]] = {}
     try:
         key_file = FileKeyProvider.create(folder / "secret" / "master.json").path
         writes: dict[str, list[float]] = {"clear": [], "encrypted": []}
@@ -258,6 +298,7 @@ def main() -> None:
         full: dict[str, list[float]] = {"clear": [], "encrypted": []}
         slab: dict[str, list[float]] = {"clear": [], "encrypted": []}
         serve: dict[str, list[float]] = {"clear": [], "encrypted": []}
+        shards: dict[str, list[float]] = {"clear": [], "encrypted": []}
         nbytes = 0
         for r in range(reads):
             for side in ("clear", "encrypted") if r % 2 == 0 else ("encrypted", "clear"):
@@ -266,9 +307,10 @@ def main() -> None:
                 full[side].append(f)
                 slab[side].append(s)
                 serve[side].append(serve_time(store, uid))
+                shards[side].append(serve_shards_time(store, uid))
         use_keys(None)
         if os.geteuid() == 0 and not args.no_service:
-            service = service_times(key_file, reads)
+            service, service_open = service_times(key_file, 2 * reads)  # the noisiest row
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -315,7 +357,9 @@ def main() -> None:
         "read_full_level0": row(full, mib),
         "read_16_slices": row(slab, None),
         "serve_all_inner_chunks": row(serve, mib),
+        "serve_level0_shards_whole": row(shards, mib),
         **({"read_through_service": row(service, mib)} if service else {}),
+        **({"read_through_service_open_part": row(service_open, None)} if service else {}),
         "target": "encrypted at most 15 % slower end to end",
     }
     text = json.dumps(result, indent=1)
