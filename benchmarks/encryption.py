@@ -182,9 +182,10 @@ def serve_shards_time(store: Path, uid: str) -> float:
 
 def service_times(
     key_file: Path, reads: int
-) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, list[float]]]:
     """Level 0 through the real data service, clear and encrypted, alternating: the whole
-    read, and the part of it that opened the volume (catalog row, metadata).
+    read, the part of it that opened the volume (catalog row, metadata), and then 16 slices
+    of the volume already open.
 
     In a throwaway folder under /tmp that the hub's accounts can pass through (0755)."""
     import secrets
@@ -233,6 +234,7 @@ def service_times(
     stack.store = str(store)
     times: dict[str, list[float]] = {"clear": [], "encrypted": []}
     opening: dict[str, list[float]] = {"clear": [], "encrypted": []}
+    slab: dict[str, list[float]] = {"clear": [], "encrypted": []}
     try:
         stack.start(timeout=180)
         admin = HubBrowser(stack.url, stack.verify)
@@ -251,9 +253,13 @@ def service_times(
                 volume = service.open_series(uids[side])
                 opened = time.perf_counter()
                 values = volume.values
+                done = time.perf_counter()
+                band = volume[60:76].values  # a viewer's band: ranges of shards, not all
+                assert band.shape[0] == 16
                 if run:
-                    times[side].append(time.perf_counter() - start)
+                    times[side].append(done - start)
                     opening[side].append(opened - start)
+                    slab[side].append(time.perf_counter() - done)
                 sums[side] = float(np.asarray(values, dtype=np.float64).sum())
         if sums["clear"] != sums["encrypted"]:
             raise RuntimeError(f"the service returned other voxels: {sums}")
@@ -267,7 +273,7 @@ def service_times(
         for group in groups:
             remove_group(group)
         shutil.rmtree(folder, ignore_errors=True)
-    return times, opening
+    return times, opening, slab
 
 
 def main() -> None:
@@ -286,6 +292,7 @@ def main() -> None:
     load_before = os.getloadavg()
     service: dict[str, list[float]] = {}
     service_open: dict[str, list[float]] = {}
+    service_slab: dict[str, list[float]] = {}
     try:
         key_file = FileKeyProvider.create(folder / "secret" / "master.json").path
         writes: dict[str, list[float]] = {"clear": [], "encrypted": []}
@@ -316,7 +323,9 @@ def main() -> None:
                 shards[side].append(serve_shards_time(store, uid))
         use_keys(None)
         if os.geteuid() == 0 and not args.no_service:
-            service, service_open = service_times(key_file, 2 * reads)  # the noisiest row
+            service, service_open, service_slab = service_times(
+                key_file, 2 * reads
+            )  # the noisiest row
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -367,6 +376,7 @@ def main() -> None:
         "serve_level0_shards_whole": row(shards, mib),
         **({"read_through_service": row(service, mib)} if service else {}),
         **({"read_through_service_open_part": row(service_open, None)} if service else {}),
+        **({"read_16_slices_through_service": row(service_slab, None)} if service else {}),
         "target": "encrypted at most 15 % slower end to end",
     }
     text = json.dumps(result, indent=1)
