@@ -44,7 +44,7 @@ MAGIC = b"VHE1"
 NONCE_BYTES, TAG_BYTES = 12, 16
 OVERHEAD = len(MAGIC) + NONCE_BYTES + TAG_BYTES
 INLINE_BYTES = 1 << 20
-"""Chunks up to this size are decrypted on zarr's event loop rather than in a thread."""
+"""Chunks up to this size are sealed and opened on zarr's event loop rather than in a thread."""
 
 _ring: KeyRing | None = None
 _ring_lock = threading.Lock()
@@ -266,6 +266,11 @@ class Aes256GcmCodec(BytesBytesCodec):
         return [None if c is None else self._decode_sync(c, spec) for c, spec in batch]
 
     async def _encode_single(self, chunk: Buffer, spec: Any) -> Buffer:
+        # as for decoding: a small chunk is sealed faster than a hop to a thread (level 0 of
+        # the phantom written (blosc lz4), 21 interleaved runs: +11 % over the clear write
+        # inline, +23 % in a thread per chunk; one thread per batch was no better)
+        if len(chunk) <= INLINE_BYTES:
+            return self._encode_sync(chunk, spec)
         return await asyncio.to_thread(self._encode_sync, chunk, spec)
 
     async def _decode_single(self, chunk: Buffer, spec: Any) -> Buffer:
