@@ -2,7 +2,7 @@
 
 Run from anywhere::
 
-    .venv/bin/python benchmarks/encryption.py            # 3 ingests and 21 reads per side (42 through the service)
+    .venv/bin/python benchmarks/encryption.py            # 7 ingests and 21 reads per side (42 through the service)
     .venv/bin/python benchmarks/encryption.py --quick    # 1 and 2 (smoke test)
 
 Input: the real ``ct_philips_ingenuity_phantom`` (140 × 512² CT, 72 MB of DICOM) from the shared
@@ -288,7 +288,7 @@ def main() -> None:
 
     WORK.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="encryption-", dir=WORK))
-    rounds, reads = (1, 2) if args.quick else (3, 21)
+    rounds, reads = (1, 2) if args.quick else (7, 21)
     load_before = os.getloadavg()
     service: dict[str, list[float]] = {}
     service_open: dict[str, list[float]] = {}
