@@ -212,15 +212,15 @@ def _ingest_with_slab_spy(tmp_path: Path, store: Path, mode: str) -> tuple[dict,
 def test_one_volume_s_slabs_are_written_by_several_workers_as_one_process_would(
     tmp_path: Path,
 ) -> None:
-    """150 slices = 3 slabs (64 + 64 + 22): each slab's decode, level 0 and pyramid shards are
-    written by a pool process; the tree, its checksum and every level equal --workers 1."""
+    """150 slices = 3 slabs (64 + 64 + 22): with 2 workers the ingest's process writes slabs
+    0 and 2 (decode, level 0, pyramid shards) and a pool process slab 1, at the same time;
+    the tree, its checksum and every level equal --workers 1."""
     write_series(tmp_path / "in", slices=150, rows=160, columns=144, modality="MR", seed=5)
     one = voxelhub.ingest(tmp_path / "in", tmp_path / "one", workers=1, progress=False)
     out, calls = _ingest_with_slab_spy(tmp_path, tmp_path / "two", "spy")
     assert out["written"] == 1 and out["exit_code"] == 0, out
-    pids = {name.split("-")[0] for name in calls}
-    assert sorted(int(name.split("-")[1]) for name in calls) == [0, 64, 128]
-    assert len(pids) == 2 and str(out["pid"]) not in pids  # both workers, never the parent
+    (call,) = calls  # the pool's one slab, in another process
+    assert call.split("-")[1] == "64" and call.split("-")[0] != str(out["pid"])
     (ref,), (row,) = _rows(tmp_path / "one"), _rows(tmp_path / "two")
     assert row["checksum"] == ref["checksum"] and row["slices"] == 150
     a = zarr.open_group(str(tmp_path / "one" / ref["store_path"]), mode="r")

@@ -204,10 +204,10 @@ def _write(
             for t in range(plan.n_timepoints)
             for start in range(0, shape[0], ngff.SLAB_DEPTH)
         ]
+        slabs.attach(store, arrays)
         if workers > 1 and len(jobs) > 1 and _forks():
-            _write_slabs_in_workers(slabs, location, jobs, workers, hasher, store, on_slab)
+            _write_slabs_in_workers(slabs, location, jobs, workers, hasher, on_slab)
         else:
-            slabs.attach(store, arrays)
             for t, start, stop in jobs:
                 hasher.update(slabs.write(t, start, stop, pool))
                 if on_slab is not None:
@@ -357,47 +357,56 @@ def _write_slabs_in_workers(
     jobs: list[tuple[int, int, int]],
     workers: int,
     hasher: _Hasher,
-    store: _HashingStore,
     on_slab: Callable[[int], None] | None,
 ) -> None:
-    """Write ``jobs`` (slabs) in ``workers`` forked processes, hashing the slabs here in order.
+    """Write ``jobs`` (slabs) here and in ``workers - 1`` forked processes, hashing the slabs
+    here in order.
 
-    At most ``workers + 1`` slabs are in flight, each with its slot in an anonymous shared
-    mapping, so memory stays a few slabs whatever the volume's size.  An error in any slab
-    (a DtypeOverflow too) stops the pool before it is raised, so no process is still writing
-    when the caller removes the temporary tree.
+    Slab ``i`` is this process's when ``i % workers == 0`` (it would otherwise only wait), the
+    pool's else.  At most ``workers`` pool slabs are in flight, each with its slot in an
+    anonymous shared mapping, so memory stays a few slabs whatever the volume's size.  An
+    error in any slab (a DtypeOverflow too) stops the pool before it is raised, so no process
+    is still writing when the caller removes the temporary tree.
     """
     from concurrent.futures import Future, ProcessPoolExecutor
 
     from voxelhub.dicom.index import process_context
 
-    n_slots = workers + 1
+    assert slabs.store is not None
+    ours = {i for i in range(len(jobs)) if i % workers == 0}
+    theirs = deque(i for i in range(len(jobs)) if i not in ours)
+    n_slots = workers
     size = slabs.max_slab_bytes()
     slots = mmap.mmap(-1, n_slots * size)  # MAP_SHARED: the forked workers write into it
     pool = ProcessPoolExecutor(
-        min(workers, len(jobs)),
+        min(workers - 1, len(theirs)),
         mp_context=process_context(),
         initializer=_init_slab_worker,
         initargs=(slabs, location, slots),
     )
     dtype = slabs.choice.dtype
+    free = deque(range(n_slots))
+    pending: dict[int, tuple[int, Future[tuple[tuple[int, ...], dict[str, str]]]]] = {}
+
+    def submit() -> None:
+        while theirs and free:
+            i, k = theirs.popleft(), free.popleft()
+            pending[i] = (k, pool.submit(_write_slab_in_worker, *jobs[i], k, size))
+
     try:
-        todo = deque(jobs)
-        free = deque(range(n_slots))
-        pending: deque[tuple[int, int, Future[tuple[tuple[int, ...], dict[str, str]]]]] = deque()
-        while todo or pending:
-            while todo and free:
-                t, start, stop = todo.popleft()
-                k = free.popleft()
-                future = pool.submit(_write_slab_in_worker, t, start, stop, k, size)
-                pending.append((stop - start, k, future))
-            n, k, future = pending.popleft()
-            shape, written = future.result()
-            hasher.update(_slot(slots, k, size, shape, dtype))
-            store.written.update(written)
-            free.append(k)
+        submit()
+        for i, (t, start, stop) in enumerate(jobs):
+            if i in ours:
+                hasher.update(slabs.write(t, start, stop))
+            else:
+                k, future = pending.pop(i)
+                shape, written = future.result()
+                hasher.update(_slot(slots, k, size, shape, dtype))
+                slabs.store.written.update(written)
+                free.append(k)
+            submit()
             if on_slab is not None:
-                on_slab(n)
+                on_slab(stop - start)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         with contextlib.suppress(BufferError):  # a view kept by a traceback: freed with it
