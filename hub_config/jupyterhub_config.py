@@ -535,6 +535,10 @@ if SPAWNER == "system" and EXCHANGE_USER:
         f"http://127.0.0.1:{EXCHANGE_PORT}/services/voxelhub-exchange"
     )
     c.Spawner.server_token_scopes.append(EXCHANGE_SCOPE)
+    if DATA_SERVICE:  # grading kernels (sandboxed, no server token) still read the cohort
+        from voxelhub_hub.grading_token import with_grading_token
+
+        c.Spawner.pre_spawn_hook = with_grading_token(c.Spawner.pre_spawn_hook)
     next(r for r in c.JupyterHub.load_roles if r["name"] == "user")["scopes"].append(EXCHANGE_SCOPE)
     c.JupyterHub.load_roles.append(
         {

@@ -444,6 +444,9 @@ with Gradebook(f"sqlite:///{course}/gradebook.db", course_id) as gb:
 nbgrader("generate_feedback", assignment)
 nbgrader("release_feedback", assignment)
 print("AUTOGRADED_AS", __import__("getpass").getuser())
+import hashlib  # the server's token and the data-only one, as the submissions would see them
+for name in ("JUPYTERHUB_API_TOKEN", "VOXELHUB_GRADING_DATA_TOKEN"):
+    print("TOKEN", name, hashlib.sha256(os.environ.get(name, "").encode()).hexdigest()[:16])
 import json
 for student in students:  # what the submissions' own code printed while it was graded
     nb = json.load(open(f"{course}/autograded/{student}/{assignment}/{assignment}.ipynb"))
@@ -477,6 +480,46 @@ _try("list_instructor_home", lambda: os.listdir({prof_home!r}))
 _try("read_instructor_file", lambda: open({prof_home!r} + "/secret.txt").read())
 _try("write_instructor_home", lambda: open({prof_home!r} + "/planted.txt", "w").write("x"))
 _try("list_student_home", lambda: os.listdir({anna_home!r}))
+# the sandbox: no hub token of the grader's server, no process of it, no gradebook, no other
+# submission, and the token it does get opens neither the exchange nor the hub's API
+import hashlib, ssl, urllib.request
+_hash = lambda v: hashlib.sha256(v.encode()).hexdigest()[:16]
+print("TRESPASS env_hashes", *sorted({{_hash(v) for v in os.environ.values()}}))
+print("TRESPASS env_token", _hash(os.environ.get("JUPYTERHUB_API_TOKEN", "")))
+_try("read_server_environ", lambda: open("/proc/{server_pid}/environ").read())
+_pids = [p for p in os.listdir("/proc") if p.isdigit()]
+print("TRESPASS processes", len(_pids))
+def _tokens_in_proc():
+    found = set()
+    for p in _pids:
+        try:
+            for item in open(f"/proc/{{p}}/environ").read().split(chr(0)):
+                if item.startswith("JUPYTERHUB_API_TOKEN="):
+                    found.add(_hash(item.split("=", 1)[1]))
+        except OSError:
+            pass
+    return " ".join(sorted(found))
+print("TRESPASS proc_tokens", _tokens_in_proc())
+_try("open_gradebook", lambda: open({course!r} + "/gradebook.db", "r+b").read(16))
+_try("write_gradebook", lambda: open({course!r} + "/gradebook.db", "wb").write(b"x"))
+_try("list_other_submitted", lambda: os.listdir({course!r} + "/submitted/" + {anna!r}))
+_try("list_other_autograded", lambda: os.listdir({course!r} + "/autograded/" + {anna!r}))
+print("TRESPASS grader_home", *os.listdir(os.path.expanduser("~")))
+def _http(what, url, method="GET"):
+    req = urllib.request.Request(url, method=method, data=b"{{}}" if method == "POST" else None,
+        headers={{"Authorization": "token " + os.environ.get("JUPYTERHUB_API_TOKEN", "")}})
+    try:
+        with urllib.request.urlopen(req, timeout=30, context=ssl._create_unverified_context()) as r:
+            print("TRESPASS", what, r.status)
+    except urllib.error.HTTPError as exc:
+        print("TRESPASS", what, exc.code)
+    except OSError as exc:
+        print("TRESPASS", what, type(exc).__name__)
+_http("exchange_collect", {exchange!r} + "/inbound/" + {course_id!r})
+_http("hub_list_users", {hub!r} + "/hub/api/users")
+_http("hub_new_token", {hub!r} + "/hub/api/users/" + {grader!r} + "/tokens", "POST")
+_http("hub_start_server", {hub!r} + "/hub/api/users/" + {anna!r} + "/server", "POST")
+_http("data_projects", {data!r} + "/api/projects")
 """
 
 STUDENT_FEEDBACK = r"""
@@ -583,7 +626,23 @@ def test_release_fetch_submit_collect_autograde_feedback(site: Site) -> None:
     # two students fetch both in their own servers; anna answers right, ben wrong, and ben's
     # answer to ps1 also tries the instructor's and anna's files when it runs at autograde
     site.start_server(BEN)
-    trespass = MALICIOUS.format(prof_home=prof_home, anna_home=pwd.getpwnam(ANNA).pw_dir)
+    import psutil
+
+    grader_home = pwd.getpwnam(GRADER).pw_dir
+    server = min(
+        (
+            p
+            for p in psutil.process_iter(["username", "create_time"])
+            if p.info["username"] == GRADER
+        ),
+        key=lambda p: p.info["create_time"],
+    )  # the grader's server: the oldest process of its account
+    assert "JUPYTERHUB_API_TOKEN" in server.environ()
+    trespass = MALICIOUS.format(
+        prof_home=prof_home, anna_home=pwd.getpwnam(ANNA).pw_dir, server_pid=server.pid,
+        course=f"{grader_home}/course", anna=ANNA, grader=GRADER, course_id=COURSE,
+        exchange=ex, hub=site.stack.url, data=site.stack.data_url,
+    )  # fmt: skip
     answers = {ANNA: ["return x * x"], BEN: ["return 4 if x == 2 else 0\n" + trespass]}
     for student, answer in answers.items():
         out = _run(site, student, STUDENT_WORK, answers=answer, **names)
@@ -600,12 +659,41 @@ def test_release_fetch_submit_collect_autograde_feedback(site: Site) -> None:
     scores = {line.split()[0]: line.split()[1:] for line in _values(out, "SCORE")}
     assert scores == {ANNA: ["3.0", "3.0"], BEN: ["1.0", "3.0"]}, out
     assert _values(out, "AUTOGRADED_AS") == [GRADER]
-    assert sorted(_values(out, "TRESPASS")) == [
-        f"list_instructor_home PermissionError {BEN}",
-        f"list_student_home PermissionError {BEN}",
-        f"read_instructor_file PermissionError {BEN}",
-        f"write_instructor_home PermissionError {BEN}",
-    ], out
+    tokens = dict(line.split() for line in _values(out, "TOKEN"))
+    server_token, data_token = tokens["JUPYTERHUB_API_TOKEN"], tokens["VOXELHUB_GRADING_DATA_TOKEN"]
+    assert server_token != data_token
+    tried = {}
+    for line in _values(out, "TRESPASS"):
+        what, *outcome, student = line.split(" ")
+        assert student == BEN, line
+        tried[what] = " ".join(outcome)
+    env_hashes = tried.pop("env_hashes").split()
+    assert server_token not in env_hashes, "the grader server's token reached the submission"
+    assert int(tried.pop("processes")) <= 3, out  # the sandbox's init and the kernel
+    assert server_token not in tried.pop("proc_tokens").split(), out
+    hub_calls = {k: tried.pop(k) for k in ("hub_list_users", "hub_new_token", "hub_start_server")}
+    assert set(hub_calls.values()) <= {"403", "404"}, hub_calls  # refused, whichever way
+    assert tried == {
+        # as before the sandbox: the unix rights of the grader account
+        "list_instructor_home": "PermissionError",
+        "read_instructor_file": "PermissionError",
+        "write_instructor_home": "PermissionError",
+        "list_student_home": "PermissionError",
+        # (1) its one token is the data-only one
+        "env_token": data_token,
+        # (2) the grader's server is not in its PID namespace
+        "read_server_environ": "FileNotFoundError",
+        # (3) the course folder is an empty, read-only folder in there
+        "open_gradebook": "FileNotFoundError",
+        "write_gradebook": "OSError",
+        # (4) no other student's submission
+        "list_other_submitted": "FileNotFoundError",
+        "list_other_autograded": "FileNotFoundError",
+        "grader_home": "course",  # empty but for the way to its own folder
+        # (5) the exchange refuses its token (the hub's API too, above); the data service takes it
+        "exchange_collect": "403",
+        "data_projects": "200",
+    }, out
     assert secret.read_text() == "exam\n" and not (Path(prof_home) / "planted.txt").exists()
     out = _run(site, GRADER, GRADER_GRADE, as_user=PROF, students=[ANNA, BEN],
                assignment=ASSIGNMENT, course_id=COURSE)  # fmt: skip
