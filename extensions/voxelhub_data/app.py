@@ -85,6 +85,7 @@ from traitlets import Dict, Float, Integer, List, TraitError, Unicode, default, 
 from traitlets.config import Application
 
 from voxelhub.catalog import ProjectSettings
+from voxelhub.catalog_sealing import CorruptValue
 from voxelhub.store.encryption import CorruptChunk
 from voxelhub.store.keys import MissingKey
 from voxelhub.store.location import FsspecLocation
@@ -795,6 +796,10 @@ class _QueryHandler(BaseHandler):
             )
         except QueryError as exc:
             self.deny(f"catalog.{self.kind}", str(exc), status=400, detail=args)
+        except (MissingKey, CorruptValue) as exc:
+            # sealed catalog columns the service cannot open: its keys or its database, said
+            status = 503 if isinstance(exc, MissingKey) else 502
+            self.deny(f"catalog.{self.kind}", str(exc), status=status, detail=args)
         self.allow(
             f"catalog.{self.kind}", project=project or "", detail={**args, "rows": len(frame)}
         )

@@ -24,6 +24,7 @@ from voxelhub.catalog import (
     Study,
     Volume,
 )
+from voxelhub.catalog_sealing import CorruptValue
 from voxelhub.errors import CatalogError, NotFound, SettingLocked, VoxelHubError
 from voxelhub.features.results import COLUMNS, SETTINGS_METADATA, ResultStore
 from voxelhub.features.settings import Settings
@@ -105,6 +106,8 @@ class CatalogView:
         method = self.catalog.series if kind == "series" else self.catalog.studies
         try:
             return method(**kwargs)
+        except CorruptValue:  # the database was changed, not the request: not the caller's fault
+            raise
         except CatalogError as exc:  # e.g. a tampered paging cursor
             raise QueryError(str(exc)) from exc
 

@@ -334,3 +334,45 @@ def test_a_key_the_service_does_not_hold_is_a_503_naming_it(site: Site) -> None:
     response = requests.get(url, headers={"Authorization": f"token {site.token}"}, timeout=30)
     assert response.status_code == 503, response.text
     assert "0123abcd0123abcd" in response.json()["message"]
+
+
+def test_a_moved_sealed_catalog_value_is_a_502_naming_the_column(site: Site) -> None:
+    """A sealed value copied into another column (a tampered database) fails authentication at
+    the service: a 502 naming table and column, never a value, never blamed on the request."""
+    import sqlite3
+
+    import requests
+
+    path = site.store / "catalog.sqlite"
+    where = (
+        "id IN (SELECT v.id FROM volumes v JOIN studies s ON v.study_id = s.id "
+        "JOIN patients pa ON s.patient_id = pa.id JOIN projects pr ON pa.project_id = pr.id "
+        "WHERE pr.name = ?)"
+    )
+    db = sqlite3.connect(path)
+    try:
+        (original,) = db.execute(
+            f"SELECT description FROM volumes WHERE {where}", (SEALED,)
+        ).fetchone()
+        (name,) = db.execute(
+            "SELECT pa.patient_name FROM patients pa JOIN projects pr ON pa.project_id = pr.id "
+            "WHERE pr.name = ?",
+            (SEALED,),
+        ).fetchone()
+        with db:
+            db.execute(f"UPDATE volumes SET description = ? WHERE {where}", (name, SEALED))
+        url = f"{site.stack.data_url}/api/series"
+        response = requests.get(
+            url,
+            params={"project": SEALED},
+            headers={"Authorization": f"token {site.token}"},
+            timeout=30,
+        )
+        assert response.status_code == 502, response.text
+        message = response.json()["message"]
+        assert "volumes.description" in message and "failed authentication" in message
+    finally:
+        with db:
+            db.execute(f"UPDATE volumes SET description = ? WHERE {where}", (original, SEALED))
+        db.close()
+    assert site.catalog().series(project=SEALED).volume_uid.tolist() == [site.sealed_uid]
