@@ -113,12 +113,17 @@ class View:
     def close(self) -> None:
         if self._closer is not None:
             self._closer()
+            self.read = _closed  # its fd number may already name another open file
 
     def __enter__(self) -> View:
         return self
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+def _closed(start: int, stop: int) -> bytes:
+    raise ValueError("read from a closed view of an encrypted key")
 
 
 def read(key: paths.VolumeKey, volume: LocalVolume) -> View | None:

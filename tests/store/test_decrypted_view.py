@@ -181,3 +181,5 @@ def test_a_served_shard_holds_its_file_only_while_it_is_served(
         with view:
             assert view.read(start, start + 100_003) == whole[start : start + 100_003]
     assert len(list(fds.iterdir())) == before
+    with pytest.raises(ValueError, match="closed"):  # never the file its fd number names now
+        view.read(0, 10)
