@@ -783,9 +783,10 @@ class _QueryHandler(BaseHandler):
                 f"catalog.{self.kind}", f"unknown parameter(s) {unknown or [fmt]}", status=400
             )
         args = {k: v for k, v in args.items() if v}  # tornado drops control characters
+        detail = await self.run(self.service.catalog.audit_args, args)
         project = args.get("project")
         if project:
-            self.require(project, Role.VIEWER, f"catalog.{self.kind}", detail=args)
+            self.require(project, Role.VIEWER, f"catalog.{self.kind}", detail=detail)
         try:
             frame = await self.run(
                 self.service.catalog.query,
@@ -795,13 +796,13 @@ class _QueryHandler(BaseHandler):
                 self.service.max_page,
             )
         except QueryError as exc:
-            self.deny(f"catalog.{self.kind}", str(exc), status=400, detail=args)
+            self.deny(f"catalog.{self.kind}", str(exc), status=400, detail=detail)
         except (MissingKey, CorruptValue) as exc:
             # sealed catalog columns the service cannot open: its keys or its database, said
             status = 503 if isinstance(exc, MissingKey) else 502
-            self.deny(f"catalog.{self.kind}", str(exc), status=status, detail=args)
+            self.deny(f"catalog.{self.kind}", str(exc), status=status, detail=detail)
         self.allow(
-            f"catalog.{self.kind}", project=project or "", detail={**args, "rows": len(frame)}
+            f"catalog.{self.kind}", project=project or "", detail={**detail, "rows": len(frame)}
         )
         cursor = frame.attrs.get("next_cursor")
         if cursor:
@@ -1276,8 +1277,16 @@ class AuditHandler(BaseHandler):
         unknown = sorted(set(args) - {"user", "patient", "series", "project", "since", "action"})
         if unknown:
             self.deny("audit.query", f"unknown parameter(s) {unknown}", status=400)
+        query: dict[str, Any] = dict(args)
+        if "patient" in args:  # sealed projects' records name the patient by blind index
+            try:
+                names = await self.run(self.service.catalog.catalog.audit_names, args["patient"])
+            except MissingKey as exc:
+                self.deny("audit.query", str(exc), status=503)
+            query["patient"] = names
+            args["patient"] = ",".join(names[1:]) or names[0]  # this record names no more
         try:
-            rows = await self.run(self.service.audit.query, args)
+            rows = await self.run(self.service.audit.query, query)
         except ValueError as exc:
             self.deny("audit.query", str(exc), status=400)
         self.allow("audit.query", detail=args)

@@ -33,7 +33,7 @@ class AuditTrail:
     def close(self) -> None:
         self.log.close()
 
-    def query(self, args: dict[str, str]) -> list[dict[str, Any]]:
+    def query(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         """Records matching the filters (pending aggregates are written first)."""
         self.log.flush()
         return [asdict(r) for r in audit.query(self.path, **args)]

@@ -28,6 +28,7 @@ from voxelhub.catalog_sealing import CorruptValue
 from voxelhub.errors import CatalogError, NotFound, SettingLocked, VoxelHubError
 from voxelhub.features.results import COLUMNS, SETTINGS_METADATA, ResultStore
 from voxelhub.features.settings import Settings
+from voxelhub.store.keys import MissingKey
 from voxelhub.store.location import open_location
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ class Found:
     store_path: str
     project: str
     patient: str
+    """The patient ID, or in a sealed project its blind index (``vhb1.…``): what audits name."""
     study_uid: str
 
 
@@ -111,6 +113,17 @@ class CatalogView:
         except CatalogError as exc:  # e.g. a tampered paging cursor
             raise QueryError(str(exc)) from exc
 
+    def audit_args(self, args: dict[str, str]) -> dict[str, str]:
+        """A query as the audit trail records it: where the catalog has sealed projects, a
+        patient ID becomes its blind indexes, so the trail on disk never names it."""
+        if "patient" not in args or not self.catalog.sealed_projects():
+            return args
+        try:
+            names = self.catalog.audit_names(args["patient"])[1:]
+        except MissingKey:
+            names = ["(withheld: no key)"]
+        return {**args, "patient": ",".join(names)}
+
     # -- volumes -----------------------------------------------------------------------------------
     def _found(self, where: Any) -> Found | None:
         stmt = (
@@ -119,6 +132,7 @@ class CatalogView:
                 Volume.store_path,
                 Project.name,
                 Patient.patient_key,
+                Patient.patient_key_index,
                 Study.study_uid,
             )
             .join(Study, Volume.study_id == Study.id)
@@ -130,9 +144,11 @@ class CatalogView:
             row = conn.execute(stmt).first()
         if row is None:
             return None
-        uid, path, project, patient, study = (str(v) for v in row)
-        # an encrypted identifiable project's patient ID is sealed: this service holds the key
-        return Found(uid, path, project, self.catalog.patient_id_of(project, patient), study)
+        uid, path, project, patient, index, study = row
+        # an encrypted identifiable project's patient ID is sealed, and the audit trail is a
+        # file on disk too: it names that patient by the blind index, never by the opened ID
+        # (Catalog.audit_names turns an ID into what to search the trail for)
+        return Found(str(uid), str(path), str(project), str(index or patient), str(study))
 
     def volume(self, uid: str) -> Found | None:
         """A volume by volume UID (or its unsplit SeriesInstanceUID)."""

@@ -57,7 +57,7 @@ SERIES = "ct_ge_hispeed_gantry_tilt"
 class Site:
     def __init__(self, stack: HubStack, state: Path, store: Path, key_file: Path) -> None:
         self.stack, self.state, self.store, self.key_file = stack, state, store, key_file
-        self.token = ""
+        self.token = self.admin_token = ""
         self.clear_uid = self.sealed_uid = ""
         self.expected: np.ndarray | None = None
 
@@ -118,6 +118,7 @@ def site(shared_dicom: Path) -> Iterator[Site]:
             admin.api("POST", f"/groups/{group}/users", json={"users": members}, ok=(200, 201))
         body = {"note": "encryption test", "expires_in": 3600}
         site.token = admin.api("POST", f"/users/{ALICE}/tokens", json=body)["token"]
+        site.admin_token = admin.api("POST", f"/users/{ADMIN}/tokens", json=body)["token"]
         ensure_account(ALICE)
         yield site
     finally:
@@ -375,4 +376,58 @@ def test_a_moved_sealed_catalog_value_is_a_502_naming_the_column(site: Site) -> 
         with db:
             db.execute(f"UPDATE volumes SET description = ? WHERE {where}", (original, SEALED))
         db.close()
-    assert site.catalog().series(project=SEALED).volume_uid.tolist() == [site.sealed_uid]
+    assert site.sealed_uid in site.catalog().series(project=SEALED).volume_uid.tolist()
+
+
+def test_the_audit_trail_names_a_sealed_patient_by_blind_index(
+    site: Site, shared_dicom: Path
+) -> None:
+    """The audit log is a file on disk too: alice's reads and patient queries in the sealed
+    project are recorded under the patient's blind index, never the ID; an admin finds them by
+    the ID, over HTTP (the service holds the key) and with the CLI and the master key file."""
+    import pydicom
+    import requests
+
+    ds = pydicom.dcmread(sorted((shared_dicom / SERIES).glob("*.dcm"))[0], stop_before_pixels=True)
+    cat = site.catalog()
+    np.asarray(cat.open_series(site.sealed_uid, level=2))
+    assert list(cat.studies(patient=ds.PatientID, project=SEALED).patient_id) == [ds.PatientID]
+    headers = {"Authorization": f"token {site.admin_token}"}
+    url = f"{site.stack.data_url}/api/audit"
+    found = requests.get(url, params={"patient": ds.PatientID}, headers=headers, timeout=30)
+    assert found.status_code == 200, found.text
+    sealed = [r for r in found.json()["records"] if r["project"] == SEALED]
+    reads = [r for r in sealed if r["action"] == "volume.read" and r["user"] == ALICE]
+    assert reads and all(r["patient"].startswith("vhb1.") for r in sealed)
+    lines = (site.state / "audit" / "audit.log").read_text().splitlines()
+    sealed_lines = [line for line in lines if f'"project":"{SEALED}"' in line]
+    assert sealed_lines and not any(ds.PatientID in line for line in sealed_lines)
+    assert any(reads[0]["patient"] in line for line in sealed_lines)
+    # alice's query by patient is among them, its detail holding only the blind index (the
+    # same patient in the clear project is named by the ID there)
+    assert any('"action":"catalog.studies"' in line for line in sealed_lines)
+    cli = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "voxelhub"),
+            "audit",
+            "query",
+            "--log",
+            str(site.state / "audit" / "audit.log"),
+            "--patient",
+            ds.PatientID,
+            "--project",
+            SEALED,
+            "--store",
+            str(site.store),
+            "--key-file",
+            str(site.key_file),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert cli.returncode == 0, cli.stderr
+    records = [json.loads(line) for line in cli.stdout.splitlines()]
+    assert {r["action"] for r in records} >= {"volume.read"}
+    assert {r["patient"] for r in records} == {reads[0]["patient"]}

@@ -31,7 +31,7 @@ import os
 import threading
 import time as _time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -922,7 +922,7 @@ def query(
     log_path: str | os.PathLike[str],
     *,
     user: str | None = None,
-    patient: str | None = None,
+    patient: str | Collection[str] | None = None,
     series: str | None = None,
     project: str | None = None,
     since: datetime | str | None = None,
@@ -931,7 +931,8 @@ def query(
 ) -> list[AuditRecord]:
     """Records matching every filter given, in log order (streams the file).
 
-    ``series`` matches a volume UID or a series UID; ``since`` keeps records whose last access
+    ``patient`` is a name or several (a sealed project's patient is recorded by blind index:
+    :meth:`voxelhub.catalog.Catalog.audit_names`); ``series`` matches a volume UID or a series UID; ``since`` keeps records whose last access
     is at or after it (naive datetimes and strings without offset are UTC).  Does not check the
     chain: use :func:`verify` for that.
     """
@@ -939,11 +940,12 @@ def query(
         cutoff = _as_utc(since) if since is not None else None
     except ValueError as exc:
         raise AuditError(f"since: {since!r} is not an ISO-8601 time ({exc})") from exc
+    patients = None if patient is None else {patient} if isinstance(patient, str) else set(patient)
     found = []
     for data in _iter_records(Path(log_path)):
         if (
             (user is not None and data.get("user") != user)
-            or (patient is not None and data.get("patient") != patient)
+            or (patients is not None and data.get("patient") not in patients)
             or (project is not None and data.get("project") != project)
             or (action is not None and data.get("action") != action)
             or (decision is not None and data.get("decision") != decision)

@@ -1077,6 +1077,20 @@ class Catalog:
             tokens += sealing.blind_indexes(patient)
         return or_(and_(clause, Project.name.not_in(sealed)), Patient.patient_key_index.in_(tokens))
 
+    def audit_names(self, patient: str, *, project: str | None = None) -> list[str]:
+        """How the data service's audit trail names patient ``patient``: the ID itself, and in
+        sealed projects (``project``, else every one) its blind index under each data key
+        version, which is what the service records there instead of the ID (needs the keys)."""
+        names = [patient]
+        for name in self._sealed_in_scope(project, None):
+            from voxelhub.catalog_sealing import sealer
+
+            sealing = sealer(name, self.location)
+            if sealing.ring is None:
+                raise sealing.no_keys(", ".join(sorted(self.sealed_key_ids(name))))
+            names += sealing.blind_indexes(patient)
+        return names
+
     def identities(
         self, *, project: str | None = None, projects: Sequence[str] | None = None
     ) -> pd.DataFrame:

@@ -287,10 +287,25 @@ def _audit_verify(args: argparse.Namespace) -> int:
 def _audit_query(args: argparse.Namespace) -> int:
     from voxelhub.audit import format_table, log_path_from, query
 
+    patient: list[str] | None = [args.patient] if args.patient else None
+    if args.patient and args.store:  # sealed projects' audits name the patient by blind index
+        from voxelhub import open_catalog
+        from voxelhub.catalog import Catalog
+        from voxelhub.store.encryption import open_store_keys, use_keys
+
+        cat = open_catalog(args.store)
+        if not isinstance(cat, Catalog):
+            raise VoxelHubError(
+                f"audit query --store runs where the store is, not through {cat.url}"
+            )
+        if cat.sealed_projects():
+            use_keys(open_store_keys(cat.location, args.key_file))
+        patient = cat.audit_names(args.patient, project=args.project)
+        cat.close()
     records = query(
         log_path_from(args.log),
         user=args.user,
-        patient=args.patient,
+        patient=patient,
         series=args.series,
         project=args.project,
         since=args.since,
@@ -557,7 +572,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = audit.add_parser("query", help="print the records matching every filter given")
     p.add_argument("--log", default=None, help="audit log (default: $VOXELHUB_AUDIT_LOG)")
     p.add_argument("--user", default=None)
-    p.add_argument("--patient", default=None, help="patient pseudonym")
+    p.add_argument("--patient", default=None, help="patient ID (a pseudonym where de-identified)")
+    p.add_argument(
+        "--store",
+        default=None,
+        help="store whose catalog turns --patient into the names the trail uses for it in "
+        "encrypted identifiable projects (their blind index; needs the master key file)",
+    )
+    p.add_argument("--key-file", default=None, help="master key file (default: $VOXELHUB_KEY_FILE)")
     p.add_argument("--series", default=None, help="volume UID or series UID")
     p.add_argument("--project", default=None)
     p.add_argument("--since", default=None, help="ISO-8601 time (UTC unless an offset is given)")
