@@ -261,3 +261,20 @@ def test_index_lets_the_caller_work_once_its_workers_are_forked(tmp_path: Path) 
     assert seen == [2] and len(found.frames) == 6 + 7 + 8
     index([tmp_path / "in"], workers=1, progress=False, while_reading=lambda: seen.append(-1))
     assert seen == [2]  # one worker: nothing runs beside the reading
+
+
+def test_a_colour_volume_s_slabs_over_two_workers_equal_one_process(tmp_path: Path) -> None:
+    """A colour slab is (c, z, y, x): its shared slot holds all three channels."""
+    from tests.dicom.test_colour import _colour_series
+
+    grey = write_series(tmp_path / "grey", slices=70, rows=16, columns=20, modality="MR", seed=8)
+    decoded = _colour_series(tmp_path / "in", grey)
+    for workers, store in ((1, "one"), (2, "two")):
+        report = voxelhub.ingest(tmp_path / "in", tmp_path / store, workers=workers, progress=False)
+        assert report.exit_code == 0, report.summary()
+    (ref,), (row,) = _rows(tmp_path / "one"), _rows(tmp_path / "two")
+    assert row["checksum"] == ref["checksum"] and row["channels"] == 3
+    level0 = np.asarray(zarr.open_group(str(tmp_path / "two" / row["store_path"]), mode="r")["0"])
+    assert level0.shape == decoded.shape  # (c, z, y, x); slices in space, as the planner sorts
+    ones = zarr.open_group(str(tmp_path / "one" / ref["store_path"]), mode="r")["0"]
+    np.testing.assert_array_equal(level0, np.asarray(ones))
