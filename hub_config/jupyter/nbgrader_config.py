@@ -33,3 +33,14 @@ c.Autograde.autograde_preprocessors = [
     "voxelhub.grading_sandbox.SandboxedExecute" if p is Execute else p
     for p in Autograde.class_traits()["autograde_preprocessors"].make_dynamic_default()
 ]
+
+# nbgrader's own kernels (validate in every server, and autograde's where unsandboxed) talk to
+# their client over unix sockets in the user's private runtime folder, as the servers' kernels
+# do: the servers' --KernelManager.transport=ipc does not reach nbgrader's kernel managers, and
+# over TCP on 127.0.0.1 any local user could subscribe to such a kernel's output.
+from jupyter_core.paths import jupyter_runtime_dir  # noqa: E402
+from jupyter_core.utils import ensure_dir_exists  # noqa: E402
+
+ensure_dir_exists(jupyter_runtime_dir(), mode=0o700)
+c.KernelManager.transport = "ipc"
+c.KernelManager.ip = os.path.join(jupyter_runtime_dir(), "nbgrader-kernel-ipc")

@@ -10,12 +10,14 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from voxelhub.grading_sandbox import GradingSandbox, GradingSandboxUnavailable
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap")
+HUB_JUPYTER = Path(__file__).resolve().parents[2] / "hub_config" / "jupyter"
 
 CHECK = """
 from voxelhub.grading_sandbox import GradingSandbox, GradingSandboxUnavailable
@@ -55,3 +57,29 @@ def test_grading_refuses_without_bubblewrap() -> None:
 
 def test_the_sandbox_works_here() -> None:
     assert GradingSandbox().check() is True
+
+
+def test_nbgrader_kernels_talk_over_unix_sockets_in_the_private_runtime_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nbgrader validate's kernel, with the hub's nbgrader config, is reached over unix sockets
+    in the user's runtime folder, not over TCP where another local user could listen in."""
+    import nbformat
+    from nbgrader.preprocessors import Execute
+    from traitlets.config.loader import PyFileConfigLoader
+
+    runtime = tmp_path / "runtime"
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(runtime))
+    config = PyFileConfigLoader("nbgrader_config.py", path=str(HUB_JUPYTER)).load_config()
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            "import json, ipykernel\n"
+            "c = json.load(open(ipykernel.get_connection_file()))\n"
+            "print(c['transport'], c['ip'])"
+        )
+    ]
+    nb, _ = Execute(config=config).preprocess(nb, {"metadata": {"path": str(tmp_path)}})
+    transport, ip = nb.cells[0].outputs[0]["text"].split()
+    assert transport == "ipc" and Path(ip).parent == runtime, (transport, ip)
+    assert not list(tmp_path.glob("kernel-ipc*"))  # nothing left in the notebook's folder
