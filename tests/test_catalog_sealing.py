@@ -24,7 +24,7 @@ from sqlalchemy.engine import make_url
 
 from voxelhub import ingest, open_catalog
 from voxelhub.catalog import Catalog
-from voxelhub.catalog_sealing import CorruptValue, key_id_of
+from voxelhub.catalog_sealing import SEALED_COLUMNS, CorruptValue, key_id_of, sealer
 from voxelhub.store.encryption import open_store_keys, use_keys
 from voxelhub.store.keys import FileKeyProvider, MissingKey, store_key_ring
 from voxelhub.store.location import open_location
@@ -333,3 +333,41 @@ def test_an_ingest_reports_source_paths_are_sealed_too(
     cat = open_catalog(store)
     assert needle.decode() not in cat.reports().to_csv()
     cat.close()
+
+
+def test_a_catalog_from_before_sealed_columns_is_sealed_by_reencrypt(
+    tmp_path: Path, shared_dicom: Path, key_file: Path
+) -> None:
+    """An encrypted identifiable project whose catalog predates sealed columns (clear values, no
+    blind index) is refused with the way out named, and ``reencrypt`` seals it: afterwards no
+    byte of the SQLite file (full-text index and free pages included) holds an identifier."""
+    needles = identifying_values(shared_dicom / SIEMENS, shared_dicom / ENHANCED)
+    store = tmp_path / "sealed"
+    for name in (SIEMENS, ENHANCED):
+        ingest_into(store, shared_dicom / name, key_file)
+    cat = open_catalog(store)
+    ring = open_store_keys(cat.location, key_file)
+    # make it as an earlier VoxelHub wrote it: every sealed value clear, no blind index
+    with cat.session() as s:
+        for row, table in cat._sealed_rows(s, "ident"):
+            for t, column in SEALED_COLUMNS:
+                if t == table:
+                    value = sealer("ident", cat.location).unseal_value(
+                        t, column, getattr(row, column)
+                    )
+                    setattr(row, column, value)
+            if table == "patients":
+                row.patient_key_index = None
+    cat.close()
+    assert leaks(needles, catalog_bytes(store)) == sorted(needles)  # the search can fail
+    cat = open_catalog(store)
+    with pytest.raises(CorruptValue, match=r"voxelhub keys reencrypt --project ident"):
+        cat.identities(project="ident")
+    done = reencrypt_project(cat, "ident", ring, linger_seconds=0)
+    assert done.resealed_rows > 0
+    check_opened(cat, shared_dicom)
+    assert set(cat.search("ASC_35").series_uid) == {
+        header(shared_dicom / SIEMENS).SeriesInstanceUID
+    }
+    cat.close()
+    assert leaks(needles, catalog_bytes(store)) == []

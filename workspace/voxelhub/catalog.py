@@ -676,6 +676,14 @@ def _like_pattern(text: str) -> str:
     return f"%{escaped}%"
 
 
+def _all_sealed(value: object) -> bool:
+    """A sealed column's stored value (a list: each item) is sealed."""
+    from voxelhub.catalog_sealing import is_sealed
+
+    items = value if isinstance(value, list) else [value]
+    return all(is_sealed(v) for v in items)
+
+
 def _fts_phrase(text: str) -> str:
     """An FTS5 query for ``text`` as one phrase: with trigrams, a case-insensitive substring."""
     return '"' + text.replace('"', '""') + '"'
@@ -1182,18 +1190,56 @@ class Catalog:
         current = sealing.current_key_id()
         changed = 0
         with self.session() as s:
-            for row, table in self._sealed_rows(s, project):
+            rows = list(self._sealed_rows(s, project))
+            # a catalog written before sealed columns existed: its patients have no blind
+            # index and its values are clear; they are sealed now (an explicit admin step)
+            legacy = any(t == "patients" and r.patient_key_index is None for r, t in rows)
+            for row, table in rows:
                 columns = sorted(c for t, c in SEALED_COLUMNS if t == table)
-                stale = {c for c in columns if key_ids_of(getattr(row, c)) - {current}}
+                clear = {c for c in columns if legacy and not _all_sealed(getattr(row, c))}
+                stale = clear | {c for c in columns if key_ids_of(getattr(row, c)) - {current}}
                 if table == "patients" and key_id_of(row.patient_key_index) != current:
                     stale.add("patient_key")
                 for column in sorted(stale):
-                    value = sealing.unseal_value(table, column, getattr(row, column))
+                    raw = getattr(row, column)
+                    value = raw if column in clear else sealing.unseal_value(table, column, raw)
                     setattr(row, column, sealing.seal_value(table, column, value, current))
                     if table == "patients" and column == "patient_key":
                         row.patient_key_index = sealing.blind_index(str(value), current)
                 changed += bool(stale)
+        if legacy:
+            self._purge_clear_remnants()
         return changed
+
+    def _purge_clear_remnants(self) -> None:
+        """After clear values were sealed: SQLite's full-text index is rebuilt from the sealed
+        rows and the file rewritten (VACUUM), so no free page, old index segment or WAL frame
+        keeps the plaintext.  PostgreSQL keeps old row versions until ``VACUUM FULL``, which the
+        operator runs (README)."""
+        if self.engine.dialect.name != "sqlite":
+            log.warning(
+                "catalog: clear values were sealed; run VACUUM FULL on the PostgreSQL catalog "
+                "so that no old row version keeps them"
+            )
+            return
+        with self.engine.connect() as conn:
+            raw = conn.connection.dbapi_connection
+            assert raw is not None
+            cursor = raw.cursor()
+            for table in ("volumes", "studies"):
+                if self._uses_fts_table(conn, f"{table}_fts"):
+                    cursor.execute(f"INSERT INTO {table}_fts({table}_fts) VALUES ('rebuild')")
+            raw.commit()
+            cursor.execute("VACUUM")
+            cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            cursor.close()
+
+    @staticmethod
+    def _uses_fts_table(conn: Any, name: str) -> bool:
+        found = conn.exec_driver_sql(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+        ).first()
+        return found is not None
 
     @staticmethod
     def _delete_feature_rows(s: Session, series: list[str]) -> int:

@@ -165,7 +165,8 @@ class ColumnSealer:
         if parsed is None or len(parsed.blob) < NONCE_BYTES + 16:
             raise CorruptValue(
                 f"{where} holds a value that is not sealed: the catalog was changed outside "
-                f"VoxelHub (restore it from a backup)"
+                f"VoxelHub (restore it from a backup), or it was written before VoxelHub sealed "
+                f"catalog columns (seal it: voxelhub keys reencrypt --project {self.project} …)"
             )
         key = self._key(parsed.key_id, self.SEAL_LABEL)
         try:

@@ -122,6 +122,9 @@ def reencrypt_project(
         tag = _job_tag(project)
         for name in _own_temporaries(location, tag):
             location.remove(posixpath.join(TMP_DIR, name))
+        # the catalog's sealed columns and blind index (an encrypted identifiable project)
+        # first: a catalog from before sealed columns lists nothing until they are sealed
+        result.resealed_rows = catalog.reseal(project)
         result.removed += _remove_orphans(catalog, project, current)
         rows = catalog.series(project=project)
         total = len(rows)
@@ -134,8 +137,6 @@ def reencrypt_project(
             result.steps.append(step)
             if progress is not None:
                 progress(step)
-        # the catalog's sealed columns and blind index (an encrypted identifiable project)
-        result.resealed_rows = catalog.reseal(project)
         if switched:
             time.sleep(linger_seconds)
             for rel in switched:
