@@ -278,3 +278,38 @@ def test_a_colour_volume_s_slabs_over_two_workers_equal_one_process(tmp_path: Pa
     assert level0.shape == decoded.shape  # (c, z, y, x); slices in space, as the planner sorts
     ones = zarr.open_group(str(tmp_path / "one" / ref["store_path"]), mode="r")["0"]
     np.testing.assert_array_equal(level0, np.asarray(ones))
+
+
+def test_slabs_over_two_workers_into_an_s3_store(
+    tmp_path: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The forked slab processes write through their own S3 client (moto's real S3 API)."""
+    import uuid
+
+    import s3fs
+
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    options = {"key": "test", "secret": "test", "endpoint_url": s3_endpoint}
+    bucket = f"vh-{uuid.uuid4().hex[:10]}"
+    s3fs.S3FileSystem(**options, skip_instance_cache=True).mkdir(bucket)
+    write_series(tmp_path / "in", slices=150, rows=160, columns=144, modality="MR", seed=9)
+    voxelhub.ingest(tmp_path / "in", tmp_path / "one", workers=1, progress=False)
+    url = f"s3://{bucket}/store"
+    catalog_url = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    location = open_location(url, {**options, "skip_instance_cache": True})
+    report = voxelhub.ingest(
+        tmp_path / "in", location, catalog_url=catalog_url, workers=2, progress=False
+    )
+    assert report.exit_code == 0, report.summary()
+    (ref,) = _rows(tmp_path / "one")
+    cat = voxelhub.open_catalog(url, catalog_url=catalog_url, storage_options=options)
+    try:
+        (row,) = cat.series().to_dict("records")
+        assert row["checksum"] == ref["checksum"]
+        np.testing.assert_array_equal(
+            np.asarray(cat.open_series(row["volume_uid"])),
+            np.asarray(zarr.open_group(str(tmp_path / "one" / ref["store_path"]), mode="r")["0"]),
+        )
+    finally:
+        cat.close()
