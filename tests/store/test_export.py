@@ -464,7 +464,8 @@ def test_cli_export_writes_into_the_users_folder_by_default(
 
 
 def test_no_default_output_in_a_shared_temporary_folder() -> None:
-    """No writer of user outputs points at /tmp (or the system's temporary folder)."""
+    """No writer of user outputs points at /tmp (or the system's temporary folder).  A line
+    that names it for another reason says so with a ``# not-an-output: why`` comment."""
     import voxelhub
 
     package = Path(voxelhub.__file__).parent
@@ -472,6 +473,7 @@ def test_no_default_output_in_a_shared_temporary_folder() -> None:
         f"{path.relative_to(package)}:{n}"
         for path in package.rglob("*.py")
         for n, line in enumerate(path.read_text().splitlines(), start=1)
-        if "/tmp" in line.split("#")[0] or "gettempdir" in line or "mkstemp" in line
+        if ("/tmp" in line.split("#")[0] or "gettempdir" in line or "mkstemp" in line)
+        and "# not-an-output: " not in line
     ]
     assert offenders == []

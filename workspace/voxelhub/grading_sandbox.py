@@ -104,13 +104,14 @@ class GradingSandbox(Configurable):
     ).tag(config=True)
     scratch = List(
         Unicode(),
-        ["/tmp", "/var/tmp", "/dev/shm"],
+        ["/tmp", "/var/tmp", "/dev/shm"],  # not-an-output: these are hidden from the kernel
         help="Folders replaced by empty, writable ones private to one kernel (temporary files).",
     ).tag(config=True)
     read_only = List(
         Unicode(),
         [],
-        help="Folders under a hidden one that kernels still read (e.g. a local store in /tmp).",
+        help="Folders under a hidden or scratch one that kernels still read (e.g. a local store "
+        "kept in a temporary folder).",
     ).tag(config=True)
 
     def check(self) -> bool:
