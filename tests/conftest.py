@@ -99,3 +99,36 @@ def s3_endpoint() -> Iterator[str]:
 
     with moto_s3() as url:
         yield url
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> tuple[str, dict[str, str]]:
+    """A new, empty bucket at :func:`s3_endpoint`: its name and the s3fs options reaching it
+    (no AWS profile or session of the machine in the way)."""
+    import uuid
+
+    import s3fs
+
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    options = {"key": "test", "secret": "test", "endpoint_url": s3_endpoint}
+    bucket = f"vh-{uuid.uuid4().hex[:10]}"
+    s3fs.S3FileSystem(**options, skip_instance_cache=True).mkdir(bucket)
+    return bucket, options
+
+
+@pytest.fixture
+def key_file(tmp_path: Path) -> Path:
+    """A new master key file (0600, in a private folder of the test's own)."""
+    from voxelhub.store.keys import FileKeyProvider
+
+    return FileKeyProvider.create(tmp_path / "secret" / "master.json").path
+
+
+@pytest.fixture
+def no_keys_left() -> Iterator[None]:
+    """Forget the key ring a test gave this process (``use_keys``), whatever the outcome."""
+    yield
+    from voxelhub.store.encryption import use_keys
+
+    use_keys(None)

@@ -14,7 +14,6 @@ import shutil
 import sqlite3
 import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -46,15 +45,7 @@ IDENTIFYING = (
 )
 
 
-@pytest.fixture(autouse=True)
-def _no_keys_left() -> Iterator[None]:
-    yield
-    use_keys(None)
-
-
-@pytest.fixture
-def key_file(tmp_path: Path) -> Path:
-    return FileKeyProvider.create(tmp_path / "secret" / "master.json").path
+pytestmark = pytest.mark.usefixtures("no_keys_left")  # conftest: also key_file
 
 
 def header(folder: Path) -> pydicom.Dataset:

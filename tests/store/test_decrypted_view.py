@@ -12,7 +12,6 @@ import itertools
 import json
 import math
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "extensions"))
 
 from voxelhub_data import decrypted_view, paths
 
-
-@pytest.fixture(autouse=True)
-def _no_keys_left() -> Iterator[None]:
-    yield
-    use_keys(None)
+pytestmark = pytest.mark.usefixtures("no_keys_left")  # conftest
 
 
 @pytest.fixture

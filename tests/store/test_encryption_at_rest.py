@@ -18,7 +18,7 @@ import zarr
 from voxelhub import ingest, open_catalog
 from voxelhub.catalog import EncryptionSettingError
 from voxelhub.store.encryption import CorruptChunk, keys_in_use, use_keys
-from voxelhub.store.keys import FileKeyProvider, MissingKey
+from voxelhub.store.keys import MissingKey
 
 SERIES = "ct_ge_hispeed_gantry_tilt"
 PHI_KEYWORDS = (
@@ -40,15 +40,7 @@ PHI_KEYWORDS = (
 )
 
 
-@pytest.fixture(autouse=True)
-def _no_keys_left() -> Iterator[None]:
-    yield
-    use_keys(None)
-
-
-@pytest.fixture
-def key_file(tmp_path: Path) -> Path:
-    return FileKeyProvider.create(tmp_path / "secret" / "master.json").path
+pytestmark = pytest.mark.usefixtures("no_keys_left")  # conftest: also key_file
 
 
 def source_secrets(folder: Path) -> set[bytes]:

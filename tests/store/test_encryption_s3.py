@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +22,7 @@ from voxelhub.store.encryption import keys_in_use, use_keys
 from voxelhub.store.keys import FileKeyProvider, MissingKey
 from voxelhub.store.reencrypt import Outcome, reencrypt_project, retire_old_keys, tree_key_ids
 
-
-@pytest.fixture(autouse=True)
-def _no_keys_left() -> Iterator[None]:
-    yield
-    use_keys(None)
+pytestmark = pytest.mark.usefixtures("no_keys_left")  # conftest
 
 
 def bucket_objects(fs: Any, bucket: str) -> dict[Path, bytes]:

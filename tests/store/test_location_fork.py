@@ -7,11 +7,9 @@ location must make its own file system instead ("This class is not fork-safe").
 from __future__ import annotations
 
 import multiprocessing as mp
-import uuid
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 import voxelhub
 from tests.dicom_factory import write_series
@@ -25,17 +23,9 @@ def _exists(location: object, rel: str, out: mp.Queue) -> None:  # type: ignore[
 
 
 def test_a_forked_child_uses_an_s3_location_made_before_the_fork(
-    tmp_path: Path,
-    s3_endpoint: str,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, s3_bucket: tuple[str, dict[str, str]]
 ) -> None:
-    import s3fs
-
-    for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(k, raising=False)
-    options = {"key": "test", "secret": "test", "endpoint_url": s3_endpoint}
-    bucket = f"vh-{uuid.uuid4().hex[:10]}"
-    s3fs.S3FileSystem(**options, skip_instance_cache=True).mkdir(bucket)
+    bucket, options = s3_bucket
     location = voxelhub.open_location(f"s3://{bucket}/store", options)
     location.fs.pipe(f"{bucket}/store/marker", b"x")  # used here first, on this process's loop
     assert location.exists("marker")

@@ -281,18 +281,10 @@ def test_a_colour_volume_s_slabs_over_two_workers_equal_one_process(tmp_path: Pa
 
 
 def test_slabs_over_two_workers_into_an_s3_store(
-    tmp_path: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, s3_bucket: tuple[str, dict[str, str]]
 ) -> None:
     """The forked slab processes write through their own S3 client (moto's real S3 API)."""
-    import uuid
-
-    import s3fs
-
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    options = {"key": "test", "secret": "test", "endpoint_url": s3_endpoint}
-    bucket = f"vh-{uuid.uuid4().hex[:10]}"
-    s3fs.S3FileSystem(**options, skip_instance_cache=True).mkdir(bucket)
+    bucket, options = s3_bucket
     write_series(tmp_path / "in", slices=150, rows=160, columns=144, modality="MR", seed=9)
     voxelhub.ingest(tmp_path / "in", tmp_path / "one", workers=1, progress=False)
     url = f"s3://{bucket}/store"

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -41,10 +40,7 @@ SERIES = ("ct_ge_hispeed_gantry_tilt", "mr_enhanced_multiframe")
 PROJECT = "trial"
 
 
-@pytest.fixture(autouse=True)
-def _no_keys_left() -> Iterator[None]:
-    yield
-    use_keys(None)
+pytestmark = pytest.mark.usefixtures("no_keys_left")  # conftest
 
 
 @pytest.fixture
