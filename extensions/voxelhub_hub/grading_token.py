@@ -46,4 +46,5 @@ def with_grading_token(
         log.info("%s: a data-only token for its grading kernels", user.name)
 
     pre_spawn.__qualname__ = pre_spawn.__name__ = "voxelhub_pre_spawn_grading_token"
+    pre_spawn.__wrapped__ = hook  # type: ignore[attr-defined]  # what it runs first
     return pre_spawn

@@ -83,8 +83,11 @@ def test_jupyterhub_config(hub_env: Path) -> None:
     assert c.JupyterHub.ssl_cert == "/etc/hub.crt"
     assert c.JupyterHub.hub_bind_url.startswith("http://127.0.0.1:")
     assert c.JupyterHub.spawner_class == "voxelhub_hub.spawner.VoxelHubSpawner"
-    # before every spawn: the user's account and groups, then the store handed to the service
-    assert c.Spawner.pre_spawn_hook.__name__ == "voxelhub_pre_spawn_data"
+    # before every spawn: the user's account and groups, then the store handed to the service,
+    # then (a course's grader account only) a data-only token for its sandboxed kernels
+    hook = c.Spawner.pre_spawn_hook
+    assert hook.__name__ == "voxelhub_pre_spawn_grading_token"
+    assert hook.__wrapped__.__name__ == "voxelhub_pre_spawn_data"
     assert c.ResourceLimits.process_memory_limit == "8G"
     # no --allow-root (servers run as their users); kernels on unix sockets, not TCP
     assert c.Spawner.args == ["--KernelManager.transport=ipc"]
