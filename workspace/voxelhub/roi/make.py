@@ -108,8 +108,20 @@ def histogram(image: Any, bins: int = 256) -> tuple[NDArray[np.int64], NDArray[n
         ]
         counts = np.asarray(da.concatenate(parts).sum(axis=0).compute(), dtype=np.int64)
         return counts, np.arange(lo, hi + 1, dtype=np.float64)
-    counts_, edges = da.histogram(data, bins=bins, range=(float(lo), float(hi)))
-    counts = np.asarray(counts_.compute(), dtype=np.int64)
+    # numpy's own uniform-bin histogram per chunk, its range in the image's dtype as skimage
+    # passes it: bins and edges are then computed exactly as skimage's (in float32 for float32
+    # images), which da.histogram's float64 edges are not (a voxel on an edge changed bins)
+    first, last = lo_, hi_
+
+    def count_floats(block: NDArray[Any]) -> NDArray[np.int64]:
+        return np.histogram(block.ravel(), bins=bins, range=(first, last))[0][None, :]
+
+    parts = [
+        da.from_delayed(dask.delayed(count_floats)(b), shape=(1, bins), dtype=np.int64)
+        for b in data.to_delayed().ravel()
+    ]
+    counts = np.asarray(da.concatenate(parts).sum(axis=0).compute(), dtype=np.int64)
+    edges = np.histogram(np.empty(0, dtype=data.dtype), bins=bins, range=(first, last))[1]
     return counts, (edges[:-1] + edges[1:]) / 2
 
 
@@ -121,7 +133,9 @@ def otsu_threshold(image: Any, bins: int = 256) -> float:
     counts, centres = histogram(image, bins)
     if np.count_nonzero(counts) <= 1:
         return float(centres[np.flatnonzero(counts)[0]]) if counts.any() else float("nan")
-    counts_f = counts.astype(np.float64)
+    # skimage's arithmetic in skimage's types (counts as float32, centres in the image's float
+    # type): two bins' variances can be that close, and a rounding apart picks the other one
+    counts_f = counts.astype(np.float32)
     weight1 = np.cumsum(counts_f)
     weight2 = np.cumsum(counts_f[::-1])[::-1]
     with np.errstate(divide="ignore", invalid="ignore"):
