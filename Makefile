@@ -85,6 +85,7 @@ pytest: install hub-deps rtutils
 	  $$RUNAS $$PGBIN/pg_ctl -D $$PGD/data -o "-k $$PGD -h 127.0.0.1 -p $$PGPORT" -l $$PGD/log -w start >/dev/null; \
 	  trap "$$RUNAS $$PGBIN/pg_ctl -D $$PGD/data -m fast -w stop >/dev/null; rm -rf $$PGD" EXIT; \
 	  VOXELHUB_TEST_POSTGRES_URL="postgresql+psycopg://voxelhub@127.0.0.1:$$PGPORT/postgres" \
+	  HYPOTHESIS_PROFILE="$${HYPOTHESIS_PROFILE:-ci}" \
 	  VOXELHUB_SHARED="$(SHARED)" $(BIN)/pytest -q $(PYTEST_ARGS)
 
 test: lint typecheck pytest

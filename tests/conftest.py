@@ -8,8 +8,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests.dicom_factory import write_series
+
+# `make test` (CI) draws the same hypothesis examples every run, so a run's outcome is the
+# code's, not the dice's; a plain pytest run explores new ones (HYPOTHESIS_PROFILE=default)
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("VOXELHUB_SHARED", REPO.parent / "shared"))
