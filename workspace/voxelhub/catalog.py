@@ -1075,29 +1075,27 @@ class Catalog:
         sealed = self._sealed_in_scope(project, projects)
         if not sealed:
             return clause
+        tokens = self._blind_indexes(patient, sealed)
+        return or_(and_(clause, Project.name.not_in(sealed)), Patient.patient_key_index.in_(tokens))
+
+    def _blind_indexes(self, patient: str, sealed: Sequence[str]) -> list[str]:
+        """Patient ID ``patient``'s blind index in each of the ``sealed`` projects, under every
+        data key version; :class:`MissingKey` naming project and key without the keys."""
         from voxelhub.catalog_sealing import sealer
 
-        tokens = []
+        tokens: list[str] = []
         for name in sealed:
             sealing = sealer(name, self.location)
             if sealing.ring is None:
                 raise sealing.no_keys(", ".join(sorted(self.sealed_key_ids(name))))
             tokens += sealing.blind_indexes(patient)
-        return or_(and_(clause, Project.name.not_in(sealed)), Patient.patient_key_index.in_(tokens))
+        return tokens
 
     def audit_names(self, patient: str, *, project: str | None = None) -> list[str]:
         """How the data service's audit trail names patient ``patient``: the ID itself, and in
         sealed projects (``project``, else every one) its blind index under each data key
         version, which is what the service records there instead of the ID (needs the keys)."""
-        names = [patient]
-        for name in self._sealed_in_scope(project, None):
-            from voxelhub.catalog_sealing import sealer
-
-            sealing = sealer(name, self.location)
-            if sealing.ring is None:
-                raise sealing.no_keys(", ".join(sorted(self.sealed_key_ids(name))))
-            names += sealing.blind_indexes(patient)
-        return names
+        return [patient, *self._blind_indexes(patient, self._sealed_in_scope(project, None))]
 
     def identities(
         self, *, project: str | None = None, projects: Sequence[str] | None = None
@@ -1227,19 +1225,12 @@ class Catalog:
             assert raw is not None
             cursor = raw.cursor()
             for table in ("volumes", "studies"):
-                if self._uses_fts_table(conn, f"{table}_fts"):
+                if f"{table}_fts" in self._sqlite_search:
                     cursor.execute(f"INSERT INTO {table}_fts({table}_fts) VALUES ('rebuild')")
             raw.commit()
             cursor.execute("VACUUM")
             cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             cursor.close()
-
-    @staticmethod
-    def _uses_fts_table(conn: Any, name: str) -> bool:
-        found = conn.exec_driver_sql(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
-        ).first()
-        return found is not None
 
     @staticmethod
     def _delete_feature_rows(s: Session, series: list[str]) -> int:
